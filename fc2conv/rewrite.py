@@ -1,0 +1,232 @@
+"""Build the converted graph from an analysis, and the public `convert` and `plan`.
+
+The rewrite copies the traced graph node by node into a new graph: kept nodes are copied, aliased
+nodes take the value of the node they alias, and each replacement action emits the module `rules`
+builds for it under the name of the layer it replaces. Then lint, dead-code elimination, recompile.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import singledispatchmethod
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from . import rules
+from .analyze import (
+    Alias,
+    Analysis,
+    BatchNormTo2d,
+    ChannelsLast,
+    GlobalPoolKeepDims,
+    GlobalToWindowPool,
+    LayerNormToChannels,
+    LinearToConv,
+    Plan,
+    SoftmaxOverChannels,
+    analyze,
+)
+from .trace import TraceOptions, trace
+
+__all__ = ["ConversionInfo", "convert", "plan"]
+
+
+@dataclass(frozen=True)
+class ConversionInfo:
+    """What a converted model was made from; kept on it as `converted.fc2conv`."""
+
+    input_shape: tuple[int, ...]
+    mode: str
+    trace_options: TraceOptions
+    cut: str | None  # name of the traced node the dense head slides over
+    window: tuple[int, int] | None  # that node's spatial size at the reference input
+    global_context: bool
+    plan: Plan
+
+
+def _fetch(module: nn.Module, target: str) -> Any:
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
+
+
+class _Emitter:
+    def __init__(self, gm: fx.GraphModule, analysis: Analysis):
+        self.gm, self.analysis = gm, analysis
+        self.graph = fx.Graph()
+        self.env: dict[fx.Node, fx.Node] = {}
+        self.root: dict[str, Any] = {}
+        self.channels_last: dict[fx.Node, fx.Node] = {}
+
+    def value(self, node: fx.Node) -> fx.Node:
+        """The converted value of `node` as the original code expects it."""
+        if isinstance(self.analysis.values.get(node), ChannelsLast):
+            if node not in self.channels_last:
+                self.channels_last[node] = self.graph.call_method("permute", (self.env[node], 0, 2, 3, 1))
+            return self.channels_last[node]
+        return self.env[node]
+
+    def call(self, name: str, module: nn.Module, source: fx.Node) -> fx.Node:
+        self.root[name] = module
+        return self.graph.call_module(name, (self.env[source],))
+
+    def run(self) -> fx.GraphModule:
+        for node in self.gm.graph.nodes:
+            action = self.analysis.actions.get(node)
+            if node.op == "output":
+                result = node.args[0]
+                self.graph.output(self.env[result] if isinstance(result, fx.Node) else result)
+            elif action is None:
+                self.env[node] = self.copy(node)
+            else:
+                self.env[node] = self.emit(action, node)
+        gm = fx.GraphModule(self.root, self.graph, class_name=type(self.gm).__name__)
+        gm.graph.lint()
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+        return gm
+
+    def copy(self, node: fx.Node) -> fx.Node:
+        if node.op in ("call_module", "get_attr"):
+            self.root[node.target] = _fetch(self.gm, node.target)
+        new = self.graph.node_copy(node, self.value)
+        new.meta = {}
+        return new
+
+    @singledispatchmethod
+    def emit(self, action: Any, node: fx.Node) -> fx.Node:
+        raise TypeError(f"no rewrite for {type(action).__name__}")
+
+    @emit.register
+    def _(self, action: Alias, node: fx.Node) -> fx.Node:
+        return self.env[action.of]
+
+    @emit.register
+    def _(self, action: LinearToConv, node: fx.Node) -> fx.Node:
+        if node.op == "call_module":
+            linear, name = self.gm.get_submodule(node.target), node.target
+            weight, bias = linear.weight, linear.bias
+        else:  # F.linear(x, weight, bias) with parameters fetched by get_attr
+            weight = _fetch(self.gm, node.args[1].target)
+            bias_node = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+            bias = _fetch(self.gm, bias_node.target) if bias_node is not None else None
+            name = f"{node.name}_conv"
+        conv = rules.linear_to_conv(weight, bias, action.channels, action.kernel, fold_from=action.fold_from)
+        return self.call(name, conv, action.input)
+
+    @emit.register
+    def _(self, action: BatchNormTo2d, node: fx.Node) -> fx.Node:
+        return self.call(node.target, rules.batchnorm_to_2d(self.gm.get_submodule(node.target)), action.input)
+
+    @emit.register
+    def _(self, action: LayerNormToChannels, node: fx.Node) -> fx.Node:
+        return self.call(node.target, rules.layernorm_to_channels(self.gm.get_submodule(node.target)), action.input)
+
+    @emit.register
+    def _(self, action: SoftmaxOverChannels, node: fx.Node) -> fx.Node:
+        softmax = F.log_softmax if action.log else F.softmax
+        return self.graph.call_function(softmax, (self.env[action.input],), {"dim": 1})
+
+    @emit.register
+    def _(self, action: GlobalToWindowPool, node: fx.Node) -> fx.Node:
+        name = node.target if node.op == "call_module" else f"{node.name}_window"
+        return self.call(name, rules.window_pool(action.kind, action.size), action.input)
+
+    @emit.register
+    def _(self, action: GlobalPoolKeepDims, node: fx.Node) -> fx.Node:
+        reduce = torch.mean if action.kind == "avg" else torch.amax
+        return self.graph.call_function(reduce, (self.env[action.input], (2, 3)), {"keepdim": True})
+
+
+def _prepare(model: nn.Module, inplace: bool) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    if model.training:
+        import warnings
+
+        warnings.warn(
+            f"{type(model).__name__} is in training mode; fc2conv converts its eval behaviour "
+            "(dropout off, batch norm with running statistics)",
+            stacklevel=3,
+        )
+    return model if inplace else copy.deepcopy(model)
+
+
+def _input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(input_shape)
+    if len(shape) not in (1, 3) or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ValueError(
+            f"input_shape must be (C, H, W) for an image model or (D,) for an MLP, without the batch "
+            f"dimension, in positive integers; got {input_shape!r}"
+        )
+    return shape
+
+
+def plan(
+    model: nn.Module,
+    input_shape: Sequence[int] = (3, 224, 224),
+    *,
+    mode: str = "dense",
+    channels_last_linears: bool = False,
+    leaf_modules: Sequence[type[nn.Module]] = (),
+    autowrap_functions: Sequence[Any] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> Plan:
+    """What `convert` would do, without doing it: one `Decision` per Linear, pool and norm it touches.
+
+    Every Linear of the traced model appears, converted or with the reason it is left alone. `str(plan)`
+    prints a table. Raises `ConversionError` exactly when `convert` would.
+    """
+    options = TraceOptions(tuple(leaf_modules), tuple(autowrap_functions), concrete_args)
+    gm = trace(model, _input_shape(input_shape), options)
+    return analyze(gm, _input_shape(input_shape), mode, channels_last_linears=channels_last_linears).plan
+
+
+def convert(
+    model: nn.Module,
+    input_shape: Sequence[int] = (3, 224, 224),
+    *,
+    mode: str = "dense",
+    inplace: bool = False,
+    channels_last_linears: bool = False,
+    leaf_modules: Sequence[type[nn.Module]] = (),
+    autowrap_functions: Sequence[Any] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> fx.GraphModule:
+    """The fully convolutional equivalent of `model`, an `fx.GraphModule` in eval mode.
+
+    `input_shape` is the reference input without the batch dimension: (C, H, W), or (D,) for an MLP,
+    whose converted form takes N×D×H×W maps. The result returns an N×K×H'×W' map:
+
+    - ``mode="dense"``: the OverFeat/FCN network. At `input_shape`, H' = W' = 1 and ``out.flatten(1)``
+      equals the original logits; on a larger input, cell (i, j) is the original head applied to the
+      reference-size window of the features at (i, j) (see `geometry` for its place in pixels).
+    - ``mode="global"``: pools are kept, so ``out.flatten(1)`` equals the original at every input size.
+    - ``mode="cam"``: for heads linear from a global average pool to the output, class activation maps at
+      feature resolution whose spatial mean equals the original logits.
+
+    Every Linear becomes an `nn.Conv2d` (`LinearConv2d`, which runs at GEMM speed in eager mode). With
+    ``inplace=False`` the caller's model is deep-copied first and never changed; with ``inplace=True`` the
+    result shares `model`'s modules and parameters (conv weights are views of the Linear weights) and
+    `model` is left in eval mode. Raises `ConversionError`, naming the node and the reason, for models it
+    cannot make convolutional, `ValueError` for bad arguments.
+    """
+    shape = _input_shape(input_shape)
+    options = TraceOptions(tuple(leaf_modules), tuple(autowrap_functions), concrete_args)
+    model = _prepare(model, inplace)
+    gm = trace(model, shape, options)
+    analysis = analyze(gm, shape, mode, channels_last_linears=channels_last_linears)
+    converted = _Emitter(gm, analysis).run().eval()
+    if inplace:
+        model.eval()
+    converted.fc2conv = ConversionInfo(
+        shape, mode, options, analysis.cut.name if analysis.cut is not None else None, analysis.window,
+        analysis.global_context, analysis.plan,
+    )
+    return converted

@@ -1,0 +1,88 @@
+"""Trace a model with torch.fx and record every node's output shape at the reference input.
+
+Standard `torch.nn` modules stay leaf modules (one node each, so a Linear is one `call_module`); user
+modules are traced through unless listed in `leaf_modules`. Shapes come from running the graph once on a
+batch of two random inputs (`ShapeProp`), so the batch dimension is never confused with a size-1 dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from .errors import ConversionError
+
+__all__ = ["TraceOptions", "trace", "example_input"]
+
+BATCH = 2
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    """How to trace: module types kept whole, functions kept as one node, and fixed forward arguments."""
+
+    leaf_modules: tuple[type[nn.Module], ...] = ()
+    autowrap_functions: tuple[Any, ...] = ()
+    concrete_args: dict[str, Any] | None = field(default=None, hash=False)
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, options: TraceOptions):
+        super().__init__(autowrap_functions=options.autowrap_functions)
+        self.leaf_types = options.leaf_modules
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, self.leaf_types) or super().is_leaf_module(m, module_qualified_name)
+
+
+def example_input(input_shape: Sequence[int], *, batch: int = BATCH, dtype: torch.dtype = torch.float32,
+                  seed: int = 0) -> torch.Tensor:
+    """A reproducible standard-normal batch of `input_shape`."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, *input_shape), generator=generator, dtype=dtype)
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    tensor = next(model.parameters(), None)
+    return torch.float32 if tensor is None else tensor.dtype
+
+
+def trace(model: nn.Module, input_shape: Sequence[int], options: TraceOptions = TraceOptions()) -> fx.GraphModule:
+    """The traced model (eval behaviour) with `node.meta["tensor_meta"]` set for every tensor-valued node.
+
+    Raises `ConversionError` when fx cannot trace the model or the model rejects `input_shape`; the model's
+    training flag is restored either way.
+    """
+    name = type(model).__name__
+    was_training = model.training
+    model.eval()
+    try:
+        try:
+            graph = _Tracer(options).trace(model, concrete_args=options.concrete_args)
+        except Exception as e:
+            raise ConversionError(
+                f"torch.fx could not trace {name}: {type(e).__name__}: {e}\n"
+                "Hint: data-dependent control flow (an `if` or loop on tensor values) cannot be traced. "
+                "Keep the offending submodule whole with leaf_modules=[ItsClass] (it must not contain the "
+                "Linear head), wrap a helper function with autowrap_functions=[fn], or fix Python-level "
+                "branches with concrete_args={'flag': value}."
+            ) from e
+        gm = fx.GraphModule(model, graph, class_name=f"{name}Converted")
+        gm.eval()
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(example_input(input_shape, dtype=_model_dtype(model)))
+        except Exception as e:
+            raise ConversionError(
+                f"{name} does not run on input_shape={tuple(input_shape)} (a batch of {BATCH}): "
+                f"{type(e).__name__}: {e}\nHint: give the shape the model was built for, without the batch "
+                "dimension, e.g. (3, 224, 224) for an image model or (D,) for an MLP."
+            ) from e
+    finally:
+        model.train(was_training)
+    return gm
