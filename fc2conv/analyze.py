@@ -173,8 +173,8 @@ BINARY_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv, 
                     torch.div}
 BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_"}
 LINEAR_IN_MEAN = {operator.add, operator.sub, torch.add, torch.sub, "add", "sub", "add_", "sub_"}
-FLATTEN_FUNCTIONS = {torch.flatten, torch.reshape}
-FLATTEN_METHODS = {"flatten", "view", "reshape", "squeeze"}
+RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
 SOFTMAX_FUNCTIONS = {F.softmax: False, torch.softmax: False, F.log_softmax: True, torch.log_softmax: True}
 SOFTMAX_METHODS = {"softmax": False, "log_softmax": True}
 ADAPTIVE_POOLS = {nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveMaxPool2d: "max",
@@ -248,14 +248,22 @@ def _match_pool(node: fx.Node, callee: Any) -> _Pool | None:
     return _Pool(kind, shape_in[2:], (1, 1), keepdim)
 
 
+def _is_reshape(callee: Any) -> bool:
+    return _is(callee, (nn.Flatten,), RESHAPE_FUNCTIONS, RESHAPE_METHODS)
+
+
 def _is_flatten(node: fx.Node, callee: Any) -> bool:
-    """A reshape that turns N×C×h×w into N×(C·h·w), whatever it is spelled as."""
-    if not _is(callee, (nn.Flatten,), FLATTEN_FUNCTIONS, FLATTEN_METHODS):
+    """A reshape of N×C×h×w features into N×(C·h·w), however it is spelled; after a global pool also
+    the first of a chain of squeezes (N×C×1×1 → N×C×1)."""
+    if not _is_reshape(callee):
         return False
     shape_in, shape_out = _shape(node.args[0]), _shape(node)
-    if shape_in is None or shape_out is None or len(shape_out) != 2:
+    if shape_in is None or shape_out is None or len(shape_in) != 4 or len(shape_out) >= 4:
         return False
-    return shape_out == (shape_in[0], int(torch.Size(shape_in[1:]).numel()))
+    batch, channels, h, w = shape_in
+    if shape_out == (batch, channels * h * w):
+        return True
+    return (h, w) == (1, 1) and shape_out[:2] == (batch, channels) and set(shape_out[2:]) <= {1}
 
 
 def _is_linear(callee: Any) -> bool:
@@ -400,7 +408,7 @@ class _Analyzer:
         pool = _match_pool(node, callee)
         if pool is not None:
             self.visit_pool(node, callee, pool)
-        elif _is_flatten(node, callee) and len(_shape(node.args[0])) == 4 and node.args[0] in self.variable:
+        elif _is_flatten(node, callee) and node.args[0] in self.variable:
             features = node.args[0]
             _, channels, h, w = _shape(features)
             self.actions[node] = Alias(features)
@@ -408,7 +416,7 @@ class _Analyzer:
             self.start_head(node, features)
         elif _is_linear(callee):
             shape = _shape(node.args[0])
-            op, _, out_features = _linear_op(node, callee)
+            op = _linear_op(node, callee)[0]
             if shape is not None and len(shape) >= 3:
                 self.decisions.append(Decision(
                     self.layer(node), op, "left alone", reason=(
@@ -458,7 +466,7 @@ class _Analyzer:
         elif self.mode == "dense":
             self.start_head(node, features)
             self.actions[node] = GlobalToWindowPool(features, pool.kind, pool.size_in)
-            record(f"window {pool.kind} pool", f"stride 1: slides over larger inputs")
+            record(f"window {pool.kind} pool", "stride 1: slides over larger inputs")
             if not pool.keepdim:
                 self.values[node] = Vector(node, channels, (1, 1), origin=node)
             return
@@ -488,7 +496,9 @@ class _Analyzer:
         if _is_linear(callee):
             if node.args[0] not in self.values:
                 raise self.fail(node, callee, "its weight, not its input, comes from the features")
-            op, in_features, out_features = _linear_op(node, callee)
+            if len(_shape(node.args[0])) != 2:
+                raise self.fail(node, callee, f"its input has shape {_shape(node.args[0])}, not N×features")
+            op, _, out_features = _linear_op(node, callee)
             if vec.mean and not vec.is_plain:
                 raise self.fail(node, callee, "it is not fed by a global average pool")
             kernel = vec.fold_from or vec.kernel
@@ -499,13 +509,14 @@ class _Analyzer:
             self.values[node] = Vector(node, out_features, (1, 1), origin=vec.origin, mean=vec.mean)
             self.decisions.append(Decision(self.layer(node), op, rule, kernel, vec.channels, out_features))
             return
-        if _is(callee, (nn.Flatten,), FLATTEN_FUNCTIONS, FLATTEN_METHODS) and shape_out is not None:
-            if len(shape_out) == 2 and shape_out[1] == vec.channels * vec.kernel[0] * vec.kernel[1]:
-                self.actions[node] = Alias(node.args[0])
-                self.values[node] = vec
-                return
+        if _is_reshape(callee) and shape_out is not None and node.args[0] in self.values:
+            size = vec.channels * vec.kernel[0] * vec.kernel[1]
             if vec.is_plain and not vec.mean and shape_out[1:] == (vec.channels, 1, 1):
                 self.actions[node] = Alias(vec.source)  # back to a 1×1 map: the kept map is that map
+                return
+            if int(torch.Size(shape_out[1:]).numel()) == size and shape_out[0] == _shape(node.args[0])[0]:
+                self.actions[node] = Alias(node.args[0])  # the same vectors, reshaped
+                self.values[node] = vec
                 return
         if node.op == "call_method" and node.target == "size" and _arg(node, 1, "dim") == 0:
             return  # the batch size is the same in the map
@@ -546,7 +557,8 @@ class _Analyzer:
                                            vec.channels, vec.channels))
             return
         softmax_log = _softmax(callee)
-        if softmax_log is not None and vec.is_plain and len(shape_out or ()) == 2 and _softmax_dim(node, callee) in (1, -1):
+        over_classes = softmax_log is not None and _softmax_dim(node, callee) in (1, -1)
+        if over_classes and vec.is_plain and len(shape_out or ()) == 2:
             self.actions[node] = SoftmaxOverChannels(node.args[0], softmax_log)
             self.values[node] = follow()
             return

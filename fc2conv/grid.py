@@ -47,8 +47,10 @@ def _spatial_output(model: nn.Module, channels: int) -> Callable[[int, int], tup
     state = {name: torch.empty_like(t, device="meta") for name, t in chain(model.named_parameters(),
                                                                           model.named_buffers())}
 
+    dtype = next(iter(state.values())).dtype if state else torch.float32
+
     def output(height: int, width: int) -> tuple[int, int]:
-        x = torch.empty(1, channels, height, width, device="meta")
+        x = torch.empty(1, channels, height, width, device="meta", dtype=dtype)
         with torch.no_grad():
             return tuple(torch.func.functional_call(model, state, (x,)).shape[-2:])
 

@@ -95,7 +95,9 @@ class _Emitter:
     def copy(self, node: fx.Node) -> fx.Node:
         if node.op in ("call_module", "get_attr"):
             self.root[node.target] = _fetch(self.gm, node.target)
-        new = self.graph.node_copy(node, self.value)
+        # A node that stays channels-last computes on the NCHW map; others get the permute they expect.
+        stays_channels_last = isinstance(self.analysis.values.get(node), ChannelsLast)
+        new = self.graph.node_copy(node, self.env.__getitem__ if stays_channels_last else self.value)
         new.meta = {}
         return new
 

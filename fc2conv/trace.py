@@ -1,14 +1,17 @@
 """Trace a model with torch.fx and record every node's output shape at the reference input.
 
 Standard `torch.nn` modules stay leaf modules (one node each, so a Linear is one `call_module`); user
-modules are traced through unless listed in `leaf_modules`. Shapes come from running the graph once on a
-batch of two random inputs (`ShapeProp`), so the batch dimension is never confused with a size-1 dimension.
+modules are traced through unless listed in `leaf_modules`. Shapes come from running the graph once
+(`ShapeProp`) on a batch of two, so the batch dimension is never confused with a size-1 dimension; the run
+is on meta tensors (shapes only, no arithmetic, any model size in milliseconds), and on real random
+inputs for the rare model that calls something meta tensors cannot do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import torch
@@ -17,7 +20,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import ConversionError
 
-__all__ = ["TraceOptions", "trace", "example_input"]
+__all__ = ["TraceOptions", "example_input", "trace"]
 
 BATCH = 2
 
@@ -52,6 +55,27 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32 if tensor is None else tensor.dtype
 
 
+class _Propagate(nn.Module):
+    """ShapeProp as a module, so `functional_call` can run it with meta parameters."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, x: torch.Tensor) -> None:
+        ShapeProp(self.gm).propagate(x)
+
+
+def _propagate_shapes(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        try:
+            meta = {f"gm.{name}": torch.empty_like(t, device="meta")
+                    for name, t in chain(gm.named_parameters(), gm.named_buffers())}
+            torch.func.functional_call(_Propagate(gm), meta, (x.to("meta"),))
+        except Exception:
+            ShapeProp(gm).propagate(x)
+
+
 def trace(model: nn.Module, input_shape: Sequence[int], options: TraceOptions = TraceOptions()) -> fx.GraphModule:
     """The traced model (eval behaviour) with `node.meta["tensor_meta"]` set for every tensor-valued node.
 
@@ -75,8 +99,7 @@ def trace(model: nn.Module, input_shape: Sequence[int], options: TraceOptions = 
         gm = fx.GraphModule(model, graph, class_name=f"{name}Converted")
         gm.eval()
         try:
-            with torch.no_grad():
-                ShapeProp(gm).propagate(example_input(input_shape, dtype=_model_dtype(model)))
+            _propagate_shapes(gm, example_input(input_shape, dtype=_model_dtype(model)))
         except Exception as e:
             raise ConversionError(
                 f"{name} does not run on input_shape={tuple(input_shape)} (a batch of {BATCH}): "

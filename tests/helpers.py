@@ -1,0 +1,45 @@
+"""Shared test helpers: the one tolerance check, seeded inputs, and the torchvision zoo."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torchvision
+from torch import nn
+
+from fc2conv.verification import max_errors, tolerance
+
+# Every CNN classifier in torchvision.models: all classification models but the transformers.
+TRANSFORMERS = ("vit_", "swin_", "maxvit")
+ZOO = [n for n in torchvision.models.list_models(module=torchvision.models) if not n.startswith(TRANSFORMERS)]
+# One model of every family, for the checks that are too slow to repeat on all 68.
+FAMILIES = [
+    "alexnet", "vgg11_bn", "resnet18", "resnext50_32x4d", "wide_resnet50_2", "densenet121", "mobilenet_v2",
+    "mobilenet_v3_large", "efficientnet_b0", "efficientnet_v2_s", "regnet_x_400mf", "regnet_y_400mf",
+    "shufflenet_v2_x0_5", "mnasnet0_5", "googlenet", "inception_v3", "convnext_tiny", "squeezenet1_1",
+]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """`actual` equals `expected` within fc2conv's tolerance for their dtype."""
+    max_abs, max_rel = max_errors(actual, expected)
+    limit = tolerance(expected.dtype)
+    assert max_rel <= limit, f"max rel error {max_rel:.3e} > {limit:.0e} (max abs {max_abs:.3e})"
+
+
+def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@functools.cache
+def crop_size(name: str) -> int:
+    """The evaluation crop in the metadata of the model's default weights."""
+    return torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
+
+
+def build(name: str, seed: int = 0) -> nn.Module:
+    """A randomly initialised torchvision model in eval mode (no download)."""
+    torch.manual_seed(seed)
+    kwargs = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    return torchvision.models.get_model(name, weights=None, **kwargs).eval()

@@ -1,0 +1,79 @@
+"""Every CNN classifier in torchvision, random weights, at its weights' crop size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import FAMILIES, ZOO, assert_close, build, crop_size, randn
+from torch import nn
+
+import fc2conv
+from fc2conv import ConversionError
+
+# Families whose head is not linear from a global average pool to the logits.
+NO_CAM = {"alexnet": "global average pool", "vgg11_bn": "global average pool",
+          "mobilenet_v3_large": "Hardswish", "convnext_tiny": "not linear"}
+
+
+def test_zoo_is_every_cnn_classifier():
+    assert len(ZOO) == 68
+
+
+def _conv_heads(converted: nn.Module) -> None:
+    """No Linear is left but those the plan leaves alone because they already act per position."""
+    left = {name for name, m in converted.named_modules() if isinstance(m, nn.Linear)}
+    per_position = {d.layer for d in converted.fc2conv.plan if d.rule == "left alone"}
+    assert left <= per_position, f"Linears left: {sorted(left - per_position)}"
+    assert converted.fc2conv.plan[-1].rule in ("1×1 conv", "global conv", "window avg pool"), "head not converted"
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_converts_exactly(name):
+    """Dense equals the original at the crop size and slides beyond it; global equals it at a larger
+    size; float64 agrees to 1e-10. (inplace=True keeps one copy of the weights; that convert leaves the
+    caller's model alone otherwise is tested in test_convert.)"""
+    model = build(name)
+    size = crop_size(name)
+    x = randn(1, 3, size, size)
+    with torch.no_grad():
+        logits = model(x)
+        dense = fc2conv.convert(model, (3, size, size), inplace=True)
+        _conv_heads(dense)
+        out = dense(x)
+        assert out.shape == (*logits.shape, 1, 1)
+        assert_close(out.flatten(1), logits)
+
+        stride = fc2conv.geometry(dense).stride
+        larger = randn(1, 3, size + stride[0], size + 2 * stride[1], seed=1)  # non-square on purpose
+        assert dense(larger).shape[2:] == (2, 3)
+
+        glob = fc2conv.convert(model, (3, size, size), mode="global", inplace=True)
+        _conv_heads(glob)
+        assert_close(glob(larger).flatten(1), model(larger))
+
+        model.double()
+        dense = fc2conv.convert(model, (3, size, size), inplace=True)
+        x = x.double()
+        assert_close(dense(x).flatten(1), model(x))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_dense_cells_are_the_head_on_feature_windows(name):
+    model = build(name)
+    size = crop_size(name)
+    dense = fc2conv.convert(model, (3, size, size), inplace=True)
+    report = fc2conv.verify(model, dense, batch=1)
+    assert [c.passed for c in report.checks] == [True, True], str(report)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cam_where_the_head_is_linear(name):
+    model = build(name)
+    size = crop_size(name)
+    if name in NO_CAM:
+        with pytest.raises(ConversionError, match=NO_CAM[name]):
+            fc2conv.convert(model, (3, size, size), mode="cam", inplace=True)
+        return
+    cam = fc2conv.convert(model, (3, size, size), mode="cam", inplace=True)
+    report = fc2conv.verify(model, cam, batch=1)
+    assert [c.passed for c in report.checks] == [True, True], str(report)
