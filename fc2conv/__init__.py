@@ -11,7 +11,10 @@ The names below load lazily, so `fc2conv.runtime` (numpy, onnxruntime and Pillow
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-__all__ = ["ConversionError", "Geometry", "convert", "geometry", "plan", "verify"]
+__all__ = [
+    "ConversionError", "Geometry", "Recipe", "convert", "convert_onnx", "export_onnx", "geometry", "load", "plan",
+    "save", "verify",
+]
 
 _HOMES = {
     "ConversionError": "errors",
@@ -20,11 +23,20 @@ _HOMES = {
     "geometry": "grid",
     "plan": "rewrite",
     "verify": "verification",
+    "convert_onnx": "onnx.convert",
+    "export_onnx": "onnx.export",
+    "Recipe": "recipe",
+    "load": "artifact",
+    "save": "artifact",
 }
 
 if TYPE_CHECKING:
+    from .artifact import load, save
     from .errors import ConversionError
     from .grid import Geometry, geometry
+    from .onnx.convert import convert_onnx
+    from .onnx.export import export_onnx
+    from .recipe import Recipe
     from .rewrite import convert, plan
     from .verification import verify
 

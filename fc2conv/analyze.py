@@ -136,7 +136,8 @@ class Plan(list):
             for d in self
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows]
+        lines = [("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]).rstrip()
+                 for r in rows]
         return "\n".join([*lines, *self.notes])
 
 
@@ -264,6 +265,17 @@ def _is_flatten(node: fx.Node, callee: Any) -> bool:
     if shape_out == (batch, channels * h * w):
         return True
     return (h, w) == (1, 1) and shape_out[:2] == (batch, channels) and set(shape_out[2:]) <= {1}
+
+
+def _is_batch_size(node: fx.Node) -> bool:
+    """`x.size(0)`, or `x.shape` / `x.size()` used only as `[0]`: the batch size, which a map shares."""
+    if node.op == "call_method" and node.target == "size":
+        dim = _arg(node, 1, "dim")
+        if dim is not None:
+            return dim == 0
+    elif not (node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",)):
+        return False
+    return all(user.target is operator.getitem and user.args[1] == 0 for user in node.users)
 
 
 def _is_linear(callee: Any) -> bool:
@@ -518,7 +530,7 @@ class _Analyzer:
                 self.actions[node] = Alias(node.args[0])  # the same vectors, reshaped
                 self.values[node] = vec
                 return
-        if node.op == "call_method" and node.target == "size" and _arg(node, 1, "dim") == 0:
+        if _is_batch_size(node):
             return  # the batch size is the same in the map
         if _is(callee, IDENTITY_MODULES, IDENTITY_FUNCTIONS, IDENTITY_METHODS):
             self.values[node] = follow()

@@ -42,17 +42,32 @@ class Geometry:
         return asdict(self)
 
 
-def _spatial_output(model: nn.Module, channels: int) -> Callable[[int, int], tuple[int, int]]:
-    """Output height and width for an input size, from a shapes-only (meta) run."""
+def _spatial_output(
+    model: nn.Module, channels: int, reference: tuple[int, int]
+) -> Callable[[int, int], tuple[int, int]]:
+    """Output height and width for an input size, from shapes-only (meta) runs; from real runs on zeros for
+    a model that does what meta tensors cannot (a leaf module with data-dependent control flow)."""
     state = {name: torch.empty_like(t, device="meta") for name, t in chain(model.named_parameters(),
                                                                           model.named_buffers())}
-
     dtype = next(iter(state.values())).dtype if state else torch.float32
 
-    def output(height: int, width: int) -> tuple[int, int]:
+    def on_meta(height: int, width: int) -> torch.Tensor:
         x = torch.empty(1, channels, height, width, device="meta", dtype=dtype)
+        return torch.func.functional_call(model, state, (x,))
+
+    def on_zeros(height: int, width: int) -> torch.Tensor:
+        return model(torch.zeros(1, channels, height, width, dtype=dtype))
+
+    run = on_meta
+    with torch.no_grad():
+        try:
+            on_meta(*reference)
+        except Exception:
+            run = on_zeros
+
+    def output(height: int, width: int) -> tuple[int, int]:
         with torch.no_grad():
-            return tuple(torch.func.functional_call(model, state, (x,)).shape[-2:])
+            return tuple(run(height, width).shape[-2:])
 
     return output
 
@@ -91,7 +106,7 @@ def geometry(converted: nn.Module) -> Geometry:
         raise ConversionError("a mode='global' model gives one cell for the whole input: it has no geometry")
     channels, *size = info.input_shape
     height, width = size or (1, 1)
-    output = _spatial_output(converted, channels)
+    output = _spatial_output(converted, channels, (height, width))
     stride = (_step(lambda h: output(h, width)[0], height), _step(lambda w: output(height, w)[1], width))
     window = (height, width) if info.mode == "dense" else stride
     result = Geometry(stride, window, exact=not info.global_context)

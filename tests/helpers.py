@@ -42,4 +42,20 @@ def build(name: str, seed: int = 0) -> nn.Module:
     """A randomly initialised torchvision model in eval mode (no download)."""
     torch.manual_seed(seed)
     kwargs = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}
-    return torchvision.models.get_model(name, weights=None, **kwargs).eval()
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    if kwargs:
+        _calibrate_batch_norm(model, crop_size(name))
+    return model.eval()
+
+
+def _calibrate_batch_norm(model: nn.Module, size: int) -> None:
+    """Batch-norm statistics from one random batch. GoogLeNet's and Inception v3's own initialisation makes
+    their features vanish (GoogLeNet's logits equal the fc bias to 1e-5) or explode (Inception v3: 1e12),
+    so a comparison of logits would not test their backbones."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches seen
+    model.train()
+    with torch.no_grad():
+        model(randn(2, 3, size, size, seed=1))

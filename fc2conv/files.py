@@ -1,0 +1,60 @@
+"""Atomic file output, with no PyTorch import, for every writer in fc2conv (`fc2conv.runtime` and
+`convert_onnx` must run where torch is not installed)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import ConversionError
+
+__all__ = ["atomic_output"]
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to `path` to write to; on success it becomes `path` in one rename.
+
+    The temporary file is fsynced, then `os.replace`d over `path`, so readers see the old file or the
+    complete new one, never a partial one, even if the process is killed. If the body raises (including
+    KeyboardInterrupt) the temporary file is removed and `path` is untouched. An existing `path` is refused
+    unless `force`. `ConversionError` for an existing file, a directory at `path`, a directory that cannot
+    be written, and an `OSError` while writing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConversionError(f"{path} is a directory; give a file name to write")
+    if path.exists() and not force:
+        raise ConversionError(f"{path} already exists; pass --force (force=True) to overwrite it")
+    # Hidden, unique, and ending in the target's suffix for writers that check it (torch.export.save).
+    tmp = path.parent / f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}"
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as e:
+        raise ConversionError(f"cannot write to directory {path.parent}: {e.strerror}") from None
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # writers that recreate the file may have made it private
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ConversionError(f"could not write {path}: {e}") from e
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable; not possible everywhere
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,193 @@
+"""`convert_onnx`: ONNX classifier in, fully convolutional ONNX model out, with `onnx`, `onnxruntime`, `numpy`.
+
+The driver loads and validates the model, infers static shapes at a reference input size, applies the rules
+of `rules.py` until none matches, makes batch, height and width dynamic, checks the result and saves it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+
+from ..errors import ConversionError
+from ..files import atomic_output
+from .graph import Graph, Shape, describe, infer_shapes, topological_order
+from .rules import Rule, rules_for
+
+__all__ = ["MODES", "convert_onnx"]
+
+MODES = ("dense", "global")
+# The probe input is this many pixels taller and wider than the reference, enough for any stride-32 network
+# to grow its last feature map; a map that does not grow has the reference size baked in.
+_PROBE_GROWTH = 32
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def convert_onnx(
+    src: str | os.PathLike | onnx.ModelProto,
+    dst: str | os.PathLike | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    mode: str = "dense",
+    force: bool = False,
+) -> onnx.ModelProto:
+    """Rewrite the fully connected head of the single-input classifier `src` as convolutions.
+
+    `src` is a path or a ModelProto (not modified). `input_shape` is the reference input shape without the
+    batch, (C, H, W) or (D,), needed when the model's input has symbolic dims; it must agree with static ones.
+    With mode="dense", global pools that feed the head become stride-1 window pools of the size they covered
+    at the reference size, so larger images give a map of scores; mode="global" keeps them global.
+
+    Guarantees of the returned model: it passes `onnx.checker.check_model(full_check=True)`; its input keeps
+    its name, takes N×C×H×W (N×D×H×W for a vector input, with H = W = 1 at the reference) with dynamic
+    batch, height and width; outputs keep their names, and each output that was N×K becomes N×K×H'×W',
+    1×1 at the reference size where `out.reshape(N, -1)` equals the original output up to float rounding.
+    No Gemm, and no MatMul by a constant matrix on vectors, is left. If `dst` is given the model is written
+    there atomically (temporary file in the same directory, then `os.replace`); an existing `dst` is
+    refused unless `force`.
+
+    Raises ConversionError, naming the file or the ONNX node and the reason, for an unreadable or invalid
+    model and for any pattern it cannot convert exactly; then no file is written.
+    """
+    if mode not in MODES:
+        raise ConversionError(f"mode must be one of {MODES}, not {mode!r}")
+    if dst is not None and os.path.exists(dst) and not force:  # before the work; atomic_output checks again
+        raise ConversionError(f"{os.fspath(dst)} already exists; pass --force (force=True) to overwrite it")
+    model, label = _load(src)
+    image = _image_input(model, label)
+    reference = _reference_shape(image, input_shape, label)
+    try:
+        shapes = infer_shapes(model, reference)
+    except Exception as exc:  # onnx raises several unrelated types here
+        raise ConversionError(f"{label}: ONNX shape inference failed at input shape {reference}: {exc}") from exc
+    graph = Graph(model, shapes, _probe_shapes(model, reference) if mode == "dense" else {})
+    ordered = topological_order(model.graph)
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    graph.prune()
+    if len(reference) == 2:  # a vector input: an MLP becomes 1×1 convolutions over N×D×H×W maps
+        graph.lifted.add(image.name)
+        graph.shapes[image.name] = (*reference, 1, 1)
+    _rewrite(graph, rules_for(mode), label)
+    _make_dynamic(graph, image.name)
+    _validate(model, label)
+    if dst is not None:
+        with atomic_output(dst, force=force) as tmp:
+            tmp.write_bytes(model.SerializeToString())
+    return model
+
+
+def _load(src: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """A private copy of the model and how messages name it."""
+    if isinstance(src, onnx.ModelProto):
+        model, label = onnx.ModelProto(), "the ONNX model"
+        model.CopyFrom(src)
+    else:
+        label = os.fspath(src)
+        try:
+            model = onnx.load(label)
+        except Exception as exc:  # protobuf, OS and external-data errors alike mean "not a model we can read"
+            raise ConversionError(f"{label}: not a readable ONNX model ({exc})") from exc
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # the checker raises ValidationError, or ValueError for oversized models
+        raise ConversionError(f"{label}: not a valid ONNX model ({exc})") from exc
+    return model, label
+
+
+def _image_input(model: onnx.ModelProto, label: str) -> onnx.ValueInfoProto:
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [inp for inp in model.graph.input if inp.name not in initializers]
+    if len(inputs) != 1:
+        names = ", ".join(repr(inp.name) for inp in inputs)
+        raise ConversionError(f"{label}: fc2conv converts single-input classifiers; this one has inputs {names}")
+    rank = len(inputs[0].type.tensor_type.shape.dim)
+    if rank not in (2, 4):
+        raise ConversionError(
+            f"{label}: input {inputs[0].name!r} has rank {rank}; fc2conv takes N×C×H×W images or N×D vectors"
+        )
+    return inputs[0]
+
+
+def _reference_shape(image: onnx.ValueInfoProto, input_shape: tuple[int, ...] | None, label: str) -> Shape:
+    """The static input shape used for shape inference: the model's, completed by `input_shape`, batch 1
+    when symbolic."""
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in image.type.tensor_type.shape.dim]
+    declared = ", ".join("?" if d is None else str(d) for d in dims)
+    if input_shape is not None:
+        given = tuple(int(d) for d in input_shape)
+        if len(given) != len(dims) - 1 or any(d is not None and d != s for d, s in zip(dims[1:], given, strict=True)):
+            raise ConversionError(
+                f"{label}: input_shape={given} does not fit input {image.name!r} of shape ({declared}); give "
+                "the shape without the batch dimension"
+            )
+        dims[1:] = given
+    if None in dims[1:]:
+        raise ConversionError(
+            f"{label}: input {image.name!r} has symbolic dims ({declared}); pass input_shape=(C, H, W)"
+        )
+    return (dims[0] or 1, *dims[1:])
+
+
+def _probe_shapes(model: onnx.ModelProto, reference: Shape) -> dict[str, Shape]:
+    """Shapes at a larger input, to tell feature maps that grow from ones with the size baked in."""
+    if len(reference) != 4:
+        return {}
+    n, c, h, w = reference
+    try:
+        return infer_shapes(model, (n, c, h + _PROBE_GROWTH, w + _PROBE_GROWTH))
+    except Exception:  # a graph that only infers at its export size: the growth checks are skipped
+        return {}
+
+
+def _rewrite(graph: Graph, rules: list[Rule], label: str) -> None:
+    """Apply the first matching rule at the first node where one matches, until no rule matches anywhere.
+
+    Nodes are visited in topological order, so a rule sees the inputs of its node already rewritten.
+    """
+    while True:
+        for node in graph.graph.node:
+            rule = next((r for r in rules if r.match(graph, node)), None)
+            if rule is not None:
+                reason = rule.check(graph, node)
+                if reason is not None:
+                    raise ConversionError(f"{label}: {describe(node)}: {reason}")
+                rule.rewrite(graph, node)
+                break
+        else:
+            return
+
+
+def _make_dynamic(graph: Graph, image: str) -> None:
+    """Dynamic batch, height and width on the input; N×K×H'×W' on the outputs that were N×K vectors."""
+    for inp in graph.graph.input:
+        if inp.name == image:
+            _set_dims(inp, ["batch", graph.shapes[image][1], "height", "width"])
+    for out in graph.graph.output:
+        if out.name in graph.lifted:
+            _set_dims(out, ["batch", graph.shapes[out.name][1], "out_height", "out_width"])
+        else:  # a non-head output keeps its rank; only its batch is known
+            rank = len(out.type.tensor_type.shape.dim)
+            _set_dims(out, ["batch", *[None] * (rank - 1)])
+    del graph.graph.value_info[:]  # inferred for the old graph; stale now
+
+
+def _set_dims(info: onnx.ValueInfoProto, dims: list[int | str | None]) -> None:
+    shape = info.type.tensor_type.shape
+    shape.Clear()
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        elif d is not None:
+            dim.dim_value = d
+
+
+def _validate(model: onnx.ModelProto, label: str) -> None:
+    if model.ByteSize() > _PROTOBUF_LIMIT:
+        raise ConversionError(f"{label}: the converted model exceeds protobuf's 2 GB limit")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise ConversionError(f"{label}: the converted model fails the ONNX checker (a bug in fc2conv): {exc}") from exc

@@ -1,0 +1,155 @@
+"""Export a converted model to ONNX with dynamic batch, height and width, and the metadata a deployer needs.
+
+Converted layers are `LinearConv2d`, a plain `Conv2d` while an exporter runs, so every converted Linear
+is one ONNX `Conv` and no `Gemm` or `MatMul` is left in the head. The file's `metadata_props` carry JSON
+values under `fc2conv.*` keys: the geometry (stride and window in input pixels, null in
+global mode), the reference input shape, the mode, whether cells are exact windows, and the class labels and
+input normalisation when given. `fc2conv.runtime` reads them without PyTorch.
+
+Exporters (torch 2.14): the TorchScript exporter (`exporter="torchscript"`, the default) exports every
+torchvision CNN family with dynamic height and width in 1-20 s; the dynamo exporter
+(`exporter="dynamo"`, `torch.export` + onnxscript) takes 15-90 s per model here and refuses GoogLeNet and
+ConvNeXt (`torch.export` specialises height and width to 224…255 and batch to ≤ 2, a constraint violation).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from ..errors import ConversionError
+from ..files import atomic_output
+from ..grid import geometry
+from ..runtime import METADATA_PREFIX
+
+__all__ = ["DEFAULT_OPSET", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME", "export_onnx"]
+
+DEFAULT_OPSET = 18
+EXPORTERS = ("torchscript", "dynamo")
+INPUT_NAME, OUTPUT_NAME = "input", "scores"
+
+
+def export_onnx(
+    converted: nn.Module,
+    path: str | os.PathLike,
+    input_shape: Sequence[int] | None = None,
+    *,
+    dynamic: bool = True,
+    opset: int | None = None,
+    labels: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    force: bool = False,
+    exporter: str = "torchscript",
+) -> Path:
+    """Write `converted` (from `fc2conv.convert`) to `path` as ONNX and return the path.
+
+    `input_shape` (C, H, W), or (D,) for an MLP, is the example the exporter traces, by default the
+    reference shape; with `dynamic=True` (default) batch, height and width are dynamic axes, so the file
+    runs at any size the converted model accepts. `labels` (one per class), `mean` and `std` (one per input
+    channel, or one for all, applied to inputs scaled to [0, 1]) go into the metadata for `fc2conv.runtime`.
+
+    Guarantees: the written model passes `onnx.checker.check_model(full_check=True)`; its input is named
+    "input" (N×C×H×W) and its output "scores" (N×K×H'×W'); the file appears atomically and an existing file
+    is refused unless `force`. `ConversionError` for a model not made by `fc2conv.convert`, bad arguments
+    (named), and export failures; then no file is written.
+    """
+    info = getattr(converted, "fc2conv", None)
+    if info is None:
+        raise ConversionError("export_onnx needs a model returned by fc2conv.convert (it has no .fc2conv)")
+    if exporter not in EXPORTERS:
+        raise ConversionError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
+    path = Path(path)
+    if path.exists() and not force:  # before the slow export; atomic_output checks again when writing
+        raise ConversionError(f"{path} already exists; pass --force (force=True) to overwrite it")
+    shape = tuple(int(d) for d in (input_shape or info.input_shape))
+    if len(shape) != len(info.input_shape):
+        raise ConversionError(f"input_shape={shape} does not match the reference shape {info.input_shape}")
+    parameter = next(converted.parameters(), None)
+    example = torch.zeros(1, *shape, *((1, 1) if len(shape) == 1 else ()),
+                          dtype=torch.float32 if parameter is None else parameter.dtype)
+    was_training = converted.training
+    converted.eval()
+    try:
+        with torch.no_grad():
+            try:
+                classes = converted(example).shape[1]
+            except Exception as e:
+                raise ConversionError(f"the model does not run at input_shape={shape}: {e}") from e
+        metadata = _metadata(converted, classes=classes, labels=labels, mean=mean, std=std)
+        proto = _export(converted, example, dynamic=dynamic, opset=opset or DEFAULT_OPSET, exporter=exporter)
+    finally:
+        converted.train(was_training)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:  # ValidationError or shape-inference errors alike
+        raise ConversionError(f"the exported model fails the ONNX checker (a bug in fc2conv): {e}") from e
+    with atomic_output(path, force=force) as tmp:
+        onnx.save(proto, tmp)
+    return path
+
+
+def _metadata(converted: nn.Module, *, classes: int, labels, mean, std) -> dict[str, str]:
+    """The `fc2conv.*` metadata, JSON-encoded; arguments are checked against the model."""
+    info = converted.fc2conv
+    channels = info.input_shape[0]
+    grid = None if info.mode == "global" else geometry(converted)
+    values: dict[str, object] = {
+        "stride": grid and list(grid.stride),
+        "window": grid and list(grid.window),
+        "input_shape": list(info.input_shape),
+        "mode": info.mode,
+        "exact": grid.exact if grid else True,
+    }
+    if labels is not None:
+        labels = [str(label) for label in labels]
+        if len(labels) != classes:
+            raise ConversionError(f"labels: {len(labels)} given, but the model has {classes} classes")
+        values["labels"] = labels
+    for name, given in (("mean", mean), ("std", std)):
+        if given is None:
+            continue
+        numbers = [float(v) for v in given]
+        if len(numbers) not in (1, channels):
+            raise ConversionError(f"{name}: give 1 or {channels} values (one per input channel), not {len(numbers)}")
+        if name == "std" and any(v <= 0 for v in numbers):
+            raise ConversionError(f"std: every value must be positive, got {numbers}")
+        values[name] = numbers
+    return {METADATA_PREFIX + k: json.dumps(v) for k, v in values.items()}
+
+
+def _export(model: nn.Module, example: torch.Tensor, *, dynamic: bool, opset: int, exporter: str) -> onnx.ModelProto:
+    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": opset}
+    _, _, height, width = example.shape
+    try:
+        if exporter == "dynamo":
+            dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=height),
+                    3: torch.export.Dim("width", min=width)}
+            program = torch.onnx.export(model, (example,), dynamo=True, verbose=False,
+                                        dynamic_shapes=(dims,) if dynamic else None, **names)
+            return program.model_proto
+        buffer = io.BytesIO()
+        axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}}
+        with warnings.catch_warnings():
+            # Chosen on purpose (see the module docstring); its deprecation notice is not the user's concern.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (example,), buffer, dynamo=False, dynamic_axes=axes if dynamic else None,
+                              **names)
+        return onnx.load_from_string(buffer.getvalue())
+    except Exception as e:
+        first_line = str(e).strip().split("\n")[0][:300]
+        raise ConversionError(
+            f"the {exporter} ONNX exporter failed at input {tuple(example.shape)}: {type(e).__name__}: "
+            f"{first_line}" + ("; try exporter='torchscript'" if exporter == "dynamo" else "")
+        ) from e

@@ -1,0 +1,140 @@
+"""`export_onnx`: dynamic H/W, every converted layer a `Conv`, checker-clean, metadata, onnxruntime parity.
+
+Parity uses the one tolerance (`assert_close`, 1e-5 relative in float32): onnxruntime and PyTorch compute
+the same convolutions with different kernels, and the largest error measured over the 18 families is
+3e-6 (vgg11_bn).
+"""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+from helpers import FAMILIES, ZOO, assert_close, build, crop_size, randn
+from onnx_helpers import op_counts, run_onnx, session
+from torch import nn
+
+import fc2conv
+from fc2conv.errors import ConversionError
+from fc2conv.onnx import export_onnx
+from models.small_cnn import small_cnn
+
+
+def _metadata(path) -> dict:
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: json.loads(p.value) for p in model.metadata_props}
+
+
+def _check_export(name: str, tmp_path) -> None:
+    size = crop_size(name)
+    converted = fc2conv.convert(build(name), (3, size, size))
+    path = export_onnx(converted, tmp_path / f"{name}.onnx")
+    model = onnx.load(str(path))  # export_onnx ran the full checker on it (see test_existing_file_needs_force)
+    # Every converted Linear is a Conv: no Gemm; MatMul only for Linears fc2conv keeps (ConvNeXt blocks).
+    ops = op_counts(model)
+    modules = list(converted.modules())
+    assert ops["Gemm"] == 0
+    assert ops["MatMul"] == sum(isinstance(m, nn.Linear) for m in modules)
+    assert ops["Conv"] == sum(isinstance(m, nn.Conv2d) for m in modules)
+    dims = [[d.dim_param or d.dim_value for d in t.type.tensor_type.shape.dim]
+            for t in (model.graph.input[0], model.graph.output[0])]
+    assert dims == [["batch", 3, "height", "width"], ["batch", 1000, "out_height", "out_width"]]
+    geo = fc2conv.geometry(converted)
+    meta = _metadata(path)
+    assert meta["fc2conv.stride"] == list(geo.stride) and meta["fc2conv.window"] == list(geo.window)
+    assert meta["fc2conv.input_shape"] == [3, size, size] and meta["fc2conv.exact"] == geo.exact
+    (sh, sw) = geo.stride
+    runtime = session(path)
+    for seed, (batch, height, width) in enumerate([(2, size, size), (1, size + sh, size + 2 * sw),
+                                                  (1, size + 3 * sh, size + sw)]):
+        x = randn(batch, 3, height, width, seed=seed)
+        with torch.no_grad():
+            expected = converted(x)
+        actual = run_onnx(runtime, x)
+        assert actual.shape == expected.shape
+        assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_export_parity_families(name, tmp_path):
+    _check_export(name, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in ZOO if n not in FAMILIES])
+def test_export_parity_zoo(name, tmp_path):
+    _check_export(name, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    model = small_cnn().eval()
+    return model, fc2conv.convert(model, (3, 32, 32))
+
+
+def test_metadata_labels_mean_std(small, tmp_path):
+    _, converted = small
+    labels = [f"class {k}" for k in range(10)]
+    path = export_onnx(converted, tmp_path / "m.onnx", labels=labels, mean=[0.5, 0.4, 0.3], std=[0.2])
+    meta = _metadata(path)
+    assert meta == {"fc2conv.stride": [4, 4], "fc2conv.window": [32, 32], "fc2conv.input_shape": [3, 32, 32],
+                    "fc2conv.mode": "dense", "fc2conv.exact": True, "fc2conv.labels": labels,
+                    "fc2conv.mean": [0.5, 0.4, 0.3], "fc2conv.std": [0.2]}
+
+
+def test_global_mode_has_no_geometry(small, tmp_path):
+    original, _ = small
+    converted = fc2conv.convert(original, (3, 32, 32), mode="global")
+    meta = _metadata(export_onnx(converted, tmp_path / "g.onnx"))
+    assert meta["fc2conv.mode"] == "global" and meta["fc2conv.stride"] is None and meta["fc2conv.window"] is None
+
+
+def test_static_export(small, tmp_path):
+    _, converted = small
+    model = onnx.load(str(export_onnx(converted, tmp_path / "s.onnx", dynamic=False)))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]
+
+
+def test_dynamo_exporter(small, tmp_path):
+    _, converted = small
+    path = export_onnx(converted, tmp_path / "d.onnx", exporter="dynamo")
+    assert op_counts(path)["Gemm"] == 0
+    x = randn(2, 3, 45, 37)
+    with torch.no_grad():
+        assert_close(run_onnx(path, x), converted(x))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"labels": ["a", "b"]}, "labels: 2 given, but the model has 10 classes"),
+    ({"mean": [0.1, 0.2]}, "mean: give 1 or 3 values"),
+    ({"std": [0.2, 0.0, 0.1]}, "std: every value must be positive"),
+    ({"exporter": "tf"}, "exporter must be one of"),
+    ({"input_shape": (32, 32)}, "does not match the reference shape"),
+    ({"input_shape": (3, 16, 16)}, r"does not run at input_shape=\(3, 16, 16\)"),
+])
+def test_bad_arguments_write_nothing(small, tmp_path, kwargs, message):
+    _, converted = small
+    with pytest.raises(ConversionError, match=message):
+        export_onnx(converted, tmp_path / "bad.onnx", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_unconverted_model(small, tmp_path):
+    original, _ = small
+    with pytest.raises(ConversionError, match="model returned by fc2conv"):
+        export_onnx(original, tmp_path / "x.onnx")
+
+
+def test_existing_file_needs_force(small, tmp_path):
+    _, converted = small
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"keep me")
+    with pytest.raises(ConversionError, match="already exists"):
+        export_onnx(converted, target)
+    assert target.read_bytes() == b"keep me"
+    export_onnx(converted, target, force=True)
+    onnx.checker.check_model(str(target), full_check=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file left behind

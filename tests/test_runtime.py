@@ -1,0 +1,163 @@
+"""`fc2conv.runtime`: load an exported model, read images of any kind and size, score maps with boxes,
+rankings, heatmap PNGs, clear errors, and no PyTorch anywhere (checked with torch blocked)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_close
+from onnx_helpers import run_without_torch
+from PIL import Image
+
+import fc2conv
+from fc2conv.errors import ConversionError
+from fc2conv.onnx import export_onnx
+from fc2conv.runtime import DenseModel, heatmap
+from models.small_cnn import small_cnn
+
+MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+LABELS = [f"label{k}" for k in range(10)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(converted model, path of its export with labels, mean and std)."""
+    torch.manual_seed(0)
+    converted = fc2conv.convert(small_cnn().eval(), (3, 32, 32))
+    path = tmp_path_factory.mktemp("runtime") / "small.onnx"
+    export_onnx(converted, path, labels=LABELS, mean=MEAN, std=STD)
+    return converted, path
+
+
+def _image(height: int = 50, width: int = 41, channels: int = 3, seed: int = 0) -> np.ndarray:
+    shape = (height, width, channels) if channels else (height, width)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _expected(converted, image: np.ndarray) -> torch.Tensor:
+    """What the PyTorch model gives on the normalised image."""
+    x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return converted(x)[0]
+
+
+def test_scores_equal_pytorch_and_boxes_follow_geometry(exported):
+    converted, path = exported
+    image = _image()
+    result = DenseModel(path).run(image)
+    assert_close(torch.from_numpy(result.scores), _expected(converted, image))
+    assert result.scores.shape == (10, 5, 3) and result.image_size == (50, 41)
+    np.testing.assert_allclose(result.probabilities.sum(axis=0), 1, rtol=1e-5)
+    geo = fc2conv.geometry(converted)
+    assert all(result.box(i, j) == geo.box(i, j) for i in range(5) for j in range(3))
+    with pytest.raises(ConversionError, match="outside the 5×3 score map"):
+        result.box(5, 0)
+
+
+def test_rankings_and_dict(exported):
+    result = DenseModel(exported[1]).run(_image())
+    probabilities = result.probabilities
+    windows = result.top_windows(4)
+    assert [w.score for w in windows] == sorted((w.score for w in windows), reverse=True)
+    assert windows[0].score == pytest.approx(probabilities.max())
+    for p in windows + result.top_classes(10):
+        assert p.label == LABELS[p.class_index] and p.box == result.box(*p.cell)
+        assert p.score == pytest.approx(probabilities[p.class_index][p.cell])
+    classes = result.top_classes(10)
+    assert sorted(c.class_index for c in classes) == list(range(10))
+    assert [c.score for c in classes] == pytest.approx(sorted(probabilities.max(axis=(1, 2)), reverse=True))
+    summary = json.loads(json.dumps(result.to_dict(k=3)))
+    assert summary["map_size"] == [5, 3] and summary["stride"] == [4, 4] and len(summary["top_windows"]) == 3
+
+
+@pytest.mark.parametrize("kind", ["path", "pil", "rgba", "float", "gray"])
+def test_image_kinds_agree(exported, tmp_path, kind):
+    model = DenseModel(exported[1])
+    rgb = _image()
+    if kind == "gray":  # a grayscale image repeated over the three channels
+        gray = _image(channels=0)
+        expected, image = model.run(np.repeat(gray[:, :, None], 3, axis=2)), gray
+    else:
+        expected = model.run(rgb)
+        image = {"path": tmp_path / "in.png", "pil": Image.fromarray(rgb),
+                 "rgba": np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)]),
+                 "float": rgb.astype(np.float64) / 255}[kind]
+        if kind == "path":
+            Image.fromarray(rgb).save(image)
+    np.testing.assert_allclose(model.run(image).scores, expected.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_color_to_gray_model(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    path = export_onnx(fc2conv.convert(net, (1, 8, 8)), tmp_path / "gray.onnx")
+    rgb = _image(12, 9)
+    luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255
+    with torch.no_grad():
+        expected = fc2conv.convert(net, (1, 8, 8))(torch.from_numpy(luma)[None, None])[0]
+    assert_close(torch.from_numpy(DenseModel(path).run(rgb).scores), expected)
+
+
+def test_heatmap_png(exported, tmp_path):
+    model = DenseModel(exported[1])
+    image = _image()
+    result = model.run(image)
+    out = heatmap(image, result, 3, tmp_path / "heat.png")
+    with Image.open(out) as png:
+        assert png.format == "PNG" and png.size == (41, 50) and png.mode == "RGB"
+        pixels = np.asarray(png)
+    assert np.abs(pixels.astype(int) - image).mean() > 10  # the heat is blended in, not a copy of the input
+    with pytest.raises(ConversionError, match="already exists"):
+        heatmap(image, result, 3, out)
+    heatmap(image, result, 4, out, force=True)
+    with pytest.raises(ConversionError, match="class 10 does not exist"):
+        heatmap(image, result, 10, tmp_path / "no.png")
+    with pytest.raises(ConversionError, match="result is for"):
+        heatmap(_image(60, 41), result, 3, tmp_path / "no.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heat.png"]
+
+
+def test_errors(exported, tmp_path):
+    model = DenseModel(exported[1])
+    with pytest.raises(ConversionError, match="smaller than the model's 32×32 window"):
+        model.run(_image(31, 40))
+    with pytest.raises(ConversionError, match="uint8 or float"):
+        model.run(np.zeros((40, 40, 3), dtype=np.int32))
+    with pytest.raises(ConversionError, match="H×W or H×W×C"):
+        model.run(np.zeros((40, 40, 2), dtype=np.uint8))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ConversionError, match="cannot read it as an image"):
+        model.run(bad)
+    with pytest.raises(ConversionError, match="no such model file"):
+        DenseModel(tmp_path / "missing.onnx")
+    with pytest.raises(ConversionError, match="onnxruntime cannot load it"):
+        DenseModel(bad)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_model_without_metadata(tmp_path):
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 2, 3), (torch.zeros(1, 3, 8, 8),), path, dynamo=False)
+    with pytest.raises(ConversionError, match="has no fc2conv metadata"):
+        DenseModel(path)
+
+
+def test_runs_without_torch(exported, tmp_path):
+    image = tmp_path / "in.png"
+    Image.fromarray(_image()).save(image)
+    done = run_without_torch(f"""
+        import json, sys
+        from fc2conv.runtime import DenseModel, heatmap
+        result = DenseModel({str(exported[1])!r}).run({str(image)!r})
+        heatmap({str(image)!r}, result, result.top_classes(1)[0].class_index, "heat.png")
+        assert not any(m.split(".")[0] == "torch" for m in sys.modules), "torch was imported"
+        print(json.dumps(result.to_dict(k=1)))
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["map_size"] == [5, 3] and (tmp_path / "heat.png").is_file()
