@@ -27,20 +27,23 @@ BATCH = 2
 
 @dataclass(frozen=True)
 class TraceOptions:
-    """How to trace: module types kept whole, functions kept as one node, and fixed forward arguments."""
+    """How to trace: module types kept whole, functions kept as one node, fixed forward arguments, and
+    submodules (by qualified name) kept whole because the conversion does not touch them."""
 
     leaf_modules: tuple[type[nn.Module], ...] = ()
     autowrap_functions: tuple[Any, ...] = ()
     concrete_args: dict[str, Any] | None = field(default=None, hash=False)
+    leaf_names: frozenset[str] = frozenset()
 
 
 class _Tracer(fx.Tracer):
     def __init__(self, options: TraceOptions):
         super().__init__(autowrap_functions=options.autowrap_functions)
-        self.leaf_types = options.leaf_modules
+        self.leaf_types, self.leaf_names = options.leaf_modules, options.leaf_names
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, self.leaf_types) or super().is_leaf_module(m, module_qualified_name)
+        return (isinstance(m, self.leaf_types) or module_qualified_name in self.leaf_names
+                or super().is_leaf_module(m, module_qualified_name))
 
 
 def example_input(input_shape: Sequence[int], *, batch: int = BATCH, dtype: torch.dtype = torch.float32,

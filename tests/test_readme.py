@@ -13,6 +13,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,8 @@ def test_readme_has_examples():
 def test_readme_examples_run_in_order(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "out").mkdir()
-    for index, (kind, code) in enumerate(BLOCKS):
+    for index, (kind, indented) in enumerate(BLOCKS):
+        code = textwrap.dedent(indented)  # blocks inside list items are indented
         if kind == "bash":
             for line in code.splitlines():
                 if line.startswith(("fc2conv ", "python -c ")):
