@@ -29,6 +29,7 @@ from torch import nn
 
 from .checkpoint import TORCH_SUFFIXES, atomic_output, load_into, load_state_dict, read_metadata, save_state_dict
 from .errors import ConversionError
+from .files import refuse_existing
 from .grid import geometry
 from .recipe import Recipe
 from .verification import max_errors, tolerance
@@ -118,8 +119,7 @@ def save(converted: nn.Module, path: str | os.PathLike, *, recipe: Recipe, force
                               f"({info.input_shape}, {info.mode})")
     described = _description(converted, recipe)
     if path.suffix == EXPORT_SUFFIX:
-        if path.exists() and not force:  # before the export, which takes a while
-            raise ConversionError(f"{path} already exists; pass --force to overwrite it")
+        refuse_existing(path, force=force)  # before the export, which takes a while
         program = export_program(converted)
         with atomic_output(path, force=force) as tmp:
             torch.export.save(program, tmp, extra_files={EXTRA_FILE: json.dumps(described)})

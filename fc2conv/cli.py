@@ -20,6 +20,7 @@ from pathlib import Path
 import typer
 
 from .errors import ConversionError
+from .files import refuse_existing
 
 __all__ = ["app", "main"]
 
@@ -173,8 +174,7 @@ def _check_outputs(paths: list[Path], force: bool) -> None:
         seen.add(path.resolve())
         if path.is_dir():
             raise ConversionError(f"{path} is a directory; give a file name to write")
-        if path.exists() and not force:
-            raise ConversionError(f"{path} already exists; pass --force to overwrite it")
+        refuse_existing(path, force=force)
         parent = path.parent
         if not parent.is_dir():
             raise ConversionError(f"cannot write {path}: directory {parent} does not exist")

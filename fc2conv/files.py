@@ -11,7 +11,13 @@ from pathlib import Path
 
 from .errors import ConversionError
 
-__all__ = ["atomic_output"]
+__all__ = ["atomic_output", "refuse_existing"]
+
+
+def refuse_existing(path: str | os.PathLike, *, force: bool) -> None:
+    """`ConversionError` if `path` exists and `force` is off; writers call it before slow work, too."""
+    if os.path.exists(path) and not force:
+        raise ConversionError(f"{os.fspath(path)} already exists; pass --force (force=True) to overwrite it")
 
 
 @contextlib.contextmanager
@@ -27,8 +33,7 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
     path = Path(path)
     if path.is_dir():
         raise ConversionError(f"{path} is a directory; give a file name to write")
-    if path.exists() and not force:
-        raise ConversionError(f"{path} already exists; pass --force (force=True) to overwrite it")
+    refuse_existing(path, force=force)
     # Hidden, unique, and ending in the target's suffix for writers that check it (torch.export.save).
     tmp = path.parent / f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}"
     try:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from itertools import chain
 
 import torch
 from torch import nn
 
 from .errors import ConversionError
+from .trace import meta_state
 
 __all__ = ["Geometry", "geometry"]
 
@@ -47,8 +47,7 @@ def _spatial_output(
 ) -> Callable[[int, int], tuple[int, int]]:
     """Output height and width for an input size, from shapes-only (meta) runs; from real runs on zeros for
     a model that does what meta tensors cannot (a leaf module with data-dependent control flow)."""
-    state = {name: torch.empty_like(t, device="meta") for name, t in chain(model.named_parameters(),
-                                                                          model.named_buffers())}
+    state = meta_state(model)
     dtype = next(iter(state.values())).dtype if state else torch.float32
 
     def on_meta(height: int, width: int) -> torch.Tensor:

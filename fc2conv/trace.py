@@ -20,7 +20,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import ConversionError
 
-__all__ = ["TraceOptions", "example_input", "trace"]
+__all__ = ["TraceOptions", "example_input", "meta_state", "trace"]
 
 BATCH = 2
 
@@ -58,6 +58,12 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32 if tensor is None else tensor.dtype
 
 
+def meta_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Meta copies (shape and dtype, no data) of `module`'s parameters and buffers, for `functional_call`."""
+    return {f"{prefix}{name}": torch.empty_like(t, device="meta")
+            for name, t in chain(module.named_parameters(), module.named_buffers())}
+
+
 class _Propagate(nn.Module):
     """ShapeProp as a module, so `functional_call` can run it with meta parameters."""
 
@@ -72,9 +78,7 @@ class _Propagate(nn.Module):
 def _propagate_shapes(gm: fx.GraphModule, x: torch.Tensor) -> None:
     with torch.no_grad():
         try:
-            meta = {f"gm.{name}": torch.empty_like(t, device="meta")
-                    for name, t in chain(gm.named_parameters(), gm.named_buffers())}
-            torch.func.functional_call(_Propagate(gm), meta, (x.to("meta"),))
+            torch.func.functional_call(_Propagate(gm), meta_state(gm, "gm."), (x.to("meta"),))
         except Exception:
             ShapeProp(gm).propagate(x)
 

@@ -11,7 +11,7 @@ import os
 import onnx
 
 from ..errors import ConversionError
-from ..files import atomic_output
+from ..files import atomic_output, refuse_existing
 from .graph import Graph, Shape, describe, infer_shapes, topological_order
 from .rules import Rule, rules_for
 
@@ -52,8 +52,8 @@ def convert_onnx(
     """
     if mode not in MODES:
         raise ConversionError(f"mode must be one of {MODES}, not {mode!r}")
-    if dst is not None and os.path.exists(dst) and not force:  # before the work; atomic_output checks again
-        raise ConversionError(f"{os.fspath(dst)} already exists; pass --force (force=True) to overwrite it")
+    if dst is not None:
+        refuse_existing(dst, force=force)  # before the work; atomic_output checks again
     model, label = _load(src)
     image = _image_input(model, label)
     reference = _reference_shape(image, input_shape, label)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ConversionError
-from ..files import atomic_output
+from ..files import atomic_output, refuse_existing
 from ..grid import geometry
 from ..runtime import METADATA_PREFIX
 
@@ -68,8 +68,7 @@ def export_onnx(
     if exporter not in EXPORTERS:
         raise ConversionError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
     path = Path(path)
-    if path.exists() and not force:  # before the slow export; atomic_output checks again when writing
-        raise ConversionError(f"{path} already exists; pass --force (force=True) to overwrite it")
+    refuse_existing(path, force=force)  # before the slow export; atomic_output checks again when writing
     shape = tuple(int(d) for d in (input_shape or info.input_shape))
     if len(shape) != len(info.input_shape):
         raise ConversionError(f"input_shape={shape} does not match the reference shape {info.input_shape}")
