@@ -12,7 +12,9 @@ script exits 1 if a ratio exceeds `--max-ratio` (1.05).
 `--sliding`: the converted model's one dense pass over a large image against the naive sliding window,
 every reference-size window cropped out of the image (at the cells' boxes, so both give one score vector
 per cell) and run through the original in batches of `--chunk`, in eager PyTorch and in onnxruntime (the
-dense model exported by `fc2conv.export_onnx`, the original by the TorchScript exporter with a dynamic batch).
+dense model exported by `fc2conv.export_onnx`, the original by the TorchScript exporter with a dynamic batch;
+both sessions with thread spinning off, so neither one's idle threads take the cores the other is timed on).
+Naive and dense are each timed in a block of `--repeats` runs after `--warmup` runs (see `_median_pair`).
 With `--check` the script exits 1 if a speed-up is below `--min-efficiency` (0.9) × the FLOP ratio. The
 speed-up (naive time / dense time) is printed beside the FLOP ratio (naive FLOPs / dense FLOPs, counted by
 `torch.utils.flop_counter`), and their quotient: 1.0 means the dense pass saves exactly the work it skips.
@@ -64,21 +66,36 @@ def bench(name: str, *, size: int, batch: int, repeats: int, warmup: int, mode: 
 
 
 def _median_pair(first, second, *, repeats: int, warmup: int) -> tuple[float, float]:
-    """Median seconds of two callables run alternately."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for i in range(warmup + repeats):
-        for fn, bucket in ((first, times[0]), (second, times[1])):
+    """Median seconds of two callables, each timed in its own block after its own warm-up.
+
+    Not alternated: a short dense pass timed right after seconds of naive batches ran 10-40% slower here
+    (as it did after seconds of numpy matrix products), so alternating would charge the dense pass for the
+    naive pass's wake. Each block measures its callable in the steady state a deployment runs it in.
+    """
+    def block(fn) -> float:
+        times = []
+        for i in range(warmup + repeats):
             start = time.perf_counter()
             fn()
             if i >= warmup:
-                bucket.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    return block(first), block(second)
 
 
 def _flops(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    """A CPU session whose idle threads sleep: by default they spin-wait after each run, and while one of two
+    alternating sessions spins it takes the cores the other is timed on (the dense pass measured 1.5× slower)."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def sliding(name: str, *, size: int, repeats: int, warmup: int, chunk: int, workdir: Path):
@@ -108,7 +125,7 @@ def sliding(name: str, *, size: int, repeats: int, warmup: int, chunk: int, work
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(original, (crops[:1],), naive_path, dynamo=False, input_names=["input"],
                           dynamic_axes={"input": {0: "batch"}}, opset_version=18)
-    dense, naive = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (dense_path, naive_path))
+    dense, naive = (_session(p) for p in (dense_path, naive_path))
     image_np, chunks_np = image.numpy(), [c.numpy() for c in chunks]
 
     def naive_ort():
