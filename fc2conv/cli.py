@@ -308,18 +308,21 @@ def convert(
 
 
 def _write(converted, recipe, outputs, onnx, onnx_options, force, step) -> list[Path]:
+    """Write every output or none: they are staged, and renamed into place only once all are written."""
     from .artifact import save
+    from .files import staged_outputs
 
-    written = []
-    for path in outputs:
-        step(f"writing {path.name}")
-        written.append(save(converted, path, recipe=recipe, force=force))
-    if onnx is not None:
-        step(f"exporting {onnx.name}")
-        from .onnx.export import export_onnx
+    targets = [*outputs, *([onnx] if onnx is not None else [])]
+    with staged_outputs(targets, force=force) as staged:
+        for path, stage in zip(outputs, staged[: len(outputs)], strict=True):
+            step(f"writing {path.name}")
+            save(converted, stage, recipe=recipe)
+        if onnx is not None:
+            step(f"exporting {onnx.name}")
+            from .onnx.export import export_onnx
 
-        written.append(export_onnx(converted, onnx, force=force, **onnx_options))
-    return written
+            export_onnx(converted, staged[-1], **onnx_options)
+    return targets
 
 
 @app.command(epilog="Example: fc2conv verify resnet18.pth out/resnet18.pt2")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import ConversionError
 
-__all__ = ["atomic_output", "refuse_existing"]
+__all__ = ["atomic_output", "refuse_existing", "staged_outputs"]
 
 
 def refuse_existing(path: str | os.PathLike, *, force: bool) -> None:
@@ -51,8 +51,39 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
         if isinstance(e, OSError):
             raise ConversionError(f"could not write {path}: {e}") from e
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable; not possible everywhere
-        fd = os.open(path.parent, os.O_RDONLY)
+    _sync_directory(path.parent)
+
+
+@contextlib.contextmanager
+def staged_outputs(paths: list[Path], *, force: bool = False) -> Iterator[list[Path]]:
+    """Yield one hidden staging path per target (same directory and suffix); all become targets together.
+
+    For a command that writes several files: each writer writes its staging path (atomically, as usual), and
+    only when the body returns are they renamed over their targets, one rename each, so a failure in the
+    last writer leaves none of the targets written or changed. If the body raises, the staged files are
+    removed. Existing targets are refused unless `force`.
+    """
+    for path in paths:
+        refuse_existing(path, force=force)
+    staged = [path.parent / f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.staged{path.suffix}" for path in paths]
+    try:
+        yield staged
+        for stage, path in zip(staged, paths, strict=True):
+            os.replace(stage, path)
+    except BaseException as e:
+        for stage in staged:
+            stage.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ConversionError(f"could not write {', '.join(map(str, paths))}: {e}") from e
+        raise
+    for directory in {path.parent for path in paths}:
+        _sync_directory(directory)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make renames in `directory` durable; not possible on every platform and file system."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

@@ -14,6 +14,7 @@ from torch import nn
 
 from fc2conv.checkpoint import atomic_output, load_into, load_state_dict, read_metadata, save_state_dict
 from fc2conv.errors import ConversionError
+from fc2conv.files import staged_outputs
 from models.small_cnn import SmallCNN
 
 
@@ -235,6 +236,23 @@ def test_atomic_output_leaves_nothing_when_the_writer_fails(tmp_path):
         raise KeyboardInterrupt
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
+    targets = [tmp_path / "a.pt2", tmp_path / "b.onnx"]
+    targets[0].write_text("old")
+    with pytest.raises(KeyboardInterrupt), staged_outputs(targets, force=True) as staged:
+        staged[0].write_text("new")
+        raise KeyboardInterrupt  # killed before the second output was written
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt2"] and targets[0].read_text() == "old"
+    with staged_outputs(targets, force=True) as staged:
+        assert [p.suffix for p in staged] == [".pt2", ".onnx"] and not any(p.exists() for p in targets[1:])
+        for stage in staged:
+            stage.write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt2", "b.onnx"]
+    assert all(p.read_text() == "new" for p in targets)
+    with pytest.raises(ConversionError, match="already exists"), staged_outputs(targets):
+        pass
 
 
 def test_atomic_output_temp_file_keeps_the_suffix(tmp_path):

@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from fc2conv import ConversionError
 from fc2conv.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, app
 from models.small_cnn import SmallCNN
 
@@ -173,6 +174,26 @@ def test_failed_verification_exits_1_and_writes_nothing(weights, tmp_path, monke
     assert result.exit_code == EXIT_FAILED
     assert "FAILED" in result.stdout and "nothing was written" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_are_written_all_or_none(weights, tmp_path, monkeypatch):
+    """The ONNX export, written last, fails: the .safetensors written before it must not appear either,
+    and with --force the files already there stay as they were."""
+    from fc2conv.onnx import export
+
+    def failing_export(*args, **kwargs):
+        raise ConversionError("the torchscript ONNX exporter failed (simulated)")
+
+    monkeypatch.setattr(export, "export_onnx", failing_export)
+    targets = ["-o", tmp_path / "a.safetensors", "-o", tmp_path / "a.pt", "--onnx", tmp_path / "a.onnx"]
+    result = invoke("convert", weights / "small.pt", *SMALL, *targets)
+    assert result.exit_code == EXIT_USAGE and "simulated" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a.safetensors").write_text("old")
+    result = invoke("convert", weights / "small.pt", *SMALL, *targets, "--force")
+    assert result.exit_code == EXIT_USAGE
+    assert [f.name for f in tmp_path.iterdir()] == ["a.safetensors"]
+    assert (tmp_path / "a.safetensors").read_text() == "old"
 
 
 def test_force_replaces_an_existing_output(weights, tmp_path):
