@@ -98,8 +98,13 @@ class GlobalPoolKeepDims:
     kind: str
 
 
+@dataclass(frozen=True)
+class ConcatOverChannels:
+    inputs: tuple[fx.Node, ...]
+
+
 Action = Alias | LinearToConv | BatchNormTo2d | LayerNormToChannels | SoftmaxOverChannels | GlobalToWindowPool
-Action = Action | GlobalPoolKeepDims
+Action = Action | GlobalPoolKeepDims | ConcatOverChannels
 
 # ------------------------------------------------------------------------------------------- decisions
 
@@ -176,6 +181,7 @@ BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_"}
 LINEAR_IN_MEAN = {operator.add, operator.sub, torch.add, torch.sub, "add", "sub", "add_", "sub_"}
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
 RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
+CONCAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 SOFTMAX_FUNCTIONS = {F.softmax: False, torch.softmax: False, F.log_softmax: True, torch.log_softmax: True}
 SOFTMAX_METHODS = {"softmax": False, "log_softmax": True}
 ADAPTIVE_POOLS = {nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveMaxPool2d: "max",
@@ -305,13 +311,15 @@ def _variable_nodes(graph: fx.Graph) -> set[fx.Node]:
     return variable
 
 
-def _feeds_only_head(pool: fx.Node, graph: fx.Graph, variable: set[fx.Node]) -> bool:
-    """True unless something downstream of `pool` mixes it with other input-dependent maps.
+def _feeds_only_head(pools: list[fx.Node], graph: fx.Graph, variable: set[fx.Node]) -> bool:
+    """True unless something downstream of `pools` (global pools of one map) mixes them with other
+    input-dependent maps.
 
     A squeeze-excitation pool rescales the features it was computed from: it is global context, not the
-    head, and sliding it would change what every cell of the backbone computes.
+    head, and sliding it would change what every cell of the backbone computes. Pools of the same map may
+    mix with each other (an average and a max pool concatenated): as windows they slide on the same grid.
     """
-    downstream = {pool}
+    downstream = set(pools)
     for node in graph.nodes:
         inputs = node.all_input_nodes
         if node in downstream or not any(n in downstream for n in inputs):
@@ -337,6 +345,7 @@ class _Analyzer:
         self.decisions: list[Decision] = []
         self.cuts: dict[fx.Node, tuple[int, int]] = {}
         self.head: set[fx.Node] = set()  # nodes downstream of where the head starts
+        self.pool_origins: dict[fx.Node, fx.Node] = {}  # global pool → the origin its vectors get
         self.global_context = False
 
     # -- helpers
@@ -424,7 +433,7 @@ class _Analyzer:
             features = node.args[0]
             _, channels, h, w = _shape(features)
             self.actions[node] = Alias(features)
-            self.values[node] = Vector(features, channels, (h, w), origin=node)
+            self.values[node] = Vector(features, channels, (h, w), origin=self.pool_origins.get(features, node))
             self.start_head(node, features)
         elif _is_linear(callee):
             shape = _shape(node.args[0])
@@ -446,10 +455,18 @@ class _Analyzer:
             self.actions[node] = Alias(node.args[0])
             self.values[node] = ChannelsLast(node.args[0])
 
+    def global_pools_of(self, features: fx.Node) -> list[fx.Node]:
+        """Every global pool of `features`, in graph order."""
+        return [n for n in features.users
+                if (pool := _match_pool(n, _callee(n, self.modules))) is not None and pool.is_global
+                and n.args[0] is features]
+
     def visit_pool(self, node: fx.Node, callee: Any, pool: _Pool) -> None:
         features = node.args[0]
         channels = _shape(features)[1]
-        head = _feeds_only_head(node, self.gm.graph, self.variable)
+        siblings = self.global_pools_of(features) if pool.is_global else [node]
+        head = _feeds_only_head(siblings, self.gm.graph, self.variable)
+        origin = self.pool_origins[node] = siblings[0]  # vectors pooled from one map may mix: one origin
         op = _describe(node, callee).split(" ", 1)[1].strip("()")
         record = lambda rule, reason="": self.decisions.append(  # noqa: E731
             Decision(self.layer(node), op, rule, pool.size_in, channels, channels, reason))
@@ -480,19 +497,19 @@ class _Analyzer:
             self.actions[node] = GlobalToWindowPool(features, pool.kind, pool.size_in)
             record(f"window {pool.kind} pool", "stride 1: slides over larger inputs")
             if not pool.keepdim:
-                self.values[node] = Vector(node, channels, (1, 1), origin=node)
+                self.values[node] = Vector(node, channels, (1, 1), origin=origin)
             return
         elif self.mode == "cam":
             if pool.kind != "avg":
                 raise self.fail(node, callee, "class activation maps need a global *average* pool")
             self.start_head(node, features)
             self.actions[node] = Alias(features)
-            self.values[node] = Vector(features, channels, (1, 1), origin=node, mean=True)
+            self.values[node] = Vector(features, channels, (1, 1), origin=origin, mean=True)
             record("removed", "cam: the head runs at every location before averaging")
             return
         if not pool.keepdim:  # keep the batch of vectors a batch of 1×1 maps
             self.actions[node] = GlobalPoolKeepDims(features, pool.kind)
-            self.values[node] = Vector(node, channels, (1, 1), origin=node)
+            self.values[node] = Vector(node, channels, (1, 1), origin=origin)
 
     def visit_vector(self, node: fx.Node, callee: Any) -> None:
         vectors = [v for n in node.all_input_nodes if isinstance(v := self.values.get(n), Vector)]
@@ -553,6 +570,18 @@ class _Analyzer:
             if vec.mean and (callee not in LINEAR_IN_MEAN and len(vectors) > 1):
                 raise self.fail(node, callee, "it is not linear, so class maps would not average to the logits")
             self.values[node] = follow()
+            return
+        if _is(callee, (), CONCAT_FUNCTIONS):
+            parts = _arg(node, 0, "tensors")
+            if len(shape_out or ()) != 2 or _arg(node, 1, "dim", 0) not in (1, -1):
+                raise self.fail(node, callee, "it concatenates the head's vectors along the batch")
+            if not all(isinstance(self.values.get(n), Vector) for n in parts):
+                raise self.fail(node, callee, "it concatenates the head's vectors with a tensor from elsewhere")
+            if any(not v.is_plain or v.mean != vec.mean for v in vectors):
+                raise self.fail(node, callee, "it concatenates flattened maps, not pooled vectors")
+            self.actions[node] = ConcatOverChannels(tuple(parts))
+            self.values[node] = Vector(node, sum(self.values[n].channels for n in parts), (1, 1), origin=vec.origin,
+                                       mean=vec.mean)
             return
         if isinstance(callee, nn.BatchNorm1d) and vec.is_plain and len(_shape(node.args[0])) == 2:
             self.actions[node] = BatchNormTo2d(node.args[0])

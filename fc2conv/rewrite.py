@@ -23,6 +23,7 @@ from .analyze import (
     Analysis,
     BatchNormTo2d,
     ChannelsLast,
+    ConcatOverChannels,
     GlobalPoolKeepDims,
     GlobalToWindowPool,
     LayerNormToChannels,
@@ -129,6 +130,10 @@ class _Emitter:
     @emit.register
     def _(self, action: LayerNormToChannels, node: fx.Node) -> fx.Node:
         return self.call(node.target, rules.layernorm_to_channels(self.gm.get_submodule(node.target)), action.input)
+
+    @emit.register
+    def _(self, action: ConcatOverChannels, node: fx.Node) -> fx.Node:
+        return self.graph.call_function(torch.cat, ([self.env[n] for n in action.inputs],), {"dim": 1})
 
     @emit.register
     def _(self, action: SoftmaxOverChannels, node: fx.Node) -> fx.Node:

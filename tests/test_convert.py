@@ -339,18 +339,52 @@ def test_vit_is_refused_with_the_layer_named():
         fc2conv.convert(model, (3, 64, 64))
 
 
-def test_two_branches_into_one_linear_are_refused():
-    class TwoBranches(Backbone):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(12, 3)
+class PoolsOfOneMap(Backbone):
+    """Average and max pools of the same features, combined before or after Linears (timm's catavgmax)."""
 
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.fc, self.fc_a, self.fc_b = nn.Linear(12, 3), nn.Linear(6, 3), nn.Linear(6, 3)
+
+    def forward(self, x):
+        f = self.features(x)
+        if self.how == "cat":
+            return self.fc(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1))
+        if self.how == "concat last dim":
+            return self.fc(torch.concat([F.adaptive_avg_pool2d(f, 1).flatten(1), f.amax((2, 3))], dim=-1))
+        if self.how == "cat maps":  # timm: cat the N×C×1×1 pools, then flatten
+            return self.fc(torch.cat((F.adaptive_avg_pool2d(f, 1), F.adaptive_max_pool2d(f, 1)), 1).flatten(1))
+        if self.how == "sum":
+            return self.fc_a(f.mean((2, 3))) + self.fc_b(F.adaptive_max_pool2d(f, 1).flatten(1))
+        return self.fc_a(f.mean((2, 3)) * f.amax((2, 3)))  # "mul"
+
+
+@pytest.mark.parametrize("how", ["cat", "concat last dim", "cat maps", "sum", "mul"])
+def test_pools_of_one_map_slide_together(how):
+    """Both pools become windows on the same grid: every dense cell is the original on its crop."""
+    model = _seeded(PoolsOfOneMap(how)).double()
+    dense = fc2conv.convert(model, INPUT)
+    assert not any(d.rule == "kept global" for d in dense.fc2conv.plan), dense.fc2conv.plan
+    big = torch.randn(2, 3, 25, 21, dtype=torch.float64)
+    out = dense(big)
+    geo = fc2conv.geometry(dense)
+    assert out.shape[2:] == (3, 2)
+    for i in range(3):
+        for j in range(2):
+            top, left, bottom, right = geo.box(i, j)
+            assert_close(out[:, :, i, j], model(big[:, :, top:bottom, left:right]))
+    assert_close(fc2conv.convert(model, INPUT, mode="global")(big).flatten(1), model(big))
+
+
+def test_pools_of_two_maps_are_refused():
+    class TwoMaps(PoolsOfOneMap):
         def forward(self, x):
             f = self.features(x)
-            return self.fc(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1))
+            return self.fc(torch.cat([f.mean((2, 3)), self.features[0](x).amax((2, 3))], 1))
 
     with pytest.raises(ConversionError, match="separate branches"):
-        fc2conv.convert(_seeded(TwoBranches()), INPUT)
+        fc2conv.convert(_seeded(TwoMaps("cat")), INPUT)
 
 
 def test_untraceable_model_gets_a_hint():

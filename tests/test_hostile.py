@@ -117,12 +117,14 @@ class TwoBranches(nn.Module):
         self.fc_a, self.fc_b = nn.Linear(6, 4), nn.Linear(6, 4)
 
     def forward(self, x):
-        f = self.body.features(x)
+        # Pools of two maps at different resolutions (the first conv's 15×15, the features' 3×3): their
+        # windows slide on different grids. (Pools of one map may mix; tests/test_convert.py.)
+        f, early = self.body.features(x), self.body.features[0](x)
         if self.how == "cat":
-            return self.fc(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1))
+            return self.fc(torch.cat([f.mean((2, 3)), early.amax((2, 3))], 1))
         if self.how == "sum":
-            return self.fc_a(f.mean((2, 3))) + self.fc_b(F.adaptive_max_pool2d(f, 1).flatten(1))
-        return self.fc_a(f.mean((2, 3)) * f.amax((2, 3)))  # "mul": two pools of one map, multiplied
+            return self.fc_a(f.mean((2, 3))) + self.fc_b(F.adaptive_max_pool2d(early, 1).flatten(1))
+        return self.fc_a(f.mean((2, 3)) * early.amax((2, 3)))  # "mul"
 
 
 REFUSED = {

@@ -163,6 +163,32 @@ def test_unsupported_pattern_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.onnx"]
 
 
+class PoolsOfTwoMaps(torch.nn.Module):
+    """A Linear on an average pool of the features and a max pool of an earlier, larger map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 3, stride=2)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        early = self.conv1(x)
+        return self.fc(torch.cat([self.conv2(early).mean((2, 3)), early.amax((2, 3))], 1))
+
+
+def test_pools_of_two_maps_are_refused(tmp_path):
+    """Their windows would slide on different grids (pools of one map convert: test_onnx_export.py)."""
+    src, out = tmp_path / "src.onnx", tmp_path / "dense.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(PoolsOfTwoMaps().eval(), (torch.zeros(1, 3, 15, 15),), src, dynamo=False,
+                          input_names=["x"], opset_version=18)
+    with pytest.raises(ConversionError, match=r"combined with a pool of another map .*different grids"):
+        convert_onnx(src, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.onnx"]
+    assert op_counts(convert_onnx(src, mode="global"))["Gemm"] == 0  # global pools stay: nothing slides
+
+
 def test_bad_files_and_arguments(tmp_path):
     src, out = tmp_path / "src.onnx", tmp_path / "dense.onnx"
     onnx.save(_handmade("matmul"), src)

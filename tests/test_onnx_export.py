@@ -138,3 +138,36 @@ def test_existing_file_needs_force(small, tmp_path):
     export_onnx(converted, target, force=True)
     onnx.checker.check_model(str(target), full_check=True)
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file left behind
+
+
+class CatAvgMax(nn.Module):
+    """A head on concatenated average and max pools of one map (timm's catavgmax)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU())
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        f = self.features(x)
+        return self.fc(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1))
+
+
+def test_pools_of_one_map_export_and_agree_with_convert_onnx(tmp_path):
+    """Both routes to a dense ONNX model, fc2conv.convert + export_onnx and convert_onnx on the original's
+    own export, give the same map of scores."""
+    torch.manual_seed(0)
+    model = CatAvgMax().eval()
+    exported = export_onnx(fc2conv.convert(model, (3, 19, 19)), tmp_path / "dense.onnx")
+    torch.onnx.export(model, (torch.zeros(1, 3, 19, 19),), tmp_path / "original.onnx", dynamo=False,
+                      input_names=["input"], opset_version=18)
+    from fc2conv.onnx import convert_onnx
+
+    rewritten = convert_onnx(tmp_path / "original.onnx", tmp_path / "rewritten.onnx")
+    assert op_counts(rewritten)["Gemm"] == 0
+    x = randn(2, 3, 31, 27)
+    with torch.no_grad():
+        dense = fc2conv.convert(model, (3, 19, 19))(x)
+    assert dense.shape[2:] == (7, 5)
+    assert_close(run_onnx(exported, x), dense)
+    assert_close(run_onnx(tmp_path / "rewritten.onnx", x), dense)

@@ -125,6 +125,7 @@ class Graph:
     `shapes` holds each tensor's static shape at the reference input size; `probe` the same at a larger
     input (empty when unknown). `lifted` names the tensors that were N×D vectors in the original graph and
     now hold N×D×H×W maps (N×D×1×1 at the reference size); their `shapes` entries are already 4-D.
+    `sliding_pools` names the outputs of global pools already rewritten as window pools.
     """
 
     def __init__(self, model: onnx.ModelProto, shapes: dict[str, Shape], probe: dict[str, Shape]) -> None:
@@ -133,6 +134,7 @@ class Graph:
         self.shapes = shapes
         self.probe = probe
         self.lifted: set[str] = set()
+        self.sliding_pools: set[str] = set()
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.refresh()
 

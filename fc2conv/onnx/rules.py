@@ -16,13 +16,16 @@ X[n, c, i, j]):
 - A global average (max) pool over an H×W map is AveragePool (MaxPool) with an H×W kernel and stride 1 at
   that size; on a larger map it slides and gives one pooled vector per window (mode "dense"). Pools whose
   result is recombined with data that was not pooled (a squeeze-excitation gate multiplying the features it
-  pooled) are global context, not a head, and stay global.
+  pooled) are global context, not a head, and stay global. Pools of one map combined with each other (a
+  Concat of average and max pools) all slide on the same grid; pools of two different maps are refused.
 
 Each rule is matched at a node (`match`), says why it must refuse (`check` returns the reason, or None), and
 rewrites the graph (`rewrite`). The driver tries the rules in `rules_for(mode)` order at each node.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -129,24 +132,39 @@ def _fixed_size_reason(name: str, size: tuple[int, int]) -> str:
     )
 
 
-def _context_pools(g: Graph) -> set[str]:
-    """Outputs of global pools whose result meets, in some node, data that was not pooled."""
+@dataclass
+class _PoolUse:
+    """How the outputs of global pools are used: `context` pools meet, in some node, data that was not
+    pooled; `maps[p]` is the map pool `p` pooled from, and `partners[p]` the pools whose results meet p's."""
+
+    context: set[str] = field(default_factory=set)
+    maps: dict[str, str] = field(default_factory=dict)
+    partners: dict[str, set[str]] = field(default_factory=dict)
+
+
+def _pool_use(g: Graph) -> _PoolUse:
+    """Pools already made sliding count as pooled data: an average and a max pool of one map, concatenated,
+    are both head pools, whichever is rewritten first."""
     dependent = g.value_dependent()
+    use = _PoolUse()
     pooled: dict[str, set[str]] = {}  # tensor computed from pooled data only → the pools it comes from
-    context: set[str] = set()
     for node in g.graph.node:
-        if _pool_kind(g, node):
+        if _pool_kind(g, node) or node.output[0] in g.sliding_pools:
             pooled[node.output[0]] = {node.output[0]}
+            use.maps[node.output[0]] = node.input[0]
             continue
         data = [i for i in node.input if i in dependent]
         sources = [pooled[i] for i in data if i in pooled]
         if not sources:
             continue
+        mixed = set().union(*sources)
         if len(sources) == len(data):
-            pooled.update((out, set().union(*sources)) for out in node.output)
+            pooled.update((out, mixed) for out in node.output)
+            for pool in mixed:
+                use.partners.setdefault(pool, set()).update(mixed)
         else:
-            context.update(*sources)
-    return context
+            use.context.update(mixed)
+    return use
 
 
 # -- rules ---------------------------------------------------------------------------------------------
@@ -352,13 +370,18 @@ class SlidingPool(Rule):
     def match(self, g: Graph, node: onnx.NodeProto) -> bool:
         return (
             bool(_pool_kind(g, node)) and attribute(node, "keepdims", 1) == 1
-            and node.output[0] not in _context_pools(g)
+            and node.output[0] not in _pool_use(g).context
         )
 
     def check(self, g: Graph, node: onnx.NodeProto) -> str | None:
         size = g.shapes.get(node.input[0], (None,) * 4)[2:]
         if None in size:
             return f"the spatial size of its input {node.input[0]!r} is {_UNKNOWN}"
+        use = _pool_use(g)
+        other_maps = sorted({use.maps[p] for p in use.partners.get(node.output[0], ())} - {node.input[0]})
+        if other_maps:
+            return (f"its result is combined with a pool of another map ({', '.join(map(repr, other_maps))}); "
+                    "their windows would slide on different grids")
         if _grows(g, node.input[0]) is False:
             return _fixed_size_reason(node.input[0], size)
         return None
@@ -370,6 +393,7 @@ class SlidingPool(Rule):
             op, [node.input[0]], list(node.output), name=node.name, kernel_shape=size, strides=[1, 1]
         )
         g.replace(node, [pool])
+        g.sliding_pools.add(node.output[0])
 
 
 class RefuseOtherHeadConsumers(Rule):
