@@ -68,7 +68,7 @@ def bench(name: str, *, size: int, batch: int, repeats: int, warmup: int, mode: 
 def _median_pair(first, second, *, repeats: int, warmup: int) -> tuple[float, float]:
     """Median seconds of two callables, each timed in its own block after its own warm-up.
 
-    Not alternated: a short dense pass timed right after seconds of naive batches ran 10-40% slower here
+    Not alternated: a short dense pass timed right after seconds of naive batches ran up to 50% slower here
     (as it did after seconds of numpy matrix products), so alternating would charge the dense pass for the
     naive pass's wake. Each block measures its callable in the steady state a deployment runs it in.
     """
