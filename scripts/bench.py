@@ -14,7 +14,7 @@ every reference-size window cropped out of the image (at the cells' boxes, so bo
 per cell) and run through the original in batches of `--chunk`, in eager PyTorch and in onnxruntime (the
 dense model exported by `fc2conv.export_onnx`, the original by the TorchScript exporter with a dynamic batch;
 both sessions with thread spinning off, so neither one's idle threads take the cores the other is timed on).
-Naive and dense are each timed in a block of `--repeats` runs after `--warmup` runs (see `_median_pair`).
+Each of `--repeats` rounds times one naive run, then dense passes for as long (see `_median_pair`).
 With `--check` the script exits 1 if a speed-up is below `--min-efficiency` (0.9) × the FLOP ratio. The
 speed-up (naive time / dense time) is printed beside the FLOP ratio (naive FLOPs / dense FLOPs, counted by
 `torch.utils.flop_counter`), and their quotient: 1.0 means the dense pass saves exactly the work it skips.
@@ -65,23 +65,33 @@ def bench(name: str, *, size: int, batch: int, repeats: int, warmup: int, mode: 
     return statistics.median(times["original"]), statistics.median(times["converted"])
 
 
-def _median_pair(first, second, *, repeats: int, warmup: int) -> tuple[float, float]:
-    """Median seconds of two callables, each timed in its own block after its own warm-up.
+def _median_pair(naive, dense, *, repeats: int, warmup: int) -> tuple[float, float]:
+    """Median seconds of the naive and the dense callables, sampled over the same stretches of time.
 
-    Not alternated: a short dense pass timed right after seconds of naive batches ran up to 50% slower here
-    (as it did after seconds of numpy matrix products), so alternating would charge the dense pass for the
-    naive pass's wake. Each block measures its callable in the steady state a deployment runs it in.
+    Each of `repeats` rounds times one naive run, then the dense pass back to back for as long as the naive
+    run took (at most 50 runs). Timing on this 2-core virtual machine is noisy in bursts of about a second
+    (the same dense pass ran 217-397 ms in one minute); a burst then lands on both sides alike and the
+    dense median rests on many samples. Alternating single runs let a burst hit the short dense runs
+    unevenly, and timing each side in its own block let one burst cover a whole side.
     """
-    def block(fn) -> float:
-        times = []
-        for i in range(warmup + repeats):
-            start = time.perf_counter()
-            fn()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-        return statistics.median(times)
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
 
-    return block(first), block(second)
+    for _ in range(warmup):
+        naive()
+        dense()
+    naive_times, dense_times = [], []
+    for _ in range(repeats):
+        naive_times.append(timed(naive))
+        spent = 0.0
+        for _ in range(50):
+            dense_times.append(timed(dense))
+            spent += dense_times[-1]
+            if spent >= naive_times[-1]:
+                break
+    return statistics.median(naive_times), statistics.median(dense_times)
 
 
 def _flops(fn) -> int:
