@@ -34,8 +34,7 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
     if path.is_dir():
         raise ConversionError(f"{path} is a directory; give a file name to write")
     refuse_existing(path, force=force)
-    # Hidden, unique, and ending in the target's suffix for writers that check it (torch.export.save).
-    tmp = path.parent / f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}"
+    tmp = _hidden_sibling(path, "tmp")
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except OSError as e:
@@ -65,7 +64,7 @@ def staged_outputs(paths: list[Path], *, force: bool = False) -> Iterator[list[P
     """
     for path in paths:
         refuse_existing(path, force=force)
-    staged = [path.parent / f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.staged{path.suffix}" for path in paths]
+    staged = [_hidden_sibling(path, "staged") for path in paths]
     try:
         yield staged
         for stage, path in zip(staged, paths, strict=True):
@@ -78,6 +77,12 @@ def staged_outputs(paths: list[Path], *, force: bool = False) -> Iterator[list[P
         raise
     for directory in {path.parent for path in paths}:
         _sync_directory(directory)
+
+
+def _hidden_sibling(path: Path, tag: str) -> Path:
+    """A new name next to `path`: hidden, unique, and ending in its suffix for writers that check it
+    (torch.export.save)."""
+    return path.parent / f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.{tag}{path.suffix}"
 
 
 def _sync_directory(directory: Path) -> None:

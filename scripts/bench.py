@@ -43,9 +43,10 @@ MODELS = ["alexnet", "vgg16", "resnet50", "mobilenet_v3_large"]
 SLIDING = [("alexnet", 500), ("vgg16", 448), ("resnet50", 448)]
 
 
-def _time(fn, x: torch.Tensor) -> float:
+def _time(fn, *args) -> float:
+    """Seconds `fn(*args)` took."""
     start = time.perf_counter()
-    fn(x)
+    fn(*args)
     return time.perf_counter() - start
 
 
@@ -74,20 +75,15 @@ def _median_pair(naive, dense, *, repeats: int, warmup: int) -> tuple[float, flo
     dense median rests on many samples. Alternating single runs let a burst hit the short dense runs
     unevenly, and timing each side in its own block let one burst cover a whole side.
     """
-    def timed(fn) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-
     for _ in range(warmup):
         naive()
         dense()
     naive_times, dense_times = [], []
     for _ in range(repeats):
-        naive_times.append(timed(naive))
+        naive_times.append(_time(naive))
         spent = 0.0
         for _ in range(50):
-            dense_times.append(timed(dense))
+            dense_times.append(_time(dense))
             spent += dense_times[-1]
             if spent >= naive_times[-1]:
                 break

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from pathlib import Path
 
+import onnx
+import pytest
 import torch
 import torchvision
 from torch import nn
 
+from fc2conv.errors import ConversionError
 from fc2conv.verification import max_errors, tolerance
 
 # Every CNN classifier in torchvision.models: all classification models but the transformers.
@@ -26,6 +31,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, across_runtime
     max_abs, max_rel = max_errors(actual, expected)
     limit = tolerance(expected.dtype, across_runtimes=across_runtimes)
     assert max_rel <= limit, f"max rel error {max_rel:.3e} > {limit:.0e} (max abs {max_abs:.3e})"
+
+
+def assert_onnx_overwrite_needs_force(write: Callable[[bool], object], target: Path) -> None:
+    """`write(force)` refuses an existing `target` and leaves it as it was; with force it writes a valid model."""
+    target.write_bytes(b"keep me")
+    with pytest.raises(ConversionError, match="already exists"):
+        write(False)
+    assert target.read_bytes() == b"keep me"
+    write(True)
+    onnx.checker.check_model(str(target), full_check=True)
 
 
 def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -228,16 +228,6 @@ def test_atomic_output_never_overwrites_without_force(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
 
 
-def test_atomic_output_leaves_nothing_when_the_writer_fails(tmp_path):
-    path = tmp_path / "out.bin"
-    path.write_text("old")
-    with pytest.raises(KeyboardInterrupt), atomic_output(path, force=True) as tmp:
-        tmp.write_text("half")
-        raise KeyboardInterrupt
-    assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
-
-
 def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
     targets = [tmp_path / "a.pt2", tmp_path / "b.onnx"]
     targets[0].write_text("old")

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import assert_close, build, randn
+from helpers import assert_close, assert_onnx_overwrite_needs_force, build, randn
 from onnx import TensorProto, helper, numpy_helper
 from onnx_helpers import op_counts, run_onnx, run_without_torch
 
@@ -200,12 +200,7 @@ def test_bad_files_and_arguments(tmp_path):
     garbage.write_bytes(b"\x00not onnx at all")
     with pytest.raises(ConversionError, match=r"garbage\.onnx: not a"):
         convert_onnx(garbage, out)
-    out.write_bytes(b"keep me")
-    with pytest.raises(ConversionError, match="already exists"):
-        convert_onnx(src, out)
-    assert out.read_bytes() == b"keep me"
-    convert_onnx(src, out, force=True)
-    onnx.checker.check_model(str(out), full_check=True)
+    assert_onnx_overwrite_needs_force(lambda force: convert_onnx(src, out, force=force), out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dense.onnx", "garbage.onnx", "src.onnx"]
 
 

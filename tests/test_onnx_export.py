@@ -12,7 +12,7 @@ import json
 import onnx
 import pytest
 import torch
-from helpers import FAMILIES, ZOO, assert_close, build, crop_size, randn
+from helpers import FAMILIES, ZOO, assert_close, assert_onnx_overwrite_needs_force, build, crop_size, randn
 from onnx_helpers import op_counts, run_onnx, session
 from torch import nn
 
@@ -131,12 +131,7 @@ def test_refuses_unconverted_model(small, tmp_path):
 def test_existing_file_needs_force(small, tmp_path):
     _, converted = small
     target = tmp_path / "m.onnx"
-    target.write_bytes(b"keep me")
-    with pytest.raises(ConversionError, match="already exists"):
-        export_onnx(converted, target)
-    assert target.read_bytes() == b"keep me"
-    export_onnx(converted, target, force=True)
-    onnx.checker.check_model(str(target), full_check=True)
+    assert_onnx_overwrite_needs_force(lambda force: export_onnx(converted, target, force=force), target)
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file left behind
 
 
