@@ -41,8 +41,8 @@ import fc2conv
 MODELS = ["alexnet", "vgg16", "resnet50", "mobilenet_v3_large"]
 # The settings: AlexNet on a 500×500 image (the FCN paper's), VGG16 and ResNet50 at 448×448.
 SLIDING = [("alexnet", 500), ("vgg16", 448), ("resnet50", 448)]
-# Rounds per sliding row: with 5, ResNet50 in onnxruntime measured 0.85-1.01 × its FLOP ratio over three
-# runs; with 15, 0.94 and 0.95 (a burst of noise then moves a median by less).
+# Rounds per sliding row: with 5, ResNet50 in onnxruntime measured 0.77-1.10 × its FLOP ratio over 13 runs;
+# with 15, 0.91-0.95 over four (a burst of noise then moves a median by less).
 SLIDING_ROUNDS = 15
 
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats is None:
         args.repeats = SLIDING_ROUNDS if args.sliding else 30
     if args.warmup is None:
-        args.warmup = 1 if args.sliding else 5  # a naive VGG16 sliding run takes 15-20 s
+        args.warmup = 1 if args.sliding else 5  # one naive VGG16 sliding run took 14-22 s here
     if args.sliding:
         return main_sliding(args)
 

@@ -8,6 +8,7 @@ kernels; the largest error measured over the 18 families is 4.4e-5 (inception_v3
 from __future__ import annotations
 
 import json
+import warnings
 
 import onnx
 import pytest
@@ -153,16 +154,19 @@ def test_pools_of_one_map_export_and_agree_with_convert_onnx(tmp_path):
     own export, give the same map of scores."""
     torch.manual_seed(0)
     model = CatAvgMax().eval()
-    exported = export_onnx(fc2conv.convert(model, (3, 19, 19)), tmp_path / "dense.onnx")
-    torch.onnx.export(model, (torch.zeros(1, 3, 19, 19),), tmp_path / "original.onnx", dynamo=False,
-                      input_names=["input"], opset_version=18)
+    converted = fc2conv.convert(model, (3, 19, 19))
+    exported = export_onnx(converted, tmp_path / "dense.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.zeros(1, 3, 19, 19),), tmp_path / "original.onnx", dynamo=False,
+                          input_names=["input"], opset_version=18)
     from fc2conv.onnx import convert_onnx
 
     rewritten = convert_onnx(tmp_path / "original.onnx", tmp_path / "rewritten.onnx")
     assert op_counts(rewritten)["Gemm"] == 0
     x = randn(2, 3, 31, 27)
     with torch.no_grad():
-        dense = fc2conv.convert(model, (3, 19, 19))(x)
+        dense = converted(x)
     assert dense.shape[2:] == (7, 5)
     assert_close(run_onnx(exported, x), dense)
     assert_close(run_onnx(tmp_path / "rewritten.onnx", x), dense)
