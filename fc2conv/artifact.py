@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -31,6 +33,7 @@ from .checkpoint import TORCH_SUFFIXES, atomic_output, load_into, load_state_dic
 from .errors import ConversionError
 from .files import refuse_existing
 from .grid import geometry
+from .pickles import load_program
 from .recipe import Recipe
 from .verification import max_errors, tolerance
 
@@ -121,8 +124,10 @@ def save(converted: nn.Module, path: str | os.PathLike, *, recipe: Recipe, force
     if path.suffix == EXPORT_SUFFIX:
         refuse_existing(path, force=force)  # before the export, which takes a while
         program = export_program(converted)
+        buffer = io.BytesIO()  # torch's C++ zip writer aborts the process when the disk is full: write in Python
+        torch.export.save(program, buffer, extra_files={EXTRA_FILE: json.dumps(described)})
         with atomic_output(path, force=force) as tmp:
-            torch.export.save(program, tmp, extra_files={EXTRA_FILE: json.dumps(described)})
+            tmp.write_bytes(buffer.getbuffer())
     elif path.suffix in STATE_SUFFIXES:
         metadata = {RECIPE_KEY: recipe.to_json(), "fc2conv": json.dumps(described)}
         save_state_dict(converted.state_dict(), path, force=force, metadata=metadata)
@@ -146,22 +151,19 @@ def read_recipe(path: str | os.PathLike) -> Recipe:
 
 
 def _read_extra(path: Path) -> str:
-    extra = {EXTRA_FILE: ""}
-    _load_program(path, extra)
-    if not extra[EXTRA_FILE]:
-        raise ConversionError(f"{path} is a torch.export program without fc2conv's {EXTRA_FILE}; it was not "
-                              "written by fc2conv")
-    return extra[EXTRA_FILE]
-
-
-def _load_program(path: Path, extra: dict | None = None) -> torch.export.ExportedProgram:
+    """fc2conv's JSON from a `.pt2` archive, read as text: no program is loaded, nothing is unpickled."""
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     try:
-        return torch.export.load(path, extra_files=extra)
-    except Exception as e:
-        raise ConversionError(f"{path} is not a readable torch.export program ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{EXTRA_FILE}")), None)
+            text = archive.read(name).decode() if name else ""
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{path} is not a readable torch.export program ({e})") from None
+    if not text:
+        raise ConversionError(f"{path} is a torch.export program without fc2conv's {EXTRA_FILE}; it was not "
+                              "written by fc2conv")
+    return text
 
 
 class ExportedModule(nn.Module):
@@ -182,17 +184,19 @@ class ExportedModule(nn.Module):
         return self.program(x)
 
 
-def load(path: str | os.PathLike, *, model_def: str | None = None) -> nn.Module:
+def load(path: str | os.PathLike, *, model_def: str | None = None, trust_pickle: bool = False) -> nn.Module:
     """The converted model saved at `path` by `save`.
 
     ``.pt2``: an `ExportedModule` running the exported program. State-dict artifacts: the recipe's
     architecture, converted with the recorded options, holding the saved weights (a `fx.GraphModule` with
     `.fc2conv`, like `fc2conv.convert` returns). An artifact made from a model definition file needs
-    ``model_def="FILE.py:FACTORY"`` to be passed explicitly: loading a file never runs code on its own.
+    ``model_def="FILE.py:FACTORY"`` to be passed explicitly: loading a file never runs code on its own. No
+    pickle in the file runs either: a `.pt2` whose archive holds one that needs more than tensors is refused,
+    naming the entry, unless `trust_pickle` (see `fc2conv.pickles`).
     """
     path = Path(path)
     if path.suffix == EXPORT_SUFFIX:
-        return ExportedModule(_load_program(path))
+        return ExportedModule(load_program(path, trust_pickle=trust_pickle))
     recipe = read_recipe(path)
     if recipe.model_def is not None:
         if model_def is None:
@@ -202,5 +206,5 @@ def load(path: str | os.PathLike, *, model_def: str | None = None) -> nn.Module:
             )
         recipe = Recipe(**{**json.loads(recipe.to_json()), "model_def": model_def})
     converted = recipe.convert(recipe.build())
-    load_into(converted, load_state_dict(path), source=str(path))
+    load_into(converted, load_state_dict(path, trust_pickle=trust_pickle), source=str(path))
     return converted

@@ -10,20 +10,24 @@ Every failure raises `ConversionError` naming the file and saying what to do nex
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import ConversionError
 from .files import atomic_output
+from .pickles import safe_torch_load
 
 __all__ = ["atomic_output", "load_into", "load_state_dict", "read_metadata", "save_state_dict"]
 
@@ -37,7 +41,8 @@ NESTED_KEYS = (
 # Added to every key by DataParallel / DistributedDataParallel and by torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
-TRUST_HINT = "pass --trust-pickle only if you trust this file"
+_SAFETENSORS_HEADER_LIMIT = 100_000_000  # the largest header safetensors reads
+RESAVE_HINT = ", or re-save just the weights with torch.save(model.state_dict(), ...)"
 
 
 def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> StateDict:
@@ -63,6 +68,7 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> S
     if path.stat().st_size == 0:
         raise ConversionError(f"{path} is empty (0 bytes): the download or save did not complete")
     if path.suffix == ".safetensors":
+        _refuse_duplicate_keys(path)
         try:
             found = load_file(path)
         except Exception as e:
@@ -131,15 +137,27 @@ def save_state_dict(
     tensors = _own_storage(state_dict)
     with atomic_output(path, force=force) as tmp:
         if path.suffix == ".safetensors":
-            save_file(tensors, tmp, metadata=metadata)
+            try:
+                save_file(tensors, tmp, metadata=metadata)
+            except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors
+                raise OSError(_os_message(str(e))) from None
         else:
-            torch.save({"state_dict": tensors, "metadata": dict(metadata)} if metadata else tensors, tmp)
+            buffer = io.BytesIO()  # torch's C++ zip writer aborts the process on a full disk: write in Python
+            torch.save({"state_dict": tensors, "metadata": dict(metadata)} if metadata else tensors, buffer)
+            tmp.write_bytes(buffer.getbuffer())
+
+
+def _os_message(text: str) -> str:
+    """The operating system's words inside a safetensors error (`I/O error: File too large (os error 27)`)."""
+    found = re.search(r'message: "([^"]+)"', text) or re.search(r"I/O error: (.+?)(?: \(os error \d+\))?$", text)
+    return found.group(1) if found else text
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata `save_state_dict` stored in `path` (empty when there is none); never unpickles code."""
     path = Path(path)
     if path.suffix == ".safetensors":
+        _refuse_duplicate_keys(path)
         try:
             with safe_open(path, framework="pt") as f:
                 return dict(f.metadata() or {})
@@ -152,6 +170,36 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return {}
 
 
+def _refuse_duplicate_keys(path: Path) -> None:
+    """Refuse a safetensors header that names a key twice: the library would silently keep the last one.
+
+    Other header faults are left to safetensors, whose errors `load_state_dict` explains.
+    """
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+            header = f.read(length) if 0 < length <= _SAFETENSORS_HEADER_LIMIT else b""
+    except OSError as e:
+        raise ConversionError(f"cannot read {path}: {e.strerror}") from None
+
+    def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ConversionError(f"{path}: its safetensors header names {key!r} twice; the file is corrupted "
+                                      "or was written to mislead (which copy would load is undefined)")
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        json.loads(header, object_pairs_hook=unique)
+    except ConversionError:
+        raise
+    except ValueError:  # not JSON (or empty): safetensors reports it
+        pass
+
+
 def _torch_load(path: Path, trust_pickle: bool) -> object:
     """`torch.load` of a zip or legacy checkpoint, with every failure explained."""
     try:
@@ -162,22 +210,13 @@ def _torch_load(path: Path, trust_pickle: bool) -> object:
     if is_zip:
         _check_archive(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=is_zip)
+        if not trust_pickle:
+            return safe_torch_load(path, str(path), mmap=is_zip, hint=RESAVE_HINT)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=is_zip)
+    except ConversionError:
+        raise
     except pickle.UnpicklingError as e:
-        text = str(e)
-        if "Weights only load failed" not in text:
-            raise ConversionError(f"{path} is corrupted or not a PyTorch checkpoint ({text})") from None
-        needed = re.search(r"GLOBAL ([\w.]+)", text)
-        if needed:
-            raise ConversionError(
-                f"{path} is a pickle that needs {needed.group(1)}, not just tensors, and could run code from "
-                f"it; {TRUST_HINT}, or re-save just the weights with torch.save(model.state_dict(), ...)"
-            ) from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-        raise ConversionError(
-            f"{path} cannot be read as weights only ({detail.group(1) if detail else 'unknown opcode'}): it "
-            f"is corrupted, or a pickle that is not a PyTorch checkpoint; {TRUST_HINT}"
-        ) from None
+        raise ConversionError(f"{path} is corrupted or not a PyTorch checkpoint ({e})") from None
     except Exception as e:
         first_line = str(e).split("\n")[0].split(". This is an internal")[0]
         raise ConversionError(

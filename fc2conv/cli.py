@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,7 +55,8 @@ INPUT_SHAPE = typer.Option(None, "--input-shape", metavar="C,H,W",
 MODE = typer.Option("dense", "--mode", help="dense (map of windows), global (same function) or cam.")
 CHANNELS_LAST = typer.Option(False, "--channels-last-linears", help="Also convert Linears on NHWC maps (ConvNeXt).")
 TRUST_PICKLE = typer.Option(False, "--trust-pickle",
-                            help="Fully unpickle the checkpoint; it can run code: only for files you trust.")
+                            help="Fully unpickle the checkpoint (and a .pt2 artifact); it can run code: only for "
+                                 "files you trust.")
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors.")
 JSON = typer.Option(False, "--json", help="Print one machine-readable JSON object on stdout.")
 FORCE = typer.Option(False, "--force", help="Replace existing output files.")
@@ -165,13 +167,18 @@ def _describe_geometry(converted) -> tuple[str, dict | None]:
     return text, geo.to_dict()
 
 
-def _check_outputs(paths: list[Path], force: bool) -> None:
-    """Refuse outputs that would be overwritten or cannot be written, before any slow work."""
+def _check_outputs(paths: list[Path], force: bool, inputs: list[Path | None] = ()) -> None:
+    """Refuse outputs that would be overwritten or cannot be written, before any slow work; an output that is
+    one of the command's `inputs` (the same file under any name) is refused even with --force."""
     seen = set()
     for path in paths:
         if path.resolve() in seen:
             raise ConversionError(f"{path} is given twice as an output")
         seen.add(path.resolve())
+        source = next((i for i in inputs if i is not None and _same_file(path, i)), None)
+        if source is not None:
+            raise ConversionError(f"{path} is the input {source}; writing it would destroy that input, even with "
+                                  "--force: name another output file")
         if path.is_dir():
             raise ConversionError(f"{path} is a directory; give a file name to write")
         refuse_existing(path, force=force)
@@ -182,6 +189,13 @@ def _check_outputs(paths: list[Path], force: bool) -> None:
             raise ConversionError(f"cannot write {path}: directory {parent} is not writable")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return a.resolve() == b.resolve()
+
+
 def _parse_floats(value: str | None, flag: str) -> list[float] | None:
     if value is None:
         return None
@@ -190,6 +204,14 @@ def _parse_floats(value: str | None, flag: str) -> list[float] | None:
     except ValueError:
         raise ConversionError(f"{flag} must be comma-separated numbers, e.g. 0.485,0.456,0.406; "
                               f"got {value!r}") from None
+
+
+def _model_def_file(model_def: str | None) -> Path | None:
+    return Path(model_def.rpartition(":")[0]) if model_def and ":" in model_def else None
+
+
+def _labels_file(value: str | None) -> Path | None:
+    return Path(value) if value is not None and Path(value).is_file() else None
 
 
 def _parse_labels(value: str | None) -> list[str] | None:
@@ -274,7 +296,7 @@ def convert(
             if path.suffix not in (EXPORT_SUFFIX, *STATE_SUFFIXES):
                 raise ConversionError(f"-o {path}: unknown output format; name it {EXPORT_SUFFIX} (torch.export), "
                                       f"{', '.join(STATE_SUFFIXES)} (weights + recipe), or use --onnx")
-        _check_outputs(targets, force)
+        _check_outputs(targets, force, inputs=[checkpoint, _model_def_file(model_def), _labels_file(labels)])
         onnx_options = {"labels": _parse_labels(labels), "mean": _parse_floats(mean, "--mean"),
                         "std": _parse_floats(std, "--std")}
         with out.steps(3 + (not no_verify) + len(targets)) as step:
@@ -360,7 +382,7 @@ def verify(
         step("converting the original")
         reference = recipe.convert(model)
         step(f"loading {artifact.name}")
-        converted = load(artifact, model_def=model_def)
+        converted = load(artifact, model_def=model_def, trust_pickle=trust_pickle)
         if isinstance(converted, ExportedModule):  # a program knows no geometry: take the reference's
             converted.fc2conv = reference.fc2conv
         sizes = [_larger_size(reference, recipe.input_shape)]
@@ -389,6 +411,9 @@ def run(
                                         help="Write the probability map of one class over the image."),
     class_: str | None = typer.Option(None, "--class", metavar="C",
                                       help="The heatmap's class, an index or a label [default: the top class]."),
+    max_pixels: int | None = typer.Option(
+        None, "--max-pixels", min=1, show_default=False,
+        help="Refuse larger images before decoding them [default: 33554432, 2^25]; scan larger ones in tiles."),
     force: bool = FORCE,
     quiet: bool = QUIET,
     as_json: bool = JSON,
@@ -397,12 +422,13 @@ def run(
     out = _Output(quiet=quiet, as_json=as_json)
     with _usage_errors():
         if heatmap is not None:
-            _check_outputs([heatmap], force)
+            _check_outputs([heatmap], force, inputs=[model, image])
+        from .images import MAX_PIXELS
         from .runtime import DenseModel
         from .runtime import heatmap as write_heatmap
 
         dense = DenseModel(model)
-        result = dense.run(image)
+        result = dense.run(image, max_pixels=max_pixels or MAX_PIXELS)
         top = result.top_classes(topk)
         written = None
         if heatmap is not None:
@@ -442,8 +468,13 @@ def _class_index(value: str | None, result, top) -> int:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM unwinds like Ctrl-C, so temporary and staged outputs are removed."""
+    signal.signal(signal.SIGTERM, _terminated)
     app()
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

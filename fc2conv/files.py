@@ -74,6 +74,11 @@ def staged_outputs(paths: list[Path], *, force: bool = False) -> Iterator[list[P
             stage.unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise ConversionError(f"could not write {', '.join(map(str, paths))}: {e}") from e
+        if isinstance(e, ConversionError):  # a writer named its staging file: name the user's file instead
+            message = str(e)
+            for stage, path in zip(staged, paths, strict=True):
+                message = message.replace(str(stage), str(path))
+            raise ConversionError(message) from e
         raise
     for directory in {path.parent for path in paths}:
         _sync_directory(directory)

@@ -7,9 +7,10 @@
     result.top_windows(5)                      # best (class, window) pairs, each with its input box
     heatmap("photo.jpg", result, 281, "heat.png")
 
-Preprocessing: the image becomes float32 in [0, 1] (uint8 / 255; float arrays are taken as already in
-[0, 1]), is converted to the model's channel count (grayscale ↔ RGB with Pillow's ITU-R 601-2 luma weights,
-alpha dropped), then normalised as (x − mean) / std with the file's metadata when present.
+Preprocessing: the image is read as `fc2conv.images` says (float32 in [0, 1] by its real bit depth, EXIF
+orientation applied, the model's channel count, a pixel budget checked before decoding), then normalised as
+(x − mean) / std with the file's metadata when present. The metadata is validated when the model is opened
+(`fc2conv.metadata`), so a bad field is named there rather than failing later.
 
 Geometry: cell (i, j) of the score map covers input rows i·sh … i·sh + h − 1 and columns j·sw … j·sw + w − 1
 (stride and window from the file's metadata, measured on the PyTorch model at export); in global mode the
@@ -18,7 +19,6 @@ one cell covers the whole image. This module never imports PyTorch (tested with 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,17 +26,16 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import ConversionError
 from .files import atomic_output
+from .images import MAX_PIXELS, ImageLike, load_image
+from .metadata import PREFIX as METADATA_PREFIX
+from .metadata import decode
 
 __all__ = ["METADATA_PREFIX", "DenseModel", "ImageLike", "Prediction", "Result", "heatmap", "load_image"]
 
-ImageLike = str | os.PathLike | Image.Image | np.ndarray
-METADATA_PREFIX = "fc2conv."  # of the keys `fc2conv.export_onnx` writes into the file's metadata_props
-# Pillow's RGB → L weights (ITU-R 601-2), so arrays and PIL images turn gray alike.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _HEAT_ALPHA = 0.5
 
 
@@ -126,31 +125,29 @@ class DenseModel:
         except Exception as e:  # onnxruntime raises its own unrelated types for bad files
             raise ConversionError(f"{self.path}: onnxruntime cannot load it as an ONNX model ({e})") from None
         found = self.session.get_modelmeta().custom_metadata_map
-        try:
-            self.metadata = {k.removeprefix(METADATA_PREFIX): json.loads(v)
-                             for k, v in found.items() if k.startswith(METADATA_PREFIX)}
-        except json.JSONDecodeError as e:
-            raise ConversionError(f"{self.path}: corrupted fc2conv metadata ({e})") from None
-        shape = self.metadata.get("input_shape")
-        if shape is None:
-            raise ConversionError(f"{self.path} has no fc2conv metadata: write it with fc2conv.export_onnx")
+        classes = self.session.get_outputs()[0].shape[1] if len(self.session.get_outputs()[0].shape) > 1 else None
+        self.metadata = decode(found, source=str(self.path), classes=classes if isinstance(classes, int) else None)
+        shape = self.metadata["input_shape"]
         if len(shape) != 3:
             raise ConversionError(f"{self.path} takes {shape}-vectors, not images; run it with onnxruntime")
         self.channels, *self.reference = shape
         self.input_name = self.session.get_inputs()[0].name
 
-    def preprocess(self, image: ImageLike) -> np.ndarray:
-        """The 1×C×H×W float32 input for `image`, normalised with the metadata's mean and std."""
-        x = load_image(image, self.channels)
+    def preprocess(self, image: ImageLike, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+        """The 1×C×H×W float32 input for `image`, normalised with the metadata's mean and std (`load_image`)."""
+        x = load_image(image, self.channels, max_pixels=max_pixels)
         for key in ("mean", "std"):
             if key in self.metadata:
                 value = np.asarray(self.metadata[key], dtype=np.float32)
                 x = x - value if key == "mean" else x / value
         return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
 
-    def run(self, image: ImageLike) -> Result:
-        """The score map of `image` (a path, PIL image, or H×W / H×W×C array, uint8 or float in [0, 1])."""
-        x = self.preprocess(image)
+    def run(self, image: ImageLike, *, max_pixels: int | None = MAX_PIXELS) -> Result:
+        """The score map of `image` (a path, PIL image, or H×W / H×W×C array; see `fc2conv.images`).
+
+        An image file of more than `max_pixels` pixels is refused before it is decoded (None: no limit).
+        """
+        x = self.preprocess(image, max_pixels=max_pixels)
         size = tuple(int(d) for d in x.shape[2:])
         if self.metadata.get("mode") == "dense" and (size[0] < self.reference[0] or size[1] < self.reference[1]):
             raise ConversionError(
@@ -162,38 +159,6 @@ class DenseModel:
         except Exception as e:
             raise ConversionError(f"{self.path}: onnxruntime failed on a {size[0]}×{size[1]} image: {e}") from None
         return Result(scores[0], size, self.metadata)
-
-
-def load_image(image: ImageLike, channels: int) -> np.ndarray:
-    """`image` as an H×W×`channels` float32 array in [0, 1] (see the module docstring)."""
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as opened:
-                image = opened.convert("L" if channels == 1 else "RGB")
-        except (OSError, UnidentifiedImageError) as e:
-            raise ConversionError(f"{image}: cannot read it as an image ({e})") from None
-    if isinstance(image, Image.Image):
-        image = image.convert("L" if channels == 1 else "RGB")
-    array = np.asarray(image)
-    if array.dtype == np.uint8:
-        array = array.astype(np.float32) / 255
-    elif np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float32)
-    else:
-        raise ConversionError(f"image arrays must be uint8 or float in [0, 1], not {array.dtype}")
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ConversionError(f"an image array is H×W or H×W×C with C in 1, 3, 4; got shape {array.shape}")
-    if array.shape[2] == 4:
-        array = array[:, :, :3]  # alpha does not enter the classifier
-    if array.shape[2] == channels:
-        return array
-    if array.shape[2] == 1:
-        return np.repeat(array, channels, axis=2)
-    if channels == 1:
-        return (array @ _LUMA)[:, :, None]
-    raise ConversionError(f"the model takes {channels} channels; cannot convert a {array.shape[2]}-channel image")
 
 
 def heatmap(
@@ -208,7 +173,7 @@ def heatmap(
     classes = result.scores.shape[0]
     if not 0 <= class_index < classes:
         raise ConversionError(f"class {class_index} does not exist; the model has classes 0 … {classes - 1}")
-    picture = load_image(image, 3)
+    picture = load_image(image, 3, max_pixels=None)  # `result` already holds this image's map
     if picture.shape[:2] != result.image_size:
         raise ConversionError(f"the image is {picture.shape[:2]}, but the result is for {result.image_size}")
     probability = result.probabilities[class_index]

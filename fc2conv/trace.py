@@ -9,6 +9,8 @@ inputs for the rare model that calls something meta tensors cannot do.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -16,13 +18,14 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from .errors import ConversionError
 
-__all__ = ["TraceOptions", "example_input", "meta_state", "trace"]
+__all__ = ["NodeFailure", "TraceOptions", "example_input", "meta_state", "trace"]
 
 BATCH = 2
+_TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class _Tracer(fx.Tracer):
     def __init__(self, options: TraceOptions):
         super().__init__(autowrap_functions=options.autowrap_functions)
         self.leaf_types, self.leaf_names = options.leaf_modules, options.leaf_names
+        self.record_stack_traces = True  # errors can then name the user's file and line
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (isinstance(m, self.leaf_types) or module_qualified_name in self.leaf_names
@@ -64,15 +68,57 @@ def meta_state(module: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
             for name, t in chain(module.named_parameters(), module.named_buffers())}
 
 
+class NodeFailure(Exception):
+    """A node of a traced graph raised while running: the node, and where the user's code spelled it."""
+
+    def __init__(self, node: fx.Node, error: Exception):
+        super().__init__(str(error))
+        self.node, self.error = node, error
+
+    def where(self) -> str:
+        """`'name' (target) at FILE:LINE: code`, from the stack trace fx recorded while tracing."""
+        target = getattr(self.node.target, "__name__", self.node.target)
+        place = f"'{self.node.name}' ({target})"
+        frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s+(.+)', self.node.stack_trace or "")
+        users = [frame for frame in frames if not frame[0].startswith(_TORCH_DIR)]
+        if users:
+            file, line, code = users[-1]
+            place += f" at {file}:{line}: {code.strip()}"
+        return place
+
+
+class _RecordShapes(fx.Interpreter):
+    """`ShapeProp` without its printed traceback: runs the graph and sets `node.meta["tensor_meta"]`."""
+
+    def run_node(self, node: fx.Node) -> Any:
+        try:
+            result = super().run_node(node)
+        except Exception as e:
+            raise NodeFailure(node, e) from e
+        found = False
+
+        def extract(value: Any) -> Any:
+            nonlocal found
+            if isinstance(value, torch.Tensor):
+                found = True
+                return _extract_tensor_metadata(value)
+            return value
+
+        meta = fx.node.map_aggregate(result, extract)
+        if found:
+            node.meta["tensor_meta"] = meta
+        return result
+
+
 class _Propagate(nn.Module):
-    """ShapeProp as a module, so `functional_call` can run it with meta parameters."""
+    """Shape recording as a module, so `functional_call` can run it with meta parameters."""
 
     def __init__(self, gm: fx.GraphModule):
         super().__init__()
         self.gm = gm
 
     def forward(self, x: torch.Tensor) -> None:
-        ShapeProp(self.gm).propagate(x)
+        _RecordShapes(self.gm).run(x)
 
 
 def _propagate_shapes(gm: fx.GraphModule, x: torch.Tensor) -> None:
@@ -80,7 +126,7 @@ def _propagate_shapes(gm: fx.GraphModule, x: torch.Tensor) -> None:
         try:
             torch.func.functional_call(_Propagate(gm), meta_state(gm, "gm."), (x.to("meta"),))
         except Exception:
-            ShapeProp(gm).propagate(x)
+            _RecordShapes(gm).run(x)
 
 
 def trace(model: nn.Module, input_shape: Sequence[int], options: TraceOptions = TraceOptions()) -> fx.GraphModule:
@@ -107,11 +153,13 @@ def trace(model: nn.Module, input_shape: Sequence[int], options: TraceOptions = 
         gm.eval()
         try:
             _propagate_shapes(gm, example_input(input_shape, dtype=_model_dtype(model)))
-        except Exception as e:
+        except NodeFailure as e:
+            error = str(e.error).strip().splitlines()[0] if str(e.error).strip() else ""
             raise ConversionError(
-                f"{name} does not run on input_shape={tuple(input_shape)} (a batch of {BATCH}): "
-                f"{type(e).__name__}: {e}\nHint: give the shape the model was built for, without the batch "
-                "dimension, e.g. (3, 224, 224) for an image model or (D,) for an MLP."
+                f"{name} does not run on input_shape={tuple(input_shape)} (a batch of {BATCH}): {e.where()} "
+                f"raised {type(e.error).__name__}: {error}\nHint: give the shape the model was built for, "
+                "without the batch dimension (input_shape=..., --input-shape on the command line), e.g. "
+                "(3, 224, 224) for an image model or (D,) for an MLP."
             ) from e
     finally:
         model.train(was_training)

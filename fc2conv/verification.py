@@ -1,8 +1,7 @@
 """Prove a conversion numerically: the one tolerance, the error measure, and the checks of every mode.
 
-Error measure: max |actual − expected| / max |expected| over the whole output (relative to the output's
-scale, so logits near zero do not blow it up). Tolerance: 1e-5 in float32, 1e-10 in float64; 1e-4 in float32
-between onnxruntime and PyTorch.
+Error measure and tolerances: `fc2conv.tolerance` (max |actual − expected| / max |expected|; 1e-5 in float32,
+1e-10 in float64).
 
 Checks, each on a batch of seeded random inputs:
 - reference: at `input_shape` the converted output, flattened (dense, global) or spatially averaged
@@ -24,30 +23,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .grid import geometry
+from .tolerance import ACROSS_RUNTIMES, TOLERANCE, max_errors, tolerance
 from .trace import example_input, trace
 
 __all__ = ["ACROSS_RUNTIMES", "TOLERANCE", "Check", "Report", "max_errors", "tolerance", "verify"]
-
-TOLERANCE: dict[torch.dtype, float] = {torch.float32: 1e-5, torch.float64: 1e-10}
-# Between two runtimes (onnxruntime against PyTorch) every layer of the backbone, not only the converted head,
-# sums in another order: measured up to 4.4e-5 on Inception v3 (float32, 94 convolutions deep).
-ACROSS_RUNTIMES: dict[torch.dtype, float] = {torch.float32: 1e-4, torch.float64: 1e-10}
-
-
-def tolerance(dtype: torch.dtype, *, across_runtimes: bool = False) -> float:
-    """The largest error (see `max_errors`) a conversion may show in `dtype`; `across_runtimes` when the two
-    outputs come from different runtimes (an exported model in onnxruntime against PyTorch)."""
-    return (ACROSS_RUNTIMES if across_runtimes else TOLERANCE)[dtype]
-
-
-def max_errors(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
-    """(max absolute error, max absolute error / max |expected|)."""
-    if actual.shape != expected.shape:
-        raise ValueError(f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}")
-    max_abs = (actual - expected).abs().max().item()
-    scale = expected.abs().max().item()
-    return max_abs, max_abs / scale if scale > 0 else max_abs
-
 
 @dataclass(frozen=True)
 class Check:

@@ -90,7 +90,7 @@ class Payload:
 def test_a_pickle_that_runs_code_is_refused_and_not_run(tmp_path):
     path, marker = tmp_path / "evil.pt", tmp_path / "pwned"
     torch.save({"state_dict": {"w": torch.ones(1)}, "hook": Payload(marker)}, path)
-    with pytest.raises(ConversionError, match=r"evil\.pt is a pickle that needs .*system.*--trust-pickle"):
+    with pytest.raises(ConversionError, match=r"evil\.pt holds a pickle that needs .*system.*--trust-pickle"):
         load_state_dict(path)
     assert not marker.exists()
 

@@ -108,7 +108,8 @@ def _refused(tmp_path: Path, args: list, message: str) -> str:
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     result = invoke("convert", *args, "-o", tmp_path / "out.pt2", "--onnx", tmp_path / "out.onnx")
     assert result.exit_code == EXIT_USAGE, result.stdout + result.stderr
-    error = result.stderr.rpartition("error: ")[2]
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    error = result.stderr.removeprefix("error: ")
     assert message in error, error
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before, "files appeared, vanished or changed"

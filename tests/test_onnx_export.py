@@ -109,9 +109,9 @@ def test_dynamo_exporter(small, tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"labels": ["a", "b"]}, "labels: 2 given, but the model has 10 classes"),
-    ({"mean": [0.1, 0.2]}, "mean: give 1 or 3 values"),
-    ({"std": [0.2, 0.0, 0.1]}, "std: every value must be positive"),
+    ({"labels": ["a", "b"]}, "fc2conv.labels must name each of the model's 10 classes, not 2"),
+    ({"mean": [0.1, 0.2]}, "fc2conv.mean must be 1 or 3 numbers"),
+    ({"std": [0.2, 0.0, 0.1]}, "fc2conv.std must be positive"),
     ({"exporter": "tf"}, "exporter must be one of"),
     ({"input_shape": (32, 32)}, "does not match the reference shape"),
     ({"input_shape": (3, 16, 16)}, r"does not run at input_shape=\(3, 16, 16\)"),

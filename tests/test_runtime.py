@@ -126,10 +126,10 @@ def test_errors(exported, tmp_path):
     model = DenseModel(exported[1])
     with pytest.raises(ConversionError, match="smaller than the model's 32×32 window"):
         model.run(_image(31, 40))
-    with pytest.raises(ConversionError, match="uint8 or float"):
+    with pytest.raises(ConversionError, match="uint8, uint16, bool or float"):
         model.run(np.zeros((40, 40, 3), dtype=np.int32))
     with pytest.raises(ConversionError, match="H×W or H×W×C"):
-        model.run(np.zeros((40, 40, 2), dtype=np.uint8))
+        model.run(np.zeros((40, 40, 5), dtype=np.uint8))
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(ConversionError, match="cannot read it as an image"):

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 
 import onnx
+import onnxruntime as ort
 
 from ..errors import ConversionError
 from ..files import atomic_output, refuse_existing
+from .check import assert_same_scores, input_dtype, probe, random_input, session
 from .graph import Graph, Shape, describe, infer_shapes, topological_order
 from .rules import Rule, rules_for
 
@@ -55,6 +57,7 @@ def convert_onnx(
     if dst is not None:
         refuse_existing(dst, force=force)  # before the work; atomic_output checks again
     model, label = _load(src)
+    source = session(model, label)  # before the work: what cannot run cannot be checked
     image = _image_input(model, label)
     reference = _reference_shape(image, input_shape, label)
     try:
@@ -72,6 +75,7 @@ def convert_onnx(
     _rewrite(graph, rules_for(mode), label)
     _make_dynamic(graph, image.name)
     _validate(model, label)
+    _check(source, session(model, label, what="the converted model"), reference, mode, label)
     if dst is not None:
         with atomic_output(dst, force=force) as tmp:
             tmp.write_bytes(model.SerializeToString())
@@ -171,6 +175,21 @@ def _make_dynamic(graph: Graph, image: str) -> None:
             rank = len(out.type.tensor_type.shape.dim)
             _set_dims(out, ["batch", *[None] * (rank - 1)])
     del graph.graph.value_info[:]  # inferred for the old graph; stale now
+
+
+def _check(source: ort.InferenceSession, converted: ort.InferenceSession, reference: Shape, mode: str,
+           label: str) -> None:
+    """The conversion equals its source at the reference size (batch 2 when the source allows it), and runs at a
+    larger size with batch 2: no size was baked into the written graph."""
+    batch = reference[0] if isinstance(source.get_inputs()[0].shape[0], int) else 2
+    x = random_input((batch, *reference[1:]), input_dtype(source))
+    lifted = x.reshape(*x.shape, 1, 1) if x.ndim == 2 else x
+    name = converted.get_inputs()[0].name
+    assert_same_scores(source.run(None, {source.get_inputs()[0].name: x}), converted.run(None, {name: lifted}),
+                       label, f"at the reference input {'×'.join(map(str, x.shape))}")
+    grow = 3 if x.ndim == 2 else _PROBE_GROWTH  # an MLP's map of vectors may have any size
+    larger = (2, lifted.shape[1], *(s + grow for s in lifted.shape[2:]))
+    probe(converted, [larger], label, f"a layer has the reference size baked in; mode={mode!r} cannot hold")
 
 
 def _set_dims(info: onnx.ValueInfoProto, dims: list[int | str | None]) -> None:

@@ -15,7 +15,6 @@ ConvNeXt (`torch.export` specialises height and width to 224…255 and batch to 
 from __future__ import annotations
 
 import io
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from torch import nn
 from ..errors import ConversionError
 from ..files import atomic_output, refuse_existing
 from ..grid import geometry
-from ..runtime import METADATA_PREFIX
+from ..metadata import encode, validate
 
 __all__ = ["DEFAULT_OPSET", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME", "export_onnx"]
 
@@ -99,9 +98,8 @@ def export_onnx(
 
 
 def _metadata(converted: nn.Module, *, classes: int, labels, mean, std) -> dict[str, str]:
-    """The `fc2conv.*` metadata, JSON-encoded; arguments are checked against the model."""
+    """The `fc2conv.*` metadata, JSON-encoded; arguments are checked against the model (`fc2conv.metadata`)."""
     info = converted.fc2conv
-    channels = info.input_shape[0]
     grid = None if info.mode == "global" else geometry(converted)
     values: dict[str, object] = {
         "stride": grid and list(grid.stride),
@@ -111,20 +109,12 @@ def _metadata(converted: nn.Module, *, classes: int, labels, mean, std) -> dict[
         "exact": grid.exact if grid else True,
     }
     if labels is not None:
-        labels = [str(label) for label in labels]
-        if len(labels) != classes:
-            raise ConversionError(f"labels: {len(labels)} given, but the model has {classes} classes")
-        values["labels"] = labels
+        values["labels"] = [str(label) for label in labels]
     for name, given in (("mean", mean), ("std", std)):
-        if given is None:
-            continue
-        numbers = [float(v) for v in given]
-        if len(numbers) not in (1, channels):
-            raise ConversionError(f"{name}: give 1 or {channels} values (one per input channel), not {len(numbers)}")
-        if name == "std" and any(v <= 0 for v in numbers):
-            raise ConversionError(f"std: every value must be positive, got {numbers}")
-        values[name] = numbers
-    return {METADATA_PREFIX + k: json.dumps(v) for k, v in values.items()}
+        if given is not None:
+            values[name] = [float(v) for v in given]
+    validate(values, source="export_onnx", classes=classes)
+    return encode(values)
 
 
 def _export(model: nn.Module, example: torch.Tensor, *, dynamic: bool, opset: int, exporter: str) -> onnx.ModelProto:

@@ -1,0 +1,101 @@
+"""The `fc2conv.*` metadata of an exported ONNX model: one JSON value per key, written by `export_onnx`,
+read by `fc2conv.runtime` and the scanner, and checked by the same rules on both sides (no torch, no numpy):
+
+- `input_shape`: the reference input without the batch, (C, *spatial), positive integers;
+- `mode`: "dense", "global" or "cam";
+- `stride`, `window`: one positive integer per spatial axis; cell i covers input i·stride … i·stride + window − 1
+  (null in global mode);
+- `receptive_field`: one [before, after] pair per spatial axis, how far beyond its window the input still
+  changes a cell (null when a cell sees the whole input);
+- `exact`: whether every cell is the classifier on its window alone (false with global context);
+- `labels`: one name per class; `mean`, `std`: input normalisation, one number per channel or one for all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ConversionError
+
+__all__ = ["MODES", "PREFIX", "decode", "encode", "validate"]
+
+PREFIX = "fc2conv."
+MODES = ("dense", "global", "cam")
+REQUIRED = ("input_shape", "mode")
+
+
+def encode(values: Mapping[str, Any]) -> dict[str, str]:
+    """`values` as metadata_props entries: prefixed keys, JSON values (None values are written as null)."""
+    return {PREFIX + key: json.dumps(value) for key, value in values.items()}
+
+
+def decode(found: Mapping[str, str], *, source: str, classes: int | None = None) -> dict[str, Any]:
+    """The fc2conv values among a model's metadata_props, parsed and validated (see `validate`)."""
+    values = {}
+    for key, text in found.items():
+        if not key.startswith(PREFIX):
+            continue
+        try:
+            values[key.removeprefix(PREFIX)] = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConversionError(f"{source}: metadata field {key} is not valid JSON ({e})") from None
+    if not values:
+        raise ConversionError(f"{source} has no fc2conv metadata: write it with fc2conv.export_onnx")
+    validate(values, source=source, classes=classes)
+    return values
+
+
+def validate(values: Mapping[str, Any], *, source: str, classes: int | None = None) -> None:
+    """`ConversionError` naming `source` and the field for a value that breaks the table above; `classes`,
+    when known, is the number of scores per cell that `labels` must match."""
+
+    def fail(key: str, why: str) -> ConversionError:
+        return ConversionError(f"{source}: metadata field {PREFIX}{key} {why}; got {values.get(key)!r}")
+
+    for key in REQUIRED:
+        if key not in values:
+            raise ConversionError(f"{source}: metadata field {PREFIX}{key} is missing")
+    shape = values["input_shape"]
+    if not _ints(shape, minimum=1) or not 1 <= len(shape) <= 4:
+        raise fail("input_shape", "must be a list of 1 to 4 positive integers (C, *spatial)")
+    if values["mode"] not in MODES:
+        raise fail("mode", f"must be one of {', '.join(MODES)}")
+    axes = len(shape) - 1
+    for key in ("stride", "window"):
+        value = values.get(key)
+        if value is None and values["mode"] != "dense":
+            continue
+        if not _ints(value, minimum=1) or len(value) != axes:
+            raise fail(key, f"must be {axes} positive integer(s), one per spatial axis of input_shape {shape}")
+    field = values.get("receptive_field")
+    if field is not None and (not isinstance(field, list) or len(field) != axes
+                              or not all(_ints(pair, minimum=0) and len(pair) == 2 for pair in field)):
+        raise fail("receptive_field", f"must be {axes} [before, after] pair(s) of integers ≥ 0, or null")
+    if "exact" in values and not isinstance(values["exact"], bool):
+        raise fail("exact", "must be true or false")
+    labels = values.get("labels")
+    if labels is not None:
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise fail("labels", "must be a list of strings")
+        if classes is not None and len(labels) != classes:
+            raise fail("labels", f"must name each of the model's {classes} classes, not {len(labels)}")
+    for key in ("mean", "std"):
+        value = values.get(key)
+        if value is None:
+            continue
+        numbers = isinstance(value, list) and all(_number(v) for v in value)
+        if not numbers or len(value) not in (1, shape[0]):
+            raise fail(key, f"must be 1 or {shape[0]} numbers (one per input channel)")
+        if key == "std" and any(v <= 0 for v in value):
+            raise fail(key, "must be positive")
+
+
+def _ints(value: Any, *, minimum: int) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+                                           for v in value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # not NaN
