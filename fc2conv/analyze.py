@@ -5,9 +5,15 @@ One pass over the graph in order gives every node a *value* and an *action*.
 Values say what a node's output is in the converted graph:
 - kept (no entry): the node computes what it computed before, on maps that may now be larger;
 - `Vector`: the original output is a vector per example that equals `source.flatten(1)` at the reference
-  size, where `source` is a 4-D map in the converted graph. A flatten of C×h×w features starts one
-  (kernel h×w), a Linear on it gives another (kernel 1×1): this is how the head is carried as maps;
-- `ChannelsLast`: the original output is `source.permute(0, 2, 3, 1)` (the inside of a ConvNeXt block).
+  size, where `source` is an N×C×(spatial) map in the converted graph, with 1, 2 or 3 spatial axes. A flatten
+  of C×h×w features starts one (kernel h×w), a Linear on it gives another (kernel 1×1): this is how the head
+  is carried as maps;
+- `ChannelsLast`: the original output is `source` with its channels moved last (the inside of a ConvNeXt
+  block).
+
+Global pools that are not the head (squeeze-excitation and every other spelling of global context: ECA,
+split attention, CBAM) are kept as they are, and so is everything computed from them alone until it meets
+the features again: a Linear there is left alone.
 
 Actions say what the rewrite emits: a copy of the node (the default), an alias of another node's
 value (a flatten or an identity pool disappears), or one of the replacements below. Every Linear,
@@ -16,6 +22,7 @@ and every pool the mode touches, also gets a `Decision`, the printable row of `p
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -38,14 +45,17 @@ MODES: tuple[str, ...] = ("dense", "global", "cam")
 class Vector:
     source: fx.Node
     channels: int
-    kernel: tuple[int, int]
+    kernel: tuple[int, ...]
     origin: fx.Node  # where the vector was made; vectors of two origins never mix
-    fold_from: tuple[int, int] | None = None  # an adaptive average pool from this size is still to fold
+    fold_from: tuple[int, ...] | None = None  # an adaptive average pool from this size is still to fold
     mean: bool = False  # cam: the original vector is the spatial mean of `source`
 
     @property
     def is_plain(self) -> bool:
-        return self.kernel == (1, 1) and self.fold_from is None
+        return all(k == 1 for k in self.kernel) and self.fold_from is None
+
+    def describe(self) -> str:
+        return f"flattened {self.channels}×{_times(self.kernel)} features from '{self.origin.name}'"
 
 
 @dataclass(frozen=True)
@@ -65,13 +75,14 @@ class Alias:
 class LinearToConv:
     input: fx.Node
     channels: int
-    kernel: tuple[int, int]
-    fold_from: tuple[int, int] | None
+    kernel: tuple[int, ...]
+    fold_from: tuple[int, ...] | None
 
 
 @dataclass(frozen=True)
-class BatchNormTo2d:
+class BatchNormToMaps:
     input: fx.Node
+    spatial: int
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,7 @@ class SoftmaxOverChannels:
 class GlobalToWindowPool:
     input: fx.Node
     kind: str
-    size: tuple[int, int]
+    size: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -103,7 +114,7 @@ class ConcatOverChannels:
     inputs: tuple[fx.Node, ...]
 
 
-Action = Alias | LinearToConv | BatchNormTo2d | LayerNormToChannels | SoftmaxOverChannels | GlobalToWindowPool
+Action = Alias | LinearToConv | BatchNormToMaps | LayerNormToChannels | SoftmaxOverChannels | GlobalToWindowPool
 Action = Action | GlobalPoolKeepDims | ConcatOverChannels
 
 # ------------------------------------------------------------------------------------------- decisions
@@ -116,7 +127,7 @@ class Decision:
     layer: str
     op: str
     rule: str
-    kernel: tuple[int, int] | None = None
+    kernel: tuple[int, ...] | None = None
     in_channels: int | None = None
     out_channels: int | None = None
     reason: str = ""
@@ -135,7 +146,7 @@ class Plan(list):
         header = ("layer", "op", "rule", "kernel", "channels", "reason")
         rows = [header] + [
             (
-                d.layer, d.op, d.rule, "" if d.kernel is None else f"{d.kernel[0]}×{d.kernel[1]}",
+                d.layer, d.op, d.rule, "" if d.kernel is None else _times(d.kernel),
                 "" if d.in_channels is None else f"{d.in_channels}→{d.out_channels}", d.reason,
             )
             for d in self
@@ -155,8 +166,9 @@ class Analysis:
     actions: dict[fx.Node, Action]
     plan: Plan
     cut: fx.Node | None  # the feature map the head slides over (dense), when there is exactly one
-    window: tuple[int, int] | None  # its size at the reference input
+    window: tuple[int, ...] | None  # its size at the reference input
     global_context: bool  # dense: some global pool feeds the backbone, so cells see image-level context
+    widened: bool  # global/cam: a fixed pool that covered the map at the reference size now pools any size
 
 
 # ---------------------------------------------------------------------------------------- op matching
@@ -184,9 +196,24 @@ RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
 CONCAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 SOFTMAX_FUNCTIONS = {F.softmax: False, torch.softmax: False, F.log_softmax: True, torch.log_softmax: True}
 SOFTMAX_METHODS = {"softmax": False, "log_softmax": True}
-ADAPTIVE_POOLS = {nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveMaxPool2d: "max",
-                  F.adaptive_avg_pool2d: "avg", F.adaptive_max_pool2d: "max"}
+ADAPTIVE_POOLS = {
+    nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveAvgPool3d: "avg",
+    nn.AdaptiveMaxPool1d: "max", nn.AdaptiveMaxPool2d: "max", nn.AdaptiveMaxPool3d: "max",
+    F.adaptive_avg_pool1d: "avg", F.adaptive_avg_pool2d: "avg", F.adaptive_avg_pool3d: "avg",
+    F.adaptive_max_pool1d: "max", F.adaptive_max_pool2d: "max", F.adaptive_max_pool3d: "max",
+}
+# Fixed-window pools: global when their kernel is read from the tensor, or covers the map at the reference size.
+WINDOW_POOLS = {
+    nn.AvgPool1d: "avg", nn.AvgPool2d: "avg", nn.AvgPool3d: "avg", nn.MaxPool1d: "max", nn.MaxPool2d: "max",
+    nn.MaxPool3d: "max", F.avg_pool1d: "avg", F.avg_pool2d: "avg", F.avg_pool3d: "avg", F.max_pool1d: "max",
+    F.max_pool2d: "max", F.max_pool3d: "max",
+}
 REDUCTIONS = {"mean": "avg", torch.mean: "avg", "amax": "max", torch.amax: "max"}
+PERMUTES = {torch.permute, torch.transpose, "permute", "transpose"}
+
+
+def _times(sizes: tuple[int, ...]) -> str:
+    return "×".join(map(str, sizes))
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
@@ -218,41 +245,63 @@ def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
 @dataclass(frozen=True)
 class _Pool:
     kind: str
-    size_in: tuple[int, int]
-    size_out: tuple[int, int]
+    size_in: tuple[int, ...]
+    size_out: tuple[int, ...]
     keepdim: bool
+    fixed: bool = False  # a fixed kernel that covers the whole map only at the reference size
 
     @property
     def is_global(self) -> bool:
-        return self.size_out == (1, 1)
+        return all(s == 1 for s in self.size_out)
+
+
+def _kind(table: dict, callee: Any) -> str | None:
+    try:
+        return table.get(type(callee) if isinstance(callee, nn.Module) else callee)
+    except TypeError:  # unhashable callee
+        return None
 
 
 def _match_pool(node: fx.Node, callee: Any) -> _Pool | None:
-    """Adaptive pools and spatial mean/amax reductions of a 4-D tensor."""
+    """Adaptive pools, spatial mean/amax reductions, and fixed-window pools that cover the whole map (a kernel
+    read from the tensor, or one the size of the map at the reference input) of an N×C×(spatial) tensor."""
     source = node.args[0] if node.args else None
     shape_in, shape_out = _shape(source), _shape(node)
-    if shape_in is None or shape_out is None or len(shape_in) != 4:
+    if shape_in is None or shape_out is None or len(shape_in) < 3:
         return None
-    try:
-        kind = ADAPTIVE_POOLS.get(type(callee) if isinstance(callee, nn.Module) else callee)
-    except TypeError:  # unhashable callee
-        kind = None
-    if kind is not None:
+    spatial = shape_in[2:]
+    if (kind := _kind(ADAPTIVE_POOLS, callee)) is not None:
         if getattr(callee, "return_indices", False) or node.kwargs.get("return_indices", False):
             return None
-        return _Pool(kind, shape_in[2:], shape_out[2:], keepdim=True)
-    try:
-        kind = REDUCTIONS.get(callee)
-    except TypeError:
-        return None
-    if kind is None:
+        return _Pool(kind, spatial, shape_out[2:], keepdim=True)
+    if (kind := _kind(WINDOW_POOLS, callee)) is not None:
+        covers = _covers_whole_map(node, callee, spatial)
+        if covers is None or len(shape_out) != len(shape_in) or any(s != 1 for s in shape_out[2:]):
+            return None
+        return _Pool(kind, spatial, shape_out[2:], keepdim=True, fixed=covers == "fixed")
+    if (kind := _kind(REDUCTIONS, callee)) is None:
         return None
     dims = _arg(node, 1, "dim")
     dims = (dims,) if isinstance(dims, int) else dims
-    if not isinstance(dims, list | tuple) or {d % 4 for d in dims} != {2, 3}:
+    if not isinstance(dims, list | tuple) or {d % len(shape_in) for d in dims} != set(range(2, len(shape_in))):
         return None
     keepdim = bool(_arg(node, 2, "keepdim", False))
-    return _Pool(kind, shape_in[2:], (1, 1), keepdim)
+    return _Pool(kind, spatial, (1,) * len(spatial), keepdim)
+
+
+def _covers_whole_map(node: fx.Node, callee: Any, spatial: tuple[int, ...]) -> str | None:
+    """"dynamic" when a pool's kernel is read from the tensor (`F.avg_pool2d(x, x.size()[2:])`), "fixed" when it
+    is the map's size at the reference input without padding (`nn.AvgPool2d(7)` on a 7×7 map), else None."""
+    if isinstance(callee, nn.Module):
+        kernel, padding = callee.kernel_size, callee.padding
+    else:
+        kernel, padding = _arg(node, 1, "kernel_size"), _arg(node, 3, "padding", 0)
+    if isinstance(kernel, fx.Node) or (isinstance(kernel, list | tuple) and any(isinstance(k, fx.Node)
+                                                                                 for k in kernel)):
+        return "dynamic"
+    kernel = (kernel,) * len(spatial) if isinstance(kernel, int) else tuple(kernel)
+    padding = (padding,) * len(spatial) if isinstance(padding, int) else tuple(padding)
+    return "fixed" if kernel == spatial and not any(padding) else None
 
 
 def _is_reshape(callee: Any) -> bool:
@@ -260,17 +309,17 @@ def _is_reshape(callee: Any) -> bool:
 
 
 def _is_flatten(node: fx.Node, callee: Any) -> bool:
-    """A reshape of N×C×h×w features into N×(C·h·w), however it is spelled; after a global pool also
+    """A reshape of N×C×(spatial) features into N×(C·spatial), however it is spelled; after a global pool also
     the first of a chain of squeezes (N×C×1×1 → N×C×1)."""
     if not _is_reshape(callee):
         return False
     shape_in, shape_out = _shape(node.args[0]), _shape(node)
-    if shape_in is None or shape_out is None or len(shape_in) != 4 or len(shape_out) >= 4:
+    if shape_in is None or shape_out is None or len(shape_in) < 3 or len(shape_out) >= len(shape_in):
         return False
-    batch, channels, h, w = shape_in
-    if shape_out == (batch, channels * h * w):
+    batch, channels, *spatial = shape_in
+    if shape_out == (batch, channels * math.prod(spatial)):
         return True
-    return (h, w) == (1, 1) and shape_out[:2] == (batch, channels) and set(shape_out[2:]) <= {1}
+    return set(spatial) == {1} and shape_out[:2] == (batch, channels) and set(shape_out[2:]) <= {1}
 
 
 def _is_batch_size(node: fx.Node) -> bool:
@@ -311,13 +360,14 @@ def _variable_nodes(graph: fx.Graph) -> set[fx.Node]:
     return variable
 
 
-def _feeds_only_head(pools: list[fx.Node], graph: fx.Graph, variable: set[fx.Node]) -> bool:
-    """True unless something downstream of `pools` (global pools of one map) mixes them with other
-    input-dependent maps.
+def _feeds_only_head(pools: list[fx.Node], graph: fx.Graph, variable: set[fx.Node], pooled: set[fx.Node]) -> bool:
+    """True unless something downstream of `pools` (global pools of one map) mixes them with input-dependent
+    values that were not pooled (`pooled`: computed from global pools alone).
 
     A squeeze-excitation pool rescales the features it was computed from: it is global context, not the
     head, and sliding it would change what every cell of the backbone computes. Pools of the same map may
     mix with each other (an average and a max pool concatenated): as windows they slide on the same grid.
+    Pools of different maps meeting are still the head, which then refuses to mix them.
     """
     downstream = set(pools)
     for node in graph.nodes:
@@ -326,9 +376,20 @@ def _feeds_only_head(pools: list[fx.Node], graph: fx.Graph, variable: set[fx.Nod
             continue
         downstream.add(node)
         for n in inputs:
-            if n not in downstream and n in variable and _shape(n) is not None and node.op != "output":
+            if (n not in downstream and n in variable and n not in pooled and _shape(n) is not None
+                    and node.op != "output"):
                 return False
     return True
+
+
+def _pooled_nodes(graph: fx.Graph, variable: set[fx.Node], is_pool: Any) -> set[fx.Node]:
+    """Global pools, and the nodes whose input-dependent inputs all come from them."""
+    pooled: set[fx.Node] = set()
+    for node in graph.nodes:
+        inputs = [n for n in node.all_input_nodes if n in variable]
+        if is_pool(node) or (inputs and all(n in pooled for n in inputs)):
+            pooled.add(node)
+    return pooled
 
 
 # ------------------------------------------------------------------------------------------- analysis
@@ -338,15 +399,18 @@ class _Analyzer:
     def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, ...], mode: str, channels_last_linears: bool):
         self.gm, self.mode, self.channels_last_linears = gm, mode, channels_last_linears
         self.input_shape = input_shape
-        self.modules = dict(gm.named_modules())
+        self.modules = dict(gm.named_modules(remove_duplicate=False))  # a module shared under two names
         self.variable = _variable_nodes(gm.graph)
+        self.pooled = _pooled_nodes(gm.graph, self.variable, self.is_global_pool)
         self.values: dict[fx.Node, Vector | ChannelsLast] = {}
         self.actions: dict[fx.Node, Action] = {}
         self.decisions: list[Decision] = []
-        self.cuts: dict[fx.Node, tuple[int, int]] = {}
+        self.cuts: dict[fx.Node, tuple[int, ...]] = {}
         self.head: set[fx.Node] = set()  # nodes downstream of where the head starts
         self.pool_origins: dict[fx.Node, fx.Node] = {}  # global pool → the origin its vectors get
+        self.context: dict[fx.Node, fx.Node] = {}  # node computed from a global-context pool alone → that pool
         self.global_context = False
+        self.widened = False
 
     # -- helpers
     def fail(self, node: fx.Node, callee: Any, why: str) -> ConversionError:
@@ -364,38 +428,53 @@ class _Analyzer:
 
     def start_head(self, node: fx.Node, features: fx.Node) -> None:
         """`node` starts the head on `features`, unless it is already inside the head."""
+        inside = features in self.head
         self.head.add(node)
-        if features in self.head:
+        if inside:
             return
         features = self.resolve(features)
         shape = _shape(features)
-        self.cuts[features] = (1, 1) if shape is None or len(shape) != 4 else shape[2:]
+        self.cuts[features] = (1, 1) if shape is None or len(shape) < 3 else shape[2:]
+
+    def context_pool(self, node: fx.Node) -> fx.Node | None:
+        """The global-context pool `node` is computed from, when every input-dependent input comes from it."""
+        inputs = [n for n in node.all_input_nodes if n in self.variable]
+        pools = {self.context.get(n) for n in inputs}
+        return next(iter(pools)) if inputs and len(pools) == 1 and None not in pools else None
 
     # -- the pass
     def run(self) -> Analysis:
         for node in self.gm.graph.nodes:
             callee = _callee(node, self.modules)
             inputs = [self.values.get(n) for n in node.all_input_nodes]
-            if node.op == "placeholder":
-                self.visit_placeholder(node)
-            elif node.op == "output":
-                self.visit_output(node)
-            elif any(isinstance(v, Vector) for v in inputs):
-                self.visit_vector(node, callee)
-            elif any(isinstance(v, ChannelsLast) for v in inputs):
-                self.visit_channels_last(node, callee)
-            else:
-                self.visit_kept(node, callee)
+            try:
+                if node.op == "placeholder":
+                    self.visit_placeholder(node)
+                elif node.op == "output":
+                    self.visit_output(node)
+                elif (pool := self.context_pool(node)) is not None:
+                    self.visit_context(node, callee, pool)
+                elif any(isinstance(v, Vector) for v in inputs):
+                    self.visit_vector(node, callee)
+                elif any(isinstance(v, ChannelsLast) for v in inputs):
+                    self.visit_channels_last(node, callee)
+                else:
+                    self.visit_kept(node, callee)
+            except ConversionError:
+                raise
+            except Exception as e:  # a pattern fc2conv did not foresee: name the node, never a raw crash
+                raise self.fail(node, callee, f"fc2conv failed to analyse it ({type(e).__name__}: {e}); please "
+                                              "report this model") from e
             if any(n in self.head for n in node.all_input_nodes):
                 self.head.add(node)
         notes = []
-        if not any(d.op.startswith(("Linear", "F.linear")) for d in self.decisions):
-            notes.append("No Linear layer: the model is already convolutional.")
-        if self.global_context:
+        if not any(d.op.startswith(("Linear", "F.linear")) and d.rule != "left alone" for d in self.decisions):
+            notes.append("No Linear layer of the head to convert: the model is already convolutional.")
+        if self.global_context and self.mode != "global":
             notes.append("Global pools that feed the backbone stay global: dense cells see image-level context.")
         (cut, window), = self.cuts.items() if len(self.cuts) == 1 else ((None, None),)
         return Analysis(self.mode, self.values, self.actions, Plan(self.decisions, notes), cut, window,
-                        self.global_context)
+                        self.global_context, self.widened)
 
     def visit_placeholder(self, node: fx.Node) -> None:
         if len(self.input_shape) == 1:  # an MLP: its input vector becomes a map of vectors
@@ -412,28 +491,39 @@ class _Analyzer:
         value, shape = self.values.get(result), _shape(result)
         if isinstance(value, Vector) and value.is_plain and value.mean == (self.mode == "cam"):
             return
+        if isinstance(value, ChannelsLast) and result in self.head and self.mode != "cam":
+            return  # scores over the last dimension (N×1×K): the converted map has them first, N×K×L
         if self.mode == "cam" and isinstance(value, Vector):
             raise ConversionError(
                 f"cam mode: the output '{result.name}' is not computed linearly from a global average pool "
                 f"(the head starts at '{value.origin.name}'); use mode='dense' or mode='global'"
             )
-        if value is None and shape is not None and len(shape) == 4:
-            return  # already a map of scores
-        what = f"flattened {value.channels}×{value.kernel[0]}×{value.kernel[1]} features" if value else shape
+        if value is None and shape is not None and len(shape) == len(self.input_shape) + 1 >= 3:
+            return  # already a map of scores, N×K×(the input's spatial axes)
+        what = value.describe() if isinstance(value, Vector) else shape
         raise ConversionError(
             f"the model's output '{result.name}' is {what}, not a vector of class scores per example "
             "(N×K) computed from conv features; fc2conv cannot give it as a map"
         )
 
+    def visit_context(self, node: fx.Node, callee: Any, pool: fx.Node) -> None:
+        """Squeeze-excitation and its kin: computed from a global-context pool alone, kept as it is."""
+        self.context[node] = pool
+        if _is_linear(callee):
+            self.decisions.append(Decision(self.layer(node), _linear_op(node, callee)[0], "left alone", reason=(
+                f"global context from '{pool.name}' (squeeze-excitation), not the head")))
+
     def visit_kept(self, node: fx.Node, callee: Any) -> None:
         pool = _match_pool(node, callee)
         if pool is not None:
             self.visit_pool(node, callee, pool)
-        elif _is_flatten(node, callee) and node.args[0] in self.variable:
+        elif (_is_flatten(node, callee) and node.args[0] in self.variable
+              and len(_shape(node.args[0])) == len(self.input_shape) + 1):  # a map like the input, not tokens
             features = node.args[0]
-            _, channels, h, w = _shape(features)
+            _, channels, *spatial = _shape(features)
             self.actions[node] = Alias(features)
-            self.values[node] = Vector(features, channels, (h, w), origin=self.pool_origins.get(features, node))
+            self.values[node] = Vector(features, channels, tuple(spatial),
+                                       origin=self.pool_origins.get(features, node))
             self.start_head(node, features)
         elif _is_linear(callee):
             shape = _shape(node.args[0])
@@ -449,11 +539,20 @@ class _Analyzer:
             raise self.fail(node, callee, (
                 f"it is fed by '{getattr(source, 'name', source)}' of shape {shape}, which is not flattened "
                 "conv features, a global pool or another Linear. Heads on sequences or tokens (RNNs, "
-                "transformers) have no spatial map to slide over"))
-        elif (self.channels_last_linears and _is(callee, (), {torch.permute}, {"permute"})
-              and _permutation(node) == (0, 2, 3, 1) and len(_shape(node.args[0]) or ()) == 4):
+                "transformers, whose attention mixes all positions) have no spatial map to slide over; fc2conv "
+                "converts heads on convolutional feature maps"))
+        elif (_is(callee, (), PERMUTES, PERMUTES) and (self.channels_last_linears or node.args[0] in self.head)
+              and len(_shape(node.args[0]) or ()) >= 3
+              and _permutation(node) == _channels_last(len(_shape(node.args[0])))):
+            # Channels moved last, for Linears over them: ConvNeXt's blocks (on request), or a head that
+            # permutes the pooled map (N×C×1 → N×1×C) before its Linear.
             self.actions[node] = Alias(node.args[0])
             self.values[node] = ChannelsLast(node.args[0])
+
+    def is_global_pool(self, node: fx.Node) -> bool:
+        pool = _match_pool(node, _callee(node, self.modules)) if node.op in ("call_module", "call_function",
+                                                                             "call_method") else None
+        return pool is not None and pool.is_global
 
     def global_pools_of(self, features: fx.Node) -> list[fx.Node]:
         """Every global pool of `features`, in graph order."""
@@ -461,13 +560,30 @@ class _Analyzer:
                 if (pool := _match_pool(n, _callee(n, self.modules))) is not None and pool.is_global
                 and n.args[0] is features]
 
+    def pooled_again(self, node: fx.Node) -> bool:
+        """Whether a global pool other than a fixed window is computed from `node`'s output further on."""
+        seen, todo = set(), list(node.users)
+        while todo:
+            user = todo.pop()
+            if user in seen:
+                continue
+            seen.add(user)
+            pool = _match_pool(user, _callee(user, self.modules)) if user.op != "output" else None
+            if pool is not None and pool.is_global and not pool.fixed:
+                return True
+            todo.extend(user.users)
+        return False
+
     def visit_pool(self, node: fx.Node, callee: Any, pool: _Pool) -> None:
+        if pool.fixed and self.pooled_again(node):
+            return  # a window that happens to cover the map: the model's global pool comes later
         features = node.args[0]
         channels = _shape(features)[1]
         siblings = self.global_pools_of(features) if pool.is_global else [node]
-        head = _feeds_only_head(siblings, self.gm.graph, self.variable)
+        head = _feeds_only_head(siblings, self.gm.graph, self.variable, self.pooled)
         origin = self.pool_origins[node] = siblings[0]  # vectors pooled from one map may mix: one origin
         op = _describe(node, callee).split(" ", 1)[1].strip("()")
+        ones = (1,) * len(pool.size_in)
         record = lambda rule, reason="": self.decisions.append(  # noqa: E731
             Decision(self.layer(node), op, rule, pool.size_in, channels, channels, reason))
         if not pool.is_global:
@@ -480,36 +596,48 @@ class _Analyzer:
             elif pool.kind == "avg":
                 self.actions[node] = Alias(features)
                 self.values[node] = Vector(features, channels, pool.size_out, origin=node, fold_from=pool.size_in)
-                record("folded", f"averages {pool.size_in} to {pool.size_out}; folded into the next conv")
+                record("folded", f"averages {_times(pool.size_in)} to {_times(pool.size_out)}; folded into the "
+                                 "next conv")
             else:
                 raise self.fail(node, callee, (
-                    f"an adaptive max pool from {pool.size_in} to {pool.size_out} is not a sliding window; use "
-                    f"mode='global', or a reference size where the map is already {pool.size_out}"))
+                    f"an adaptive max pool from {_times(pool.size_in)} to {_times(pool.size_out)} is not a sliding "
+                    f"window; use mode='global', or a reference size where the map is already "
+                    f"{_times(pool.size_out)}"))
             return
         if not head:
-            if self.mode == "dense":
-                self.global_context = True
-                record("kept global", "global context: its result rescales the features elsewhere")
-        elif self.mode == "global":
-            record("kept global", "mode='global': the output stays one cell for every input size")
+            self.context[node] = node
+            self.global_context = True
+            record("kept global", "global context: its result rescales the features elsewhere")
+            if pool.fixed:  # its kernel covered the map at the reference size: global at every size, as meant
+                self.actions[node] = GlobalPoolKeepDims(features, pool.kind)
+            return
+        fixed_note = (" (its fixed kernel covered the whole map at the reference size; the converted model "
+                      "pools the whole map at every size, where the original fails)") if pool.fixed else ""
+        if self.mode == "dense" and pool.fixed:
+            return  # a fixed window slides with its own stride, as in the original: kept as it is
+        self.widened = pool.fixed
+        if self.mode == "global":
+            self.start_head(node, features)  # the head is what follows: a Linear on permuted maps converts
+            record("kept global", "mode='global': the output stays one cell for every input size" + fixed_note)
         elif self.mode == "dense":
             self.start_head(node, features)
             self.actions[node] = GlobalToWindowPool(features, pool.kind, pool.size_in)
             record(f"window {pool.kind} pool", "stride 1: slides over larger inputs")
             if not pool.keepdim:
-                self.values[node] = Vector(node, channels, (1, 1), origin=origin)
+                self.values[node] = Vector(node, channels, ones, origin=origin)
             return
         elif self.mode == "cam":
             if pool.kind != "avg":
                 raise self.fail(node, callee, "class activation maps need a global *average* pool")
             self.start_head(node, features)
             self.actions[node] = Alias(features)
-            self.values[node] = Vector(features, channels, (1, 1), origin=origin, mean=True)
-            record("removed", "cam: the head runs at every location before averaging")
+            self.values[node] = Vector(features, channels, ones, origin=origin, mean=True)
+            record("removed", "cam: the head runs at every location before averaging" + fixed_note)
             return
-        if not pool.keepdim:  # keep the batch of vectors a batch of 1×1 maps
+        if not pool.keepdim or pool.fixed:  # one cell at every size; vectors carried as 1×1 maps
             self.actions[node] = GlobalPoolKeepDims(features, pool.kind)
-            self.values[node] = Vector(node, channels, (1, 1), origin=origin)
+        if not pool.keepdim:
+            self.values[node] = Vector(node, channels, ones, origin=origin)
 
     def visit_vector(self, node: fx.Node, callee: Any) -> None:
         vectors = [v for n in node.all_input_nodes if isinstance(v := self.values.get(n), Vector)]
@@ -531,16 +659,16 @@ class _Analyzer:
             if vec.mean and not vec.is_plain:
                 raise self.fail(node, callee, "it is not fed by a global average pool")
             kernel = vec.fold_from or vec.kernel
-            rule = "1×1 conv" if kernel == (1, 1) else "global conv"
+            rule = "1×1 conv" if all(k == 1 for k in kernel) else "global conv"
             if vec.fold_from:
                 rule += " (pool folded)"
             self.actions[node] = LinearToConv(node.args[0], vec.channels, vec.kernel, vec.fold_from)
-            self.values[node] = Vector(node, out_features, (1, 1), origin=vec.origin, mean=vec.mean)
+            self.values[node] = Vector(node, out_features, (1,) * len(kernel), origin=vec.origin, mean=vec.mean)
             self.decisions.append(Decision(self.layer(node), op, rule, kernel, vec.channels, out_features))
             return
         if _is_reshape(callee) and shape_out is not None and node.args[0] in self.values:
-            size = vec.channels * vec.kernel[0] * vec.kernel[1]
-            if vec.is_plain and not vec.mean and shape_out[1:] == (vec.channels, 1, 1):
+            size = vec.channels * math.prod(vec.kernel)
+            if vec.is_plain and not vec.mean and shape_out[1:] == (vec.channels, *vec.kernel):
                 self.actions[node] = Alias(vec.source)  # back to a 1×1 map: the kept map is that map
                 return
             if int(torch.Size(shape_out[1:]).numel()) == size and shape_out[0] == _shape(node.args[0])[0]:
@@ -580,21 +708,21 @@ class _Analyzer:
             if any(not v.is_plain or v.mean != vec.mean for v in vectors):
                 raise self.fail(node, callee, "it concatenates flattened maps, not pooled vectors")
             self.actions[node] = ConcatOverChannels(tuple(parts))
-            self.values[node] = Vector(node, sum(self.values[n].channels for n in parts), (1, 1), origin=vec.origin,
-                                       mean=vec.mean)
+            self.values[node] = Vector(node, sum(self.values[n].channels for n in parts), vec.kernel,
+                                       origin=vec.origin, mean=vec.mean)
             return
         if isinstance(callee, nn.BatchNorm1d) and vec.is_plain and len(_shape(node.args[0])) == 2:
-            self.actions[node] = BatchNormTo2d(node.args[0])
+            self.actions[node] = BatchNormToMaps(node.args[0], len(vec.kernel))
             self.values[node] = follow()
-            self.decisions.append(Decision(self.layer(node), "BatchNorm1d", "BatchNorm2d", (1, 1),
-                                           vec.channels, vec.channels, "same statistics"))
+            self.decisions.append(Decision(self.layer(node), "BatchNorm1d", f"BatchNorm{len(vec.kernel)}d",
+                                           vec.kernel, vec.channels, vec.channels, "same statistics"))
             return
         if vec.mean:
             raise self.fail(node, callee, "it is not linear, so class maps would not average to the logits")
         if isinstance(callee, nn.LayerNorm) and vec.is_plain and tuple(callee.normalized_shape) == (vec.channels,):
             self.actions[node] = LayerNormToChannels(node.args[0])
             self.values[node] = follow()
-            self.decisions.append(Decision(self.layer(node), "LayerNorm", "channel LayerNorm", (1, 1),
+            self.decisions.append(Decision(self.layer(node), "LayerNorm", "channel LayerNorm", vec.kernel,
                                            vec.channels, vec.channels))
             return
         softmax_log = _softmax(callee)
@@ -603,35 +731,59 @@ class _Analyzer:
             self.actions[node] = SoftmaxOverChannels(node.args[0], softmax_log)
             self.values[node] = follow()
             return
-        raise self.fail(node, callee, (
-            f"fc2conv does not know how to apply it to the head's vectors (flattened "
-            f"{vec.channels}×{vec.kernel[0]}×{vec.kernel[1]} features from '{vec.origin.name}')"))
+        raise self.fail(node, callee, f"fc2conv does not know how to apply it to the head's vectors ({vec.describe()})")
 
     def visit_channels_last(self, node: fx.Node, callee: Any) -> None:
         value = next(v for n in node.all_input_nodes if isinstance(v := self.values.get(n), ChannelsLast))
         channels = _shape(node.args[0])[-1] if node.args and isinstance(node.args[0], fx.Node) else None
         if _is_linear(callee) and node.args[0] in self.values:
             op, in_features, out_features = _linear_op(node, callee)
-            self.actions[node] = LinearToConv(node.args[0], in_features, (1, 1), None)
+            ones = (1,) * (len(_shape(node.args[0])) - 2)
+            self.actions[node] = LinearToConv(node.args[0], in_features, ones, None)
             self.values[node] = ChannelsLast(node)
-            self.decisions.append(Decision(self.layer(node), op, "1×1 conv", (1, 1), in_features, out_features,
+            self.decisions.append(Decision(self.layer(node), op, "1×1 conv", ones, in_features, out_features,
                                            "channels-last Linear"))
         elif isinstance(callee, nn.LayerNorm) and tuple(callee.normalized_shape) == (channels,):
             self.actions[node] = LayerNormToChannels(node.args[0])
             self.values[node] = ChannelsLast(node)
         elif _is(callee, POINTWISE_MODULES, POINTWISE_FUNCTIONS, POINTWISE_METHODS) and len(node.all_input_nodes) == 1:
             self.values[node] = ChannelsLast(node)
-        elif _is(callee, (), {torch.permute}, {"permute"}) and _permutation(node) == (0, 3, 1, 2):
+        elif (log := _softmax(callee)) is not None and _softmax_dim(node, callee) in (-1, len(_shape(node)) - 1):
+            self.actions[node] = SoftmaxOverChannels(node.args[0], log)  # over the classes, which are now dim 1
+            self.values[node] = ChannelsLast(node)
+        elif _is(callee, (), PERMUTES, PERMUTES) and _permutation(node) == _channels_first(
+                len(_shape(node.args[0]) or ())):
             self.actions[node] = Alias(value.source)
         # anything else gets the channels-last tensor back (the rewrite materialises the permute)
 
 
+def _channels_last(rank: int) -> tuple[int, ...]:
+    """The permutation that moves the channels of an N×C×(spatial) tensor last (ConvNeXt's blocks)."""
+    return (0, *range(2, rank), 1)
+
+
+def _channels_first(rank: int) -> tuple[int, ...]:
+    """Its inverse: channels back after the batch."""
+    return (0, rank - 1, *range(1, rank - 1))
+
+
 def _permutation(node: fx.Node) -> tuple[int, ...] | None:
+    """The permutation of a permute node, or of a transpose node (two dims swapped)."""
+    rank = len(_shape(node) or ())
+    if node.target in ("transpose", torch.transpose):
+        a, b = _arg(node, 1, "dim0"), _arg(node, 2, "dim1")
+        if not (isinstance(a, int) and isinstance(b, int) and rank):
+            return None
+        order = list(range(rank))
+        order[a % rank], order[b % rank] = order[b % rank], order[a % rank]
+        return tuple(order)
     dims = node.args[1:] if node.op == "call_method" else node.args[1:2]
     if len(dims) == 1 and isinstance(dims[0], list | tuple):
         dims = dims[0]
     dims = dims or node.kwargs.get("dims", ())
-    return tuple(dims) if all(isinstance(d, int) for d in dims) else None
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return tuple(d % rank for d in dims) if rank else tuple(dims)
 
 
 def _softmax(callee: Any) -> bool | None:

@@ -6,9 +6,10 @@
     program = torch.export.load("out/model.pt2")           # needs neither fc2conv nor pickle
 
 Formats, chosen by the file name:
-- ``.pt2``: `torch.export` program of the converted model with dynamic batch, height and width (height and
-  width at least the reference size). Before it is written, the program is run at the reference size and at
-  a larger one and must equal the converted model within `fc2conv.verification.tolerance`. The recipe and the
+- ``.pt2``: `torch.export` program of the converted model with dynamic batch and spatial sizes (height and
+  width, or length, or depth, height and width; each at least the reference size). Before it is written, the
+  program is run at the reference size and at a larger one and must equal the converted model within
+  `fc2conv.verification.tolerance`. The recipe and the
   geometry are stored as the archive's extra file ``fc2conv.json``.
 - ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin``: the converted model's state dict, with the recipe as
   metadata (``fc2conv.recipe``). `load` rebuilds the architecture from the recipe, converts it and loads the
@@ -30,14 +31,16 @@ import torch
 from torch import nn
 
 from .checkpoint import TORCH_SUFFIXES, atomic_output, load_into, load_state_dict, read_metadata, save_state_dict
-from .errors import ConversionError
+from .errors import ConversionError, reported
 from .files import refuse_existing
 from .grid import geometry
+from .metadata import axis_names
 from .pickles import load_program
 from .recipe import Recipe
 from .verification import max_errors, tolerance
 
-__all__ = ["EXPORT_SUFFIX", "STATE_SUFFIXES", "ExportedModule", "export_program", "load", "read_recipe", "save"]
+__all__ = ["EXPORT_SUFFIX", "STATE_SUFFIXES", "ExportedModule", "dynamic_dims", "export_program", "load", "read_recipe",
+           "save"]
 
 EXPORT_SUFFIX = ".pt2"
 EXTRA_FILE = "fc2conv.json"
@@ -45,18 +48,19 @@ RECIPE_KEY = "fc2conv.recipe"
 STATE_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
 
 
-def _reference_size(converted: nn.Module) -> tuple[int, int]:
+def _reference_size(converted: nn.Module) -> tuple[int, ...]:
+    """The spatial size of the reference input (an MLP's converted input is a 1×1 map of vectors)."""
     shape = converted.fc2conv.input_shape
-    return tuple(shape[1:]) if len(shape) == 3 else (1, 1)
+    return tuple(shape[1:]) if len(shape) > 1 else (1, 1)
 
 
 def _example_input(converted: nn.Module) -> torch.Tensor:
     """A batch of 2 two strides larger than the reference, so no dimension of the example is 0 or 1."""
     info = converted.fc2conv
-    height, width = _reference_size(converted)
-    step = (8, 8) if info.mode == "global" else geometry(converted).stride
+    reference = _reference_size(converted)
+    step = (8,) * len(reference) if info.mode == "global" else geometry(converted).stride
     dtype = next(converted.parameters()).dtype
-    return torch.randn(2, info.input_shape[0], height + 2 * step[0], width + 2 * step[1],
+    return torch.randn(2, info.input_shape[0], *(r + 2 * s for r, s in zip(reference, step, strict=True)),
                        generator=torch.Generator().manual_seed(0), dtype=dtype)
 
 
@@ -69,18 +73,26 @@ def _size_oblivious():
     return contextlib.nullcontext()
 
 
+def dynamic_dims(reference: tuple[int, ...]) -> dict[int, torch.export.Dim]:
+    """torch.export's dynamic dimensions of an N×C×(spatial) input: the batch, and each spatial axis from its
+    reference size up."""
+    names = axis_names(len(reference))
+    return {0: torch.export.Dim("batch"),
+            **{2 + a: torch.export.Dim(name, min=size) for a, (name, size) in enumerate(zip(names, reference,
+                                                                                             strict=True))}}
+
+
 def export_program(converted: nn.Module) -> torch.export.ExportedProgram:
-    """The `torch.export` program of `converted`, dynamic in batch and in height and width ≥ the reference.
+    """The `torch.export` program of `converted`, dynamic in batch and in every spatial size ≥ the reference.
 
     Raises `ConversionError` if the export fails or if the program differs from `converted` (beyond the
     tolerance of its dtype) at the reference size or at a larger one.
     """
     if getattr(converted, "fc2conv", None) is None:
         raise ConversionError("export_program needs a model returned by fc2conv.convert")
-    height, width = _reference_size(converted)
+    reference = _reference_size(converted)
     name = next(iter(inspect.signature(converted.forward).parameters))
-    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=height),
-            3: torch.export.Dim("width", min=width)}
+    dims = dynamic_dims(reference)
     example = _example_input(converted)
     try:
         with _size_oblivious():
@@ -88,7 +100,7 @@ def export_program(converted: nn.Module) -> torch.export.ExportedProgram:
     except Exception as e:
         raise ConversionError(f"torch.export failed on the converted model: {type(e).__name__}: "
                               f"{str(e).splitlines()[0]}") from e
-    reference = example[:1, :, :height, :width]
+    reference = example[(slice(0, 1), slice(None), *(slice(0, r) for r in reference))]
     for x in (reference, example):
         with torch.no_grad():
             expected, actual = converted(x), program.module()(x)
@@ -107,6 +119,7 @@ def _description(converted: nn.Module, recipe: Recipe) -> dict:
     return described
 
 
+@reported("saving the artifact")
 def save(converted: nn.Module, path: str | os.PathLike, *, recipe: Recipe, force: bool = False) -> Path:
     """Write `converted` (from `fc2conv.convert`, made as `recipe` says) to `path`; returns the path.
 
@@ -184,6 +197,7 @@ class ExportedModule(nn.Module):
         return self.program(x)
 
 
+@reported("loading the artifact")
 def load(path: str | os.PathLike, *, model_def: str | None = None, trust_pickle: bool = False) -> nn.Module:
     """The converted model saved at `path` by `save`.
 

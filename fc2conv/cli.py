@@ -46,12 +46,16 @@ app = typer.Typer(
 # Options shared by the commands that build the original model.
 CHECKPOINT = typer.Argument(..., help="Weights: a state dict or training checkpoint (.pt/.pth/.bin) or .safetensors.",
                             show_default=False)
-ARCH = typer.Option(None, "--arch", help="A torchvision classifier name, e.g. resnet18.")
+ARCH = typer.Option(None, "--arch", help="A torchvision classifier name (resnet18, r3d_18) or timm:NAME.")
 MODEL_DEF = typer.Option(None, "--model-def", metavar="FILE.py:FACTORY",
                          help="Import FILE.py and call FACTORY() to build the model (runs that file's code).")
 NUM_CLASSES = typer.Option(None, "--num-classes", min=1, help="Classes of a resized head (passed to the factory).")
 INPUT_SHAPE = typer.Option(None, "--input-shape", metavar="C,H,W",
-                           help="Reference input without batch (default: the arch's crop, else 3,224,224).")
+                           help="Reference input without batch: C,H,W (image), C,L (signal), C,D,H,W (volume, "
+                                "video) or D (MLP) (default: the arch's crop, else 3,224,224).")
+MODEL_ARG = typer.Option([], "--model-arg", metavar="ARG",
+                         help="An argument for the --model-def factory, repeatable: VALUE (in order), NAME=VALUE, "
+                              "or a JSON object of them; values are JSON (18, 0.5, true) or text.")
 MODE = typer.Option("dense", "--mode", help="dense (map of windows), global (same function) or cam.")
 CHANNELS_LAST = typer.Option(False, "--channels-last-linears", help="Also convert Linears on NHWC maps (ConvNeXt).")
 TRUST_PICKLE = typer.Option(False, "--trust-pickle",
@@ -107,16 +111,42 @@ def _usage_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def _recipe(arch, model_def, num_classes, input_shape, mode, channels_last_linears):
+def _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears):
     from .recipe import Recipe, default_input_shape, parse_input_shape
 
     if arch is None and model_def is None:
-        raise ConversionError("say which architecture the checkpoint is for: --arch NAME (a torchvision model) "
-                              "or --model-def FILE.py:FACTORY")
+        raise ConversionError("say which architecture the checkpoint is for: --arch NAME (a torchvision model, or "
+                              "timm:NAME) or --model-def FILE.py:FACTORY")
     shape = parse_input_shape(input_shape) if input_shape is not None else None
+    args, kwargs = _parse_model_args(model_arg)
     return Recipe(arch=arch, model_def=model_def, num_classes=num_classes,
-                  input_shape=shape or default_input_shape(arch), mode=mode,
+                  input_shape=shape or default_input_shape(arch), model_args=args, model_kwargs=kwargs, mode=mode,
                   channels_last_linears=channels_last_linears)
+
+
+def _parse_model_args(values: list[str]) -> tuple[list, dict]:
+    """--model-arg values: a JSON object of keyword arguments, NAME=VALUE, or a positional VALUE."""
+    args, kwargs = [], {}
+    for value in values:
+        if value.lstrip().startswith("{"):
+            try:
+                found = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ConversionError(f"--model-arg {value!r} is not a JSON object ({e})") from None
+            kwargs.update(found)
+        elif "=" in value and value.split("=", 1)[0].isidentifier():
+            name, text = value.split("=", 1)
+            kwargs[name] = _json_or_text(text)
+        else:
+            args.append(_json_or_text(value))
+    return args, kwargs
+
+
+def _json_or_text(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _original(recipe, checkpoint: Path, trust_pickle: bool, step):
@@ -158,12 +188,18 @@ def _describe_geometry(converted) -> tuple[str, dict | None]:
     from .grid import geometry
 
     if converted.fc2conv.mode == "global":
-        return "output: one score vector per image at every input size (mode global)", None
+        return "output: one score vector per input at every input size (mode global)", None
     geo = geometry(converted)
-    (sh, sw), (wh, ww) = geo.stride, geo.window
-    text = f"output: a map of score vectors, one per {wh}×{ww} window every {sh}×{sw} pixels"
-    if not geo.exact:
-        text += " (global pools inside the backbone give every cell image-level context)"
+    times = lambda sizes: "×".join(map(str, sizes))  # noqa: E731
+    text = f"output: a map of score vectors, one per {times(geo.window)} window every {times(geo.stride)} pixels"
+    if geo.exact is False:
+        text += f" (not exact windows: {geo.context})"
+    elif geo.exact is None:
+        text += f" (exact windows not proven: {geo.context})"
+    elif geo.receptive_field is not None and any(map(any, geo.receptive_field)):
+        margins = [f"{b} pixels before and {a} after" for b, a in geo.receptive_field]
+        text += ("; each cell also sees " + (f"{margins[0]} its window" if len(set(margins)) == 1 else
+                                             "; ".join(f"{m} along axis {k}" for k, m in enumerate(margins))))
     return text, geo.to_dict()
 
 
@@ -228,6 +264,7 @@ def inspect(
     checkpoint: Path = CHECKPOINT,
     arch: str | None = ARCH,
     model_def: str | None = MODEL_DEF,
+    model_arg: list[str] = MODEL_ARG,
     num_classes: int | None = NUM_CLASSES,
     input_shape: str | None = INPUT_SHAPE,
     mode: str = MODE,
@@ -239,7 +276,7 @@ def inspect(
     """Print the conversion plan: every Linear and pool, the rule applied, kernel, channels, and why."""
     out = _Output(quiet=quiet, as_json=as_json)
     with _usage_errors(), out.steps(3) as step:
-        recipe = _recipe(arch, model_def, num_classes, input_shape, mode, channels_last_linears)
+        recipe = _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears)
         model = _original(recipe, checkpoint, trust_pickle, step)
         step("converting")
         converted = recipe.convert(model)
@@ -261,6 +298,7 @@ def convert(
     checkpoint: Path = CHECKPOINT,
     arch: str | None = ARCH,
     model_def: str | None = MODEL_DEF,
+    model_arg: list[str] = MODEL_ARG,
     num_classes: int | None = NUM_CLASSES,
     input_shape: str | None = INPUT_SHAPE,
     mode: str = MODE,
@@ -284,7 +322,7 @@ def convert(
     """
     out = _Output(quiet=quiet, as_json=as_json)
     with _usage_errors():
-        recipe = _recipe(arch, model_def, num_classes, input_shape, mode, channels_last_linears)
+        recipe = _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears)
         targets = [*output, *([onnx] if onnx else [])]
         if not targets:
             raise ConversionError("give at least one output: -o OUT.pt2, -o OUT.safetensors or --onnx OUT.onnx")
@@ -405,7 +443,8 @@ def verify(
 ))
 def run(
     model: Path = typer.Argument(..., help="An ONNX model written by `fc2conv convert --onnx`.", show_default=False),
-    image: Path = typer.Argument(..., help="An image file (PNG, JPEG, ...).", show_default=False),
+    image: Path = typer.Argument(..., help="An image file (PNG, JPEG, ...), or a .npy array (C×L signal, C×D×H×W "
+                                           "volume) for a 1-D or 3-D model.", show_default=False),
     topk: int = typer.Option(5, "--topk", min=1, help="How many classes to list, ranked by their best window."),
     heatmap: Path | None = typer.Option(None, "--heatmap", metavar="OUT.png",
                                         help="Write the probability map of one class over the image."),
@@ -414,6 +453,8 @@ def run(
     max_pixels: int | None = typer.Option(
         None, "--max-pixels", min=1, show_default=False,
         help="Refuse larger images before decoding them [default: 33554432, 2^25]; scan larger ones in tiles."),
+    mean: str | None = typer.Option(None, "--mean", help="Per-channel input mean, instead of the model's metadata."),
+    std: str | None = typer.Option(None, "--std", help="Per-channel input std, instead of the model's metadata."),
     force: bool = FORCE,
     quiet: bool = QUIET,
     as_json: bool = JSON,
@@ -427,16 +468,20 @@ def run(
         from .runtime import DenseModel
         from .runtime import heatmap as write_heatmap
 
-        dense = DenseModel(model)
+        dense = DenseModel(model, mean=_parse_floats(mean, "--mean"), std=_parse_floats(std, "--std"))
+        if not ({"mean", "std"} & set(dense.metadata) or quiet):
+            typer.echo(f"warning: neither {model}'s metadata nor --mean/--std give an input normalisation, so inputs "
+                       "go in as values in [0, 1]; right only if the model was trained on such inputs", err=True)
         result = dense.run(image, max_pixels=max_pixels or MAX_PIXELS)
         top = result.top_classes(topk)
         written = None
         if heatmap is not None:
             index = _class_index(class_, result, top)
             written = write_heatmap(image, result, index, heatmap, force=force)
-    classes, rows, cols = result.scores.shape
-    out.say(f"{model} on {image}: {classes} classes, a {rows}×{cols} map of windows")
-    out.say(f"{'rank':<5} {'class':<16} {'probability':>11}  {'cell':<10} box (top, left, bottom, right)")
+    classes, *cells = result.scores.shape
+    out.say(f"{model} on {image}: {classes} classes, a {'×'.join(map(str, cells))} map of windows")
+    box = "(top, left, bottom, right)" if len(cells) == 2 else "(first positions, then ends)"
+    out.say(f"{'rank':<5} {'class':<16} {'probability':>11}  {'cell':<10} box {box}")
     for rank, p in enumerate(top, 1):
         out.say(f"{rank:<5} {p.label:<16} {p.score:>11.4f}  {tuple(p.cell)!s:<10} {tuple(p.box)}")
     if written is not None:
@@ -465,6 +510,75 @@ def _class_index(value: str | None, result, top) -> int:
     if not 0 <= index < count:
         raise ConversionError(f"--class {index} is out of range: the model has classes 0..{count - 1}")
     return index
+
+
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  fc2conv scan slide.tif --model out/model.onnx --out out/slide.zarr --workers 2 --overview out/slide.png\n\n"
+    "  fc2conv scan canvas.tif --model out/digits.onnx --out out/canvas.zarr --detections out/found.csv --resume"
+))
+def scan(
+    image: Path = typer.Argument(..., show_default=False,
+                                 help="A TIFF or BigTIFF (tiled, pyramidal), a zarr array or OME-Zarr group, a "
+                                      "whole-slide file OpenSlide reads, or a PNG/JPEG."),
+    model: Path = typer.Option(..., "--model", metavar="MODEL.onnx", show_default=False,
+                               help="An ONNX model written by `fc2conv convert --onnx` (dense mode)."),
+    out: Path = typer.Option(..., "--out", metavar="OUT.zarr", show_default=False,
+                             help="The zarr store for the score map (classes × rows × columns)."),
+    tile: int = typer.Option(2048, "--tile", min=1, help="Input pixels per tile side, without the halo."),
+    workers: int | None = typer.Option(None, "--workers", min=1,
+                                       help="Start a local Dask cluster of N processes, one thread each."),
+    scheduler: str | None = typer.Option(None, "--scheduler", metavar="tcp://HOST:PORT",
+                                         help="Join a running Dask cluster (workers must see the same files)."),
+    level: int | None = typer.Option(None, "--level", min=0, help="The pyramid level to scan [default: 0]."),
+    mpp: float | None = typer.Option(None, "--mpp", help="Scan the level with this pixel size in µm (within 10%)."),
+    reader: str = typer.Option("auto", "--reader", help="auto, tiff, zarr, openslide or image."),
+    classes: str | None = typer.Option(None, "--classes", metavar="A,B,...",
+                                       help="Labels or indices for the overview and detections [default: every "
+                                            "class but background]."),
+    overview: Path | None = typer.Option(None, "--overview", metavar="OUT.png",
+                                         help="Write a heatmap of the chosen classes over the whole image."),
+    detections: Path | None = typer.Option(None, "--detections", metavar="OUT.csv",
+                                           help="Write peaks of the chosen classes (and OUT.geojson beside it)."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Smallest probability of a detection."),
+    iou: float = typer.Option(0.3, "--iou", help="Drop a detection whose window overlaps a better one more."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan of OUT, skipping done tiles."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 (exact) or float16 (half the size)."),
+    approximate: bool = typer.Option(False, "--approximate",
+                                     help="Scan a model whose cells see the whole input; marked approximate."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="onnxruntime threads per process [default: all here, 1 per worker]."),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=1, show_default=False,
+                                          help="Budget for PNG/JPEG inputs, decoded whole [default: 2^25]."),
+    force: bool = FORCE,
+    quiet: bool = QUIET,
+    as_json: bool = JSON,
+) -> None:
+    """Scan an image of any size in tiles: the same dense map as one pass, in a zarr store (no torch needed)."""
+    shown = _Output(quiet=quiet, as_json=as_json)
+    with _usage_errors():
+        extra = [p for p in (overview, detections, detections and detections.with_suffix(".geojson")) if p]
+        _check_outputs(extra, force, inputs=[model, image])
+        from .images import MAX_PIXELS
+        from .runtime import scan as scan_image
+
+        result = scan_image(image, model=model, out=out, tile=tile, workers=workers, scheduler=scheduler,
+                            level=level, mpp=mpp, reader=reader, classes=classes and classes.split(","),
+                            overview=overview, detections=detections, threshold=threshold, iou=iou, resume=resume,
+                            force=force, dtype=dtype, approximate=approximate, threads=threads,
+                            progress=False if quiet or as_json else None, max_pixels=max_pixels or MAX_PIXELS)
+    meta = result.metadata
+    classes_count, rows, cols = meta["classes"], *result.map_size
+    source = meta["source"]
+    shown.say(f"{image} (level {source['level']}, {result.image_size[0]}×{result.image_size[1]}) with {model}: a "
+              f"{classes_count}×{rows}×{cols} map in {out}" + (" (approximate)" if meta["approximate"] else ""))
+    shown.say(f"{result.tiles} tiles, {result.computed} computed ({result.tiles - result.computed} already done), "
+              f"{result.megapixels:.1f} MP in {result.seconds:.1f} s, {result.megapixels_per_second:.2f} MP/s")
+    if result.overview:
+        shown.say(f"wrote {result.overview}")
+    if result.detections:
+        shown.say(f"wrote {result.found} detections to {result.detections} and {result.geojson}")
+    shown.result(result.to_dict())
 
 
 def main() -> None:

@@ -1,10 +1,15 @@
-"""Where each cell of a converted model's output map comes from in the input image.
+"""Where each cell of a converted model's output map comes from in the input, along every spatial axis.
 
-In dense mode cell (i, j) is the original classifier applied to the reference-size window whose top-left
-corner is (i·sh, j·sw); `stride` is measured, not assumed: the model is run on meta tensors (shapes only,
-no arithmetic) at growing input sizes, and the stride is the distance between the sizes at which the
-output gains its second and its third row (column). The first step may be shorter, when the reference
-size leaves pixels the original never looks at.
+In dense mode cell i (one index per spatial axis) is the original classifier applied to the reference-size window
+whose first corner is i·stride. `stride` is measured, not assumed: the model is run on meta tensors (shapes only,
+no arithmetic) at growing input sizes, and the stride is the distance between the sizes at which the output
+gains its second and its third cell along that axis. The first step may be shorter, when the reference size
+leaves pixels the original never looks at.
+
+The receptive field is derived from the graph (`fc2conv.reach`): how far beyond its window the input still
+changes a cell, before and after it along each axis. Padding makes it larger than the window: a padded
+layer's border cells see zeros where a larger input has pixels. Tiles read with that margin around the cells
+they own stitch into exactly the one-pass map.
 """
 
 from __future__ import annotations
@@ -15,58 +20,68 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .errors import ConversionError
-from .trace import meta_state
+from .errors import ConversionError, reported
+from .reach import Everywhere, Reach, Unknown, Value, reach_of
+from .trace import TraceOptions, meta_state, trace
 
 __all__ = ["Geometry", "geometry"]
+
+_SCAN_LIMIT = 257  # sizes tried one by one for a model that runs only at some: two strides of up to 128
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """The input box of every output cell: cell (i, j) covers rows i·sh … i·sh+h−1, columns j·sw … j·sw+w−1.
+    """Cell i covers input positions i·stride … i·stride + window − 1 along each spatial axis.
 
-    `exact` is False when global pools inside the backbone (squeeze-excitation) give every cell
-    image-level context, so a cell is not the original on its window alone.
+    `exact` is False when something inside the backbone sees the whole input (global pools of
+    squeeze-excitation, norms over the map, attention), so a cell is not the original on its window alone, and
+    None when fc2conv cannot tell (an op it cannot follow); `context` then names the layer. `receptive_field`
+    holds one (before, after) pair per axis: how far beyond its window the input still changes a cell; None
+    when a cell sees the whole input or fc2conv cannot follow an op.
     """
 
-    stride: tuple[int, int]
-    window: tuple[int, int]
-    exact: bool = True
+    stride: tuple[int, ...]
+    window: tuple[int, ...]
+    exact: bool | None = True
+    receptive_field: tuple[tuple[int, int], ...] | None = None
+    context: str = ""
 
-    def box(self, i: int, j: int) -> tuple[int, int, int, int]:
-        """(top, left, bottom, right) of cell (i, j) in input pixels, bottom and right exclusive."""
-        top, left = i * self.stride[0], j * self.stride[1]
-        return top, left, top + self.window[0], left + self.window[1]
+    def box(self, *cell: int) -> tuple[int, ...]:
+        """The input box of `cell` (one index per axis): its first positions, then its ends (exclusive); for a
+        2-D map (top, left, bottom, right)."""
+        if len(cell) != len(self.stride):
+            raise ValueError(f"a cell has {len(self.stride)} indices here, got {cell}")
+        starts = tuple(i * s for i, s in zip(cell, self.stride, strict=True))
+        return (*starts, *(b + w for b, w in zip(starts, self.window, strict=True)))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _spatial_output(
-    model: nn.Module, channels: int, reference: tuple[int, int]
-) -> Callable[[int, int], tuple[int, int]]:
-    """Output height and width for an input size, from shapes-only (meta) runs; from real runs on zeros for
-    a model that does what meta tensors cannot (a leaf module with data-dependent control flow)."""
+def _spatial_output(model: nn.Module, channels: int, reference: tuple[int, ...]
+                    ) -> Callable[[tuple[int, ...]], tuple[int, ...]]:
+    """Output sizes for an input size, from shapes-only (meta) runs; from real runs on zeros for a model that does
+    what meta tensors cannot (a leaf module with data-dependent control flow)."""
     state = meta_state(model)
     dtype = next(iter(state.values())).dtype if state else torch.float32
 
-    def on_meta(height: int, width: int) -> torch.Tensor:
-        x = torch.empty(1, channels, height, width, device="meta", dtype=dtype)
+    def on_meta(size: tuple[int, ...]) -> torch.Tensor:
+        x = torch.empty(1, channels, *size, device="meta", dtype=dtype)
         return torch.func.functional_call(model, state, (x,))
 
-    def on_zeros(height: int, width: int) -> torch.Tensor:
-        return model(torch.zeros(1, channels, height, width, dtype=dtype))
+    def on_zeros(size: tuple[int, ...]) -> torch.Tensor:
+        return model(torch.zeros(1, channels, *size, dtype=dtype))
 
     run = on_meta
     with torch.no_grad():
         try:
-            on_meta(*reference)
+            on_meta(reference)
         except Exception:
             run = on_zeros
 
-    def output(height: int, width: int) -> tuple[int, int]:
+    def output(size: tuple[int, ...]) -> tuple[int, ...]:
         with torch.no_grad():
-            return tuple(run(height, width).shape[-2:])
+            return tuple(run(size).shape[2:])
 
     return output
 
@@ -89,11 +104,74 @@ def _step(count: Callable[[int], int], start: int) -> int:
     return first_size(base + 2) - first_size(base + 1)
 
 
-def geometry(converted: nn.Module) -> Geometry:
-    """The stride and window, in input pixels, of a model made by `fc2conv.convert` in dense or cam mode.
+def _step_over_failures(count: Callable[[int], int], start: int, axis: int) -> int:
+    """`_step` for a model that runs only at some sizes (branches that round differently meet in a sum or a
+    concatenation): every size from `start` up is tried in turn, skipping those that fail."""
+    counts: dict[int, int] = {}
+    for size in range(start, start + _SCAN_LIMIT):
+        try:
+            counts[size] = count(size)
+        except Exception:  # this size does not run; others may
+            continue
+        base = counts.get(start)
+        if base is None:
+            break
+        reached = [n for n, c in counts.items() if c >= base + 2]
+        if reached:
+            return min(reached) - min(n for n, c in counts.items() if c >= base + 1)
+    runs = sorted(counts)
+    raise ConversionError(
+        f"the converted model runs along axis {axis} only at sizes {runs[:12] or 'none'} of {start}…"
+        f"{start + _SCAN_LIMIT - 1}, too few to measure its stride; convert at a reference size where it runs and "
+        "give it inputs of the sizes it takes")
 
-    Dense: the window is the reference input size. Cam: cells are feature locations and the window is
-    one stride (the footprint of a cell). Global mode has one cell for the whole input and no geometry.
+
+def _measured_stride(converted: nn.Module, channels: int, reference: tuple[int, ...]) -> tuple[int, ...]:
+    output = _spatial_output(converted, channels, reference)
+
+    def along(axis: int) -> Callable[[int], int]:
+        return lambda n: output((*reference[:axis], n, *reference[axis + 1:]))[axis]
+
+    strides = []
+    for axis in range(len(reference)):
+        try:
+            strides.append(_step(along(axis), reference[axis]))
+        except ConversionError:
+            raise
+        except Exception:  # some size on the way fails: try them in turn
+            strides.append(_step_over_failures(along(axis), reference[axis], axis))
+    return tuple(strides)
+
+
+def _locality(converted: nn.Module, options: TraceOptions, shape: tuple[int, ...]) -> Value:
+    """Where the output of `converted`, traced through, comes from in its input (`fc2conv.reach`)."""
+    try:
+        gm = trace(converted, shape, TraceOptions(options.leaf_modules, options.autowrap_functions))
+    except ConversionError as e:
+        return Unknown("the converted model", f"fc2conv could not trace it to follow its receptive field ({e})")
+    return reach_of(gm, len(shape) - 1)[next(n for n in gm.graph.nodes if n.op == "output")]
+
+
+def _receptive_field(value: Value, stride: tuple[int, ...], window: tuple[int, ...]
+                     ) -> tuple[tuple[tuple[int, int], ...] | None, bool | None, str]:
+    """(receptive field, exact, context) of cells on `stride` with `window`, from the output's `value`."""
+    if isinstance(value, Everywhere):
+        return None, False, f"'{value.node}' makes every cell see the whole input: {value.why}"
+    if isinstance(value, Unknown):
+        return None, None, f"no receptive field: '{value.node}': {value.why}"
+    if not isinstance(value, Reach) or value.stride != stride:
+        return None, None, "no receptive field: the graph's stride differs from the measured one"
+    margins = tuple((max(0, -lo), max(0, hi - (w - 1))) for lo, hi, w in zip(value.lo, value.hi, window, strict=True))
+    return margins, True, ""
+
+
+@reported("measuring the geometry")
+def geometry(converted: nn.Module) -> Geometry:
+    """The stride, window and receptive field, in input positions, of a model made by `fc2conv.convert` in dense
+    or cam mode.
+
+    Dense: the window is the reference input size. Cam: cells are feature locations and the window is one
+    stride (the footprint of a cell). Global mode has one cell for the whole input and no geometry.
     """
     info = getattr(converted, "fc2conv", None)
     if info is None:
@@ -104,10 +182,19 @@ def geometry(converted: nn.Module) -> Geometry:
     if info.mode == "global":
         raise ConversionError("a mode='global' model gives one cell for the whole input: it has no geometry")
     channels, *size = info.input_shape
-    height, width = size or (1, 1)
-    output = _spatial_output(converted, channels, (height, width))
-    stride = (_step(lambda h: output(h, width)[0], height), _step(lambda w: output(height, w)[1], width))
-    window = (height, width) if info.mode == "dense" else stride
-    result = Geometry(stride, window, exact=not info.global_context)
+    reference = tuple(size) or (1, 1)  # an MLP's converted input is a map of vectors
+    value = _locality(converted, info.trace_options, (channels, *reference))
+    try:
+        stride = _measured_stride(converted, channels, reference)
+    except ConversionError as e:
+        if isinstance(value, Everywhere):  # attention with a fixed size, say: name it
+            raise ConversionError(f"{e}. '{value.node}' sees the whole input ({value.why}), so a dense map cannot be "
+                                  "made of it; mode='global' keeps the model's own function") from None
+        raise
+    window = reference if info.mode == "dense" else stride
+    field, local, context = _receptive_field(value, stride, window)
+    if info.global_context:
+        local, context = False, context or "global pools inside the backbone (squeeze-excitation) see the whole input"
+    result = Geometry(stride, window, exact=local, receptive_field=field, context=context)
     converted._fc2conv_geometry = result
     return result

@@ -5,6 +5,7 @@ mode it computes the same sums as a GEMM: PyTorch's CPU convolution is several t
 equal matrix product for the large kernels a converted head has (a 7×7 kernel over 512 channels), so
 - on an input exactly the kernel's size it is `F.linear` on the flattened input;
 - on a larger input it is im2col (`F.unfold`) followed by one batched matrix product.
+`LinearConv1d` and `LinearConv3d` do the same for signals and volumes (im2col by `Tensor.unfold`).
 While any tracer or exporter is running it is a plain `Conv2d`, so exported graphs hold one `Conv` node.
 
 `ChannelLayerNorm` is `LayerNorm` over the channel dimension of an N×C×H×W tensor, what a
@@ -13,11 +14,13 @@ While any tracer or exporter is running it is a plain `Conv2d`, so exported grap
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ChannelLayerNorm", "LinearConv2d"]
+__all__ = ["ChannelLayerNorm", "LinearConv", "LinearConv1d", "LinearConv2d", "LinearConv3d", "im2col", "linear_conv"]
 
 
 def _tracing() -> bool:
@@ -31,49 +34,82 @@ def _tracing() -> bool:
     )
 
 
-class LinearConv2d(nn.Conv2d):
-    """A stride-1, unpadded `Conv2d` that runs at matrix-product speed in eager mode.
+class _LinearConv:
+    """A stride-1, unpadded convolution that runs at matrix-product speed in eager mode.
 
     Numerically it is the convolution: both paths sum the same products, in a different order, so results
     agree to rounding (float32 ≈ 1e-6 relative). Its weight may be a view of a Linear's weight.
     """
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> LinearConv2d:
-        """A convolution whose parameters share storage with `weight` (out×C×h×w) and `bias` (no copy)."""
-        out_channels, in_channels, h, w = weight.shape
-        conv = cls(in_channels, out_channels, (h, w), bias=bias is not None, device="meta", dtype=weight.dtype)
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None):
+        """A convolution whose parameters share storage with `weight` (out×C×kernel) and `bias` (no copy)."""
+        out_channels, in_channels, *kernel = weight.shape
+        conv = cls(in_channels, out_channels, tuple(kernel), bias=bias is not None, device="meta", dtype=weight.dtype)
         conv.weight = nn.Parameter(weight.detach())
         conv.bias = None if bias is None else nn.Parameter(bias.detach())
         return conv
 
     @property
     def _is_plain(self) -> bool:
-        return (self.stride, self.padding, self.dilation, self.groups) == ((1, 1), (0, 0), (1, 1), 1)
+        ones, zeros = (1,) * len(self.kernel_size), (0,) * len(self.kernel_size)
+        return (self.stride, self.padding, self.dilation, self.groups) == (ones, zeros, ones, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _tracing() or not self._is_plain or x.dim() != 4:
-            # Exporters and tracers see the plain convolution: one ONNX `Conv`, one `aten.conv2d`.
+        if _tracing() or not self._is_plain or x.dim() != self.weight.dim():
+            # Exporters and tracers see the plain convolution: one ONNX `Conv`, one `aten.convolution`.
             return super().forward(x)
-        n, _, height, width = x.shape
-        kh, kw = self.kernel_size
+        n, kernel, spatial = x.shape[0], tuple(self.kernel_size), tuple(x.shape[2:])
         weight = self.weight.reshape(self.out_channels, -1)
-        if (height, width) == (kh, kw):
-            return F.linear(x.reshape(n, -1), weight, self.bias).view(n, self.out_channels, 1, 1)
-        out_h, out_w = height - kh + 1, width - kw + 1
-        if (kh, kw) == (1, 1):
-            # A 1×1 convolution is a Linear over the channels of every pixel.
-            return F.linear(x.permute(0, 2, 3, 1), weight, self.bias).permute(0, 3, 1, 2)
-        out = weight @ F.unfold(x, (kh, kw))  # (out × c·kh·kw) @ (n × c·kh·kw × windows)
+        if spatial == kernel:
+            return F.linear(x.reshape(n, -1), weight, self.bias).view(n, self.out_channels, *(1,) * len(kernel))
+        if all(k == 1 for k in kernel):
+            # A 1×1 convolution is a Linear over the channels of every position.
+            return F.linear(x.movedim(1, -1), weight, self.bias).movedim(-1, 1)
+        out = weight @ im2col(x, kernel)  # (out × c·k) @ (n × c·k × windows)
         if self.bias is not None:
             out += self.bias.view(-1, 1)
-        return out.view(n, self.out_channels, out_h, out_w)
+        return out.view(n, self.out_channels, *(s - k + 1 for s, k in zip(spatial, kernel, strict=True)))
+
+
+def im2col(x: torch.Tensor, kernel: tuple[int, ...]) -> torch.Tensor:
+    """im2col: every stride-1 window of `x` (N×C×spatial) as the columns of an N × C·prod(kernel) × windows
+    tensor, in the order of the convolution's flattened weight."""
+    if len(kernel) == 2:
+        return F.unfold(x, kernel)
+    n, c = x.shape[:2]
+    for axis, k in enumerate(kernel):
+        x = x.unfold(2 + axis, k, 1)  # N × C × out… × k…
+    rank = len(kernel)
+    order = (0, 1, *range(2 + rank, 2 + 2 * rank), *range(2, 2 + rank))
+    return x.permute(order).reshape(n, c * math.prod(kernel), -1)
+
+
+class LinearConv1d(_LinearConv, nn.Conv1d):
+    """A `Conv1d` (over N×C×L signals) that runs at matrix-product speed in eager mode."""
+
+
+class LinearConv2d(_LinearConv, nn.Conv2d):
+    """A `Conv2d` that runs at matrix-product speed in eager mode."""
+
+
+class LinearConv3d(_LinearConv, nn.Conv3d):
+    """A `Conv3d` (over N×C×D×H×W volumes and clips) that runs at matrix-product speed in eager mode."""
+
+
+LinearConv = LinearConv1d | LinearConv2d | LinearConv3d
+
+
+def linear_conv(weight: torch.Tensor, bias: torch.Tensor | None) -> LinearConv:
+    """The `LinearConv1d`, `LinearConv2d` or `LinearConv3d` (by the weight's rank) sharing `weight` and `bias`."""
+    kinds = {3: LinearConv1d, 4: LinearConv2d, 5: LinearConv3d}
+    return kinds[weight.dim()].from_weight(weight, bias)
 
 
 class ChannelLayerNorm(nn.LayerNorm):
-    """`LayerNorm` over dimension 1 of an N×C×H×W tensor (torchvision's `LayerNorm2d`)."""
+    """`LayerNorm` over dimension 1 of an N×C×(spatial) tensor (torchvision's `LayerNorm2d` for 2-D maps)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
+        x = x.movedim(1, -1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        return x.movedim(-1, 1)

@@ -7,7 +7,9 @@ read by `fc2conv.runtime` and the scanner, and checked by the same rules on both
   (null in global mode);
 - `receptive_field`: one [before, after] pair per spatial axis, how far beyond its window the input still
   changes a cell (null when a cell sees the whole input);
-- `exact`: whether every cell is the classifier on its window alone (false with global context);
+- `exact`: whether every cell is the classifier on its window alone (false with global context, null when
+  fc2conv cannot tell);
+- `context`: why not, or why there is no receptive field, naming the layer ("" when there is nothing to say);
 - `labels`: one name per class; `mean`, `std`: input normalisation, one number per channel or one for all.
 """
 
@@ -19,11 +21,16 @@ from typing import Any
 
 from .errors import ConversionError
 
-__all__ = ["MODES", "PREFIX", "decode", "encode", "validate"]
+__all__ = ["MODES", "PREFIX", "axis_names", "decode", "encode", "validate"]
 
 PREFIX = "fc2conv."
 MODES = ("dense", "global", "cam")
 REQUIRED = ("input_shape", "mode")
+
+
+def axis_names(spatial: int) -> tuple[str, ...]:
+    """The names of the spatial axes, for dynamic dimensions: length; height, width; depth, height, width."""
+    return {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}[spatial]
 
 
 def encode(values: Mapping[str, Any]) -> dict[str, str]:
@@ -73,8 +80,10 @@ def validate(values: Mapping[str, Any], *, source: str, classes: int | None = No
     if field is not None and (not isinstance(field, list) or len(field) != axes
                               or not all(_ints(pair, minimum=0) and len(pair) == 2 for pair in field)):
         raise fail("receptive_field", f"must be {axes} [before, after] pair(s) of integers ≥ 0, or null")
-    if "exact" in values and not isinstance(values["exact"], bool):
-        raise fail("exact", "must be true or false")
+    if "exact" in values and not isinstance(values["exact"], bool | None):
+        raise fail("exact", "must be true, false or null")
+    if "context" in values and not isinstance(values["context"], str):
+        raise fail("context", "must be a string")
     labels = values.get("labels")
     if labels is not None:
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):

@@ -21,7 +21,7 @@ from . import rules
 from .analyze import (
     Alias,
     Analysis,
-    BatchNormTo2d,
+    BatchNormToMaps,
     ChannelsLast,
     ConcatOverChannels,
     GlobalPoolKeepDims,
@@ -32,6 +32,7 @@ from .analyze import (
     SoftmaxOverChannels,
     analyze,
 )
+from .errors import reported
 from .trace import TraceOptions, trace
 
 __all__ = ["ConversionInfo", "convert", "plan"]
@@ -45,9 +46,10 @@ class ConversionInfo:
     mode: str
     trace_options: TraceOptions
     cut: str | None  # name of the traced node the dense head slides over
-    window: tuple[int, int] | None  # that node's spatial size at the reference input
+    window: tuple[int, ...] | None  # that node's spatial size at the reference input
     global_context: bool
     plan: Plan
+    widened: bool = False  # a fixed pool of the original pools the whole map at every size here
 
 
 def _fetch(module: nn.Module, target: str) -> Any:
@@ -68,7 +70,8 @@ class _Emitter:
         """The converted value of `node` as the original code expects it."""
         if isinstance(self.analysis.values.get(node), ChannelsLast):
             if node not in self.channels_last:
-                self.channels_last[node] = self.graph.call_method("permute", (self.env[node], 0, 2, 3, 1))
+                rank = len(node.meta["tensor_meta"].shape)
+                self.channels_last[node] = self.graph.call_method("permute", (self.env[node], 0, *range(2, rank), 1))
             return self.channels_last[node]
         return self.env[node]
 
@@ -94,6 +97,9 @@ class _Emitter:
         return gm
 
     def copy(self, node: fx.Node) -> fx.Node:
+        if node.op == "call_function" and node.target is getattr and node.args[1:] == ("data",):
+            # `x.data` hides x from exporters, which then bake its sizes into the graph; `x.detach()` does not.
+            return self.graph.call_method("detach", (self.value(node.args[0]),))
         if node.op in ("call_module", "get_attr"):
             self.root[node.target] = _fetch(self.gm, node.target)
         # A node that stays channels-last computes on the NCHW map; others get the permute they expect.
@@ -124,8 +130,9 @@ class _Emitter:
         return self.call(name, conv, action.input)
 
     @emit.register
-    def _(self, action: BatchNormTo2d, node: fx.Node) -> fx.Node:
-        return self.call(node.target, rules.batchnorm_to_2d(self.gm.get_submodule(node.target)), action.input)
+    def _(self, action: BatchNormToMaps, node: fx.Node) -> fx.Node:
+        bn = rules.batchnorm_to_maps(self.gm.get_submodule(node.target), action.spatial)
+        return self.call(node.target, bn, action.input)
 
     @emit.register
     def _(self, action: LayerNormToChannels, node: fx.Node) -> fx.Node:
@@ -148,7 +155,8 @@ class _Emitter:
     @emit.register
     def _(self, action: GlobalPoolKeepDims, node: fx.Node) -> fx.Node:
         reduce = torch.mean if action.kind == "avg" else torch.amax
-        return self.graph.call_function(reduce, (self.env[action.input], (2, 3)), {"keepdim": True})
+        dims = tuple(range(2, len(action.input.meta["tensor_meta"].shape)))
+        return self.graph.call_function(reduce, (self.env[action.input], dims), {"keepdim": True})
 
 
 def _untouched_modules(gm: fx.GraphModule, analysis: Analysis) -> frozenset[str]:
@@ -180,14 +188,15 @@ def _prepare(model: nn.Module, inplace: bool) -> nn.Module:
 
 def _input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(input_shape)
-    if len(shape) not in (1, 3) or not all(isinstance(d, int) and d > 0 for d in shape):
+    if not 1 <= len(shape) <= 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
         raise ValueError(
-            f"input_shape must be (C, H, W) for an image model or (D,) for an MLP, without the batch "
-            f"dimension, in positive integers; got {input_shape!r}"
+            f"input_shape must be (C, H, W) for an image model, (C, L) for a signal, (C, D, H, W) for a volume or "
+            f"video clip, or (D,) for an MLP, without the batch dimension, in positive integers; got {input_shape!r}"
         )
     return shape
 
 
+@reported("planning the conversion")
 def plan(
     model: nn.Module,
     input_shape: Sequence[int] = (3, 224, 224),
@@ -208,6 +217,7 @@ def plan(
     return analyze(gm, _input_shape(input_shape), mode, channels_last_linears=channels_last_linears).plan
 
 
+@reported("converting the model")
 def convert(
     model: nn.Module,
     input_shape: Sequence[int] = (3, 224, 224),
@@ -221,17 +231,20 @@ def convert(
 ) -> fx.GraphModule:
     """The fully convolutional equivalent of `model`, an `fx.GraphModule` in eval mode.
 
-    `input_shape` is the reference input without the batch dimension: (C, H, W), or (D,) for an MLP,
-    whose converted form takes N×D×H×W maps. The result returns an N×K×H'×W' map:
+    `input_shape` is the reference input without the batch dimension: (C, H, W) for images, (C, L) for
+    signals, (C, D, H, W) for volumes and video clips, or (D,) for an MLP, whose converted form takes N×D×H×W
+    maps. The result returns an N×K×(spatial) map, with as many spatial axes as the input (H'×W' below):
 
     - ``mode="dense"``: the OverFeat/FCN network. At `input_shape`, H' = W' = 1 and ``out.flatten(1)``
       equals the original logits; on a larger input, cell (i, j) is the original head applied to the
       reference-size window of the features at (i, j) (see `geometry` for its place in pixels).
-    - ``mode="global"``: pools are kept, so ``out.flatten(1)`` equals the original at every input size.
+    - ``mode="global"``: pools are kept, so ``out.flatten(1)`` equals the original at every input size; a
+      pool whose fixed kernel covered the whole map at the reference size pools the whole map at every size.
     - ``mode="cam"``: for heads linear from a global average pool to the output, class activation maps at
       feature resolution whose spatial mean equals the original logits.
 
-    Every Linear becomes an `nn.Conv2d` (`LinearConv2d`, which runs at GEMM speed in eager mode). With
+    Every Linear becomes a convolution with as many spatial axes as the input (`LinearConv1d`, `LinearConv2d`
+    or `LinearConv3d`: an `nn.Conv1d/2d/3d` that runs at GEMM speed in eager mode). With
     ``inplace=False`` the caller's model is deep-copied first and never changed; with ``inplace=True`` the
     result shares `model`'s modules and parameters (conv weights are views of the Linear weights) and
     `model` is left in eval mode. Raises `ConversionError`, naming the node and the reason, for models it
@@ -253,6 +266,6 @@ def convert(
         model.eval()
     converted.fc2conv = ConversionInfo(
         shape, mode, options, analysis.cut.name if analysis.cut is not None else None, analysis.window,
-        full.global_context, full.plan,
+        full.global_context, full.plan, full.widened,
     )
     return converted

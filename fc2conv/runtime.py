@@ -1,4 +1,5 @@
-"""Run a model written by `fc2conv.export_onnx` on an image, with numpy, onnxruntime and Pillow only.
+"""Run a model written by `fc2conv.export_onnx` on an image (or a signal or volume), with numpy, onnxruntime
+and Pillow only.
 
     from fc2conv.runtime import DenseModel, heatmap
     model = DenseModel("resnet18.onnx")
@@ -12,9 +13,13 @@ orientation applied, the model's channel count, a pixel budget checked before de
 (x − mean) / std with the file's metadata when present. The metadata is validated when the model is opened
 (`fc2conv.metadata`), so a bad field is named there rather than failing later.
 
+Signals (C×L) and volumes (C×D×H×W) are given as `.npy` files or arrays, channels first, as the model takes
+them before normalisation.
+
 Geometry: cell (i, j) of the score map covers input rows i·sh … i·sh + h − 1 and columns j·sw … j·sw + w − 1
-(stride and window from the file's metadata, measured on the PyTorch model at export); in global mode the
-one cell covers the whole image. This module never imports PyTorch (tested with torch blocked).
+(stride and window from the file's metadata, measured on the PyTorch model at export), and likewise along the
+one or three axes of a signal or volume; in global mode the one cell covers the whole input. This module never
+imports PyTorch (tested with torch blocked).
 """
 
 from __future__ import annotations
@@ -32,22 +37,24 @@ from .errors import ConversionError
 from .files import atomic_output
 from .images import MAX_PIXELS, ImageLike, load_image
 from .metadata import PREFIX as METADATA_PREFIX
-from .metadata import decode
+from .metadata import decode, validate
 
-__all__ = ["METADATA_PREFIX", "DenseModel", "ImageLike", "Prediction", "Result", "heatmap", "load_image"]
+__all__ = ["METADATA_PREFIX", "DenseModel", "ImageLike", "Prediction", "Result", "colormap", "heatmap", "load_image",
+           "scan"]
 
 _HEAT_ALPHA = 0.5
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One class at one cell: its probability there and the cell's input box (top, left, bottom, right)."""
+    """One class at one cell: its probability there and the cell's input box (its first positions, then its
+    ends, exclusive: (top, left, bottom, right) for an image)."""
 
     class_index: int
     label: str
     score: float
-    cell: tuple[int, int]
-    box: tuple[int, int, int, int]
+    cell: tuple[int, ...]
+    box: tuple[int, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,15 +62,15 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Result:
-    """The score map of one image: `scores` is K×H'×W' raw class scores (logits)."""
+    """The score map of one input: `scores` is K×(spatial) raw class scores (logits), K×H'×W' for an image."""
 
     scores: np.ndarray
-    image_size: tuple[int, int]
+    input_size: tuple[int, ...]
     metadata: dict[str, Any] = field(repr=False)
 
     @property
     def probabilities(self) -> np.ndarray:
-        """Softmax over the classes, separately for every cell: K×H'×W', each cell sums to 1."""
+        """Softmax over the classes, separately for every cell: each cell sums to 1."""
         shifted = np.exp(self.scores - self.scores.max(axis=0, keepdims=True))
         return shifted / shifted.sum(axis=0, keepdims=True)
 
@@ -71,20 +78,20 @@ class Result:
         labels = self.metadata.get("labels")
         return labels[class_index] if labels else str(class_index)
 
-    def box(self, i: int, j: int) -> tuple[int, int, int, int]:
-        """(top, left, bottom, right) in input pixels of cell (i, j), bottom and right exclusive."""
-        rows, cols = self.scores.shape[1:]
-        if not (0 <= i < rows and 0 <= j < cols):
-            raise ConversionError(f"cell ({i}, {j}) is outside the {rows}×{cols} score map")
+    def box(self, *cell: int) -> tuple[int, ...]:
+        """The input box of `cell` (one index per spatial axis): first positions, then ends (exclusive)."""
+        shape = self.scores.shape[1:]
+        if len(cell) != len(shape) or not all(0 <= i < n for i, n in zip(cell, shape, strict=True)):
+            raise ConversionError(f"cell {cell} is outside the {'×'.join(map(str, shape))} score map")
         stride, window = self.metadata.get("stride"), self.metadata.get("window")
-        if stride is None:  # global mode: one cell, the whole image
-            return 0, 0, *self.image_size
-        top, left = i * stride[0], j * stride[1]
-        return top, left, top + window[0], left + window[1]
+        if stride is None:  # global mode: one cell, the whole input
+            return (0,) * len(cell) + tuple(self.input_size)
+        starts = tuple(i * s for i, s in zip(cell, stride, strict=True))
+        return (*starts, *(b + w for b, w in zip(starts, window, strict=True)))
 
-    def _prediction(self, probabilities: np.ndarray, k: int, i: int, j: int) -> Prediction:
-        return Prediction(int(k), self.label(int(k)), float(probabilities[k, i, j]), (int(i), int(j)),
-                          self.box(int(i), int(j)))
+    def _prediction(self, probabilities: np.ndarray, k: int, cell: tuple[int, ...]) -> Prediction:
+        cell = tuple(int(i) for i in cell)
+        return Prediction(int(k), self.label(int(k)), float(probabilities[(k, *cell)]), cell, self.box(*cell))
 
     def top_classes(self, k: int = 5) -> list[Prediction]:
         """The `k` classes with the highest probability at any cell, best first, each at its best cell."""
@@ -92,19 +99,20 @@ class Result:
         flat = probabilities.reshape(len(probabilities), -1)
         best_cell = flat.argmax(axis=1)
         order = np.argsort(-flat[np.arange(len(flat)), best_cell], kind="stable")[:k]
-        cols = probabilities.shape[2]
-        return [self._prediction(probabilities, c, *divmod(int(best_cell[c]), cols)) for c in order]
+        return [self._prediction(probabilities, c, np.unravel_index(int(best_cell[c]), probabilities.shape[1:]))
+                for c in order]
 
     def top_windows(self, k: int = 5) -> list[Prediction]:
         """The `k` (class, cell) pairs with the highest probabilities over the whole map, best first."""
         probabilities = self.probabilities
         order = np.argsort(-probabilities.ravel(), kind="stable")[:k]
-        return [self._prediction(probabilities, *np.unravel_index(f, probabilities.shape)) for f in order]
+        return [self._prediction(probabilities, index[0], index[1:])
+                for index in (np.unravel_index(f, probabilities.shape) for f in order)]
 
     def to_dict(self, k: int = 5) -> dict[str, Any]:
         """JSON-ready summary: sizes, geometry, and the top `k` classes and windows."""
         return {
-            "image_size": list(self.image_size),
+            "input_size": list(self.input_size),
             "map_size": list(self.scores.shape[1:]),
             "classes": int(self.scores.shape[0]),
             **{key: self.metadata.get(key) for key in ("mode", "stride", "window", "exact")},
@@ -116,49 +124,95 @@ class Result:
 class DenseModel:
     """An exported fc2conv model in an onnxruntime session, with its `fc2conv.*` metadata (`.metadata`)."""
 
-    def __init__(self, path: str | os.PathLike, *, providers: list[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, providers: list[str] | None = None,
+                 session_options: ort.SessionOptions | None = None, mean: list[float] | None = None,
+                 std: list[float] | None = None) -> None:
+        """Open `path` in onnxruntime and validate its metadata; `mean` and `std`, when given, replace the file's
+        input normalisation."""
         self.path = Path(path)
         if not self.path.is_file():
             raise ConversionError(f"{self.path}: no such model file")
         try:
-            self.session = ort.InferenceSession(str(self.path), providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(self.path), session_options,
+                                                providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own unrelated types for bad files
             raise ConversionError(f"{self.path}: onnxruntime cannot load it as an ONNX model ({e})") from None
         found = self.session.get_modelmeta().custom_metadata_map
         classes = self.session.get_outputs()[0].shape[1] if len(self.session.get_outputs()[0].shape) > 1 else None
-        self.metadata = decode(found, source=str(self.path), classes=classes if isinstance(classes, int) else None)
+        classes = classes if isinstance(classes, int) else None
+        self.metadata = decode(found, source=str(self.path), classes=classes)
+        given = {key: [float(v) for v in value] for key, value in (("mean", mean), ("std", std)) if value is not None}
+        if given:
+            self.metadata = {**self.metadata, **given}
+            validate(self.metadata, source="--mean/--std", classes=classes)
         shape = self.metadata["input_shape"]
-        if len(shape) != 3:
-            raise ConversionError(f"{self.path} takes {shape}-vectors, not images; run it with onnxruntime")
+        if len(shape) == 1:
+            raise ConversionError(f"{self.path} takes {shape[0]}-vectors, not images or signals; run it with "
+                                  "onnxruntime")
         self.channels, *self.reference = shape
         self.input_name = self.session.get_inputs()[0].name
 
-    def preprocess(self, image: ImageLike, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
-        """The 1×C×H×W float32 input for `image`, normalised with the metadata's mean and std (`load_image`)."""
-        x = load_image(image, self.channels, max_pixels=max_pixels)
+    @property
+    def is_image(self) -> bool:
+        """Whether inputs are images (C×H×W); otherwise arrays of C×L signals or C×D×H×W volumes."""
+        return len(self.reference) == 2
+
+    def preprocess(self, data: ImageLike, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+        """The 1×C×(spatial) float32 input for `data`, normalised with the metadata's mean and std.
+
+        Images (paths, PIL images, H×W×C arrays) are read by `load_image`; a `.npy` file or an array for a 1-D
+        or 3-D model is the model's input as it is, channels first (C×L or C×D×H×W), and a `.npy` file for an
+        image model is C×H×W. `.npy` files are read without pickle.
+        """
+        if isinstance(data, str | os.PathLike) and Path(data).suffix == ".npy":
+            x = _load_npy(Path(data))
+        elif self.is_image:
+            x = load_image(data, self.channels, max_pixels=max_pixels).transpose(2, 0, 1)
+        elif isinstance(data, np.ndarray):
+            x = data.astype(np.float32)
+        else:
+            raise ConversionError(f"this model takes {len(self.reference) + 1}-D arrays (C×…), a .npy file or a "
+                                  f"numpy array, not {type(data).__name__}")
+        if x.ndim != len(self.reference) + 1 or x.shape[0] != self.channels:
+            raise ConversionError(f"the model takes {self.channels}×{'×'.join(['…'] * len(self.reference))} "
+                                  f"inputs (channels first); got an array of shape {x.shape}")
+        view = (-1, *(1,) * len(self.reference))
         for key in ("mean", "std"):
             if key in self.metadata:
-                value = np.asarray(self.metadata[key], dtype=np.float32)
+                value = np.asarray(self.metadata[key], dtype=np.float32).reshape(view)
                 x = x - value if key == "mean" else x / value
-        return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+        return np.ascontiguousarray(x[None], dtype=np.float32)
 
-    def run(self, image: ImageLike, *, max_pixels: int | None = MAX_PIXELS) -> Result:
-        """The score map of `image` (a path, PIL image, or H×W / H×W×C array; see `fc2conv.images`).
+    def run(self, data: ImageLike, *, max_pixels: int | None = MAX_PIXELS) -> Result:
+        """The score map of `data`: an image (a path, PIL image, or H×W / H×W×C array; see `fc2conv.images`), or a
+        signal or volume (a `.npy` file or an array, channels first) for 1-D and 3-D models.
 
         An image file of more than `max_pixels` pixels is refused before it is decoded (None: no limit).
         """
-        x = self.preprocess(image, max_pixels=max_pixels)
+        x = self.preprocess(data, max_pixels=max_pixels)
         size = tuple(int(d) for d in x.shape[2:])
-        if self.metadata.get("mode") == "dense" and (size[0] < self.reference[0] or size[1] < self.reference[1]):
+        shown = "×".join(map(str, size))
+        if self.metadata.get("mode") == "dense" and any(s < r for s, r in zip(size, self.reference, strict=True)):
             raise ConversionError(
-                f"the image is {size[0]}×{size[1]}, smaller than the model's {self.reference[0]}×"
-                f"{self.reference[1]} window; enlarge it to at least that size"
+                f"the input is {shown}, smaller than the model's {'×'.join(map(str, self.reference))} window; "
+                "enlarge it to at least that size"
             )
         try:
             (scores,) = self.session.run(None, {self.input_name: x})
         except Exception as e:
-            raise ConversionError(f"{self.path}: onnxruntime failed on a {size[0]}×{size[1]} image: {e}") from None
+            raise ConversionError(f"{self.path}: onnxruntime failed on a {shown} input: {e}") from None
         return Result(scores[0], size, self.metadata)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A float32 array from a `.npy` file, read without pickle."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"{path}: cannot read it as a .npy array ({e})") from None
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ConversionError(f"{path}: a {array.dtype} array is not numbers")
+    return array.astype(np.float32)
 
 
 def heatmap(
@@ -173,19 +227,21 @@ def heatmap(
     classes = result.scores.shape[0]
     if not 0 <= class_index < classes:
         raise ConversionError(f"class {class_index} does not exist; the model has classes 0 … {classes - 1}")
+    if len(result.input_size) != 2:
+        raise ConversionError("heatmaps are drawn over images; this result is for a signal or a volume")
     picture = load_image(image, 3, max_pixels=None)  # `result` already holds this image's map
-    if picture.shape[:2] != result.image_size:
-        raise ConversionError(f"the image is {picture.shape[:2]}, but the result is for {result.image_size}")
+    if picture.shape[:2] != result.input_size:
+        raise ConversionError(f"the image is {picture.shape[:2]}, but the result is for {result.input_size}")
     probability = result.probabilities[class_index]
-    total = np.zeros(result.image_size, dtype=np.float64)
-    count = np.zeros(result.image_size, dtype=np.int64)
+    total = np.zeros(result.input_size, dtype=np.float64)
+    count = np.zeros(result.input_size, dtype=np.int64)
     for i, j in np.ndindex(*probability.shape):
         top, left, bottom, right = result.box(i, j)
         total[top:bottom, left:right] += probability[i, j]
         count[top:bottom, left:right] += 1
     heat = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
     heat = heat / heat.max() if heat.max() > 0 else heat
-    overlay = Image.fromarray(_colormap(heat))
+    overlay = Image.fromarray(colormap(heat))
     base = Image.fromarray((np.clip(picture, 0, 1) * 255).round().astype(np.uint8))
     blended = Image.blend(base, overlay, _HEAT_ALPHA)
     with atomic_output(path, force=force) as tmp:
@@ -193,7 +249,17 @@ def heatmap(
     return Path(path)
 
 
-def _colormap(heat: np.ndarray) -> np.ndarray:
+def colormap(heat: np.ndarray) -> np.ndarray:
     """Blue (0) → cyan → yellow → red (1), the usual "jet" ramp, as H×W×3 uint8."""
     channels = [np.clip(1.5 - np.abs(4 * heat - centre), 0, 1) for centre in (3, 2, 1)]
     return (np.stack(channels, axis=-1) * 255).round().astype(np.uint8)
+
+
+def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Any:
+    """Scan an image of any size in tiles into a zarr score map equal to the one-pass map: `fc2conv.scan.scan`,
+    with the same keyword options (tile, workers or scheduler, level or mpp, classes, overview, detections,
+    resume, force, dtype, approximate, …). Imported on first use: `fc2conv.runtime` alone loads no Dask or zarr.
+    """
+    from .scan import scan as scan_tiles
+
+    return scan_tiles(source, model=model, out=out, **options)

@@ -9,23 +9,26 @@ inputs for the rare model that calls something meta tensors cannot do.
 
 from __future__ import annotations
 
-import os
-import re
+import math
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx.immutable_collections import immutable_list
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
+from .diagnose import node_line, shape_failure, suggest_input_shape, untraceable, user_line_of_stack
 from .errors import ConversionError
 
 __all__ = ["NodeFailure", "TraceOptions", "example_input", "meta_state", "trace"]
 
 BATCH = 2
-_TORCH_DIR = os.path.dirname(torch.__file__)
+# Modules whose training mode computes something else than their eval mode.
+_TRAINING_DIFFERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,19 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (isinstance(m, self.leaf_types) or module_qualified_name in self.leaf_names
                 or super().is_leaf_module(m, module_qualified_name))
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        # A module built inside forward (`nn.ReLU(inplace=True)(x)`) belongs to no model: trace through it, so its
+        # functional ops (F.relu, F.avg_pool2d, ...) land in the graph, with its eval behaviour like the rest (a
+        # new module is in training mode: an inline nn.Dropout would otherwise stay random at inference).
+        if self.submodule_paths is not None and m not in self.submodule_paths:
+            if m.training and any(isinstance(sub, _TRAINING_DIFFERS) for sub in m.modules()):
+                warnings.warn(f"{type(m).__name__} built inside forward() ({user_line_of_stack()}) is in training "
+                              "mode even when the model is not, so the original is random at inference and cannot "
+                              "be verified; fc2conv converts its eval behaviour", stacklevel=2)
+            m.eval()
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
 
 
 def example_input(input_shape: Sequence[int], *, batch: int = BATCH, dtype: torch.dtype = torch.float32,
@@ -78,17 +94,18 @@ class NodeFailure(Exception):
     def where(self) -> str:
         """`'name' (target) at FILE:LINE: code`, from the stack trace fx recorded while tracing."""
         target = getattr(self.node.target, "__name__", self.node.target)
-        place = f"'{self.node.name}' ({target})"
-        frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s+(.+)', self.node.stack_trace or "")
-        users = [frame for frame in frames if not frame[0].startswith(_TORCH_DIR)]
-        if users:
-            file, line, code = users[-1]
-            place += f" at {file}:{line}: {code.strip()}"
-        return place
+        line = node_line(self.node)
+        return f"'{self.node.name}' ({target})" + (f" at {line}" if line else "")
 
 
 class _RecordShapes(fx.Interpreter):
     """`ShapeProp` without its printed traceback: runs the graph and sets `node.meta["tensor_meta"]`."""
+
+    def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:
+        # fx hands list arguments over as immutable lists; modules that append to theirs (timm's HRNet) need real
+        # lists, as the model's own code gives them.
+        args = tuple(list(a) if isinstance(a, immutable_list) else a for a in args)
+        return super().call_module(target, args, kwargs)
 
     def run_node(self, node: fx.Node) -> Any:
         try:
@@ -121,46 +138,89 @@ class _Propagate(nn.Module):
         _RecordShapes(self.gm).run(x)
 
 
-def _propagate_shapes(gm: fx.GraphModule, x: torch.Tensor) -> None:
+def _propagate_on_meta(gm: fx.GraphModule, x: torch.Tensor) -> None:
     with torch.no_grad():
-        try:
-            torch.func.functional_call(_Propagate(gm), meta_state(gm, "gm."), (x.to("meta"),))
-        except Exception:
+        torch.func.functional_call(_Propagate(gm), meta_state(gm, "gm."), (x.to("meta"),))
+
+
+def _propagate_shapes(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    """Shapes from a run on meta tensors; from a real run for a model that does what meta tensors cannot."""
+    try:
+        _propagate_on_meta(gm, x)
+    except Exception:
+        with torch.no_grad():
             _RecordShapes(gm).run(x)
 
 
 def trace(model: nn.Module, input_shape: Sequence[int], options: TraceOptions = TraceOptions()) -> fx.GraphModule:
     """The traced model (eval behaviour) with `node.meta["tensor_meta"]` set for every tensor-valued node.
 
-    Raises `ConversionError` when fx cannot trace the model or the model rejects `input_shape`; the model's
-    training flag is restored either way.
+    Models built from timm are traced with timm's own registries of untraceable modules and functions (timm is
+    never imported for other models). Raises `ConversionError` when fx cannot trace the model (naming the
+    user's file and line, the cause and the fix) or the model does not run at `input_shape` (naming the layer
+    and, when it can be told, the shape the model expects); the model's training flag is restored either way.
     """
     name = type(model).__name__
+    options = _with_library_registries(model, options)
+    input_shape = tuple(input_shape)
     was_training = model.training
     model.eval()
     try:
         try:
             graph = _Tracer(options).trace(model, concrete_args=options.concrete_args)
         except Exception as e:
-            raise ConversionError(
-                f"torch.fx could not trace {name}: {type(e).__name__}: {e}\n"
-                "Hint: data-dependent control flow (an `if` or loop on tensor values) cannot be traced. "
-                "Keep the offending submodule whole with leaf_modules=[ItsClass] (it must not contain the "
-                "Linear head), wrap a helper function with autowrap_functions=[fn], or fix Python-level "
-                "branches with concrete_args={'flag': value}."
-            ) from e
+            raise ConversionError(untraceable(name, e)) from e
         gm = fx.GraphModule(model, graph, class_name=f"{name}Converted")
         gm.eval()
         try:
             _propagate_shapes(gm, example_input(input_shape, dtype=_model_dtype(model)))
         except NodeFailure as e:
             error = str(e.error).strip().splitlines()[0] if str(e.error).strip() else ""
-            raise ConversionError(
-                f"{name} does not run on input_shape={tuple(input_shape)} (a batch of {BATCH}): {e.where()} "
-                f"raised {type(e.error).__name__}: {error}\nHint: give the shape the model was built for, "
-                "without the batch dimension (input_shape=..., --input-shape on the command line), e.g. "
-                "(3, 224, 224) for an image model or (D,) for an MLP."
-            ) from e
+            suggestion = suggest_input_shape(gm, lambda node, shape: _features_reaching(gm, node, shape))
+            raise ConversionError(shape_failure(
+                name, input_shape, f"{e.where()} raised {type(e.error).__name__}: {error}", suggestion)) from e
+        rows = _batch_of_output(gm)
+        if rows not in (None, BATCH):
+            suggestion = suggest_input_shape(gm, lambda node, shape: _features_reaching(gm, node, shape))
+            raise ConversionError(shape_failure(
+                name, input_shape, f"it returns {rows} rows for a batch of {BATCH}: a reshape such as view(-1, "
+                "features) folds positions into the batch when the input is larger than the model was built for",
+                suggestion))
     finally:
         model.train(was_training)
     return gm
+
+
+def _batch_of_output(gm: fx.GraphModule) -> int | None:
+    output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    meta = output.meta.get("tensor_meta") if isinstance(output, fx.Node) else None
+    return int(meta.shape[0]) if hasattr(meta, "shape") and len(meta.shape) else None
+
+
+def _features_reaching(gm: fx.GraphModule, linear: fx.Node, input_shape: tuple[int, ...]) -> int | None:
+    """The number of values per example that reach node `linear` at `input_shape` (meta tensors: shapes only);
+    None when the model fails before it."""
+    source = linear.args[0]
+    try:
+        _propagate_on_meta(gm, example_input(input_shape, dtype=_model_dtype(gm)))
+    except NodeFailure:
+        pass
+    except Exception:
+        return None
+    meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
+    found = math.prod(meta.shape) // BATCH if hasattr(meta, "shape") else None
+    for node in gm.graph.nodes:  # shapes of this probe must not stay behind
+        node.meta.pop("tensor_meta", None)
+    return found
+
+
+def _with_library_registries(model: nn.Module, options: TraceOptions) -> TraceOptions:
+    """`options` plus timm's registries of modules and functions fx cannot trace, for a model made by timm."""
+    if not any(type(m).__module__.startswith("timm.") for m in model.modules()):
+        return options
+    try:
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except ImportError:
+        return options
+    return replace(options, leaf_modules=(*options.leaf_modules, *get_notrace_modules()),
+                   autowrap_functions=(*options.autowrap_functions, *get_notrace_functions()))

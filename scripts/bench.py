@@ -4,6 +4,7 @@
     python scripts/bench.py --models resnet50 --repeats 50 --check
     python scripts/bench.py --sliding --check   # dense vs naive sliding window, torch and onnxruntime
     python scripts/bench.py --sliding --models resnet50
+    python scripts/bench.py --tiled             # tiled scanning vs one pass, one vs two workers, peak memory
 
 Original and converted run alternately, `--repeats` times each after warm-up, so machine noise hits
 both alike; the table gives each median and their ratio (converted / original). With `--check` the
@@ -18,6 +19,9 @@ Each of `--repeats` rounds (default 15) times one naive run, then dense passes f
 With `--check` the script exits 1 if a speed-up is below `--min-efficiency` (0.9) × the FLOP ratio. The
 speed-up (naive time / dense time) is printed beside the FLOP ratio (naive FLOPs / dense FLOPs, counted by
 `torch.utils.flop_counter`), and their quotient: 1.0 means the dense pass saves exactly the work it skips.
+
+`--tiled`: `fc2conv scan` against one pass, one worker against two, and peak memory at two image sizes
+(`scripts/bench_tiled.py` says how each is measured).
 """
 
 from __future__ import annotations
@@ -167,7 +171,8 @@ def main_sliding(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--models", nargs="+", default=None,
+                        help=f"default: {' '.join(MODELS)} (--tiled: digits resnet18)")
     parser.add_argument("--size", type=int, default=224, help="reference input size (default 224)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None,
@@ -180,7 +185,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=16, help="--sliding: crops per naive batch (default 16)")
     parser.add_argument("--min-efficiency", type=float, default=0.9,
                         help="--sliding --check: exit 1 if a speed-up falls below this × the FLOP ratio")
+    parser.add_argument("--tiled", action="store_true", help="tiled scanning vs one pass instead")
+    parser.add_argument("--tile", type=int, default=1024, help="--tiled: tile size in pixels (default 1024)")
+    parser.add_argument("--image", type=int, default=4096, help="--tiled: digits image side (default 4096)")
+    parser.add_argument("--resnet-image", type=int, default=2048, help="--tiled: ResNet18 image side (default 2048)")
+    parser.add_argument("--workers-image", type=int, default=8192,
+                        help="--tiled: image side for one vs two workers (default 8192)")
+    parser.add_argument("--rss-sizes", type=int, nargs=2, default=[4096, 16384],
+                        help="--tiled: image sides whose peak memory is compared (default 4096 16384)")
     args = parser.parse_args(argv)
+    if args.tiled:
+        from bench_tiled import TILED, main_tiled
+
+        args.models = args.models or TILED
+        args.repeats = args.repeats or 3
+        return main_tiled(args)
+    args.models = args.models or MODELS
     if args.repeats is None:
         args.repeats = SLIDING_ROUNDS if args.sliding else 30
     if args.warmup is None:

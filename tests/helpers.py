@@ -12,12 +12,16 @@ import torch
 import torchvision
 from torch import nn
 
+import fc2conv
 from fc2conv.errors import ConversionError
 from fc2conv.verification import max_errors, tolerance
 
 # Every CNN classifier in torchvision.models: all classification models but the transformers.
 TRANSFORMERS = ("vit_", "swin_", "maxvit")
 ZOO = [n for n in torchvision.models.list_models(module=torchvision.models) if not n.startswith(TRANSFORMERS)]
+# torchvision's video classifiers, and the clip each is checked at in CI (frames, height, width); `-m slow`
+# checks them at 16 frames of their weights' crop.
+VIDEO = {"r3d_18": (8, 64, 64), "mc3_18": (8, 64, 64), "r2plus1d_18": (8, 64, 64), "s3d": (16, 224, 224)}
 # One model of every family, for the checks that are too slow to repeat on all 68.
 FAMILIES = [
     "alexnet", "vgg11_bn", "resnet18", "resnext50_32x4d", "wide_resnet50_2", "densenet121", "mobilenet_v2",
@@ -74,3 +78,30 @@ def _calibrate_batch_norm(model: nn.Module, size: int) -> None:
     model.train()
     with torch.no_grad():
         model(randn(2, 3, size, size, seed=1))
+
+
+def measured_receptive_field(dense: nn.Module, channels: int) -> tuple[tuple[int, int], ...]:
+    """The receptive field of `dense`'s cells found by perturbation: one NaN input position at every phase of
+    the stride, along each axis in turn (NaN reaches every output it touches, whatever the weights); the cells
+    that turn NaN say how far before and after its window the input still changes a cell."""
+    geo = fc2conv.geometry(dense)
+    claimed = geo.receptive_field or tuple((0, 0) for _ in geo.stride)
+    # Room for every cell the NaN can reach: a margin M past the claim, the NaN at window + M, the input 2(window + M).
+    room = [max(b, a) + 4 * s for s, (b, a) in zip(geo.stride, claimed, strict=True)]
+    sizes = [2 * (w + m) for w, m in zip(geo.window, room, strict=True)]
+    centre = [(w + m) // s * s for w, m, s in zip(geo.window, room, geo.stride, strict=True)]
+    margins = []
+    for axis, (stride, window) in enumerate(zip(geo.stride, geo.window, strict=True)):
+        x = torch.zeros(stride, channels, *sizes)
+        for phase in range(stride):
+            position = list(centre)
+            position[axis] += phase
+            x[(phase, slice(None), *position)] = float("nan")
+        with torch.no_grad():
+            hit = dense(x)[:, 0].isnan()
+        offsets = []
+        for phase in range(stride):
+            cells = {int(i) for i in hit[phase].nonzero()[:, axis]}  # their index along this axis
+            offsets += [centre[axis] + phase - i * stride for i in cells]
+        margins.append((max(0, -min(offsets)), max(0, max(offsets) - (window - 1))))
+    return tuple(margins)

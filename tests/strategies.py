@@ -92,9 +92,25 @@ class Arch:
         return self.pool == "mean" or (self.pool is not None and self.pool_size == (1, 1))
 
     @property
+    def covering_average(self) -> bool:
+        """The last stage ends in a 2×2 average pool of a 2×2 map and nothing pools after it: at the reference size
+        that pool averages the whole map, so fc2conv takes it for the model's global pool."""
+        last, (_, h, w) = self.stages[-1], self.features
+        return self.pool is None and last.pool == "avg" and (h, w) == (1, 1) and self._before_last_pool == (2, 2)
+
+    @property
+    def _before_last_pool(self) -> tuple[int, int]:
+        """The last stage's map between its convolution and its pool."""
+        _, h, w = self.input_shape
+        for stage in self.stages[:-1]:
+            h, w = stage.output_size(h), stage.output_size(w)
+        conv = replace(self.stages[-1], pool=None)
+        return conv.output_size(h), conv.output_size(w)
+
+    @property
     def cam(self) -> bool:
         """mode='cam' applies: the logits are linear in a global average pool of the features."""
-        return self.global_average and all(h.activation is None for h in self.hidden)
+        return (self.global_average or self.covering_average) and all(h.activation is None for h in self.hidden)
 
 
 class Generated(nn.Module):

@@ -199,15 +199,16 @@ def test_recipe_json_round_trip():
 
 
 @pytest.mark.parametrize(
-    ("text", "shape"), [("3,224,224", (3, 224, 224)), ("1x32x32", (1, 32, 32)), (" 20 ", (20,)), ([3, 8, 8], (3, 8, 8))]
+    ("text", "shape"), [("3,224,224", (3, 224, 224)), ("1x32x32", (1, 32, 32)), (" 20 ", (20,)), ([3, 8, 8], (3, 8, 8)),
+                        ("1,8000", (1, 8000)), ("3,16,112,112", (3, 16, 112, 112))]
 )
 def test_parse_input_shape(text, shape):
     assert parse_input_shape(text) == shape
 
 
-@pytest.mark.parametrize("text", ["3,224", "3,0,224", "-3,32,32", "a,b,c", "", "3,32,32,1", "3.5,32,32", [True, 2, 2]])
+@pytest.mark.parametrize("text", ["3,0,224", "-3,32,32", "a,b,c", "", "3,16,32,32,1", "3.5,32,32", [True, 2, 2]])
 def test_bad_input_shapes_are_refused(text):
-    with pytest.raises(ConversionError, match="--input-shape must be C,H,W"):
+    with pytest.raises(ConversionError, match=r"--input-shape must be C,H,W .* C,L .* C,D,H,W"):
         parse_input_shape(text)
 
 

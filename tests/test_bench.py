@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -38,3 +40,26 @@ def test_sliding_rows_compare_both_runtimes_on_the_issue_setting():
         # The dense pass computes the backbone once over the image plus the head on 81 windows; the naive
         # window computes both 81 times. Measured: 7.08.
         assert 6.5 < flop_ratio < 7.5
+
+
+def test_tiled_rows_compare_tiles_workers_and_memory():
+    """`--tiled` on small sizes: each section prints its rows; ratios are the quotients of the times beside them."""
+    pytest.importorskip("zarr")  # the scan extra: Python 3.11 or later
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiled", "--models", "digits",
+                           "--image", "384", "--tile", "256", "--workers-image", "512", "--rss-sizes", "256", "512",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    tiled = lines[lines.index("tiled against one pass") + 2].split()
+    assert tiled[:3] == ["digits", "384×384", "0+0"]
+    once, here, worker = map(float, tiled[3:6])
+    for shown, seconds in ((tiled[6], here), (tiled[7], worker)):  # within the rounding of the printed seconds
+        ratio = float(shown.rstrip("×"))
+        assert abs(ratio - seconds / once) <= ratio * (0.005 / once + 0.005 / seconds) + 0.01
+    assert float(tiled[8].rstrip("×")) >= 1  # tiles read at least the image
+    workers = [line.split() for line in lines[lines.index("workers (digits, 512×512)") + 2:][:2]]
+    assert [row[0] for row in workers] == ["1", "2"] and workers[0][3] == "1.00×"
+    memory = lines[lines.index("peak memory (digits, one process)") + 2:][:2]
+    assert [row.split()[0] for row in memory] == ["256×256", "512×512"]
+    assert all(float(row.split()[1]) > 50 for row in memory)  # MB: Python, numpy, onnxruntime and zarr at least
+    assert lines[-1].startswith("growth 512² / 256²:")

@@ -219,9 +219,12 @@ def unwritable_dir() -> str:
 
 
 REFUSALS = [
-    (["convert", "{ck}", "-o", "{tmp}/a.pt2"], "--arch NAME (a torchvision model) or --model-def"),
+    (["convert", "{ck}", "-o", "{tmp}/a.pt2"], "--arch NAME (a torchvision model, or timm:NAME) or --model-def"),
     (["inspect", "{ck}"], "--arch NAME"),
-    (["convert", "{ck}", "--model-def", MODEL_DEF, "--input-shape", "3,32", "-o", "{tmp}/a.pt2"], "--input-shape must"),
+    (["convert", "{ck}", "--model-def", MODEL_DEF, "--input-shape", "3,32,32,32,32", "-o", "{tmp}/a.pt2"],
+     "--input-shape must"),
+    (["convert", "{ck}", "--model-def", MODEL_DEF, "--input-shape", "3,32", "-o", "{tmp}/a.pt2"],
+     "it seems to expect --input-shape 3,32,32"),
     (["inspect", "{ck}", "--model-def", MODEL_DEF, "--input-shape", "three"], "--input-shape must be C,H,W"),
     (["inspect", "{ck}", "--model-def", MODEL_DEF, "--input-shape", "3,0,32"], "--input-shape must be C,H,W"),
     (["inspect", "{ck}", "--model-def", MODEL_DEF, "--input-shape", "3,16,16"], "does not run on input_shape"),

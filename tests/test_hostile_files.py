@@ -266,7 +266,7 @@ def _with_metadata(source: Path, target: Path, **changes: str) -> Path:
     ("mode", '"sparse"', "fc2conv.mode must be one of"),
     ("mean", '[0.1, 0.2]', "fc2conv.mean must be 1 or 3 numbers"),
     ("std", '[0]', "fc2conv.std must be positive"),
-    ("exact", '"yes"', "fc2conv.exact must be true or false"),
+    ("exact", '"yes"', "fc2conv.exact must be true, false or null"),
     ("receptive_field", '[[1, 2]]', "fc2conv.receptive_field must be 2 [before, after] pair(s)"),
     ("mode", "{not json", "fc2conv.mode is not valid JSON"),
 ])

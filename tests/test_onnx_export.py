@@ -82,8 +82,9 @@ def test_metadata_labels_mean_std(small, tmp_path):
     path = export_onnx(converted, tmp_path / "m.onnx", labels=labels, mean=[0.5, 0.4, 0.3], std=[0.2])
     meta = _metadata(path)
     assert meta == {"fc2conv.stride": [4, 4], "fc2conv.window": [32, 32], "fc2conv.input_shape": [3, 32, 32],
-                    "fc2conv.mode": "dense", "fc2conv.exact": True, "fc2conv.labels": labels,
-                    "fc2conv.mean": [0.5, 0.4, 0.3], "fc2conv.std": [0.2]}
+                    "fc2conv.receptive_field": [[3, 3], [3, 3]], "fc2conv.mode": "dense", "fc2conv.exact": True,
+                    "fc2conv.context": "",
+                    "fc2conv.labels": labels, "fc2conv.mean": [0.5, 0.4, 0.3], "fc2conv.std": [0.2]}
 
 
 def test_global_mode_has_no_geometry(small, tmp_path):

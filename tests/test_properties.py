@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_close, randn
+from helpers import assert_close, measured_receptive_field, randn
 from hypothesis import HealthCheck, given, settings
 from strategies import Arch, Hidden, Stage, architectures, build
 from torch import nn
@@ -163,9 +163,15 @@ def test_generated_classifiers_convert_exactly_many(arch):
 @settings(max_examples=GEOMETRY_EXAMPLES, **PROFILE)
 @given(architectures())
 def test_geometry_is_the_architectures(arch):
-    """`geometry` measures the product of the strides and the reference window, and cells are exact."""
+    """`geometry` measures the product of the strides and the reference window, and cells are exact; the receptive
+    field it derives from the graph is the one found by perturbation, and no wider than the window without
+    padding."""
     dense = fc2conv.convert(build(arch), arch.input_shape)
-    assert fc2conv.geometry(dense) == Geometry((arch.stride, arch.stride), arch.input_shape[1:], exact=True)
+    geo = fc2conv.geometry(dense)
+    assert (geo.stride, geo.window, geo.exact) == ((arch.stride, arch.stride), arch.input_shape[1:], True)
+    assert geo.receptive_field == measured_receptive_field(dense, arch.input_shape[0])
+    if not arch.padded:
+        assert geo.receptive_field == ((0, 0), (0, 0))
 
 
 @settings(max_examples=ONNX_EXAMPLES, **PROFILE)

@@ -50,7 +50,7 @@ def test_scores_equal_pytorch_and_boxes_follow_geometry(exported):
     image = _image()
     result = DenseModel(path).run(image)
     assert_close(torch.from_numpy(result.scores), _expected(converted, image))
-    assert result.scores.shape == (10, 5, 3) and result.image_size == (50, 41)
+    assert result.scores.shape == (10, 5, 3) and result.input_size == (50, 41)
     np.testing.assert_allclose(result.probabilities.sum(axis=0), 1, rtol=1e-5)
     geo = fc2conv.geometry(converted)
     assert all(result.box(i, j) == geo.box(i, j) for i in range(5) for j in range(3))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import FAMILIES, ZOO, assert_close, build, crop_size, randn
+from helpers import FAMILIES, VIDEO, ZOO, assert_close, build, crop_size, randn
+from onnx_helpers import run_onnx
 from torch import nn
 
 import fc2conv
 from fc2conv import ConversionError
+from fc2conv.onnx import export_onnx
 
 # Families whose head is not linear from a global average pool to the logits.
 NO_CAM = {"alexnet": "global average pool", "vgg11_bn": "global average pool",
@@ -95,3 +97,33 @@ def test_cam_where_the_head_is_linear(name):
     cam = fc2conv.convert(model, (3, size, size), mode="cam", inplace=True)
     report = fc2conv.verify(model, cam, batch=1)
     assert [c.passed for c in report.checks] == [True, True], str(report)
+
+
+VIDEO_CASES = [pytest.param(name, clip, id=f"{name}-{'x'.join(map(str, clip))}") for name, clip in VIDEO.items()] + [
+    pytest.param(name, (16, 112, 112), id=f"{name}-16x112x112", marks=pytest.mark.slow) for name in VIDEO
+    if name != "s3d"
+]
+
+
+@pytest.mark.parametrize("name,clip", VIDEO_CASES)
+def test_video_classifiers(name, clip, tmp_path):
+    """Dense equals the original at the reference clip and gives a T'×H'×W' map of windows on a larger one (every
+    cell the head on its window of the features); global equals the original on a larger clip; the ONNX export
+    (Conv3d, dynamic time, height and width) agrees in onnxruntime."""
+    model = build(name)
+    shape = (3, *clip)
+    dense = fc2conv.convert(model, shape)
+    _conv_heads(dense)
+    report = fc2conv.verify(model, dense, batch=1)
+    assert [c.passed for c in report.checks] == [True, True], str(report)
+    assert all(n > 1 for n in report.checks[1].output_shape[2:]), str(report)
+    glob = fc2conv.convert(model, shape, mode="global")
+    report = fc2conv.verify(model, glob, batch=1)
+    assert [c.passed for c in report.checks] == [True, True], str(report)
+    path = export_onnx(dense, tmp_path / f"{name}.onnx")
+    stride = fc2conv.geometry(dense).stride
+    larger = randn(1, 3, *(c + s for c, s in zip(clip, stride, strict=True)), seed=2)
+    with torch.no_grad():
+        expected = dense(larger)
+    assert expected.shape[2:] == (2, 2, 2)
+    assert_close(run_onnx(path, larger), expected, across_runtimes=True)

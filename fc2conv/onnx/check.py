@@ -2,8 +2,8 @@
 a model that was not checked is not written.
 
 `session` opens a model or says why onnxruntime cannot (an opset it does not know, an unsupported op). `probe`
-runs a model on seeded random inputs of given shapes and names the first shape it fails at, which catches
-sizes an exporter baked into the graph. `assert_same_scores` compares the head outputs of a source and its
+runs a model on given inputs and names the first shape it fails at, which catches sizes an exporter baked into
+the graph. `assert_same_scores` compares the head outputs of a source and its
 conversion at one input, flattening the N×K×1×1 maps back to N×K.
 """
 
@@ -40,17 +40,16 @@ def random_input(shape: tuple[int, ...], dtype: np.dtype, seed: int = 0) -> np.n
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
 
-def probe(runner: ort.InferenceSession, shapes: list[tuple[int, ...]], label: str, why: str) -> list[list[np.ndarray]]:
-    """The outputs of `runner` on a random input of each shape; `ConversionError` naming the shape it fails at."""
-    inp = runner.get_inputs()[0]
-    dtype = input_dtype(runner)
+def probe(runner: ort.InferenceSession, inputs: list[np.ndarray], label: str, why: str) -> list[list[np.ndarray]]:
+    """The outputs of `runner` on each input; `ConversionError` naming the input shape it fails at and `why`."""
+    name = runner.get_inputs()[0].name
     results = []
-    for k, shape in enumerate(shapes):
+    for x in inputs:
         try:
-            results.append(runner.run(None, {inp.name: random_input(shape, dtype, seed=k)}))
+            results.append(runner.run(None, {name: x}))
         except Exception as e:
             first_line = str(e).strip().splitlines()[0][:300]
-            raise ConversionError(f"{label}: the written model fails in onnxruntime on a {'×'.join(map(str, shape))} "
+            raise ConversionError(f"{label}: the written model fails in onnxruntime on a {'×'.join(map(str, x.shape))} "
                                   f"input ({first_line}); {why}") from None
     return results
 

@@ -11,8 +11,9 @@ import os
 import onnx
 import onnxruntime as ort
 
-from ..errors import ConversionError
+from ..errors import ConversionError, reported
 from ..files import atomic_output, refuse_existing
+from ..metadata import axis_names
 from .check import assert_same_scores, input_dtype, probe, random_input, session
 from .graph import Graph, Shape, describe, infer_shapes, topological_order
 from .rules import Rule, rules_for
@@ -26,6 +27,7 @@ _PROBE_GROWTH = 32
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
+@reported("converting the ONNX model")
 def convert_onnx(
     src: str | os.PathLike | onnx.ModelProto,
     dst: str | os.PathLike | None = None,
@@ -37,25 +39,31 @@ def convert_onnx(
     """Rewrite the fully connected head of the single-input classifier `src` as convolutions.
 
     `src` is a path or a ModelProto (not modified). `input_shape` is the reference input shape without the
-    batch, (C, H, W) or (D,), needed when the model's input has symbolic dims; it must agree with static ones.
-    With mode="dense", global pools that feed the head become stride-1 window pools of the size they covered
-    at the reference size, so larger images give a map of scores; mode="global" keeps them global.
+    batch, (C, H, W), (C, L), (C, D, H, W) or (D,), needed when the model's input has symbolic dims; it must
+    agree with static ones. With mode="dense", global pools that feed the head become stride-1 window pools of
+    the size they covered at the reference size, so larger inputs give a map of scores; mode="global" keeps
+    them global.
 
     Guarantees of the returned model: it passes `onnx.checker.check_model(full_check=True)`; its input keeps
-    its name, takes N×C×H×W (N×D×H×W for a vector input, with H = W = 1 at the reference) with dynamic
-    batch, height and width; outputs keep their names, and each output that was N×K becomes N×K×H'×W',
-    1×1 at the reference size where `out.reshape(N, -1)` equals the original output up to float rounding.
-    No Gemm, and no MatMul by a constant matrix on vectors, is left. If `dst` is given the model is written
-    there atomically (temporary file in the same directory, then `os.replace`); an existing `dst` is
-    refused unless `force`.
+    its name and its rank (N×D×H×W for a vector input, with H = W = 1 at the reference), with a dynamic batch
+    and dynamic spatial sizes; outputs keep their names, and each output that was N×K becomes N×K×(spatial),
+    1×…×1 at the reference size where `out.reshape(N, -1)` equals the original output up to float rounding.
+    No Gemm, and no MatMul by a constant matrix on vectors, is left. Before anything is returned or written,
+    the source and the result run in onnxruntime: they must agree at the reference size (batch 2 where the
+    source allows it), and the result must run at a larger size with batch 2. If `dst` is given the model is
+    written there atomically (temporary file in the same directory, then `os.replace`); an existing `dst`, or
+    one that is `src` itself, is refused unless `force` (and always when it is `src`).
 
     Raises ConversionError, naming the file or the ONNX node and the reason, for an unreadable or invalid
-    model and for any pattern it cannot convert exactly; then no file is written.
+    model, one onnxruntime cannot run, and for any pattern it cannot convert exactly; then no file is written.
     """
     if mode not in MODES:
         raise ConversionError(f"mode must be one of {MODES}, not {mode!r}")
     if dst is not None:
         refuse_existing(dst, force=force)  # before the work; atomic_output checks again
+        if not isinstance(src, onnx.ModelProto) and all(map(os.path.exists, (src, dst))) and os.path.samefile(src, dst):
+            raise ConversionError(f"{os.fspath(dst)} is the source model; writing it would destroy the source, "
+                                  "even with force=True: name another file")
     model, label = _load(src)
     source = session(model, label)  # before the work: what cannot run cannot be checked
     image = _image_input(model, label)
@@ -64,7 +72,8 @@ def convert_onnx(
         shapes = infer_shapes(model, reference)
     except Exception as exc:  # onnx raises several unrelated types here
         raise ConversionError(f"{label}: ONNX shape inference failed at input shape {reference}: {exc}") from exc
-    graph = Graph(model, shapes, _probe_shapes(model, reference) if mode == "dense" else {})
+    spatial = len(reference) - 2 if len(reference) > 2 else 2  # an MLP's vectors become N×D×H×W maps
+    graph = Graph(model, shapes, _probe_shapes(model, reference) if mode == "dense" else {}, spatial)
     ordered = topological_order(model.graph)
     del model.graph.node[:]
     model.graph.node.extend(ordered)
@@ -107,9 +116,10 @@ def _image_input(model: onnx.ModelProto, label: str) -> onnx.ValueInfoProto:
         names = ", ".join(repr(inp.name) for inp in inputs)
         raise ConversionError(f"{label}: fc2conv converts single-input classifiers; this one has inputs {names}")
     rank = len(inputs[0].type.tensor_type.shape.dim)
-    if rank not in (2, 4):
+    if not 2 <= rank <= 5:
         raise ConversionError(
-            f"{label}: input {inputs[0].name!r} has rank {rank}; fc2conv takes N×C×H×W images or N×D vectors"
+            f"{label}: input {inputs[0].name!r} has rank {rank}; fc2conv takes N×C×L signals, N×C×H×W images, "
+            "N×C×D×H×W volumes or N×D vectors"
         )
     return inputs[0]
 
@@ -129,18 +139,18 @@ def _reference_shape(image: onnx.ValueInfoProto, input_shape: tuple[int, ...] | 
         dims[1:] = given
     if None in dims[1:]:
         raise ConversionError(
-            f"{label}: input {image.name!r} has symbolic dims ({declared}); pass input_shape=(C, H, W)"
+            f"{label}: input {image.name!r} has symbolic dims ({declared}); pass input_shape=(C, H, W) (or (C, L), "
+            "(C, D, H, W), (D,))"
         )
     return (dims[0] or 1, *dims[1:])
 
 
 def _probe_shapes(model: onnx.ModelProto, reference: Shape) -> dict[str, Shape]:
     """Shapes at a larger input, to tell feature maps that grow from ones with the size baked in."""
-    if len(reference) != 4:
+    if len(reference) < 3:
         return {}
-    n, c, h, w = reference
     try:
-        return infer_shapes(model, (n, c, h + _PROBE_GROWTH, w + _PROBE_GROWTH))
+        return infer_shapes(model, (*reference[:2], *(s + _PROBE_GROWTH for s in reference[2:])))
     except Exception:  # a graph that only infers at its export size: the growth checks are skipped
         return {}
 
@@ -164,13 +174,14 @@ def _rewrite(graph: Graph, rules: list[Rule], label: str) -> None:
 
 
 def _make_dynamic(graph: Graph, image: str) -> None:
-    """Dynamic batch, height and width on the input; N×K×H'×W' on the outputs that were N×K vectors."""
+    """Dynamic batch and spatial sizes on the input; N×K×(spatial) on the outputs that were N×K vectors."""
+    axes = axis_names(graph.spatial)
     for inp in graph.graph.input:
         if inp.name == image:
-            _set_dims(inp, ["batch", graph.shapes[image][1], "height", "width"])
+            _set_dims(inp, ["batch", graph.shapes[image][1], *axes])
     for out in graph.graph.output:
         if out.name in graph.lifted:
-            _set_dims(out, ["batch", graph.shapes[out.name][1], "out_height", "out_width"])
+            _set_dims(out, ["batch", graph.shapes[out.name][1], *(f"out_{axis}" for axis in axes)])
         else:  # a non-head output keeps its rank; only its batch is known
             rank = len(out.type.tensor_type.shape.dim)
             _set_dims(out, ["batch", *[None] * (rank - 1)])
@@ -188,7 +199,7 @@ def _check(source: ort.InferenceSession, converted: ort.InferenceSession, refere
     assert_same_scores(source.run(None, {source.get_inputs()[0].name: x}), converted.run(None, {name: lifted}),
                        label, f"at the reference input {'×'.join(map(str, x.shape))}")
     grow = 3 if x.ndim == 2 else _PROBE_GROWTH  # an MLP's map of vectors may have any size
-    larger = (2, lifted.shape[1], *(s + grow for s in lifted.shape[2:]))
+    larger = random_input((2, lifted.shape[1], *(s + grow for s in lifted.shape[2:])), lifted.dtype, seed=1)
     probe(converted, [larger], label, f"a layer has the reference size baked in; mode={mode!r} cannot hold")
 
 

@@ -1,10 +1,10 @@
-"""Export a converted model to ONNX with dynamic batch, height and width, and the metadata a deployer needs.
+"""Export a converted model to ONNX with dynamic batch and spatial sizes, and the metadata a deployer needs.
 
 Converted layers are `LinearConv2d`, a plain `Conv2d` while an exporter runs, so every converted Linear
 is one ONNX `Conv` and no `Gemm` or `MatMul` is left in the head. The file's `metadata_props` carry JSON
-values under `fc2conv.*` keys: the geometry (stride and window in input pixels, null in
-global mode), the reference input shape, the mode, whether cells are exact windows, and the class labels and
-input normalisation when given. `fc2conv.runtime` reads them without PyTorch.
+values under `fc2conv.*` keys (`fc2conv.metadata`): the geometry (stride, window and receptive field in input
+pixels, null in global mode), the reference input shape, the mode, whether cells are exact windows, and the
+class labels and input normalisation when given. `fc2conv.runtime` reads them without PyTorch.
 
 Exporters (torch 2.14): the TorchScript exporter (`exporter="torchscript"`, the default) exports every
 torchvision CNN family with dynamic height and width in 1-20 s; the dynamo exporter
@@ -24,10 +24,14 @@ import onnx
 import torch
 from torch import nn
 
-from ..errors import ConversionError
+from ..artifact import dynamic_dims
+from ..errors import ConversionError, reported
 from ..files import atomic_output, refuse_existing
 from ..grid import geometry
-from ..metadata import encode, validate
+from ..metadata import axis_names, encode, validate
+from ..tolerance import max_errors, tolerance
+from ..verification import runs_on
+from .check import probe, session
 
 __all__ = ["DEFAULT_OPSET", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME", "export_onnx"]
 
@@ -36,6 +40,7 @@ EXPORTERS = ("torchscript", "dynamo")
 INPUT_NAME, OUTPUT_NAME = "input", "scores"
 
 
+@reported("exporting to ONNX")
 def export_onnx(
     converted: nn.Module,
     path: str | os.PathLike,
@@ -51,15 +56,19 @@ def export_onnx(
 ) -> Path:
     """Write `converted` (from `fc2conv.convert`) to `path` as ONNX and return the path.
 
-    `input_shape` (C, H, W), or (D,) for an MLP, is the example the exporter traces, by default the
-    reference shape; with `dynamic=True` (default) batch, height and width are dynamic axes, so the file
-    runs at any size the converted model accepts. `labels` (one per class), `mean` and `std` (one per input
-    channel, or one for all, applied to inputs scaled to [0, 1]) go into the metadata for `fc2conv.runtime`.
+    `input_shape` ((C, H, W), (C, L), (C, D, H, W), or (D,) for an MLP) is the example the exporter traces,
+    by default the reference shape; with `dynamic=True` (default) the batch and every spatial axis are dynamic,
+    so the file runs at any size the converted model accepts. `labels` (one per class), `mean` and `std` (one per
+    input channel, or one for all, applied to inputs scaled to [0, 1]) go into the metadata for
+    `fc2conv.runtime`.
 
     Guarantees: the written model passes `onnx.checker.check_model(full_check=True)`; its input is named
-    "input" (N×C×H×W) and its output "scores" (N×K×H'×W'); the file appears atomically and an existing file
-    is refused unless `force`. `ConversionError` for a model not made by `fc2conv.convert`, bad arguments
-    (named), and export failures; then no file is written.
+    "input" (N×C×spatial) and its output "scores" (N×K×spatial′). Before it is written it is run in
+    onnxruntime at batch 2 at the reference size and a larger one (and a smaller one in global mode, where the
+    model runs there) and must equal the PyTorch model within `tolerance(dtype, across_runtimes=True)`, so a
+    size the exporter baked into the graph is refused. The file appears atomically and an existing file is
+    refused unless `force`. `ConversionError` for a model not made by `fc2conv.convert`, bad arguments (named),
+    and export or check failures; then no file is written.
     """
     info = getattr(converted, "fc2conv", None)
     if info is None:
@@ -74,6 +83,7 @@ def export_onnx(
     parameter = next(converted.parameters(), None)
     example = torch.zeros(1, *shape, *((1, 1) if len(shape) == 1 else ()),
                           dtype=torch.float32 if parameter is None else parameter.dtype)
+    checks = _check_inputs(converted, example) if dynamic else [example]
     was_training = converted.training
     converted.eval()
     try:
@@ -84,14 +94,15 @@ def export_onnx(
                 raise ConversionError(f"the model does not run at input_shape={shape}: {e}") from e
         metadata = _metadata(converted, classes=classes, labels=labels, mean=mean, std=std)
         proto = _export(converted, example, dynamic=dynamic, opset=opset or DEFAULT_OPSET, exporter=exporter)
+        for key, value in metadata.items():
+            proto.metadata_props.add(key=key, value=value)
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except Exception as e:  # ValidationError or shape-inference errors alike
+            raise ConversionError(f"the exported model fails the ONNX checker (a bug in fc2conv): {e}") from e
+        _check_in_onnxruntime(proto, converted, checks, str(path))
     finally:
         converted.train(was_training)
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=key, value=value)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as e:  # ValidationError or shape-inference errors alike
-        raise ConversionError(f"the exported model fails the ONNX checker (a bug in fc2conv): {e}") from e
     with atomic_output(path, force=force) as tmp:
         onnx.save(proto, tmp)
     return path
@@ -104,9 +115,11 @@ def _metadata(converted: nn.Module, *, classes: int, labels, mean, std) -> dict[
     values: dict[str, object] = {
         "stride": grid and list(grid.stride),
         "window": grid and list(grid.window),
+        "receptive_field": grid and grid.receptive_field and [list(pair) for pair in grid.receptive_field],
         "input_shape": list(info.input_shape),
         "mode": info.mode,
-        "exact": grid.exact if grid else True,
+        "exact": grid.exact if grid else True,  # null: not proven
+        "context": grid.context if grid else "",
     }
     if labels is not None:
         values["labels"] = [str(label) for label in labels]
@@ -117,19 +130,51 @@ def _metadata(converted: nn.Module, *, classes: int, labels, mean, std) -> dict[
     return encode(values)
 
 
+def _check_inputs(converted: nn.Module, example: torch.Tensor) -> list[torch.Tensor]:
+    """Batches of 2 at the reference size and a larger one, and, in global mode, a smaller one where the
+    PyTorch model runs."""
+    info = converted.fc2conv
+    reference = tuple(example.shape[2:])
+    step = geometry(converted).stride if info.mode != "global" else tuple(max(r // 4, 1) for r in reference)
+    sizes = [reference, (reference[0] + 2 * step[0], *(r + s for r, s in zip(reference[1:], step[1:], strict=True)))]
+    if info.mode == "global" and len(info.input_shape) > 1:
+        sizes.append(tuple(max(r - s, 1) for r, s in zip(reference, step, strict=True)))
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(2, example.shape[1], *size, generator=generator, dtype=example.dtype) for size in sizes]
+    with torch.no_grad():
+        return [x for k, x in enumerate(inputs) if k < 2 or runs_on(converted, x)]
+
+
+def _check_in_onnxruntime(proto: onnx.ModelProto, converted: nn.Module, inputs: list[torch.Tensor], label: str) -> None:
+    """The exported model runs in onnxruntime on every input and equals the PyTorch model there."""
+    runner = session(proto, label, what="the exported model")
+    why = ("the exporter baked a size into the graph (a size read as a Python number, such as int(x.size(1)) or "
+           "x.data.size()); write sizes as x.size(i) so they stay symbolic")
+    with torch.no_grad():
+        expected = [converted(x).numpy() for x in inputs]
+    actual = probe(runner, [x.numpy() for x in inputs], label, why)
+    for x, want, (got,) in zip(inputs, expected, actual, strict=True):
+        where = f"on a {'×'.join(map(str, x.shape))} input"
+        if got.shape != want.shape:
+            raise ConversionError(f"{label}: the exported model gives {got.shape} {where}, PyTorch {want.shape}; {why}")
+        _, max_rel = max_errors(got, want)
+        if max_rel > tolerance(want.dtype, across_runtimes=True):
+            raise ConversionError(f"{label}: onnxruntime differs from PyTorch {where} (max rel error {max_rel:.1e}); "
+                                  "not written")
+
+
 def _export(model: nn.Module, example: torch.Tensor, *, dynamic: bool, opset: int, exporter: str) -> onnx.ModelProto:
     names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "opset_version": opset}
-    _, _, height, width = example.shape
+    axes = axis_names(example.dim() - 2)
     try:
         if exporter == "dynamo":
-            dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height", min=height),
-                    3: torch.export.Dim("width", min=width)}
             program = torch.onnx.export(model, (example,), dynamo=True, verbose=False,
-                                        dynamic_shapes=(dims,) if dynamic else None, **names)
+                                        dynamic_shapes=(dynamic_dims(tuple(example.shape[2:])),) if dynamic else None,
+                                        **names)
             return program.model_proto
         buffer = io.BytesIO()
-        axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-                OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}}
+        axes = {INPUT_NAME: {0: "batch", **{2 + a: name for a, name in enumerate(axes)}},
+                OUTPUT_NAME: {0: "batch", **{2 + a: f"out_{name}" for a, name in enumerate(axes)}}}
         with warnings.catch_warnings():
             # Chosen on purpose (see the module docstring); its deprecation notice is not the user's concern.
             warnings.simplefilter("ignore", DeprecationWarning)

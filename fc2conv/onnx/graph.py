@@ -123,16 +123,19 @@ class Graph:
     """The graph of `model` being rewritten, with lookup maps kept current by its editing methods.
 
     `shapes` holds each tensor's static shape at the reference input size; `probe` the same at a larger
-    input (empty when unknown). `lifted` names the tensors that were N×D vectors in the original graph and
-    now hold N×D×H×W maps (N×D×1×1 at the reference size); their `shapes` entries are already 4-D.
+    input (empty when unknown). `spatial` is the number of spatial axes of the maps (2 for an MLP's input,
+    which becomes N×D×H×W). `lifted` names the tensors that were N×D vectors in the original graph and now
+    hold N×D×(spatial) maps (N×D×1×…×1 at the reference size); their `shapes` entries already have that rank.
     `sliding_pools` names the outputs of global pools already rewritten as window pools.
     """
 
-    def __init__(self, model: onnx.ModelProto, shapes: dict[str, Shape], probe: dict[str, Shape]) -> None:
+    def __init__(self, model: onnx.ModelProto, shapes: dict[str, Shape], probe: dict[str, Shape],
+                 spatial: int) -> None:
         self.model = model
         self.graph = model.graph
         self.shapes = shapes
         self.probe = probe
+        self.spatial = spatial
         self.lifted: set[str] = set()
         self.sliding_pools: set[str] = set()
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)

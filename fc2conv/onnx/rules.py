@@ -1,7 +1,7 @@
 """The rewrite rules that make an ONNX classifier fully convolutional, one small class per rule.
 
 The algebra, with X an N×C×h×w feature map and x = Flatten(X) its N×(C·h·w) rows (x[n, c·h·w + i·w + j] =
-X[n, c, i, j]):
+X[n, c, i, j]); the same holds with one or three spatial axes (N×C×L signals, N×C×D×H×W volumes):
 
 - Gemm computes y = α·A'·B' + β·bias with A' = x and B' = Bᵀ when transB = 1, else B; MatMul computes x·B.
   With W = (α·B')ᵀ ∈ R^{out×C·h·w}, y[n, o] = Σ_{c,i,j} W[o, c·h·w + i·w + j]·X[n, c, i, j] + β·bias[o], which
@@ -25,6 +25,7 @@ rewrites the graph (`rewrite`). The driver tries the rules in `rules_for(mode)` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,9 +83,9 @@ def rules_for(mode: str) -> list[Rule]:
 
 
 def _lift(g: Graph, name: str, batch: int | None, features: int | None) -> None:
-    """Record that `name`, an N×D vector in the original graph, now holds N×D×1×1 at the reference size."""
+    """Record that `name`, an N×D vector in the original graph, now holds N×D×1×…×1 at the reference size."""
     g.lifted.add(name)
-    g.shapes[name] = (batch, features, 1, 1)
+    g.shapes[name] = (batch, features, *(1,) * g.spatial)
 
 
 def _set_int(node: onnx.NodeProto, name: str, value: int) -> None:
@@ -97,9 +98,10 @@ def _set_int(node: onnx.NodeProto, name: str, value: int) -> None:
 
 
 def _pool_kind(g: Graph, node: onnx.NodeProto) -> str | None:
-    """"avg" or "max" when `node` pools a 4-D map over all its spatial positions, else None."""
+    """"avg" or "max" when `node` pools an N×C×(spatial) map over all its spatial positions, else None."""
     kind = _GLOBAL_POOLS.get(node.op_type)
-    if kind is None or g.rank(node.input[0]) != 4:
+    rank = g.rank(node.input[0]) if kind is not None else None
+    if rank is None or rank < 3:
         return None
     if node.op_type.startswith("Global"):
         return kind
@@ -108,7 +110,7 @@ def _pool_kind(g: Graph, node: onnx.NodeProto) -> str | None:
         axes = g.constant(node.input[1])
     if axes is None or len(axes) == 0:
         return None
-    return kind if {int(a) % 4 for a in np.asarray(axes).ravel()} == {2, 3} else None
+    return kind if {int(a) % rank for a in np.asarray(axes).ravel()} == set(range(2, rank)) else None
 
 
 def _per_feature(value: np.ndarray, features: int) -> bool:
@@ -121,12 +123,12 @@ def _grows(g: Graph, name: str) -> bool | None:
     ref, probe = g.shapes.get(name), g.probe.get(name)
     if ref is None or probe is None or None in probe[2:]:
         return None
-    return probe[2] > ref[2] or probe[3] > ref[3]
+    return any(p > r for p, r in zip(probe[2:], ref[2:], strict=True))
 
 
-def _fixed_size_reason(name: str, size: tuple[int, int]) -> str:
+def _fixed_size_reason(name: str, size: tuple[int, ...]) -> str:
     return (
-        f"its input {name!r} stays {size[0]}×{size[1]} when the image grows, so nothing can slide over it: a "
+        f"its input {name!r} stays {'×'.join(map(str, size))} when the image grows, so nothing can slide over it: a "
         "layer before it has this image size baked in (often an adaptive pool the exporter unrolled). Export "
         "at a size where that layer is the identity (VGG/AlexNet: 224×224) or use mode='global'"
     )
@@ -190,7 +192,7 @@ class DropUnitReshape(Rule):
         if node.op_type not in _FLATTENS | _UNFLATTENS:
             return False
         source, target = g.shapes.get(node.input[0]), g.shapes.get(node.output[0])
-        if source is None or target is None or len(source) != 4 or source[2:] != (1, 1) or None in source:
+        if source is None or target is None or len(source) < 3 or set(source[2:]) != {1} or None in source:
             return False
         flattens = node.op_type in _FLATTENS and target == source[:2]
         unflattens = node.op_type in _UNFLATTENS and node.input[0] in g.lifted and target == source
@@ -221,33 +223,34 @@ class GemmToConv(Rule):
         features = self._features(g, node.input[0])
         if isinstance(features, str):
             return features
-        x, channels, h, w = features
+        x, channels, kernel = features
         if attribute(node, "transA", 0):
             return "transA=1 transposes the batch into the features"
         if not g.is_constant(node.input[1]) or g.rank(node.input[1]) != 2:
             return f"its weight {node.input[1]!r} is not a constant matrix"
         out_features, in_features = self._matrix_shape(node, g.shapes[node.input[1]])
-        if in_features != channels * h * w:
-            return f"it takes {in_features} features, not {channels}×{h}×{w} = {channels * h * w}"
+        if in_features != channels * math.prod(kernel):
+            return (f"it takes {in_features} features, not {channels}×{'×'.join(map(str, kernel))} = "
+                    f"{channels * math.prod(kernel)}")
         bias = g.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if len(node.input) > 2 and node.input[2] and (bias is None or not _per_feature(bias, out_features)):
             return f"its bias {node.input[2]!r} is not a constant with one value per output"
         if self.dense and x not in g.lifted and _grows(g, x) is False:
-            return _fixed_size_reason(x, (h, w))
+            return _fixed_size_reason(x, kernel)
         return None
 
     def rewrite(self, g: Graph, node: onnx.NodeProto) -> None:
-        x, _, h, w = self._features(g, node.input[0])
+        x, _, kernel = self._features(g, node.input[0])
         weight = self._matrix(node, g.constant(node.input[1]))
         alpha = attribute(node, "alpha", 1.0) if node.op_type == "Gemm" else 1.0
-        kernel = (alpha * weight).astype(weight.dtype).reshape(weight.shape[0], -1, h, w)
-        inputs = [x, g.add_initializer(kernel, f"{node.input[1]}_conv")]
+        conv_weight = (alpha * weight).astype(weight.dtype).reshape(weight.shape[0], -1, *kernel)
+        inputs = [x, g.add_initializer(conv_weight, f"{node.input[1]}_conv")]
         if len(node.input) > 2 and node.input[2]:
             beta = attribute(node, "beta", 1.0)
             bias = np.broadcast_to(beta * g.constant(node.input[2]), (1, weight.shape[0])).reshape(-1)
             inputs.append(g.add_initializer(bias.astype(weight.dtype), f"{node.input[2]}_conv"))
         out = node.output[0]
-        conv = helper.make_node("Conv", inputs, [out], name=node.name, kernel_shape=[h, w])
+        conv = helper.make_node("Conv", inputs, [out], name=node.name, kernel_shape=list(kernel))
         g.replace(node, [conv])
         _lift(g, out, g.shapes[x][0], weight.shape[0])
 
@@ -266,19 +269,19 @@ class GemmToConv(Rule):
         return weight if cls._out_by_in(node) else weight.T
 
     @staticmethod
-    def _features(g: Graph, a: str) -> tuple[str, int, int, int] | str:
-        """(map, C, h, w) such that `a` is Flatten(map) or the lifted map itself; else why not."""
+    def _features(g: Graph, a: str) -> tuple[str, int, tuple[int, ...]] | str:
+        """(map, C, kernel) such that `a` is Flatten(map) or the lifted map itself; else why not."""
         if a in g.lifted:
-            return a, g.shapes[a][1], 1, 1
+            return a, g.shapes[a][1], (1,) * g.spatial
         producer = g.producer.get(a)
         if producer is None:
             return f"its input {a!r} is a graph input of rank {g.rank(a)}, not image features"
         source = g.shapes.get(producer.input[0])
-        if producer.op_type in _FLATTENS and source is not None and len(source) == 4:
+        if producer.op_type in _FLATTENS and source is not None and len(source) == 2 + g.spatial:
             if None in source:
                 return f"the shape of its input features {producer.input[0]!r} is {_UNKNOWN}"
-            if g.shapes.get(a) == (source[0], source[1] * source[2] * source[3]):
-                return producer.input[0], source[1], source[2], source[3]
+            if g.shapes.get(a) == (source[0], math.prod(source[1:])):
+                return producer.input[0], source[1], tuple(source[2:])
         return (
             f"its input {a!r} comes from {describe(producer)}, not from flattened convolutional features, a "
             "global pool or another converted Gemm"
@@ -374,7 +377,7 @@ class SlidingPool(Rule):
         )
 
     def check(self, g: Graph, node: onnx.NodeProto) -> str | None:
-        size = g.shapes.get(node.input[0], (None,) * 4)[2:]
+        size = g.shapes.get(node.input[0], (None,) * (2 + g.spatial))[2:]
         if None in size:
             return f"the spatial size of its input {node.input[0]!r} is {_UNKNOWN}"
         use = _pool_use(g)
@@ -390,7 +393,7 @@ class SlidingPool(Rule):
         size = list(g.shapes[node.input[0]][2:])
         op = _WINDOW_POOLS[_pool_kind(g, node)]
         pool = helper.make_node(
-            op, [node.input[0]], list(node.output), name=node.name, kernel_shape=size, strides=[1, 1]
+            op, [node.input[0]], list(node.output), name=node.name, kernel_shape=size, strides=[1] * len(size)
         )
         g.replace(node, [pool])
         g.sliding_pools.add(node.output[0])

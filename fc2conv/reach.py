@@ -1,0 +1,405 @@
+"""Where each value of a traced network comes from in its input: the receptive field, derived from the graph.
+
+Along spatial axis a, element j of a tensor depends on input positions j·stride[a] + lo[a] … j·stride[a] + hi[a]
+(its `Reach`; `axes[a]` is the tensor dimension that holds axis a). One pass in graph order, per op:
+
+- input: stride 1, lo = hi = 0, spatial axes after the batch and channel dimensions;
+- convolution or pool with kernel k, stride s, padding p, dilation d over (stride S, lo, hi):
+  stride s·S, lo − p·S, hi + (d·(k − 1) − p)·S (reflect and replicate padding reach as far as zeros);
+- constant, reflect or replicate padding by p before: lo − p·S, hi − p·S;
+- element-wise ops, batch norm, channel-wise ops (a Linear or LayerNorm on a channels-last tensor, softmax over
+  channels, reshapes and permutations that keep the spatial dimensions whole): unchanged;
+- several inputs (sums, products, concatenations): the union, when they share a grid.
+
+A value that depends on the whole input is `Everywhere`, naming the node that made it so: a global pool
+(squeeze-excitation), a norm over the map (GroupNorm, InstanceNorm), attention and token mixing (a product
+of two input-dependent tensors, a Linear or softmax across positions), circular padding. A value this pass
+cannot follow (an op it does not know, grids of different strides meeting) is `Unknown`, again with the node.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+__all__ = ["Everywhere", "Reach", "Unknown", "Value", "reach_of"]
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Element j along spatial axis a depends on input positions j·stride[a] + lo[a] … j·stride[a] + hi[a]."""
+
+    axes: tuple[int, ...]
+    stride: tuple[int, ...]
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Everywhere:
+    """Depends on the whole input (global context), because of `node`."""
+
+    node: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """This pass cannot tell where the value comes from, because of `node`."""
+
+    node: str
+    why: str
+
+
+Value = Reach | Everywhere | Unknown | None  # None: does not depend on the input at all
+
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.LPPool1d, nn.LPPool2d)
+ADAPTIVE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                  nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+PADS = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+        nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+        nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
+MAP_NORMS = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU,
+    nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.PReLU, nn.RReLU, nn.GLU, nn.Softsign, nn.Tanhshrink,
+    nn.Threshold, nn.LogSigmoid, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout, nn.Identity, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+    nn.LocalResponseNorm, nn.ChannelShuffle, nn.Flatten, nn.Unflatten,
+)
+ELEMENTWISE_FUNCTIONS = {
+    F.relu, F.relu_, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu,
+    F.selu, F.celu, F.mish, F.softplus, F.hardtanh, F.prelu, F.glu, F.softsign, F.logsigmoid, F.threshold,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.batch_norm, F.local_response_norm,
+    F.normalize, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.exp, torch.log,
+    torch.sqrt, torch.rsqrt, torch.abs, torch.neg, torch.pow, torch.erf, torch.square, torch.sign, torch.floor,
+    torch.ceil, torch.round, torch.reciprocal, torch.where, torch.maximum, torch.minimum, torch.channel_shuffle,
+    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute, torch.chunk,
+    torch.split, torch.add, torch.sub, torch.mul, torch.div, torch.cat, torch.concat, torch.concatenate,
+    torch.stack, operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg,
+    operator.pow, operator.getitem, operator.iadd, operator.imul, operator.isub, operator.itruediv,
+    torch.nn.functional.layer_norm, torch.nn.functional.softmax, torch.softmax, torch.nn.functional.log_softmax,
+    torch.log_softmax, torch.mean, torch.amax, torch.sum, torch.max, torch.amin, torch.std, torch.var,
+}
+ELEMENTWISE_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min", "clamp_max", "clip",
+    "exp", "log", "sqrt", "rsqrt", "abs", "neg", "pow", "square", "float", "double", "half", "to", "type_as",
+    "contiguous", "clone", "detach", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "expand",
+    "expand_as", "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "permute", "transpose",
+    "chunk", "split", "softmax", "log_softmax", "mean", "amax", "sum", "max", "amin", "std", "var", "masked_fill",
+    "hardtanh", "hardtanh_", "gelu", "silu",
+}
+# Functions and modules known by their qualified names, so that their libraries need not be imported here (timm
+# keeps these modules whole when tracing: batch norm and an activation, per position).
+ELEMENTWISE_NAMES = {
+    "torchvision.ops.stochastic_depth.stochastic_depth", "timm.layers.drop.drop_path",
+    "timm.layers.norm_act.BatchNormAct2d", "timm.layers.norm_act.FrozenBatchNormAct2d",
+    "timm.layers.norm_act.SyncBatchNormAct", "timm.layers.inplace_abn.InplaceAbn",
+}
+MIXING_FUNCTIONS = {torch.matmul, torch.bmm, torch.einsum, operator.matmul, torch.baddbmm,
+                    F.scaled_dot_product_attention}
+MIXING_MODULES = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Transformer)
+REDUCTIONS = {torch.mean, torch.amax, torch.sum, torch.max, torch.amin, torch.std, torch.var, torch.norm,
+              torch.linalg.vector_norm, torch.logsumexp, "mean", "amax", "sum", "max", "amin", "std", "var", "norm",
+              "logsumexp"}
+NORMS = {torch.norm, torch.linalg.vector_norm, "norm"}
+SOFTMAXES = {F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, "softmax", "log_softmax"}
+WINDOW_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d,
+                    F.avg_pool2d, F.avg_pool3d}
+KNOWN_MODULES = (CONVS + MAX_POOLS + AVG_POOLS + ADAPTIVE_POOLS + PADS + MAP_NORMS + ELEMENTWISE_MODULES
+                 + MIXING_MODULES + (nn.Linear, nn.LayerNorm, nn.Softmax, nn.LogSoftmax))
+
+
+def reach_of(gm: fx.GraphModule, spatial: int) -> dict[fx.Node, Value]:
+    """The value of every node of `gm` (traced through, shapes recorded in `node.meta["tensor_meta"]`) whose
+    input has `spatial` spatial axes after its batch and channel dimensions."""
+    return _Pass(gm, spatial).run()
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    """The shape of a tensor-valued node; of the first tensor of a node that gives several (chunk, split)."""
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    if not hasattr(meta, "shape") and isinstance(meta, list | tuple) and meta:
+        meta = meta[0]
+    return tuple(meta.shape) if hasattr(meta, "shape") else None
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+def _per_axis(value: Any, axes: int, default: int | None = None) -> tuple[int, ...] | None:
+    """An int or a sequence of ints as one int per axis; None when it is computed at run time."""
+    if value is None:
+        return None if default is None else (default,) * axes
+    if isinstance(value, int):
+        return (value,) * axes
+    if isinstance(value, list | tuple) and len(value) == axes and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    return None
+
+
+def _standard(module: nn.Module) -> bool:
+    """A module of a known torch.nn type whose forward is that type's own (a subclass such as timm's Conv2dSame,
+    which pads by the input's size in its own forward, is not what its base class says)."""
+    if not isinstance(module, KNOWN_MODULES):
+        return False
+    base = next(c for c in type(module).__mro__ if c.__module__.startswith("torch.nn"))
+    return type(module).forward is base.forward
+
+
+def _qualified(thing: Any) -> str:
+    return f"{getattr(thing, '__module__', '')}.{getattr(thing, '__name__', '')}"
+
+
+def _is(callee: Any, modules: tuple[type, ...], functions: set, methods: set = frozenset()) -> bool:
+    if isinstance(callee, nn.Module):
+        return isinstance(callee, modules)
+    if isinstance(callee, str):
+        return callee in methods
+    try:
+        return callee in functions
+    except TypeError:  # an unhashable callable
+        return False
+
+
+class _Pass:
+    def __init__(self, gm: fx.GraphModule, spatial: int):
+        self.gm, self.spatial = gm, spatial
+        self.modules = dict(gm.named_modules(remove_duplicate=False))  # a module shared under two names
+        self.values: dict[fx.Node, Value] = {}
+
+    def run(self) -> dict[fx.Node, Value]:
+        for node in self.gm.graph.nodes:
+            self.values[node] = self.visit(node)
+        return self.values
+
+    # -- helpers
+
+    def name(self, node: fx.Node) -> str:
+        """The layer a node belongs to: its module, or the module whose forward computes it."""
+        if node.op == "call_module":
+            return str(node.target)
+        stack = list(node.meta.get("nn_module_stack", {}).values())
+        return f"{stack[-1][0]}: {node.name}" if stack and stack[-1][0] else node.name
+
+    def everywhere(self, node: fx.Node, why: str) -> Everywhere:
+        return Everywhere(self.name(node), why)
+
+    def unknown(self, node: fx.Node, why: str) -> Unknown:
+        return Unknown(self.name(node), why)
+
+    # -- the pass
+
+    def visit(self, node: fx.Node) -> Value:
+        if node.op == "placeholder":
+            zeros = (0,) * self.spatial
+            return Reach(tuple(range(2, 2 + self.spatial)), (1,) * self.spatial, zeros, zeros)
+        if node.op == "output":
+            return self.values.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        values = [self.values.get(n) for n in node.all_input_nodes]
+        values = [v for v in values if v is not None]
+        if not values or _shape(node) is None:  # constants; sizes, shapes and other Python values
+            return None
+        callee = self.modules[node.target] if node.op == "call_module" else node.target
+        if self.mixes(node, callee, values):
+            return Everywhere(self.name(node), "attention: it multiplies two input-dependent tensors, so every "
+                                               "position sees every other")
+        settled = next((v for v in values if isinstance(v, Everywhere)), None) or next(
+            (v for v in values if isinstance(v, Unknown)), None)
+        if settled is not None:
+            return settled
+        return self.spatial_op(node, callee, values)
+
+    def mixes(self, node: fx.Node, callee: Any, values: list[Value]) -> bool:
+        """Attention: a product of two tensors that both still hold positions (not two pooled summaries)."""
+        if isinstance(callee, MIXING_MODULES):
+            return True
+        positional = [v for v in values if not isinstance(v, Everywhere)]
+        return _is(callee, (), MIXING_FUNCTIONS, {"matmul", "bmm", "__matmul__"}) and len(values) >= 2 and bool(
+            positional)
+
+    def spatial_op(self, node: fx.Node, callee: Any, reaches: list[Reach]) -> Value:
+        first = reaches[0]
+        if isinstance(callee, nn.Module) and not (_standard(callee) or _qualified(type(callee)) in ELEMENTWISE_NAMES):
+            return self.unknown(node, f"fc2conv does not know how {type(callee).__name__} moves values between "
+                                      "positions (a module kept whole)")
+        if _is(callee, CONVS + MAX_POOLS + AVG_POOLS, WINDOW_FUNCTIONS):
+            return self.window(node, callee, first)
+        if _is(callee, ADAPTIVE_POOLS, {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+                                        F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d}):
+            return self.everywhere(node, "an adaptive pool: its windows follow the size of the whole map")
+        if _is(callee, PADS, {F.pad}):
+            return self.pad(node, callee, first)
+        if _is(callee, MAP_NORMS, {F.group_norm, F.instance_norm}):
+            return self.everywhere(node, "a norm over the whole map (its statistics come from every position)")
+        if isinstance(callee, nn.Linear) or callee is F.linear:
+            if len(first.axes) and max(first.axes) == len(_shape(node.args[0])) - 1:
+                return self.everywhere(node, "a Linear across positions (token mixing)")
+            return first
+        if isinstance(callee, nn.LayerNorm) or callee is F.layer_norm:
+            normalized = len(callee.normalized_shape if isinstance(callee, nn.LayerNorm) else _arg(node, 1, "shape"))
+            rank = len(_shape(node))
+            if any(axis >= rank - normalized for axis in first.axes):
+                return self.everywhere(node, "a LayerNorm over positions")
+            return first
+        if _is(callee, (nn.Softmax, nn.LogSoftmax), SOFTMAXES, SOFTMAXES):
+            dim = callee.dim if isinstance(callee, nn.Module) else _arg(node, 1, "dim")
+            if dim is None or dim % len(_shape(node)) in first.axes:
+                return self.everywhere(node, "a softmax across positions (attention)")
+            return first
+        if _is(callee, (), REDUCTIONS, REDUCTIONS):
+            return self.reduction(node, first)
+        named = type(callee) if isinstance(callee, nn.Module) else callee
+        if not (_is(callee, ELEMENTWISE_MODULES, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS)
+                or _qualified(named) in ELEMENTWISE_NAMES):
+            what = type(callee).__name__ if isinstance(callee, nn.Module) else getattr(callee, "__name__", callee)
+            return self.unknown(node, f"fc2conv does not know how {what} moves values between positions")
+        merged = self.union(node, reaches)
+        if not isinstance(merged, Reach):
+            return merged
+        if callee is operator.getitem and hasattr(node.args[0].meta.get("tensor_meta"), "shape"):
+            return self.sliced(node, merged)
+        return self.relocated(node, merged)
+
+    def window(self, node: fx.Node, callee: Any, source: Reach) -> Value:
+        """A sliding window: convolution or pool."""
+        k = len(source.axes)
+        if isinstance(callee, nn.Module):
+            kernel = _per_axis(callee.kernel_size, k)
+            stride = _per_axis(callee.stride, k, default=None) or kernel
+            padding = callee.padding if isinstance(getattr(callee, "padding", 0), str) else _per_axis(
+                getattr(callee, "padding", 0), k)
+            dilation = _per_axis(getattr(callee, "dilation", 1), k)
+            if getattr(callee, "padding_mode", "zeros") == "circular":
+                return self.everywhere(node, "circular padding wraps the map around its edges")
+        elif callee in (F.conv1d, F.conv2d, F.conv3d):
+            weight = _shape(node.args[1])
+            kernel = None if weight is None else tuple(weight[2:])
+            stride = _per_axis(_arg(node, 3, "stride", 1), k)
+            padding = _arg(node, 4, "padding", 0)
+            padding = padding if isinstance(padding, str) else _per_axis(padding, k)
+            dilation = _per_axis(_arg(node, 5, "dilation", 1), k)
+        else:
+            kernel = _per_axis(_arg(node, 1, "kernel_size"), k)
+            if kernel is None:  # read from the tensor at run time: the pool covers the whole map
+                return self.everywhere(node, "a pool whose kernel is the size of the whole map")
+            stride = _per_axis(_arg(node, 2, "stride"), k) or kernel
+            padding = _per_axis(_arg(node, 3, "padding", 0), k)
+            dilation = _per_axis(_arg(node, 4, "dilation", 1), k) if "max" in callee.__name__ else (1,) * k
+        if kernel is None or stride is None or dilation is None or padding is None:
+            return self.unknown(node, "its kernel, stride, padding or dilation is computed at run time")
+        if padding == "valid":
+            padding = (0,) * k
+        elif padding == "same":
+            padding = tuple(d * (w - 1) // 2 for d, w in zip(dilation, kernel, strict=True))
+        lo = tuple(lo - p * s for lo, p, s in zip(source.lo, padding, source.stride, strict=True))
+        hi = tuple(hi + (d * (w - 1) - p) * s
+                   for hi, d, w, p, s in zip(source.hi, dilation, kernel, padding, source.stride, strict=True))
+        return Reach(source.axes, tuple(s * t for s, t in zip(source.stride, stride, strict=True)), lo, hi)
+
+    def pad(self, node: fx.Node, callee: Any, source: Reach) -> Value:
+        if isinstance(callee, nn.Module):
+            widths, mode = callee.padding, "circular" if "Circular" in type(callee).__name__ else "constant"
+        else:
+            widths, mode = _arg(node, 1, "pad"), _arg(node, 2, "mode", "constant")
+        if mode == "circular":
+            return self.everywhere(node, "circular padding wraps the map around its edges")
+        if not isinstance(widths, list | tuple) or not all(isinstance(w, int) for w in widths):
+            return self.unknown(node, "its padding is computed at run time (padding that depends on the size)")
+        rank = len(_shape(node))
+        before = {rank - 1 - i // 2: w for i, w in enumerate(widths) if i % 2 == 0}  # F.pad: last dim first
+        shift = [before.get(axis, 0) * s for axis, s in zip(source.axes, source.stride, strict=True)]
+        return replace(source, lo=tuple(lo - d for lo, d in zip(source.lo, shift, strict=True)),
+                       hi=tuple(hi - d for hi, d in zip(source.hi, shift, strict=True)))
+
+    def reduction(self, node: fx.Node, source: Reach) -> Value:
+        at = 2 if node.target in NORMS else 1  # norms take the order first: x.norm(p, dim, keepdim)
+        dims = _arg(node, at, "dim")
+        rank = len(_shape(node.args[0]))
+        dims = set(range(rank)) if dims is None else {d % rank for d in ((dims,) if isinstance(dims, int) else dims)}
+        if dims & set(source.axes):
+            return self.everywhere(node, "a pool over the whole map (global context)")
+        keepdim = bool(_arg(node, at + 1, "keepdim", False))
+        axes = tuple(a - (0 if keepdim else sum(d < a for d in dims)) for a in source.axes)
+        return replace(source, axes=axes)
+
+    def union(self, node: fx.Node, reaches: list[Reach]) -> Value:
+        """Several inputs on one grid: each output element depends on what any of them depends on."""
+        first = reaches[0]
+        if any(r.stride != first.stride for r in reaches):
+            return self.unknown(node, "it combines maps of different strides")
+        return replace(first, lo=tuple(map(min, *(r.lo for r in reaches))) if len(reaches) > 1 else first.lo,
+                       hi=tuple(map(max, *(r.hi for r in reaches))) if len(reaches) > 1 else first.hi)
+
+    def relocated(self, node: fx.Node, source: Reach) -> Value:
+        """Where the spatial axes sit after an op that may reshape, permute or broadcast its tensor."""
+        shape_in, shape_out = _shape(self.widest_input(node)), _shape(node)
+        permutation = self.permutation(node, len(shape_in))
+        if permutation is not None:
+            return replace(source, axes=tuple(permutation.index(a) for a in source.axes))
+        if shape_out == shape_in:
+            return source
+        sizes = tuple(shape_in[a] for a in source.axes)
+        if self.trailing(source, shape_in) and shape_out[len(shape_out) - len(sizes):] == sizes:
+            return replace(source, axes=tuple(range(len(shape_out) - len(sizes), len(shape_out))))
+        if all(size == 1 for size in sizes):  # a map of one cell: no positions left to move
+            return source
+        return self.unknown(node, f"it turns the map {list(shape_in)} into {list(shape_out)}, merging or moving its "
+                                  "positions (tokens)")
+
+    def widest_input(self, node: fx.Node) -> fx.Node:
+        """The input whose positions the output carries: of those that hold any, the one of highest rank."""
+        held = [n for n in node.all_input_nodes if isinstance(self.values.get(n), Reach) and _shape(n) is not None]
+        return max(held, key=lambda n: len(_shape(n)))
+
+    @staticmethod
+    def trailing(source: Reach, shape: tuple[int, ...]) -> bool:
+        return source.axes == tuple(range(len(shape) - len(source.axes), len(shape)))
+
+    @staticmethod
+    def permutation(node: fx.Node, rank: int) -> tuple[int, ...] | None:
+        """The permutation a permute/transpose node applies, or None."""
+        target = node.target
+        if target in ("permute", torch.permute):
+            dims = node.args[1:] if node.op == "call_method" else node.args[1:2]
+            if len(dims) == 1 and isinstance(dims[0], list | tuple):
+                dims = dims[0]
+            dims = dims or node.kwargs.get("dims", ())
+            return tuple(d % rank for d in dims) if all(isinstance(d, int) for d in dims) else None
+        if target in ("transpose", torch.transpose):
+            a, b = (_arg(node, 1, "dim0"), _arg(node, 2, "dim1"))
+            if not (isinstance(a, int) and isinstance(b, int)):
+                return None
+            order = list(range(rank))
+            order[a % rank], order[b % rank] = order[b % rank], order[a % rank]
+            return tuple(order)
+        return None
+
+    def sliced(self, node: fx.Node, source: Reach) -> Value:
+        """`x[...]`: selecting channels keeps the positions; a crop `start:stop` of a spatial axis shifts them."""
+        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        if Ellipsis in index or any(i is None for i in index):
+            return self.relocated(node, source)
+        shift = dict.fromkeys(source.axes, 0)
+        removed = 0
+        for dim, item in enumerate(index):
+            if dim in shift:
+                if not (isinstance(item, slice) and item.step in (None, 1)
+                        and (item.start is None or (isinstance(item.start, int) and item.start >= 0))
+                        and (item.stop is None or isinstance(item.stop, int))):
+                    return self.unknown(node, "it indexes a spatial axis in a way that depends on the map's size")
+                shift[dim] = item.start or 0
+            elif isinstance(item, int):
+                removed += 1 if dim < min(source.axes) else 0
+        deltas = [shift[a] * s for a, s in zip(source.axes, source.stride, strict=True)]
+        return Reach(tuple(a - removed for a in source.axes), source.stride,
+                     tuple(lo + d for lo, d in zip(source.lo, deltas, strict=True)),
+                     tuple(hi + d for hi, d in zip(source.hi, deltas, strict=True)))

@@ -1,0 +1,243 @@
+"""Scan images of any size: the dense map of an exported model, tile by tile, equal to the one-pass map.
+
+    from fc2conv.scan import scan
+    result = scan("slide.tif", model="model.onnx", out="slide.zarr", tile=2048, workers=2,
+                  overview="overview.png", detections="found.csv")
+
+The flow, one module each: `source` (with `readers`) reads a level of the input lazily → `tiles` plans tiles
+on the stride grid with the receptive field's halo → `infer` evaluates a tile in the model's session (one per
+process) → `stitch` writes the owned cells into a chunked zarr store and records each finished tile →
+`dispatch` runs the tiles here or on Dask → `outputs` draws the overview and finds the detections. Nothing
+here imports torch.
+
+Guarantees: the stitched map equals the one-pass map of the same model on the same image (float32: max
+|tiled − one pass| / max |one pass| ≤ 1e-5) for every model whose metadata gives a receptive field; memory is
+bounded by the tile, not the image; `OUT.zarr` appears only complete (built as `.OUT.zarr.partial`, then
+renamed); a killed worker's tiles are recomputed; `resume=True` skips the tiles already written and ends
+equal to an uninterrupted scan. Models whose cells see the whole input are refused unless `approximate=True`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConversionError
+from ..files import refuse_existing, staged_outputs
+from ..images import MAX_PIXELS
+from . import dispatch, outputs, stitch, tiles
+from .infer import ModelSpec, file_sha256, load, map_length
+from .source import open_source
+
+__all__ = ["ScanResult", "scan"]
+
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """A finished scan: the store at `path` (open its map with `scores()`), and what was written and measured."""
+
+    path: Path
+    map_size: tuple[int, int]
+    image_size: tuple[int, int]
+    tiles: int
+    computed: int
+    megapixels: float
+    seconds: float
+    metadata: dict[str, Any]
+    overview: Path | None = None
+    detections: Path | None = None
+    geojson: Path | None = None
+    found: int | None = None
+
+    @property
+    def megapixels_per_second(self) -> float:
+        """Image megapixels computed by this call per second of its whole run (cluster start-up included)."""
+        return self.megapixels / max(self.seconds, 1e-9)
+
+    def scores(self) -> Any:
+        """The classes × H' × W' score map as a read-only zarr array."""
+        import zarr
+
+        return zarr.open_array(str(self.path / "scores"), mode="r")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "map_size": list(self.map_size), "image_size": list(self.image_size),
+                "tiles": self.tiles, "computed": self.computed, "seconds": round(self.seconds, 3),
+                "megapixels_per_second": round(self.megapixels_per_second, 3),
+                "approximate": self.metadata["approximate"], "overview": self.overview and str(self.overview),
+                "detections": self.detections and str(self.detections),
+                "geojson": self.geojson and str(self.geojson), "found": self.found}
+
+
+def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.PathLike, tile: int = 2048,
+         workers: int | None = None, scheduler: str | None = None, level: int | None = None,
+         mpp: float | None = None, reader: str = "auto", classes: list[str] | None = None,
+         overview: str | os.PathLike | None = None, detections: str | os.PathLike | None = None,
+         threshold: float = 0.5, iou: float = 0.3, resume: bool = False, force: bool = False,
+         dtype: str = "float32", approximate: bool = False, threads: int | None = None,
+         progress: bool | None = None, max_pixels: int | None = MAX_PIXELS) -> ScanResult:
+    """Scan `source` with the ONNX `model` into the zarr store `out` (see the module docstring).
+
+    `tile`: input pixels per tile side, without the halo (rounded down to whole strides; at least one window).
+    `workers` / `scheduler`: a local Dask cluster of that many processes, or a running one; neither: this process.
+    `level` / `mpp`: the pyramid level, by index or by pixel size in µm. `reader`: auto, tiff, zarr, openslide
+    or image. `classes`: labels or indices for the overview and detections (default: all but "background").
+    `overview`: a PNG path; `detections`: a CSV path (a GeoJSON is written beside it), peaks with probability
+    ≥ `threshold`, suppressed above `iou`. `resume`: continue a partial (or finished) store; `force`: replace
+    existing outputs. `threads`: onnxruntime threads per process (default: its own in this process, 1 on
+    workers). `max_pixels`: the budget for PNG/JPEG inputs, which are decoded whole.
+
+    `ConversionError` for bad arguments and inputs, before anything is written.
+    """
+    started = time.perf_counter()
+    _require("zarr", "tifffile", *(("distributed",) if workers is not None or scheduler is not None else ()))
+    out, model = Path(out), Path(model)
+    targets = _check_arguments(out, model, Path(source), tile=tile, workers=workers, scheduler=scheduler,
+                               overview=overview, detections=detections, threshold=threshold, iou=iou,
+                               dtype=dtype, resume=resume, force=force)
+    here = workers is None and scheduler is None
+    spec = ModelSpec(str(model.resolve()), file_sha256(model), threads if threads is not None or here else 1)
+    dense = load(spec)
+    halo, field, approximate = _halo(dense.metadata, str(model), approximate)
+    src = open_source(source, channels=dense.channels, reader=reader, level=level, mpp=mpp, max_pixels=max_pixels)
+    dense.preprocess(src.read(0, 0, 1, 1))  # the model takes these samples (channels, type), or ConversionError
+    stride, window = tuple(dense.metadata["stride"]), tuple(dense.metadata["window"])
+    cells = tuple(_map_length(dense, axis, src.size[axis], stride, window, halo) for axis in range(2))
+    plan = tiles.make_plan(src.size, stride=stride, window=window, halo=halo, tile=tile, cells=cells)
+    labels = dense.metadata.get("labels") or [str(k) for k in range(dense.session.get_outputs()[0].shape[1])]
+    chosen = outputs.choose_classes(classes, labels)
+    run = {"model_sha256": spec.sha256, "source": src.spec.path, "reader": src.spec.reader, "level": src.spec.level,
+           "source_size_and_mtime": list(src.spec.stamp), "tile": tile, "dtype": dtype, "approximate": approximate}
+    attrs = {"version": 1, "classes": len(labels), "labels": labels, "mode": dense.metadata["mode"],
+             "stride": list(stride), "window": list(window), "receptive_field": field,
+             "halo_cells": [list(h) for h in halo], "approximate": approximate,
+             "image_size": list(src.size), "map_size": list(cells), "tile": tile, "tile_cells": list(plan.tile_cells),
+             "source": src.describe(), "model": {"path": spec.path, "sha256": spec.sha256}, "dtype": dtype,
+             "cell_size_um": src.pixel_size and [p * s for p, s in zip(src.pixel_size, stride, strict=True)],
+             "run": run}
+    with dispatch.executor(workers=workers, scheduler=scheduler) as run_tiles:
+        store, token, attrs = _store(out, resume=resume, force=force, plan=plan, dtype=dtype, attrs=attrs)
+        done = stitch.done_mask(store)
+        todo = [t for t in plan.tiles() if not done[t.index]]
+        if todo:
+            run_tiles(stitch.Job(spec, src.spec, str(store), token), todo, progress=progress)
+    if not stitch.done_mask(store).all():
+        raise ConversionError(f"some tiles of {store} were not written; run again with --resume")
+    stitch.mark_complete(store, attrs)
+    written = _finish(store, out, targets, chosen, attrs, threshold=threshold, iou=iou, force=force)
+    return ScanResult(out, cells, src.size, len(plan.tiles()), len(todo), sum(t.pixels for t in todo) / 1e6,
+                      time.perf_counter() - started, attrs, **written)
+
+
+def _require(*modules: str) -> None:
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConversionError(f"fc2conv scan needs {', '.join(missing)}: pip install 'fc2conv[scan]' (on Python 3.11 "
+                              "or later, which zarr 3 requires)")
+
+
+def _check_arguments(out: Path, model: Path, source: Path, *, tile, workers, scheduler, overview, detections,
+                     threshold, iou, dtype, resume, force) -> dict[str, Path]:
+    """Validate what needs no file read; returns the extra outputs by name (overview, detections, geojson)."""
+    if dtype not in DTYPES:
+        raise ConversionError(f"--dtype must be float32 or float16; got {dtype!r}")
+    if not isinstance(tile, int) or tile < 1:
+        raise ConversionError(f"--tile must be a positive number of pixels; got {tile!r}")
+    if workers is not None and scheduler is not None:
+        raise ConversionError("give --workers (a local cluster) or --scheduler (a running one), not both")
+    if workers is not None and workers < 1:
+        raise ConversionError(f"--workers must be at least 1; got {workers}")
+    if scheduler is not None:
+        dispatch.check_scheduler(scheduler)
+    if not 0 < threshold <= 1 or not 0 < iou <= 1:
+        raise ConversionError(f"--threshold and --iou must be in (0, 1]; got {threshold} and {iou}")
+    if not model.is_file():
+        raise ConversionError(f"{model}: no such model file")
+    targets = {"overview": overview, "detections": detections,
+               "geojson": detections and Path(detections).with_suffix(".geojson")}
+    targets = {name: Path(path) for name, path in targets.items() if path is not None}
+    for path in [out, *targets.values()]:
+        for given in (source, model):
+            if path.resolve() == given.resolve() or (path.exists() and given.exists() and path.samefile(given)):
+                raise ConversionError(f"{path} is the input {given}; writing it would destroy that input: name "
+                                      "another output")
+        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
+            raise ConversionError(f"cannot write {path}: directory {path.parent} does not exist or is not writable")
+    if not resume:
+        refuse_existing(out, force=force)
+    partial = stitch.partial_path(out)
+    if partial.exists() and not (resume or force):
+        raise ConversionError(f"an unfinished scan of {out} is at {partial}: pass --resume to continue it or --force "
+                              "to start again")
+    for path in targets.values():
+        refuse_existing(path, force=force)
+    return targets
+
+
+def _halo(metadata: dict[str, Any], model: str, approximate: bool) -> tuple[tuple, Any, bool]:
+    """(halo in cells per axis, receptive field, whether the map is approximate): the receptive field's halo when
+    the metadata has one, else a window's halo if `approximate`, else `ConversionError` saying why."""
+    if metadata["mode"] == "global" or len(metadata["input_shape"]) != 3:
+        raise ConversionError(f"{model} is not a dense map of images (mode {metadata['mode']}, input "
+                              f"{metadata['input_shape']}); export a 2-D model in dense mode to scan")
+    field, context = metadata.get("receptive_field"), metadata.get("context")
+    why = (f"its cells see the whole input (global context: {context or 'e.g. squeeze-excitation pools'})"
+           if metadata.get("exact", True) is False else
+           f"its metadata records no receptive field ({context or 'fc2conv could not follow the graph'}), so no "
+           "halo is known" if field is None else None)
+    if why is None:
+        return tiles.halo_cells(field, metadata["stride"]), field, False
+    if not approximate:
+        raise ConversionError(f"{model} cannot be scanned in tiles exactly: {why}. Pass --approximate "
+                              "(approximate=True) to scan with a halo of one window; the output is marked approximate")
+    window = [[w, w] for w in metadata["window"]]
+    return tiles.halo_cells(window, metadata["stride"]), field, True
+
+
+def _map_length(dense, axis: int, length: int, stride: tuple, window: tuple, halo: tuple) -> int:
+    """The one-pass map's length along `axis`, from a strip at the image's end (see `fc2conv.scan.tiles`)."""
+    if length < window[axis]:
+        return 0  # make_plan names the image that is smaller than one window
+    start = tiles.probe_start(length, stride=stride[axis], window=window[axis], halo=halo[axis])
+    return start // stride[axis] + map_length(dense, axis, length - start)
+
+
+def _store(out: Path, *, resume: bool, force: bool, plan, dtype: str, attrs: dict) -> tuple[Path, str, dict]:
+    """(store to write, its token, its attributes): the finished or partial store to resume, or a new partial."""
+    partial = stitch.partial_path(out)
+    if resume:
+        for existing in (out, partial):
+            if existing.exists():
+                token, found = stitch.open_run(existing, attrs["run"])
+                return existing, token, found
+    token = stitch.create(partial, plan, classes=attrs["classes"], dtype=dtype, attrs=attrs)
+    return partial, token, {**attrs, "token": token}
+
+
+def _finish(store: Path, out: Path, targets: dict[str, Path], chosen: list[int], attrs: dict, *,
+            threshold: float, iou: float, force: bool) -> dict[str, Any]:
+    """Write the overview and detections, then put them and the store in place together."""
+    import zarr
+
+    scores = zarr.open_array(str(store / "scores"), mode="r")
+    written: dict[str, Any] = dict(targets)
+    with staged_outputs(list(targets.values()), force=force) as staged:
+        staging = dict(zip(targets, staged, strict=True))
+        if "overview" in targets:
+            outputs.overview(scores, chosen, staging["overview"])
+        if "detections" in targets:
+            found = outputs.detections(scores, chosen, attrs["labels"], stride=tuple(attrs["stride"]),
+                                       window=tuple(attrs["window"]), image=tuple(attrs["image_size"]),
+                                       threshold=threshold, iou=iou)
+            outputs.write_csv(found, staging["detections"])
+            outputs.write_geojson(found, staging["geojson"])
+            written["found"] = len(found)
+        if store != out:
+            stitch.publish(store, out)
+    return written

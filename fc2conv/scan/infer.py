@@ -1,0 +1,81 @@
+"""The model on one process: an onnxruntime session opened once per process, and the owned cells of one tile.
+
+A tile's pixels go through `fc2conv.runtime.DenseModel.run`, exactly as `fc2conv run` treats a whole image
+(`load_image` scaling by bit depth and channel conversion, then the metadata's mean and std), so a tile and a
+one-pass run see the same numbers. Workers open the model by path and check its SHA-256 against the one the
+scan was planned with, so every tile of a scan comes from the same model file.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConversionError
+from ..runtime import DenseModel
+from .source import SourceSpec, reopen
+from .tiles import Tile
+
+__all__ = ["ModelSpec", "evaluate", "file_sha256", "load", "map_length"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An exported model by path and content hash; `threads` onnxruntime threads per run (None: its default)."""
+
+    path: str
+    sha256: str
+    threads: int | None = None
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=2)
+def load(spec: ModelSpec) -> DenseModel:
+    """The model `spec` names, opened once per process; `ConversionError` if its file changed since planning."""
+    import onnxruntime as ort
+
+    if not Path(spec.path).is_file() or file_sha256(spec.path) != spec.sha256:
+        raise ConversionError(f"{spec.path} is missing or changed since the scan started (SHA-256 differs); every "
+                              "worker must see the same model file")
+    options = ort.SessionOptions()
+    if spec.threads is not None:
+        options.intra_op_num_threads = spec.threads
+        options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads leave the core
+    return DenseModel(spec.path, session_options=options)
+
+
+def map_length(model: DenseModel, axis: int, length: int) -> int:
+    """Cells along `axis` of the map of an input `length` pixels long there and one reference input across."""
+    shape = [1, model.channels, *(max(w, r) for w, r in zip(model.metadata["window"], model.reference, strict=True))]
+    shape[2 + axis] = length
+    x = np.zeros(shape, dtype=np.float32)
+    try:
+        (scores,) = model.session.run(None, {model.input_name: x})
+    except Exception as e:
+        raise ConversionError(f"{model.path}: onnxruntime failed on a {shape[2]}×{shape[3]} strip: {e}") from None
+    return int(scores.shape[2 + axis])
+
+
+def evaluate(model: ModelSpec, source: SourceSpec, tile: Tile) -> np.ndarray:
+    """The classes × rows × columns float32 scores of the cells `tile` owns."""
+    dense = load(model)
+    top, left, bottom, right = tile.cells
+    rows, cols = bottom - top, right - left
+    scores = dense.run(reopen(source).read(*tile.read), max_pixels=None).scores
+    (dy, dx), (have_rows, have_cols) = tile.offset, scores.shape[1:]
+    if dy + rows > have_rows or dx + cols > have_cols:
+        raise ConversionError(f"{model.path}: the tile at input {tile.read} gave a {have_rows}×{have_cols} map, too "
+                              f"small for its cells {tile.cells}; the model's stride or window metadata is wrong")
+    return scores[:, dy:dy + rows, dx:dx + cols]

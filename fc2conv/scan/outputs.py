@@ -1,0 +1,149 @@
+"""What a finished score map gives its reader: an overview heatmap PNG and detections (CSV and GeoJSON).
+
+Both read the store one chunk at a time, so their memory is bounded by a chunk (and the overview's
+`size`×`size` pixels), not by the map. Probabilities are the softmax over all classes of each cell.
+
+- Overview: the largest probability among the chosen classes, each overview pixel the maximum over a block of
+  f×f cells (f chosen so the longer side is at most `size` pixels; small peaks stay visible), coloured blue
+  (0) → red (1) on an absolute scale.
+- Detections: a peak is a cell where a chosen class has probability ≥ `threshold` and no neighbour in its chunk
+  has more. Peaks are then taken best first, and one is dropped when its window overlaps a window already
+  taken, of any class (one class per window, as the softmax says), by an intersection over union above `iou`.
+  This removes the duplicates a peak leaves on both sides of a chunk border (neighbouring cells' windows
+  overlap by (W − S) / (W + S), 0.78 for the digits model). Boxes are the cells' windows in input pixels of
+  the scanned level, clipped to the image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ConversionError
+from ..runtime import colormap
+
+__all__ = ["Detection", "choose_classes", "detections", "overview", "write_csv", "write_geojson"]
+
+BACKGROUND = "background"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A peak of class `class_index` at map cell (row, col); `box` is (top, left, bottom, right) in pixels."""
+
+    class_index: int
+    label: str
+    score: float
+    cell: tuple[int, int]
+    box: tuple[int, int, int, int]
+
+
+def choose_classes(classes: list[str] | None, labels: list[str]) -> list[int]:
+    """Class indices from names or indices; by default every class but one labelled "background"."""
+    if classes is None:
+        return [k for k, label in enumerate(labels) if label.lower() != BACKGROUND] or list(range(len(labels)))
+    chosen = []
+    for name in classes:
+        if name in labels:
+            chosen.append(labels.index(name))
+        elif name.isdigit() and int(name) < len(labels):
+            chosen.append(int(name))
+        else:
+            raise ConversionError(f"--classes {name!r} is neither a label nor an index of the model's {len(labels)} "
+                                  f"classes ({', '.join(labels[:12])}{' …' if len(labels) > 12 else ''})")
+    return sorted(set(chosen))
+
+
+def _chunks(scores: Any) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first row, first column, probabilities) of every chunk of the map, in row-major order."""
+    _, rows, cols = scores.shape
+    _, step_r, step_c = scores.chunks
+    for top in range(0, rows, step_r):
+        for left in range(0, cols, step_c):
+            logits = np.asarray(scores[:, top:top + step_r, left:left + step_c], dtype=np.float32)
+            shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+            yield top, left, shifted / shifted.sum(axis=0, keepdims=True)
+
+
+def overview(scores: Any, classes: list[int], path: Path, *, size: int = 2048) -> tuple[int, int]:
+    """Write the overview PNG of `classes` to `path`; returns its (height, width) in pixels."""
+    _, rows, cols = scores.shape
+    factor = max(1, math.ceil(max(rows, cols) / size))
+    heat = np.zeros((math.ceil(rows / factor), math.ceil(cols / factor)), np.float32)
+    for top, left, probabilities in _chunks(scores):
+        value = probabilities[classes].max(axis=0)
+        for axis, first in ((0, top), (1, left)):
+            end = first + value.shape[axis]
+            starts = [max(b * factor, first) - first for b in range(first // factor, (end - 1) // factor + 1)]
+            value = np.maximum.reduceat(value, starts, axis=axis)
+        r, c = top // factor, left // factor
+        block = heat[r:r + value.shape[0], c:c + value.shape[1]]
+        np.maximum(block, value, out=block)
+    Image.fromarray(colormap(np.clip(heat, 0, 1))).save(path, format="PNG")
+    return heat.shape
+
+
+def detections(scores: Any, classes: list[int], labels: list[str], *, stride: tuple[int, int],
+               window: tuple[int, int], image: tuple[int, int], threshold: float = 0.5,
+               iou: float = 0.3) -> list[Detection]:
+    """Peaks of `classes` at or above `threshold`, best first, after suppression (see the module docstring)."""
+    peaks = []
+    for top, left, probabilities in _chunks(scores):
+        for k in classes:
+            value = probabilities[k]
+            padded = np.pad(value, 1, constant_values=-np.inf)
+            highest = np.ones(value.shape, bool)
+            for dy in (0, 1, 2):
+                for dx in (0, 1, 2):
+                    if (dy, dx) != (1, 1):
+                        highest &= value >= padded[dy:dy + value.shape[0], dx:dx + value.shape[1]]
+            for i, j in zip(*np.nonzero(highest & (value >= threshold)), strict=True):
+                peaks.append((-float(value[i, j]), k, top + int(i), left + int(j)))
+    peaks.sort()
+    kept: list[Detection] = []
+    buckets: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    height, width = window
+    for negative, k, i, j in peaks:
+        y, x = i * stride[0], j * stride[1]
+        key = (y // height, x // width)
+        near = (b for dy in (-1, 0, 1) for dx in (-1, 0, 1) for b in buckets.get((key[0] + dy, key[1] + dx), ()))
+        if any(_overlap(abs(y - oy), abs(x - ox), height, width) > iou for oy, ox in near):
+            continue
+        buckets.setdefault(key, []).append((y, x))
+        box = (y, x, min(y + height, image[0]), min(x + width, image[1]))
+        kept.append(Detection(k, labels[k], -negative, (i, j), box))
+    return kept
+
+
+def _overlap(dy: int, dx: int, height: int, width: int) -> float:
+    """Intersection over union of two height×width boxes `dy`, `dx` apart."""
+    inter = max(0, height - dy) * max(0, width - dx)
+    return inter / (2 * height * width - inter)
+
+
+def write_csv(found: list[Detection], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["label", "class_index", "score", "row", "col", "top", "left", "bottom", "right"])
+        for d in found:
+            out.writerow([d.label, d.class_index, f"{d.score:.6f}", *d.cell, *d.box])
+
+
+def write_geojson(found: list[Detection], path: Path) -> None:
+    """A FeatureCollection of box polygons in pixel coordinates (x = column, y = row, y down)."""
+    features = []
+    for d in found:
+        top, left, bottom, right = d.box
+        ring = [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]]
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                         "properties": {"label": d.label, "class_index": d.class_index, "score": round(d.score, 6),
+                                        "cell": list(d.cell)}})
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))

@@ -1,0 +1,139 @@
+"""The score map's zarr store: owned cells written tile by tile, completion recorded per tile, resume, and the
+final rename.
+
+Layout of `OUT.zarr` (a zarr v3 group):
+
+- `scores`: classes × H' × W' (float32 or float16), chunked (classes, tile cells, tile cells), so each tile
+  writes exactly one chunk and concurrent writers never share one;
+- `done`: tile rows × tile columns uint8, chunked 1×1: a tile's flag is set only after its scores are written;
+- `attrs["fc2conv"]`: what the map is (geometry, labels, source, model hash…; see `fc2conv.scan.scan`) and
+  `run`, the settings a resumed scan must share.
+
+zarr's local store writes every chunk file whole (to a temporary file, then renamed), so a process killed
+mid-write leaves each chunk old or new, never torn, and a tile whose flag is not set is simply computed again.
+A scan builds the store under the hidden name `.OUT.zarr.partial` beside `OUT.zarr` and renames it when every
+tile is done: `OUT.zarr` is complete or absent. `--resume` continues a partial store in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError
+from .infer import ModelSpec, evaluate
+from .source import SourceSpec
+from .tiles import Tile, TilePlan
+
+__all__ = ["ATTRS", "Job", "create", "done_mask", "mark_complete", "open_run", "partial_path", "publish", "scan_tile"]
+
+ATTRS = "fc2conv"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs for any tile of one scan: the model, the input, and the store (by path and by the
+    token of the store created for this scan, so a process never writes through a stale handle)."""
+
+    model: ModelSpec
+    source: SourceSpec
+    store: str
+    token: str
+
+
+def partial_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def create(path: Path, plan: TilePlan, *, classes: int, dtype: str, attrs: dict[str, Any]) -> str:
+    """A new store at `path` (replacing any there) for `plan`; returns its token."""
+    import zarr
+
+    if path.exists():
+        shutil.rmtree(path)
+    token = secrets.token_hex(8)
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group.create_array("scores", shape=(classes, *plan.cells), chunks=(classes, *plan.tile_cells), dtype=dtype,
+                       fill_value=np.nan)
+    group.create_array("done", shape=plan.grid, chunks=(1, 1), dtype="uint8", fill_value=0, compressors=None)
+    group.attrs[ATTRS] = {**attrs, "token": token, "complete": False}
+    return token
+
+
+def open_run(path: Path, run: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(token, attributes) of the store at `path`, if a scan with the same settings `run` made it."""
+    import zarr
+
+    try:
+        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()[ATTRS]
+    except Exception:
+        raise ConversionError(f"{path} is not a scan written by fc2conv; remove it or choose another --out") from None
+    found = attrs.get("run", {})
+    changed = [key for key in run if found.get(key) != run[key]]
+    if changed:
+        listed = "; ".join(f"{key}: {found.get(key)!r} then, {run[key]!r} now" for key in changed)
+        raise ConversionError(f"cannot resume {path}: it was started with other settings ({listed}); rerun with "
+                              "the same ones, or without --resume and with --force to start again")
+    return attrs["token"], attrs
+
+
+def done_mask(path: Path) -> np.ndarray:
+    """Which tiles (rows × columns) have their scores written."""
+    import zarr
+
+    return zarr.open_array(str(path / "done"), mode="r")[...].astype(bool)
+
+
+def mark_complete(path: Path, attrs: dict[str, Any]) -> None:
+    import zarr
+
+    zarr.open_group(str(path), mode="r+").attrs[ATTRS] = {**attrs, "complete": True}
+
+
+def scan_tile(job: Job, tile: Tile) -> int:
+    """Compute `tile`'s owned cells, write them into their chunk, then set its done flag. Returns the image
+    pixels the tile stands for (for throughput). Safe to run twice: the second run writes the same values."""
+    scores, done = _arrays(job.store, job.token)
+    top, left, bottom, right = tile.cells
+    scores[:, top:bottom, left:right] = evaluate(job.model, job.source, tile).astype(scores.dtype)
+    done[tile.index] = 1
+    return tile.pixels
+
+
+@functools.lru_cache(maxsize=2)
+def _arrays(store: str, token: str) -> tuple[Any, Any]:
+    """The `scores` and `done` arrays of the store, opened once per process and store."""
+    import zarr
+
+    group = zarr.open_group(store, mode="r+")
+    if group.attrs.asdict().get(ATTRS, {}).get("token") != token:
+        raise ConversionError(f"{store} was replaced by another scan while this one ran")
+    return group["scores"], group["done"]
+
+
+def publish(partial: Path, out: Path) -> None:
+    """Rename the complete store `partial` to `out`, replacing an old `out` (kept until the new one is in place)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old"
+        os.replace(out, old)
+    try:
+        os.replace(partial, out)
+    except OSError as e:
+        if old is not None:
+            os.replace(old, out)
+        raise ConversionError(f"could not rename {partial} to {out}: {e}") from e
+    if old is not None:
+        with contextlib.suppress(OSError):
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()

@@ -1,0 +1,162 @@
+"""The scanning demo's slide: every test-split digit on one large canvas, written as a tiled pyramidal BigTIFF,
+and the check of `fc2conv scan`'s detections against where the digits were put.
+
+    python scripts/digits_slide.py compose SLIDE.tif PLACED.json [--size 8192] [--seed 1]
+    python scripts/digits_slide.py report PLACED.json FOUND.csv --map OUT.zarr --model MODEL.onnx --slide SLIDE.tif
+
+`compose` puts each of the 450 digits of scikit-learn's test split (never seen in training) once, in random
+cells of a 96-pixel grid at a random offset inside its cell (at least 8 pixels between two digits, as in the
+first demo), and records where. `report` matches detections to placed digits: a detection is right when it has
+the digit's label and its window is centred on the digit within 4 pixels (one stride); each placed digit
+matches at most one detection. It prints recall (placed digits found) and precision (detections that are
+right), what went wrong, and checks a region of the stitched map against one pass of the model over that
+region. Exit 1 if recall or precision is below 97% or the region differs by more than 1e-5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.digits_cnn import DIGIT, MARGIN, STRIDE, load_split
+
+PITCH = 96  # grid cell of one digit: 24 pixels of digit, offsets in 4 … 68, so two digits are ≥ 8 pixels apart
+GAP = 4
+TARGET = 0.97
+REGION = (3000, 3500, 1400, 1800)  # top, left, height, width of the region checked against one pass
+
+
+def grid_canvas(size: int, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+                ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """A black size×size uint8 canvas with every image once in a random grid cell; (label, top, left) each."""
+    slots = (size // PITCH) ** 2
+    if len(images) > slots:
+        raise ValueError(f"{len(images)} digits do not fit on a {size}×{size} canvas ({slots} places)")
+    canvas = np.zeros((size, size), np.uint8)
+    placed = []
+    for index, slot in enumerate(rng.choice(slots, size=len(images), replace=False)):
+        row, col = divmod(int(slot), size // PITCH)
+        top, left = (row * PITCH + int(rng.integers(GAP, PITCH - DIGIT - GAP + 1)),
+                     col * PITCH + int(rng.integers(GAP, PITCH - DIGIT - GAP + 1)))
+        canvas[top:top + DIGIT, left:left + DIGIT] = images[index]
+        placed.append((int(labels[index]), top, left))
+    return canvas, placed
+
+
+def write_slide(path: Path, canvas: np.ndarray, *, levels: int = 3, tile: int = 512) -> None:
+    """A tiled, zlib-compressed BigTIFF with `levels` − 1 reduced resolutions as SubIFDs."""
+    import tifffile
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        options = {"tile": (tile, tile), "compression": "zlib", "photometric": "minisblack"}
+        tif.write(canvas, subifds=levels - 1, **options)
+        for level in range(1, levels):
+            tif.write(canvas[:: 2**level, :: 2**level], subfiletype=1, **options)
+
+
+def compose_command(slide: Path, placed_path: Path, size: int, seed: int) -> int:
+    _, x_test, _, y_test = load_split()
+    canvas, placed = grid_canvas(size, x_test, y_test, np.random.default_rng(seed))
+    write_slide(slide, canvas)
+    placed_path.write_text(json.dumps([{"digit": d, "top": t, "left": le} for d, t, le in placed]))
+    print(f"wrote {slide} ({size}×{size}, tiled BigTIFF, {slide.stat().st_size / 1e6:.1f} MB) with {len(placed)} "
+          "test-split digits at known places")
+    return 0
+
+
+def match(placed: list[dict], found: list[dict]) -> tuple[int, list[dict], list[tuple[dict, dict | None]]]:
+    """(right detections, false alarms, missed digits with the detection at their place if any)."""
+    where = {(p["top"], p["left"]): p for p in placed}
+    taken: set[tuple[int, int]] = set()
+    right, wrong = 0, []
+    for d in sorted(found, key=lambda d: -float(d["score"])):
+        top, left = int(d["top"]) + MARGIN, int(d["left"]) + MARGIN  # the digit a centred window sees
+        near = [key for key in where if key not in taken and abs(key[0] - top) <= STRIDE
+                and abs(key[1] - left) <= STRIDE and str(where[key]["digit"]) == d["label"]]
+        if near:
+            taken.add(near[0])
+            right += 1
+        else:
+            wrong.append(d)
+    missed = []
+    for key, p in where.items():
+        if key not in taken:
+            beside = next((d for d in wrong if abs(int(d["top"]) + MARGIN - key[0]) <= STRIDE
+                           and abs(int(d["left"]) + MARGIN - key[1]) <= STRIDE), None)
+            missed.append((p, beside))
+    return right, wrong, missed
+
+
+def region_error(stored: Path, model: Path, slide: Path) -> tuple[tuple[int, int, int, int], float]:
+    """Max |stitched − one pass| / max |one pass| over the cells of `REGION`, whose one pass reads only it."""
+    import tifffile
+    import zarr
+
+    from fc2conv.runtime import DenseModel
+
+    top, left, height, width = REGION
+    with tifffile.TiffFile(slide) as tif:
+        pixels = zarr.open(tif.series[0].aszarr(level=0), mode="r")[top:top + height, left:left + width]
+    one_pass = DenseModel(model).run(pixels).scores
+    rows, cols = one_pass.shape[1:]
+    stitched = zarr.open_array(str(stored / "scores"), mode="r")[
+        :, top // STRIDE:top // STRIDE + rows, left // STRIDE:left // STRIDE + cols]
+    return (top, left, height, width), float(np.abs(stitched - one_pass).max() / np.abs(one_pass).max())
+
+
+def report_command(placed_path: Path, found_path: Path, stored: Path, model: Path, slide: Path) -> int:
+    placed = json.loads(placed_path.read_text())
+    with open(found_path, newline="") as f:
+        found = list(csv.DictReader(f))
+    right, wrong, missed = match(placed, found)
+    recall, precision = right / len(placed), right / max(len(found), 1)
+    print(f"{len(placed)} digits placed, {len(found)} detected, {right} right")
+    print(f"recall    {recall:.1%}  (placed digits found with the right label within {STRIDE} pixels)")
+    print(f"precision {precision:.1%}  (detections that are a placed digit, right label and place)")
+    for p, beside in missed:
+        seen = f"read as {beside['label']} ({float(beside['score']):.2f})" if beside else "nothing found there"
+        print(f"  missed {p['digit']} at ({p['top']}, {p['left']}): {seen}")
+    for d in wrong:
+        if not any(beside is d for _, beside in missed):
+            print(f"  false alarm {d['label']} ({float(d['score']):.2f}) at window ({d['top']}, {d['left']})")
+    box, error = region_error(stored, model, slide)
+    top, left, height, width = box
+    print(f"stitched vs one pass on rows {top}…{top + height - 1}, columns {left}…{left + width - 1} "
+          f"(across tile borders): max relative difference {error:.1e} (tolerance 1e-05)")
+    failed = [name for name, ok in (("recall", recall >= TARGET), ("precision", precision >= TARGET),
+                                    ("stitching", error <= 1e-5)) if not ok]
+    if failed:
+        print(f"error: below target: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("compose")
+    make.add_argument("slide", type=Path)
+    make.add_argument("placed", type=Path)
+    make.add_argument("--size", type=int, default=8192)
+    make.add_argument("--seed", type=int, default=1)
+    check = commands.add_parser("report")
+    check.add_argument("placed", type=Path)
+    check.add_argument("found", type=Path)
+    check.add_argument("--map", type=Path, required=True, dest="stored")
+    check.add_argument("--model", type=Path, required=True)
+    check.add_argument("--slide", type=Path, required=True)
+    args = parser.parse_args()
+    if args.command == "compose":
+        return compose_command(args.slide, args.placed, args.size, args.seed)
+    return report_command(args.placed, args.found, args.stored, args.model, args.slide)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

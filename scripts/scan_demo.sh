@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The README's second main job: scan an image far larger than one pass should hold, tile by tile on a local
+# Dask cluster, and check what it found. Sets up .venv first if needed.
+#   1. fc2conv convert   models/digits_cnn.safetensors → out/scan_demo/digits.onnx (verified)
+#   2. compose           all 450 test-split digits at known places on an 8192×8192 tiled BigTIFF
+#   3. fc2conv scan      1024-pixel tiles on two local workers → score map (zarr), overview PNG, detections
+#   4. report            recall and precision against the placed digits, and stitched vs one pass on a region;
+#                        exits 1 below 97% recall or precision, or if the region differs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+out=out/scan_demo
+mkdir -p "$out"
+fc2conv=.venv/bin/fc2conv
+
+echo "== 1. convert the digits CNN to ONNX (checkpoint trained by scripts/train_digits.py)"
+"$fc2conv" convert models/digits_cnn.safetensors --model-def models/digits_cnn.py:DigitsCNN \
+    --input-shape 1,32,32 --onnx "$out/digits.onnx" --labels 0,1,2,3,4,5,6,7,8,9,background --force --quiet
+echo "wrote $out/digits.onnx"
+
+echo
+echo "== 2. compose a slide of test-split digits (never seen in training)"
+.venv/bin/python scripts/digits_slide.py compose "$out/slide.tif" "$out/placed.json"
+
+echo
+echo "== 3. scan it in 1024-pixel tiles on a local Dask cluster of two workers"
+"$fc2conv" scan "$out/slide.tif" --model "$out/digits.onnx" --out "$out/slide.zarr" --tile 1024 --workers 2 \
+    --overview "$out/overview.png" --detections "$out/found.csv" --force
+
+echo
+echo "== 4. the detections against the placed digits, and the stitched map against one pass"
+.venv/bin/python scripts/digits_slide.py report "$out/placed.json" "$out/found.csv" --map "$out/slide.zarr" \
+    --model "$out/digits.onnx" --slide "$out/slide.tif"

@@ -1,0 +1,75 @@
+"""`fc2conv scan` on Dask distributed: a local cluster gives the one-pass map, and a worker killed mid-run loses
+nothing. Every cluster listens on the loopback interface only and is shut down by the test that started it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from scan_helpers import assert_same_map, export, noise, one_pass, write_tiff
+
+from fc2conv.runtime import scan
+
+pytest.importorskip("distributed")  # the scan extra: Python 3.11 or later
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return export("digits", tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def cluster():
+    """(cluster, client) of two single-threaded worker processes, closed after the test."""
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                      silence_logs=50) as local, Client(local, set_as_default=False) as client:
+        yield local, client
+
+
+def _done_tiles(store) -> int:
+    chunks = store / "done" / "c"
+    return sum(1 for p in chunks.rglob("*") if p.is_file()) if chunks.exists() else 0
+
+
+def test_local_cluster_map_equals_one_pass(digits, tmp_path):
+    image = noise(700, 650, channels=1)
+    result = scan(write_tiff(tmp_path / "in.tif", image), model=digits, out=tmp_path / "out.zarr", tile=128,
+                  workers=2, detections=tmp_path / "found.csv")
+    assert result.tiles == result.computed == 6 * 5  # 168×155 cells in tiles of 32×32
+    assert_same_map(result.scores()[...], one_pass(digits, image))
+
+
+def test_worker_killed_mid_run_loses_nothing(digits, tmp_path, cluster):
+    """SIGKILL one of two workers while the scan runs: the scheduler reruns its tiles and the map is complete."""
+    local, client = cluster
+    image = noise(1201, 1003, channels=1)
+    source, out = write_tiff(tmp_path / "in.tif", image, tile=256), tmp_path / "out.zarr"
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = scan(source, model=digits, out=out, tile=32, scheduler=local.scheduler_address)
+        except BaseException as e:  # re-raised in the test's thread below
+            outcome["error"] = e
+
+    victim = next(iter(client.run(os.getpid).values()))
+    thread = threading.Thread(target=run)
+    thread.start()
+    partial, deadline = tmp_path / ".out.zarr.partial", time.monotonic() + 120
+    while _done_tiles(partial) < 50 and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    processing = sum(len(keys) for keys in client.processing().values())
+    os.kill(victim, signal.SIGKILL)
+    killed_at = _done_tiles(partial)
+    thread.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert processing > 0 and killed_at < result.tiles, "the scan was not running when the worker was killed"
+    assert result.computed == result.tiles == 37 * 31
+    assert_same_map(result.scores()[...], one_pass(digits, image))
+    assert victim not in client.run(os.getpid).values()  # the nanny started a new worker process
