@@ -34,7 +34,7 @@ from .checkpoint import TORCH_SUFFIXES, atomic_output, load_into, load_state_dic
 from .errors import ConversionError, reported
 from .files import refuse_existing
 from .grid import geometry
-from .metadata import axis_names
+from .metadata import ONE_CELL, axis_names
 from .pickles import load_program
 from .recipe import Recipe
 from .verification import max_errors, tolerance
@@ -58,7 +58,7 @@ def _example_input(converted: nn.Module) -> torch.Tensor:
     """A batch of 2 two strides larger than the reference, so no dimension of the example is 0 or 1."""
     info = converted.fc2conv
     reference = _reference_size(converted)
-    step = (8,) * len(reference) if info.mode == "global" else geometry(converted).stride
+    step = (8,) * len(reference) if info.mode in ONE_CELL else geometry(converted).stride
     dtype = next(converted.parameters()).dtype
     return torch.randn(2, info.input_shape[0], *(r + 2 * s for r, s in zip(reference, step, strict=True)),
                        generator=torch.Generator().manual_seed(0), dtype=dtype)
@@ -114,7 +114,7 @@ def export_program(converted: nn.Module) -> torch.export.ExportedProgram:
 def _description(converted: nn.Module, recipe: Recipe) -> dict:
     info = converted.fc2conv
     described = {"recipe": json.loads(recipe.to_json()), "input_shape": list(info.input_shape), "mode": info.mode}
-    if info.mode != "global":
+    if info.mode not in ONE_CELL:
         described["geometry"] = geometry(converted).to_dict()
     return described
 

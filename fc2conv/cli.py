@@ -56,7 +56,11 @@ INPUT_SHAPE = typer.Option(None, "--input-shape", metavar="C,H,W",
 MODEL_ARG = typer.Option([], "--model-arg", metavar="ARG",
                          help="An argument for the --model-def factory, repeatable: VALUE (in order), NAME=VALUE, "
                               "or a JSON object of them; values are JSON (18, 0.5, true) or text.")
-MODE = typer.Option("dense", "--mode", help="dense (map of windows), global (same function) or cam.")
+MODE = typer.Option("dense", "--mode", help="dense (map of windows), global (same function), cam, or pool (the "
+                                             "dense map reduced: one prediction from every window).")
+DENSITY = typer.Option(1, "--density", min=1, help="dense mode: r times more cells per axis (stride S/r), by filter "
+                                                   "rarefaction; r a product of the network's last strides.")
+REDUCE = typer.Option("avg", "--reduce", help="pool mode: avg, max or avgmax (their mean) over the dense map.")
 CHANNELS_LAST = typer.Option(False, "--channels-last-linears", help="Also convert Linears on NHWC maps (ConvNeXt).")
 TRUST_PICKLE = typer.Option(False, "--trust-pickle",
                             help="Fully unpickle the checkpoint (and a .pt2 artifact); it can run code: only for "
@@ -111,7 +115,7 @@ def _usage_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears):
+def _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density, reduce):
     from .recipe import Recipe, default_input_shape, parse_input_shape
 
     if arch is None and model_def is None:
@@ -121,7 +125,7 @@ def _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels
     args, kwargs = _parse_model_args(model_arg)
     return Recipe(arch=arch, model_def=model_def, num_classes=num_classes,
                   input_shape=shape or default_input_shape(arch), model_args=args, model_kwargs=kwargs, mode=mode,
-                  channels_last_linears=channels_last_linears)
+                  channels_last_linears=channels_last_linears, density=density, reduce=reduce)
 
 
 def _parse_model_args(values: list[str]) -> tuple[list, dict]:
@@ -187,8 +191,8 @@ def _describe_model(model, recipe, checkpoint: Path) -> str:
 def _describe_geometry(converted) -> tuple[str, dict | None]:
     from .grid import geometry
 
-    if converted.fc2conv.mode == "global":
-        return "output: one score vector per input at every input size (mode global)", None
+    if converted.fc2conv.mode in ("global", "pool"):
+        return f"output: one score vector per input at every input size (mode {converted.fc2conv.mode})", None
     geo = geometry(converted)
     times = lambda sizes: "×".join(map(str, sizes))  # noqa: E731
     text = f"output: a map of score vectors, one per {times(geo.window)} window every {times(geo.stride)} pixels"
@@ -268,6 +272,8 @@ def inspect(
     num_classes: int | None = NUM_CLASSES,
     input_shape: str | None = INPUT_SHAPE,
     mode: str = MODE,
+    density: int = DENSITY,
+    reduce: str = REDUCE,
     channels_last_linears: bool = CHANNELS_LAST,
     trust_pickle: bool = TRUST_PICKLE,
     quiet: bool = QUIET,
@@ -276,7 +282,8 @@ def inspect(
     """Print the conversion plan: every Linear and pool, the rule applied, kernel, channels, and why."""
     out = _Output(quiet=quiet, as_json=as_json)
     with _usage_errors(), out.steps(3) as step:
-        recipe = _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears)
+        recipe = _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density,
+                         reduce)
         model = _original(recipe, checkpoint, trust_pickle, step)
         step("converting")
         converted = recipe.convert(model)
@@ -302,6 +309,8 @@ def convert(
     num_classes: int | None = NUM_CLASSES,
     input_shape: str | None = INPUT_SHAPE,
     mode: str = MODE,
+    density: int = DENSITY,
+    reduce: str = REDUCE,
     channels_last_linears: bool = CHANNELS_LAST,
     output: list[Path] = typer.Option(
         [], "--output", "-o", metavar="OUT",
@@ -322,7 +331,8 @@ def convert(
     """
     out = _Output(quiet=quiet, as_json=as_json)
     with _usage_errors():
-        recipe = _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears)
+        recipe = _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density,
+                         reduce)
         targets = [*output, *([onnx] if onnx else [])]
         if not targets:
             raise ConversionError("give at least one output: -o OUT.pt2, -o OUT.safetensors or --onnx OUT.onnx")

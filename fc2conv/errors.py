@@ -54,7 +54,8 @@ def _raised_by_fc2conv(error: BaseException) -> bool:
 
 def _unexpected(doing: str, error: Exception) -> ConversionError:
     text = str(error).strip()
+    first = text.splitlines()[0][:300].rstrip(".") if text else ""
     return ConversionError(
-        f"fc2conv failed while {doing}: {type(error).__name__}: {text.splitlines()[0][:300] if text else ''}. "
+        f"fc2conv failed while {doing}: {type(error).__name__}: {first}. "
         "This model does something fc2conv did not foresee; please report it with the model definition"
     )

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import ConversionError, reported
+from .metadata import ONE_CELL
 from .reach import Everywhere, Reach, Unknown, Value, reach_of
 from .trace import TraceOptions, meta_state, trace
 
@@ -179,8 +180,8 @@ def geometry(converted: nn.Module) -> Geometry:
     cached = getattr(converted, "_fc2conv_geometry", None)
     if cached is not None:
         return cached
-    if info.mode == "global":
-        raise ConversionError("a mode='global' model gives one cell for the whole input: it has no geometry")
+    if info.mode in ONE_CELL:
+        raise ConversionError(f"a mode={info.mode!r} model gives one cell for the whole input: it has no geometry")
     channels, *size = info.input_shape
     reference = tuple(size) or (1, 1)  # an MLP's converted input is a map of vectors
     value = _locality(converted, info.trace_options, (channels, *reference))

@@ -35,7 +35,7 @@ def _tracing() -> bool:
 
 
 class _LinearConv:
-    """A stride-1, unpadded convolution that runs at matrix-product speed in eager mode.
+    """A stride-1, unpadded convolution (dilated or not) that runs at matrix-product speed in eager mode.
 
     Numerically it is the convolution: both paths sum the same products, in a different order, so results
     agree to rounding (float32 ≈ 1e-6 relative). Its weight may be a view of a Linear's weight.
@@ -53,33 +53,35 @@ class _LinearConv:
     @property
     def _is_plain(self) -> bool:
         ones, zeros = (1,) * len(self.kernel_size), (0,) * len(self.kernel_size)
-        return (self.stride, self.padding, self.dilation, self.groups) == (ones, zeros, ones, 1)
+        return (self.stride, self.padding, self.groups) == (ones, zeros, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _tracing() or not self._is_plain or x.dim() != self.weight.dim():
             # Exporters and tracers see the plain convolution: one ONNX `Conv`, one `aten.convolution`.
             return super().forward(x)
-        n, kernel, spatial = x.shape[0], tuple(self.kernel_size), tuple(x.shape[2:])
+        n, kernel, spatial, dilation = x.shape[0], tuple(self.kernel_size), tuple(x.shape[2:]), tuple(self.dilation)
         weight = self.weight.reshape(self.out_channels, -1)
-        if spatial == kernel:
-            return F.linear(x.reshape(n, -1), weight, self.bias).view(n, self.out_channels, *(1,) * len(kernel))
         if all(k == 1 for k in kernel):
             # A 1×1 convolution is a Linear over the channels of every position.
             return F.linear(x.movedim(1, -1), weight, self.bias).movedim(-1, 1)
-        out = weight @ im2col(x, kernel)  # (out × c·k) @ (n × c·k × windows)
+        if spatial == kernel and all(d == 1 for d in dilation):
+            return F.linear(x.reshape(n, -1), weight, self.bias).view(n, self.out_channels, *(1,) * len(kernel))
+        out = weight @ im2col(x, kernel, dilation)  # (out × c·k) @ (n × c·k × windows)
         if self.bias is not None:
             out += self.bias.view(-1, 1)
-        return out.view(n, self.out_channels, *(s - k + 1 for s, k in zip(spatial, kernel, strict=True)))
+        extent = (d * (k - 1) for d, k in zip(dilation, kernel, strict=True))
+        return out.view(n, self.out_channels, *(s - e for s, e in zip(spatial, extent, strict=True)))
 
 
-def im2col(x: torch.Tensor, kernel: tuple[int, ...]) -> torch.Tensor:
-    """im2col: every stride-1 window of `x` (N×C×spatial) as the columns of an N × C·prod(kernel) × windows
-    tensor, in the order of the convolution's flattened weight."""
+def im2col(x: torch.Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...] | None = None) -> torch.Tensor:
+    """im2col: every stride-1 window of `x` (N×C×spatial), its taps `dilation` apart, as the columns of an
+    N × C·prod(kernel) × windows tensor, in the order of the convolution's flattened weight."""
+    dilation = dilation or (1,) * len(kernel)
     if len(kernel) == 2:
-        return F.unfold(x, kernel)
+        return F.unfold(x, kernel, dilation=dilation)
     n, c = x.shape[:2]
-    for axis, k in enumerate(kernel):
-        x = x.unfold(2 + axis, k, 1)  # N × C × out… × k…
+    for axis, (k, d) in enumerate(zip(kernel, dilation, strict=True)):
+        x = x.unfold(2 + axis, d * (k - 1) + 1, 1)[..., ::d]  # N × C × out… × k…
     rank = len(kernel)
     order = (0, 1, *range(2 + rank, 2 + 2 * rank), *range(2, 2 + rank))
     return x.permute(order).reshape(n, c * math.prod(kernel), -1)

@@ -2,7 +2,7 @@
 read by `fc2conv.runtime` and the scanner, and checked by the same rules on both sides (no torch, no numpy):
 
 - `input_shape`: the reference input without the batch, (C, *spatial), positive integers;
-- `mode`: "dense", "global" or "cam";
+- `mode`: "dense", "global", "cam" or "pool";
 - `stride`, `window`: one positive integer per spatial axis; cell i covers input i·stride … i·stride + window − 1
   (null in global mode);
 - `receptive_field`: one [before, after] pair per spatial axis, how far beyond its window the input still
@@ -21,10 +21,12 @@ from typing import Any
 
 from .errors import ConversionError
 
-__all__ = ["MODES", "PREFIX", "axis_names", "decode", "encode", "validate"]
+__all__ = ["MODES", "ONE_CELL", "PREFIX", "REDUCES", "axis_names", "decode", "encode", "validate"]
 
 PREFIX = "fc2conv."
-MODES = ("dense", "global", "cam")
+MODES = ("dense", "global", "cam", "pool")
+ONE_CELL = ("global", "pool")  # modes whose output is one cell for the whole input, at every size
+REDUCES = ("avg", "max", "avgmax")  # how mode "pool" reduces the dense map: mean, maximum, or their mean
 REQUIRED = ("input_shape", "mode")
 
 

@@ -19,10 +19,9 @@ from typing import Any
 
 from .architectures import DEFAULT_INPUT_SHAPE, build, build_from_file, default_input_shape
 from .errors import ConversionError
+from .metadata import MODES, REDUCES
 
 __all__ = ["MODES", "Recipe", "default_input_shape", "parse_input_shape"]
-
-MODES = ("dense", "global", "cam")
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,8 @@ class Recipe:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     mode: str = "dense"
     channels_last_linears: bool = False
+    density: int = 1
+    reduce: str = "avg"
 
     def __post_init__(self) -> None:
         if (self.arch is None) == (self.model_def is None):
@@ -51,6 +52,11 @@ class Recipe:
             raise ConversionError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
             raise ConversionError(f"--num-classes must be a positive integer, not {self.num_classes!r}")
+        if not isinstance(self.density, int) or self.density < 1 or (self.density > 1 and self.mode != "dense"):
+            raise ConversionError(f"--density must be a positive integer, with --mode dense; got {self.density!r} "
+                                  f"with --mode {self.mode}")
+        if self.reduce not in REDUCES:
+            raise ConversionError(f"--reduce must be one of {', '.join(REDUCES)}, not {self.reduce!r}")
         if (self.model_args or self.model_kwargs) and self.model_def is None:
             raise ConversionError("--model-arg passes arguments to a --model-def factory; --arch models take "
                                   "--num-classes only")
@@ -75,7 +81,8 @@ class Recipe:
         """`fc2conv.convert(model, ...)` with this recipe's input shape, mode and options."""
         from .rewrite import convert
 
-        return convert(model, self.input_shape, mode=self.mode, channels_last_linears=self.channels_last_linears)
+        return convert(model, self.input_shape, mode=self.mode, channels_last_linears=self.channels_last_linears,
+                       density=self.density, reduce=self.reduce)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

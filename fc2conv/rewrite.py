@@ -8,6 +8,7 @@ builds for it under the name of the layer it replaces. Then lint, dead-code elim
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import singledispatchmethod
@@ -32,7 +33,9 @@ from .analyze import (
     SoftmaxOverChannels,
     analyze,
 )
+from .density import densify
 from .errors import reported
+from .metadata import MODES, REDUCES
 from .trace import TraceOptions, trace
 
 __all__ = ["ConversionInfo", "convert", "plan"]
@@ -50,6 +53,8 @@ class ConversionInfo:
     global_context: bool
     plan: Plan
     widened: bool = False  # a fixed pool of the original pools the whole map at every size here
+    density: int = 1  # cells per original stride along each axis (fc2conv.density)
+    reduce: str | None = None  # mode "pool": how the dense map is reduced
 
 
 def _fetch(module: nn.Module, target: str) -> Any:
@@ -223,6 +228,8 @@ def convert(
     input_shape: Sequence[int] = (3, 224, 224),
     *,
     mode: str = "dense",
+    density: int = 1,
+    reduce: str = "avg",
     inplace: bool = False,
     channels_last_linears: bool = False,
     leaf_modules: Sequence[type[nn.Module]] = (),
@@ -242,6 +249,13 @@ def convert(
       pool whose fixed kernel covered the whole map at the reference size pools the whole map at every size.
     - ``mode="cam"``: for heads linear from a global average pool to the output, class activation maps at
       feature resolution whose spatial mean equals the original logits.
+    - ``mode="pool"``: test-time pooling, the dense map reduced over its cells by `reduce` ("avg", "max" or
+      "avgmax", the mean of both): one N×K×1×…×1 prediction per input from every window it contains; at
+      `input_shape` the original logits.
+
+    ``density=r`` (dense mode) scores windows r times closer along every axis in one pass, by filter
+    rarefaction (`fc2conv.density`): the geometry's stride becomes S / r with the same window. r must be a
+    product of the network's last strides; a `ConversionError` lists the allowed values.
 
     Every Linear becomes a convolution with as many spatial axes as the input (`LinearConv1d`, `LinearConv2d`
     or `LinearConv3d`: an `nn.Conv1d/2d/3d` that runs at GEMM speed in eager mode). With
@@ -251,21 +265,56 @@ def convert(
     cannot make convolutional, `ValueError` for bad arguments.
     """
     shape = _input_shape(input_shape)
+    _check_mode(mode, density, reduce)
+    cells = "dense" if mode == "pool" else mode  # pooling reduces the dense map
     options = TraceOptions(tuple(leaf_modules), tuple(autowrap_functions), concrete_args)
     model = _prepare(model, inplace)
     gm = trace(model, shape, options)
-    analysis = analyze(gm, shape, mode, channels_last_linears=channels_last_linears)
+    analysis = analyze(gm, shape, cells, channels_last_linears=channels_last_linears)
     full = analysis  # its plan lists what calling modules whole hides: squeeze-excitation pools kept global
-    untouched = _untouched_modules(gm, analysis)
+    untouched = _untouched_modules(gm, analysis) if density == 1 else frozenset()
     if untouched:  # trace again with them whole: every node with an action is still there, so are the actions
         options = replace(options, leaf_names=untouched)
         gm = trace(model, shape, options)
-        analysis = analyze(gm, shape, mode, channels_last_linears=channels_last_linears)
+        analysis = analyze(gm, shape, cells, channels_last_linears=channels_last_linears)
     converted = _Emitter(gm, analysis).run().eval()
+    if density != 1:
+        converted, rarefied = densify(converted, density, shape if len(shape) > 1 else (*shape, 1, 1), options)
+        converted.eval()
+        full.plan.notes.append(f"density {density}: {len(rarefied)} layers from '{rarefied[0]}' on run on a grid "
+                               f"{density} times finer (stride 1, dilation and padding scaled)")
+    if mode == "pool":
+        _reduce_output(converted, reduce, max(len(shape) - 1, 2))
     if inplace:
         model.eval()
     converted.fc2conv = ConversionInfo(
         shape, mode, options, analysis.cut.name if analysis.cut is not None else None, analysis.window,
-        full.global_context, full.plan, full.widened,
+        full.global_context, full.plan, full.widened, density, reduce if mode == "pool" else None,
     )
     return converted
+
+
+def _check_mode(mode: str, density: int, reduce: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if not isinstance(density, int) or isinstance(density, bool) or density < 1:
+        raise ValueError(f"density must be a positive integer, not {density!r}")
+    if density != 1 and mode != "dense":
+        raise ValueError(f"density applies to the dense map (mode='dense'), not mode={mode!r}")
+    if reduce not in REDUCES:
+        raise ValueError(f"reduce must be one of {', '.join(REDUCES)}, not {reduce!r}")
+
+
+def _reduce_output(gm: fx.GraphModule, reduce: str, spatial: int) -> None:
+    """Test-time pooling: the output map reduced over all its `spatial` axes, kept as a 1×…×1 map."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    scores = output.args[0]
+    dims = tuple(range(2, 2 + spatial))
+    with gm.graph.inserting_before(output):
+        mean = gm.graph.call_function(torch.mean, (scores, dims), {"keepdim": True})
+        peak = gm.graph.call_function(torch.amax, (scores, dims), {"keepdim": True})
+        result = {"avg": mean, "max": peak}.get(reduce) or gm.graph.call_function(
+            operator.mul, (gm.graph.call_function(operator.add, (mean, peak)), 0.5))
+    output.args = (result,)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()

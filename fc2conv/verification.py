@@ -14,7 +14,7 @@ Checks, each on a batch of seeded random inputs:
 
 from __future__ import annotations
 
-import math
+import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,6 +25,8 @@ from torch import fx, nn
 from .errors import ConversionError, reported
 from .grid import geometry
 from .layers import im2col
+from .metadata import ONE_CELL
+from .rewrite import convert
 from .tolerance import ACROSS_RUNTIMES, TOLERANCE, max_errors, tolerance
 from .trace import example_input, trace
 
@@ -133,22 +135,90 @@ def _head_parts(original: nn.Module, info: Any) -> _HeadParts:
     return _HeadParts(backbone, fx.GraphModule(gm, head), tuple(cut.meta["tensor_meta"].shape), tuple(sized))
 
 
-def _dense_windows(original: nn.Module, converted: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The original head on every window of the original features, shaped like the dense output."""
-    info = converted.fc2conv
+def _dense_windows(original: nn.Module, info: Any, x: torch.Tensor) -> torch.Tensor:
+    """The original head on every window of the original features: the dense map as it must be, N×K×(cells)."""
     parts = _head_parts(original, info)
-    windows = im2col(parts.backbone(x), info.window)  # N × (C·window) × L
+    features = parts.backbone(x)
+    cells = tuple(s - w + 1 for s, w in zip(features.shape[2:], info.window, strict=True))
+    windows = im2col(features, info.window)  # N × (C·window) × L
     n, _, count = windows.shape
-    if count != math.prod(out.shape[2:]):
-        raise ConversionError(f"{count} windows for a {tuple(out.shape[2:])} map")
     scores = parts(windows.transpose(1, 2).reshape(n * count, *parts.cut_shape[1:])).reshape(n, count, -1)
-    return scores.transpose(1, 2).reshape(out.shape)
+    return scores.transpose(1, 2).reshape(n, -1, *cells)
+
+
+class _Skip(Exception):
+    """The original itself does not run at this size: the check is skipped, with this reason."""
+
+
+def _pair(original: nn.Module, converted: nn.Module, x: torch.Tensor, out: torch.Tensor, check: str
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(actual, expected) for one check of `converted`'s output `out` on `x` (see the module docstring)."""
+    info = converted.fc2conv
+    spatial = tuple(range(2, out.dim()))
+    if check == "stitched":
+        return _stitched(_ordinary(original, info), x, out, info.density)
+    reference = check == "reference"
+    if reference or (info.mode in ("global", "cam") and len(info.input_shape) > 1):
+        try:
+            expected = original(x).flatten(1)
+        except Exception as e:
+            raise _Skip(f"the original does not run at this size ({_first_line(e)})") from e
+        if info.mode == "cam":
+            return out.mean(spatial), expected
+        return (out[(..., *(0,) * len(spatial))] if info.density > 1 else out.flatten(1)), expected
+    if info.mode == "pool":
+        cells = _dense_windows(original, info, x)
+        return out.flatten(1), _REDUCE[info.reduce](cells, tuple(range(2, cells.dim()))).flatten(1)
+    if info.density > 1:  # the cells r·i are the ordinary dense map
+        expected = _ordinary(original, info)(_to_converted_input(x))
+        phase = out[(slice(None), slice(None), *(slice(None, None, info.density),) * len(spatial))]
+        common = (slice(None), slice(None), *(slice(0, min(a, b)) for a, b in zip(phase.shape[2:],
+                                                                                    expected.shape[2:], strict=True)))
+        return phase[common], expected[common]
+    return out, _dense_windows(original, info, x)
+
+
+def _ordinary(original: nn.Module, info: Any) -> nn.Module:
+    """The dense conversion of `original` without density: the map a denser one interleaves."""
+    options = info.trace_options
+    return convert(original, info.input_shape, leaf_modules=options.leaf_modules,
+                   autowrap_functions=options.autowrap_functions, concrete_args=options.concrete_args)
+
+
+def _stitched(ordinary: nn.Module, x: torch.Tensor, out: torch.Tensor, density: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cells of `out`, the same cells by shift-and-stitch): cell r·i + a of the denser map against cell i of the
+    ordinary map of `x` shifted by a·(S / r), for every phase a along every axis, on the cells whose whole
+    receptive field lies inside the shifted input (at its border the shifted input pads, the image does not)."""
+    grid = geometry(ordinary)
+    step = tuple(s // density for s in grid.stride)
+    expected = torch.full_like(out, float("nan"))
+    for phase in itertools.product(range(density), repeat=out.dim() - 2):
+        shifted = x[(slice(None), slice(None), *(slice(a * t, None) for a, t in zip(phase, step, strict=True)))]
+        try:
+            cells = ordinary(shifted)
+        except Exception:  # shifted past the last whole window: no cells of this phase
+            continue
+        inside = tuple(min(n, (size - w - after) // s + 1) for n, size, w, s, (before, after)
+                       in zip(cells.shape[2:], shifted.shape[2:], grid.window, grid.stride, grid.receptive_field,
+                              strict=True))
+        first = tuple(-(-before // s) for s, (before, _) in zip(grid.stride, grid.receptive_field, strict=True))
+        target = expected[(slice(None), slice(None), *(slice(a, None, density) for a in phase))]
+        common = (slice(None), slice(None), *(slice(f, min(n, t)) for f, n, t in zip(first, inside, target.shape[2:],
+                                                                                       strict=True)))
+        target[common] = cells[common]
+    defined = ~expected.isnan()
+    return out[defined], expected[defined]
+
+
+_REDUCE = {"avg": lambda t, d: t.mean(d), "max": lambda t, d: t.amax(d),
+           "avgmax": lambda t, d: 0.5 * (t.mean(d) + t.amax(d))}
 
 
 def _larger_size(converted: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     """A size larger along every axis, by more along the first (so maps are not square)."""
     reference = tuple(input_shape[1:]) or (1, 1)
-    if converted.fc2conv.mode == "global":  # two and one steps of 32: many models take only such sizes
+    if converted.fc2conv.mode in ONE_CELL:  # two and one steps of 32: many models take only such sizes
         growth = (64, *(32,) * (len(reference) - 1))
     else:
         stride = geometry(converted).stride
@@ -201,19 +271,15 @@ def verify(
             if name != "reference" and info.widened:
                 return done(out.shape, note="skipped: above its reference size the original's fixed pool covers "
                                             "only part of the map, where the converted model pools all of it")
-            if name == "reference" or (info.mode != "dense" and len(input_shape) > 1):
-                try:
-                    expected = original(x).flatten(1)
-                except Exception as e:
-                    return done(out.shape, note=f"skipped: the original does not run at this size ({_first_line(e)})")
-                spatial = tuple(range(2, out.dim()))
-                actual = out.mean(spatial) if info.mode == "cam" else out.flatten(1)
-            else:
-                try:
-                    expected, actual = _dense_windows(original, converted, x, out), out
-                except Exception as e:
-                    return done(out.shape, passed=False,
-                                note=f"fc2conv could not run the original's head on the windows: {_first_line(e)}")
+            try:
+                actual, expected = _pair(original, converted, x, out, name)
+            except _Skip as e:
+                return done(out.shape, note=f"skipped: {e}")
+            except Exception as e:
+                return done(out.shape, passed=False,
+                            note=f"fc2conv could not evaluate the original here: {_first_line(e)}")
+        if actual.numel() == 0:
+            return done(out.shape, note="skipped: no cell to compare at this size")
         if actual.shape != expected.shape:
             return done(out.shape, passed=False, note=f"{tuple(actual.shape)} scores, the original gives "
                                                       f"{tuple(expected.shape)}")
@@ -226,6 +292,11 @@ def verify(
             # An MLP's larger input is a map of vectors, checked pixel by pixel like dense windows.
             x = example_input((input_shape[0], *spatial), batch=batch, dtype=dtype, seed=seed + 1)
             run_check(f"{info.mode} larger", x)
+        if info.density > 1:  # an input wide enough for cells whose receptive field lies inside it
+            grid = geometry(_ordinary(original, info))
+            spatial = tuple(w + b + a + 2 * s for w, s, (b, a) in zip(grid.window, grid.stride, grid.receptive_field,
+                                                                      strict=True))
+            run_check("stitched", example_input((input_shape[0], *spatial), batch=batch, dtype=dtype, seed=seed + 2))
     finally:
         original.train(was_training)
     return Report(info.mode, str(dtype).removeprefix("torch."), tol, tuple(checks))

@@ -5,6 +5,8 @@
 #   2. compose           8 test-split digits at known places on a 240×144 canvas → out/demo/canvas.png
 #   3. fc2conv run       the ONNX model on the canvas → where each class scores best + heatmap PNGs
 #   4. report            found vs placed for every digit; exits 1 if a digit is missed or a false one found
+#   5. denser map        the same classifier with --density 4 (a window every pixel, one pass) on the same canvas:
+#                        heatmap PNGs, and one digit's stride-4 and stride-1 maps side by side as text
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -33,3 +35,11 @@ echo "heatmaps: $out/heatmap_<digit>.png (probability of that digit over the can
 echo
 echo "== 4. where each digit was found, next to where it was placed"
 .venv/bin/python scripts/digits_canvas.py report "$out/placed.json" "$out/run.json"
+
+echo
+echo "== 5. a denser map: the same windows every pixel instead of every 4 (--density 4), in one pass"
+"$fc2conv" convert models/digits_cnn.safetensors --model-def models/digits_cnn.py:DigitsCNN \
+    --input-shape 1,32,32 --density 4 --onnx "$out/digits_stride1.onnx" \
+    --labels 0,1,2,3,4,5,6,7,8,9,background --force
+.venv/bin/python scripts/digits_canvas.py denser "$out/canvas.png" "$out/placed.json" "$out/digits.onnx" \
+    "$out/digits_stride1.onnx" "$out"

@@ -28,7 +28,7 @@ from ..artifact import dynamic_dims
 from ..errors import ConversionError, reported
 from ..files import atomic_output, refuse_existing
 from ..grid import geometry
-from ..metadata import axis_names, encode, validate
+from ..metadata import ONE_CELL, axis_names, encode, validate
 from ..tolerance import max_errors, tolerance
 from ..verification import runs_on
 from .check import probe, session
@@ -111,7 +111,7 @@ def export_onnx(
 def _metadata(converted: nn.Module, *, classes: int, labels, mean, std) -> dict[str, str]:
     """The `fc2conv.*` metadata, JSON-encoded; arguments are checked against the model (`fc2conv.metadata`)."""
     info = converted.fc2conv
-    grid = None if info.mode == "global" else geometry(converted)
+    grid = None if info.mode in ONE_CELL else geometry(converted)
     values: dict[str, object] = {
         "stride": grid and list(grid.stride),
         "window": grid and list(grid.window),
@@ -135,7 +135,7 @@ def _check_inputs(converted: nn.Module, example: torch.Tensor) -> list[torch.Ten
     PyTorch model runs."""
     info = converted.fc2conv
     reference = tuple(example.shape[2:])
-    step = geometry(converted).stride if info.mode != "global" else tuple(max(r // 4, 1) for r in reference)
+    step = geometry(converted).stride if info.mode not in ONE_CELL else tuple(max(r // 4, 1) for r in reference)
     sizes = [reference, (reference[0] + 2 * step[0], *(r + s for r, s in zip(reference[1:], step[1:], strict=True)))]
     if info.mode == "global" and len(info.input_shape) > 1:
         sizes.append(tuple(max(r - s, 1) for r, s in zip(reference, step, strict=True)))

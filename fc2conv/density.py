@@ -1,0 +1,230 @@
+"""Denser dense maps from the same weights: filter rarefaction ("à trous", DeepLab), an exact rewrite of a
+converted network.
+
+A network of total stride S gives one cell every S input positions. For a density r that divides S into a
+new stride T = S / r lying on the network's own grid (a product of its last strides), every convolution or pool
+whose input sits on a grid coarser than T runs instead on the grid of stride T: its stride becomes 1, and its
+dilation and padding are multiplied by f = c / T, where c is its input's stride in the original network. Each
+tap then reads the very positions it read before, so the same weights score windows every T positions in one
+pass. An average pool, which has no dilation, becomes the depthwise convolution with weights 1/k (or
+1/divisor_override) that it is (zero padding counted, as PyTorch's default `count_include_pad` does).
+
+What holds, per axis (tested): cell r·i + a of the denser map is computed from the pixels of cell i of the
+ordinary dense map of the input shifted by a·T; with no padding in the backbone that makes it exactly that
+cell (the denser map is the shift-and-stitch map), and the cells r·i are the ordinary map itself wherever the
+zero padding of both networks falls on the same positions. The grid positions are taken from
+`fc2conv.reach`, so every op after the first rarefied one must be one it follows.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .errors import ConversionError
+from .reach import CONVS, MAX_POOLS, Reach, reach_of
+from .trace import TraceOptions, trace
+
+__all__ = ["allowed_densities", "densify", "densities"]
+
+_AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_AVG_FUNCTIONS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
+_CONV_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d}
+_MAX_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d}
+_DEPTHWISE = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def densities(stride: tuple[int, ...], levels: set[tuple[int, ...]]) -> list[int]:
+    """The densities r a network of total `stride` allows: S / c for every grid level c its layers produce (the
+    same r along every axis)."""
+    allowed = set()
+    for level in levels:
+        if all(s % c == 0 for s, c in zip(stride, level, strict=True)):
+            ratios = {s // c for s, c in zip(stride, level, strict=True)}
+            allowed |= ratios if len(ratios) == 1 else set()
+    return sorted(r for r in allowed if r > 1)
+
+
+def allowed_densities(converted: fx.GraphModule) -> list[int]:
+    """The densities a model made by `fc2conv.convert` in dense mode allows (empty when fc2conv cannot follow its
+    grid)."""
+    info = converted.fc2conv
+    shape = info.input_shape if len(info.input_shape) > 1 else (*info.input_shape, 1, 1)
+    gm, values, output = _grid(converted, shape, info.trace_options, None)
+    return densities(output.stride, _levels(gm, values)) if isinstance(output, Reach) else []
+
+
+def _grid(converted: fx.GraphModule, input_shape: tuple[int, ...], options: TraceOptions, density: int | None):
+    """The fully traced network, every node's place on the input grid, and the output's (refused when it has none,
+    if a `density` is asked for)."""
+    gm = trace(converted, input_shape, TraceOptions(options.leaf_modules, options.autowrap_functions))
+    values = reach_of(gm, len(input_shape) - 1)
+    output = values[next(n for n in gm.graph.nodes if n.op == "output")]
+    if density is not None and not isinstance(output, Reach):
+        why = getattr(output, "why", "its cells see the whole input")
+        raise ConversionError(f"density={density}: fc2conv cannot follow the grid of this network ('"
+                              f"{getattr(output, 'node', '?')}': {why})")
+    return gm, values, output
+
+
+def densify(converted: fx.GraphModule, density: int, input_shape: tuple[int, ...], options: TraceOptions
+            ) -> tuple[fx.GraphModule, list[str]]:
+    """`converted` (dense mode) rewritten to give `density` times more cells along each axis, and the layers that
+    now run on the finer grid. The result is a new fully traced GraphModule whose modules are copies where their
+    strides, dilations or padding change."""
+    gm, values, output = _grid(converted, input_shape, options, density)
+    levels = _levels(gm, values)
+    if any(s % density for s in output.stride) or tuple(s // density for s in output.stride) not in levels:
+        raise ConversionError(
+            f"density={density} does not fit this network's strides {_times(output.stride)}: the new stride must "
+            f"be one its layers produce; allowed densities: {densities(output.stride, levels) or 'none (stride 1)'}")
+    target = tuple(s // density for s in output.stride)
+    modules = dict(gm.named_modules())
+    rarefied = []
+    for node in list(gm.graph.nodes):
+        source = _source_reach(node, values)
+        if source is None or not _is_window(node, modules):
+            continue
+        factor = tuple(c // t for c, t in zip(source.stride, target, strict=True))
+        own = _own_stride(node, modules, len(target))
+        if all(c * s <= t for c, s, t in zip(source.stride, own, target, strict=True)):
+            continue  # before the grid gets coarser than the target: unchanged
+        if any(c < t for c, t in zip(source.stride, target, strict=True)):
+            raise ConversionError(f"density={density}: '{_name(node)}' strides from a grid finer than the new "
+                                  f"stride {_times(target)} to a coarser one; choose one of "
+                                  f"{densities(output.stride, levels)}")
+        rarefied.append(_name(node))
+        _rarefy(gm, node, modules, factor)
+    gm.graph.lint()
+    gm.recompile()
+    return gm, rarefied
+
+
+def _levels(gm: fx.GraphModule, values: dict) -> set[tuple[int, ...]]:
+    """Every grid a tensor of the network sits on."""
+    return {v.stride for v in values.values() if isinstance(v, Reach)}
+
+
+def _source_reach(node: fx.Node, values: dict) -> Reach | None:
+    first = node.args[0] if node.args else None
+    value = values.get(first) if isinstance(first, fx.Node) else None
+    return value if isinstance(value, Reach) else None
+
+
+def _is_window(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], CONVS + MAX_POOLS + _AVG_POOLS)
+    return node.op == "call_function" and (node.target in _CONV_FUNCTIONS or node.target in _MAX_FUNCTIONS
+                                           or node.target in _AVG_FUNCTIONS)
+
+
+def _per_axis(value: Any, axes: int) -> tuple[int, ...]:
+    return (value,) * axes if isinstance(value, int) else tuple(value)
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+def _own_stride(node: fx.Node, modules: dict[str, nn.Module], axes: int) -> tuple[int, ...]:
+    if node.op == "call_module":
+        module = modules[node.target]
+        return _per_axis(module.stride or module.kernel_size, axes)
+    if node.target in _CONV_FUNCTIONS:
+        return _per_axis(_arg(node, 3, "stride", 1), axes)
+    return _per_axis(_arg(node, 2, "stride", None) or _arg(node, 1, "kernel_size", 1), axes)
+
+
+def _rarefy(gm: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module], factor: tuple[int, ...]) -> None:
+    """Make `node` run on a grid `factor` times finer: stride 1, dilation and padding times `factor`."""
+    if node.op == "call_module":
+        module = modules[node.target]
+        replacement = (_avg_as_depthwise(module, _channels(node), factor) if isinstance(module, _AVG_POOLS)
+                       else _rarefied_module(module, factor))
+        _set_submodule(gm, node.target, replacement)
+        return
+    axes = len(factor)
+    if node.target in _CONV_FUNCTIONS:
+        node.args, node.kwargs = node.args[:2], {
+            "bias": _arg(node, 2, "bias", None), "stride": 1,
+            "padding": _scaled(_arg(node, 4, "padding", 0), factor, node),
+            "dilation": _scaled(_arg(node, 5, "dilation", 1), factor, node), "groups": _arg(node, 6, "groups", 1)}
+    elif node.target in _MAX_FUNCTIONS:
+        node.args, node.kwargs = node.args[:2], {
+            "stride": 1, "padding": _scaled(_arg(node, 3, "padding", 0), factor, node),
+            "dilation": _scaled(_arg(node, 4, "dilation", 1), factor, node), "ceil_mode": _arg(node, 5, "ceil_mode",
+                                                                                                False)}
+    else:  # a functional average pool: the same depthwise convolution, its weight a buffer of the module
+        pool = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[axes](
+            _arg(node, 1, "kernel_size", None), _arg(node, 2, "stride", None), _arg(node, 3, "padding", 0),
+            _arg(node, 4, "ceil_mode", False), _arg(node, 5, "count_include_pad", True),
+            *((_arg(node, 6, "divisor_override", None),) if axes > 1 else ()))
+        name = f"{node.name}_atrous"
+        gm.add_submodule(name, _avg_as_depthwise(pool, _channels(node), factor))
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(name, (node.args[0],))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+
+
+def _scaled(value: Any, factor: tuple[int, ...], node: fx.Node) -> tuple[int, ...]:
+    if isinstance(value, str):
+        raise ConversionError(f"'{_name(node)}' pads {value!r}; fc2conv rarefies numeric padding only")
+    return tuple(v * f for v, f in zip(_per_axis(value, len(factor)), factor, strict=True))
+
+
+def _rarefied_module(module: nn.Module, factor: tuple[int, ...]) -> nn.Module:
+    """A shallow copy of a convolution or max pool (sharing its parameters) on a grid `factor` times finer."""
+    if isinstance(getattr(module, "padding", 0), str):
+        raise ConversionError(f"a {type(module).__name__} pads {module.padding!r}; fc2conv rarefies numeric "
+                              "padding only")
+    rarefied = copy.copy(module)
+    rarefied.stride = (1,) * len(factor)
+    rarefied.dilation = _times_each(module.dilation, factor)
+    rarefied.padding = _times_each(module.padding, factor)
+    if isinstance(module, CONVS):
+        rarefied._reversed_padding_repeated_twice = [p for p in reversed(rarefied.padding) for _ in range(2)]
+    return rarefied
+
+
+def _times_each(value: Any, factor: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(v * f for v, f in zip(_per_axis(value, len(factor)), factor, strict=True))
+
+
+def _avg_as_depthwise(pool: nn.Module, channels: int, factor: tuple[int, ...]) -> nn.Module:
+    """The depthwise convolution equal to average pool `pool` on a grid `factor` times finer (stride 1)."""
+    axes = len(factor)
+    kernel, padding = _per_axis(pool.kernel_size, axes), _per_axis(pool.padding, axes)
+    if any(padding) and not pool.count_include_pad:
+        raise ConversionError("an average pool that does not count its zero padding divides by a number that "
+                              "changes at the border; it cannot run on a finer grid as a convolution")
+    divisor = getattr(pool, "divisor_override", None) or math.prod(kernel)
+    conv = _DEPTHWISE[axes](channels, channels, kernel, padding=_times_each(padding, factor),
+                            dilation=factor, groups=channels, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0 / divisor)
+    conv.weight.requires_grad_(False)
+    return conv
+
+
+def _channels(node: fx.Node) -> int:
+    return int(node.args[0].meta["tensor_meta"].shape[1])
+
+
+def _set_submodule(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, name, module)
+
+
+def _name(node: fx.Node) -> str:
+    return str(node.target) if node.op == "call_module" else node.name
+
+
+def _times(sizes: tuple[int, ...]) -> str:
+    return "×".join(map(str, sizes))
+
