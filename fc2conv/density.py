@@ -13,7 +13,7 @@ What holds, per axis (tested): cell r·i + a of the denser map is computed from 
 ordinary dense map of the input shifted by a·T; with no padding in the backbone that makes it exactly that
 cell (the denser map is the shift-and-stitch map), and the cells r·i are the ordinary map itself wherever the
 zero padding of both networks falls on the same positions. The grid positions are taken from
-`fc2conv.reach`, so every op after the first rarefied one must be one it follows.
+`fc2conv.analysis.reach`, so every op after the first rarefied one must be one it follows.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .analysis.reach import CONVS, MAX_POOLS, Reach, reach_of
 from .errors import ConversionError
-from .reach import CONVS, MAX_POOLS, Reach, reach_of
 from .trace import TraceOptions, trace
 
 __all__ = ["allowed_densities", "densify", "densities"]

@@ -6,7 +6,7 @@ no arithmetic) at growing input sizes, and the stride is the distance between th
 gains its second and its third cell along that axis. The first step may be shorter, when the reference size
 leaves pixels the original never looks at.
 
-The receptive field is derived from the graph (`fc2conv.reach`): how far beyond its window the input still
+The receptive field is derived from the graph (`fc2conv.analysis.reach`): how far beyond its window the input still
 changes a cell, before and after it along each axis. Padding makes it larger than the window: a padded
 layer's border cells see zeros where a larger input has pixels. Tiles read with that margin around the cells
 they own stitch into exactly the one-pass map.
@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .analysis.reach import Everywhere, Reach, Unknown, Value, reach_of
 from .errors import ConversionError, reported
 from .metadata import ONE_CELL
-from .reach import Everywhere, Reach, Unknown, Value, reach_of
 from .trace import TraceOptions, meta_state, trace
 
 __all__ = ["Geometry", "geometry"]
@@ -145,7 +145,7 @@ def _measured_stride(converted: nn.Module, channels: int, reference: tuple[int, 
 
 
 def _locality(converted: nn.Module, options: TraceOptions, shape: tuple[int, ...]) -> Value:
-    """Where the output of `converted`, traced through, comes from in its input (`fc2conv.reach`)."""
+    """Where the output of `converted`, traced through, comes from in its input (`fc2conv.analysis.reach`)."""
     try:
         gm = trace(converted, shape, TraceOptions(options.leaf_modules, options.autowrap_functions))
     except ConversionError as e:

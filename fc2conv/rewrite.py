@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from . import rules
-from .analyze import (
+from .analysis import (
     Alias,
     Analysis,
     BatchNormToMaps,

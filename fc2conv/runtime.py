@@ -1,265 +1,29 @@
-"""Run a model written by `fc2conv.export_onnx` on an image (or a signal or volume), with numpy, onnxruntime
-and Pillow only.
+"""fc2conv without PyTorch: run exported models (`DenseModel`, `heatmap`) and scan images of any size (`scan`), with
+numpy, onnxruntime, Pillow and, for scanning, Dask, zarr and tifffile. Never imports torch (tested with torch
+blocked); `scan` loads its libraries on first use.
 
-    from fc2conv.runtime import DenseModel, heatmap
-    model = DenseModel("resnet18.onnx")
-    result = model.run("photo.jpg")            # any size at least the reference size
-    result.top_classes(5)                      # classes ranked by their best window
-    result.top_windows(5)                      # best (class, window) pairs, each with its input box
-    heatmap("photo.jpg", result, 281, "heat.png")
-
-Preprocessing: the image is read as `fc2conv.images` says (float32 in [0, 1] by its real bit depth, EXIF
-orientation applied, the model's channel count, a pixel budget checked before decoding), then normalised as
-(x − mean) / std with the file's metadata when present. The metadata is validated when the model is opened
-(`fc2conv.metadata`), so a bad field is named there rather than failing later.
-
-Signals (C×L) and volumes (C×D×H×W) are given as `.npy` files or arrays, channels first, as the model takes
-them before normalisation.
-
-Geometry: cell (i, j) of the score map covers input rows i·sh … i·sh + h − 1 and columns j·sw … j·sw + w − 1
-(stride and window from the file's metadata, measured on the PyTorch model at export), and likewise along the
-one or three axes of a signal or volume; in global mode the one cell covers the whole input. This module never
-imports PyTorch (tested with torch blocked).
+    from fc2conv.runtime import DenseModel, heatmap, scan
+    result = DenseModel("resnet18.onnx").run("photo.jpg")          # one pass: `fc2conv.inference`
+    scan("slide.tif", model="resnet18.onnx", out="slide.zarr")      # tile by tile: `fc2conv.scan`
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import onnxruntime as ort
-from PIL import Image
-
-from .errors import ConversionError
-from .files import atomic_output
-from .images import MAX_PIXELS, ImageLike, load_image
+from .images import ImageLike, load_image
+from .inference import DenseModel, Prediction, Result, colormap, heatmap
 from .metadata import PREFIX as METADATA_PREFIX
-from .metadata import decode, validate
+
+if TYPE_CHECKING:
+    from .scan import scan
 
 __all__ = ["METADATA_PREFIX", "DenseModel", "ImageLike", "Prediction", "Result", "colormap", "heatmap", "load_image",
            "scan"]
 
-_HEAT_ALPHA = 0.5
 
-
-@dataclass(frozen=True)
-class Prediction:
-    """One class at one cell: its probability there and the cell's input box (its first positions, then its
-    ends, exclusive: (top, left, bottom, right) for an image)."""
-
-    class_index: int
-    label: str
-    score: float
-    cell: tuple[int, ...]
-    box: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Result:
-    """The score map of one input: `scores` is K×(spatial) raw class scores (logits), K×H'×W' for an image."""
-
-    scores: np.ndarray
-    input_size: tuple[int, ...]
-    metadata: dict[str, Any] = field(repr=False)
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        """Softmax over the classes, separately for every cell: each cell sums to 1."""
-        shifted = np.exp(self.scores - self.scores.max(axis=0, keepdims=True))
-        return shifted / shifted.sum(axis=0, keepdims=True)
-
-    def label(self, class_index: int) -> str:
-        labels = self.metadata.get("labels")
-        return labels[class_index] if labels else str(class_index)
-
-    def box(self, *cell: int) -> tuple[int, ...]:
-        """The input box of `cell` (one index per spatial axis): first positions, then ends (exclusive)."""
-        shape = self.scores.shape[1:]
-        if len(cell) != len(shape) or not all(0 <= i < n for i, n in zip(cell, shape, strict=True)):
-            raise ConversionError(f"cell {cell} is outside the {'×'.join(map(str, shape))} score map")
-        stride, window = self.metadata.get("stride"), self.metadata.get("window")
-        if stride is None:  # global mode: one cell, the whole input
-            return (0,) * len(cell) + tuple(self.input_size)
-        starts = tuple(i * s for i, s in zip(cell, stride, strict=True))
-        return (*starts, *(b + w for b, w in zip(starts, window, strict=True)))
-
-    def _prediction(self, probabilities: np.ndarray, k: int, cell: tuple[int, ...]) -> Prediction:
-        cell = tuple(int(i) for i in cell)
-        return Prediction(int(k), self.label(int(k)), float(probabilities[(k, *cell)]), cell, self.box(*cell))
-
-    def top_classes(self, k: int = 5) -> list[Prediction]:
-        """The `k` classes with the highest probability at any cell, best first, each at its best cell."""
-        probabilities = self.probabilities
-        flat = probabilities.reshape(len(probabilities), -1)
-        best_cell = flat.argmax(axis=1)
-        order = np.argsort(-flat[np.arange(len(flat)), best_cell], kind="stable")[:k]
-        return [self._prediction(probabilities, c, np.unravel_index(int(best_cell[c]), probabilities.shape[1:]))
-                for c in order]
-
-    def top_windows(self, k: int = 5) -> list[Prediction]:
-        """The `k` (class, cell) pairs with the highest probabilities over the whole map, best first."""
-        probabilities = self.probabilities
-        order = np.argsort(-probabilities.ravel(), kind="stable")[:k]
-        return [self._prediction(probabilities, index[0], index[1:])
-                for index in (np.unravel_index(f, probabilities.shape) for f in order)]
-
-    def to_dict(self, k: int = 5) -> dict[str, Any]:
-        """JSON-ready summary: sizes, geometry, and the top `k` classes and windows."""
-        return {
-            "input_size": list(self.input_size),
-            "map_size": list(self.scores.shape[1:]),
-            "classes": int(self.scores.shape[0]),
-            **{key: self.metadata.get(key) for key in ("mode", "stride", "window", "exact")},
-            "top_classes": [p.to_dict() for p in self.top_classes(k)],
-            "top_windows": [p.to_dict() for p in self.top_windows(k)],
-        }
-
-
-class DenseModel:
-    """An exported fc2conv model in an onnxruntime session, with its `fc2conv.*` metadata (`.metadata`)."""
-
-    def __init__(self, path: str | os.PathLike, *, providers: list[str] | None = None,
-                 session_options: ort.SessionOptions | None = None, mean: list[float] | None = None,
-                 std: list[float] | None = None) -> None:
-        """Open `path` in onnxruntime and validate its metadata; `mean` and `std`, when given, replace the file's
-        input normalisation."""
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ConversionError(f"{self.path}: no such model file")
-        try:
-            self.session = ort.InferenceSession(str(self.path), session_options,
-                                                providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own unrelated types for bad files
-            raise ConversionError(f"{self.path}: onnxruntime cannot load it as an ONNX model ({e})") from None
-        found = self.session.get_modelmeta().custom_metadata_map
-        classes = self.session.get_outputs()[0].shape[1] if len(self.session.get_outputs()[0].shape) > 1 else None
-        classes = classes if isinstance(classes, int) else None
-        self.metadata = decode(found, source=str(self.path), classes=classes)
-        given = {key: [float(v) for v in value] for key, value in (("mean", mean), ("std", std)) if value is not None}
-        if given:
-            self.metadata = {**self.metadata, **given}
-            validate(self.metadata, source="--mean/--std", classes=classes)
-        shape = self.metadata["input_shape"]
-        if len(shape) == 1:
-            raise ConversionError(f"{self.path} takes {shape[0]}-vectors, not images or signals; run it with "
-                                  "onnxruntime")
-        self.channels, *self.reference = shape
-        self.input_name = self.session.get_inputs()[0].name
-
-    @property
-    def is_image(self) -> bool:
-        """Whether inputs are images (C×H×W); otherwise arrays of C×L signals or C×D×H×W volumes."""
-        return len(self.reference) == 2
-
-    def preprocess(self, data: ImageLike, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
-        """The 1×C×(spatial) float32 input for `data`, normalised with the metadata's mean and std.
-
-        Images (paths, PIL images, H×W×C arrays) are read by `load_image`; a `.npy` file or an array for a 1-D
-        or 3-D model is the model's input as it is, channels first (C×L or C×D×H×W), and a `.npy` file for an
-        image model is C×H×W. `.npy` files are read without pickle.
-        """
-        if isinstance(data, str | os.PathLike) and Path(data).suffix == ".npy":
-            x = _load_npy(Path(data))
-        elif self.is_image:
-            x = load_image(data, self.channels, max_pixels=max_pixels).transpose(2, 0, 1)
-        elif isinstance(data, np.ndarray):
-            x = data.astype(np.float32)
-        else:
-            raise ConversionError(f"this model takes {len(self.reference) + 1}-D arrays (C×…), a .npy file or a "
-                                  f"numpy array, not {type(data).__name__}")
-        if x.ndim != len(self.reference) + 1 or x.shape[0] != self.channels:
-            raise ConversionError(f"the model takes {self.channels}×{'×'.join(['…'] * len(self.reference))} "
-                                  f"inputs (channels first); got an array of shape {x.shape}")
-        view = (-1, *(1,) * len(self.reference))
-        for key in ("mean", "std"):
-            if key in self.metadata:
-                value = np.asarray(self.metadata[key], dtype=np.float32).reshape(view)
-                x = x - value if key == "mean" else x / value
-        return np.ascontiguousarray(x[None], dtype=np.float32)
-
-    def run(self, data: ImageLike, *, max_pixels: int | None = MAX_PIXELS) -> Result:
-        """The score map of `data`: an image (a path, PIL image, or H×W / H×W×C array; see `fc2conv.images`), or a
-        signal or volume (a `.npy` file or an array, channels first) for 1-D and 3-D models.
-
-        An image file of more than `max_pixels` pixels is refused before it is decoded (None: no limit).
-        """
-        x = self.preprocess(data, max_pixels=max_pixels)
-        size = tuple(int(d) for d in x.shape[2:])
-        shown = "×".join(map(str, size))
-        if self.metadata.get("mode") == "dense" and any(s < r for s, r in zip(size, self.reference, strict=True)):
-            raise ConversionError(
-                f"the input is {shown}, smaller than the model's {'×'.join(map(str, self.reference))} window; "
-                "enlarge it to at least that size"
-            )
-        try:
-            (scores,) = self.session.run(None, {self.input_name: x})
-        except Exception as e:
-            raise ConversionError(f"{self.path}: onnxruntime failed on a {shown} input: {e}") from None
-        return Result(scores[0], size, self.metadata)
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    """A float32 array from a `.npy` file, read without pickle."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}: cannot read it as a .npy array ({e})") from None
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ConversionError(f"{path}: a {array.dtype} array is not numbers")
-    return array.astype(np.float32)
-
-
-def heatmap(
-    image: ImageLike, result: Result, class_index: int, path: str | os.PathLike, *, force: bool = False
-) -> Path:
-    """Write a PNG of `image` blended with the probability of `class_index` over it, at the image's size.
-
-    A pixel's heat is the mean probability of the class over the cells whose box contains it (0 where no
-    box reaches), scaled so the map's largest value is the hottest colour. Written atomically; an existing
-    file is refused unless `force`. Returns the path.
-    """
-    classes = result.scores.shape[0]
-    if not 0 <= class_index < classes:
-        raise ConversionError(f"class {class_index} does not exist; the model has classes 0 … {classes - 1}")
-    if len(result.input_size) != 2:
-        raise ConversionError("heatmaps are drawn over images; this result is for a signal or a volume")
-    picture = load_image(image, 3, max_pixels=None)  # `result` already holds this image's map
-    if picture.shape[:2] != result.input_size:
-        raise ConversionError(f"the image is {picture.shape[:2]}, but the result is for {result.input_size}")
-    probability = result.probabilities[class_index]
-    total = np.zeros(result.input_size, dtype=np.float64)
-    count = np.zeros(result.input_size, dtype=np.int64)
-    for i, j in np.ndindex(*probability.shape):
-        top, left, bottom, right = result.box(i, j)
-        total[top:bottom, left:right] += probability[i, j]
-        count[top:bottom, left:right] += 1
-    heat = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    heat = heat / heat.max() if heat.max() > 0 else heat
-    overlay = Image.fromarray(colormap(heat))
-    base = Image.fromarray((np.clip(picture, 0, 1) * 255).round().astype(np.uint8))
-    blended = Image.blend(base, overlay, _HEAT_ALPHA)
-    with atomic_output(path, force=force) as tmp:
-        blended.save(tmp, format="PNG")
-    return Path(path)
-
-
-def colormap(heat: np.ndarray) -> np.ndarray:
-    """Blue (0) → cyan → yellow → red (1), the usual "jet" ramp, as H×W×3 uint8."""
-    channels = [np.clip(1.5 - np.abs(4 * heat - centre), 0, 1) for centre in (3, 2, 1)]
-    return (np.stack(channels, axis=-1) * 255).round().astype(np.uint8)
-
-
-def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.PathLike, **options: Any) -> Any:
-    """Scan an image of any size in tiles into a zarr score map equal to the one-pass map: `fc2conv.scan.scan`,
-    with the same keyword options (tile, workers or scheduler, level or mpp, classes, overview, detections,
-    resume, force, dtype, approximate, …). Imported on first use: `fc2conv.runtime` alone loads no Dask or zarr.
-    """
-    from .scan import scan as scan_tiles
-
-    return scan_tiles(source, model=model, out=out, **options)
+def __getattr__(name: str) -> Any:
+    if name == "scan":
+        return import_module("fc2conv.scan").scan
+    raise AttributeError(f"module 'fc2conv.runtime' has no attribute {name!r}")

@@ -30,7 +30,8 @@ from .rewrite import convert
 from .tolerance import ACROSS_RUNTIMES, TOLERANCE, max_errors, tolerance
 from .trace import example_input, trace
 
-__all__ = ["ACROSS_RUNTIMES", "TOLERANCE", "Check", "Report", "max_errors", "runs_on", "tolerance", "verify"]
+__all__ = ["ACROSS_RUNTIMES", "TOLERANCE", "Check", "Report", "larger_size", "max_errors", "runs_on", "tolerance",
+           "verify"]
 
 @dataclass(frozen=True)
 class Check:
@@ -215,7 +216,7 @@ _REDUCE = {"avg": lambda t, d: t.mean(d), "max": lambda t, d: t.amax(d),
            "avgmax": lambda t, d: 0.5 * (t.mean(d) + t.amax(d))}
 
 
-def _larger_size(converted: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+def larger_size(converted: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     """A size larger along every axis, by more along the first (so maps are not square)."""
     reference = tuple(input_shape[1:]) or (1, 1)
     if converted.fc2conv.mode in ONE_CELL:  # two and one steps of 32: many models take only such sizes
@@ -288,7 +289,7 @@ def verify(
 
     try:
         run_check("reference", example_input(input_shape, batch=batch, dtype=dtype, seed=seed))
-        for spatial in sizes or [_larger_size(converted, input_shape)]:
+        for spatial in sizes or [larger_size(converted, input_shape)]:
             # An MLP's larger input is a map of vectors, checked pixel by pixel like dense windows.
             x = example_input((input_shape[0], *spatial), batch=batch, dtype=dtype, seed=seed + 1)
             run_check(f"{info.mode} larger", x)

@@ -5,6 +5,7 @@
     python scripts/bench.py --sliding --check   # dense vs naive sliding window, torch and onnxruntime
     python scripts/bench.py --sliding --models resnet50
     python scripts/bench.py --tiled             # tiled scanning vs one pass, one vs two workers, peak memory
+    python scripts/bench.py --density           # a denser map in one dilated pass vs shift-and-stitch vs naive
 
 Original and converted run alternately, `--repeats` times each after warm-up, so machine noise hits
 both alike; the table gives each median and their ratio (converted / original). With `--check` the
@@ -22,6 +23,16 @@ speed-up (naive time / dense time) is printed beside the FLOP ratio (naive FLOPs
 
 `--tiled`: `fc2conv scan` against one pass, one worker against two, and peak memory at two image sizes
 (`scripts/bench_tiled.py` says how each is measured).
+
+`--density`: a map r times denser (stride S/r) three ways, for r in `--densities` (default 2 4; those a
+model does not allow are skipped and named): one pass of `fc2conv.convert(..., density=r)` (dilated),
+shift-and-stitch (r² passes of the ordinary dense model over the input shifted by (a·S/r, b·S/r), their maps
+interleaved), and the naive sliding window at stride S/r (every window inside the image cropped out and run
+through the original in batches, as `--sliding` does). Models: the digits CNN with its trained checkpoint on
+the demo's canvas size, AlexNet and ResNet50 with random weights; `--onnxruntime` adds the same three in
+onnxruntime (spinning off). Each of `--repeats` rounds (default 5) times one naive run, then each of the
+others for as long (`_median_rounds`). Speed-ups (stitch / dilated, naive / dilated) are printed beside the
+FLOP ratios of the same pairs.
 """
 
 from __future__ import annotations
@@ -41,13 +52,21 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 import fc2conv
+from fc2conv.checkpoint import load_into, load_state_dict
+from fc2conv.density import allowed_densities
 
+ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["alexnet", "vgg16", "resnet50", "mobilenet_v3_large"]
 # The issue's settings: AlexNet on a 500×500 image (the FCN paper's), VGG16 and ResNet50 at 448×448.
 SLIDING = [("alexnet", 500), ("vgg16", 448), ("resnet50", 448)]
 # Rounds per sliding row: with 5, ResNet50 in onnxruntime measured 0.77-1.10 × its FLOP ratio over 13 runs;
 # with 15, 0.91-0.95 over four (a burst of noise then moves a median by less).
 SLIDING_ROUNDS = 15
+# --density: (model, image height × width, crops per naive batch). The digits CNN on the demo's canvas, whose
+# 32×32 crops are so small that batches of 16 would time Python rather than the network; AlexNet and ResNet50
+# where one full run, torch and onnxruntime at 5 rounds, stays near 10 minutes on 2 cores.
+DENSITY = [("digits", (144, 240), 256), ("alexnet", (320, 320), 16), ("resnet50", (288, 288), 16)]
+DENSITY_ROUNDS = 5
 
 
 def _time(fn, *args) -> float:
@@ -73,28 +92,37 @@ def bench(name: str, *, size: int, batch: int, repeats: int, warmup: int, mode: 
     return statistics.median(times["original"]), statistics.median(times["converted"])
 
 
-def _median_pair(naive, dense, *, repeats: int, warmup: int) -> tuple[float, float]:
-    """Median seconds of the naive and the dense callables, sampled over the same stretches of time.
+def _median_rounds(naive, others, *, repeats: int, warmup: int) -> tuple[float, list[float]]:
+    """Median seconds of the naive callable and of each of `others`, sampled over the same stretches of time.
 
-    Each of `repeats` rounds times one naive run, then the dense pass back to back for as long as the naive
-    run took (at most 50 runs). Timing on this 2-core virtual machine is noisy in bursts of about a second
-    (the same dense pass ran 217-397 ms in one minute); a burst then lands on both sides alike and the
-    dense median rests on many samples. Alternating single runs let a burst hit the short dense runs
-    unevenly, and timing each side in its own block let one burst cover a whole side.
+    Each of `repeats` rounds times one naive run, then each of the others back to back for as long as the
+    naive run took (at most 50 runs each). Timing on this 2-core virtual machine is noisy in bursts of about
+    a second (the same dense pass ran 217-397 ms in one minute); a burst then lands on all sides alike and
+    the medians of the faster ones rest on many samples. Alternating single runs let a burst hit the short
+    dense runs unevenly, and timing each side in its own block let one burst cover a whole side.
     """
     for _ in range(warmup):
         naive()
-        dense()
-    naive_times, dense_times = [], []
+        for other in others:
+            other()
+    naive_times: list[float] = []
+    other_times: list[list[float]] = [[] for _ in others]
     for _ in range(repeats):
         naive_times.append(_time(naive))
-        spent = 0.0
-        for _ in range(50):
-            dense_times.append(_time(dense))
-            spent += dense_times[-1]
-            if spent >= naive_times[-1]:
-                break
-    return statistics.median(naive_times), statistics.median(dense_times)
+        for other, times in zip(others, other_times, strict=True):
+            spent = 0.0
+            for _ in range(50):
+                times.append(_time(other))
+                spent += times[-1]
+                if spent >= naive_times[-1]:
+                    break
+    return statistics.median(naive_times), [statistics.median(times) for times in other_times]
+
+
+def _median_pair(naive, dense, *, repeats: int, warmup: int) -> tuple[float, float]:
+    """Median seconds of the naive and the dense callables (`_median_rounds` with one other)."""
+    naive_s, (dense_s,) = _median_rounds(naive, [dense], repeats=repeats, warmup=warmup)
+    return naive_s, dense_s
 
 
 def _flops(fn) -> int:
@@ -169,6 +197,126 @@ def main_sliding(args: argparse.Namespace) -> int:
     return 0
 
 
+def _density_original(name: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    """The model and its reference input: the digits CNN with its trained checkpoint, or torchvision with random
+    weights at 224×224."""
+    torch.manual_seed(0)
+    if name != "digits":
+        return torchvision.models.get_model(name, weights=None).eval(), (3, 224, 224)
+    sys.path.insert(0, str(ROOT))
+    from models.digits_cnn import WINDOW, DigitsCNN
+
+    checkpoint = ROOT / "models" / "digits_cnn.safetensors"
+    model = DigitsCNN()
+    load_into(model, load_state_dict(checkpoint), source=str(checkpoint))
+    return model.eval(), (1, WINDOW, WINDOW)
+
+
+def _stitch(run, image, out, r: int, step: tuple[int, int]):
+    """Shift-and-stitch into `out`: for every shift (a, b), the ordinary map of the input shifted by (a, b) steps
+    fills the cells (r·i + a, r·j + b). Works on torch tensors and numpy arrays alike."""
+    for a in range(r):
+        for b in range(r):
+            part = run(image[:, :, a * step[0]:, b * step[1]:])
+            target = out[:, :, a::r, b::r]
+            target[...] = part[:, :, :target.shape[2], :target.shape[3]]
+    return out
+
+
+def density_rows(name: str, *, size: tuple[int, int], densities: list[int], repeats: int, warmup: int, chunk: int,
+                 workdir: Path | None):
+    """Yield, for each allowed r in `densities` and each runtime (torch, then onnxruntime when `workdir` is
+    given): (model, size, runtime, r, stride, cells, windows, dilated s, stitch s, naive s, stitch FLOPs /
+    dilated FLOPs, naive FLOPs / dilated FLOPs); or (model, r, allowed densities) for an r it does not allow."""
+    original, shape = _density_original(name)
+    ordinary = fc2conv.convert(original, shape)
+    allowed = allowed_densities(ordinary)
+    image = torch.randn(1, shape[0], *size)
+    sessions = None
+    if workdir is not None:
+        naive_path = workdir / f"{name}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(original, (torch.zeros(1, *shape),), naive_path, dynamo=False, input_names=["input"],
+                              dynamic_axes={"input": {0: "batch"}}, opset_version=18)
+        sessions = (_session(naive_path),
+                    _session(fc2conv.export_onnx(ordinary, workdir / f"{name}_dense.onnx", force=True)))
+    for r in densities:
+        if r not in allowed:
+            yield name, r, allowed
+            continue
+        dilated = fc2conv.convert(original, shape, density=r)
+        dilated_path = workdir / f"{name}_density{r}.onnx" if workdir is not None else None
+        yield from _density_row(name, original, ordinary, dilated, r, image, chunk=chunk, repeats=repeats,
+                                warmup=warmup, sessions=sessions, dilated_path=dilated_path)
+
+
+def _density_row(name, original, ordinary, dilated, r: int, image: torch.Tensor, *, chunk: int, repeats: int,
+                 warmup: int, sessions, dilated_path: Path | None):
+    """The rows of one density r: torch, then onnxruntime when `sessions` (naive, ordinary) are given."""
+    geo = fc2conv.geometry(dilated)
+    step, window, size = geo.stride, geo.window, tuple(image.shape[2:])
+    with torch.no_grad():  # not inference_mode: the exporter below traces these tensors
+        out = dilated(image)
+        cells = tuple(out.shape[2:])
+        # Every window inside the image (a padded model's map also has cells whose windows run past it).
+        fits = [min(n, (s - w) // t + 1) for n, s, w, t in zip(cells, size, window, step, strict=True)]
+        crops = torch.cat([image[:, :, top:bottom, left:right]
+                           for top, left, bottom, right in (geo.box(i, j) for i in range(fits[0])
+                                                            for j in range(fits[1]))])
+        chunks = crops.split(chunk)
+
+        def stitch_torch():
+            return _stitch(ordinary, image, torch.empty_like(out), r, step)
+
+        dilated_flops = _flops(lambda: dilated(image))
+        flops = (_flops(stitch_torch) / dilated_flops, _flops(lambda: original(crops[:1])) * len(crops) / dilated_flops)
+        naive_s, (stitch_s, dilated_s) = _median_rounds(lambda: [original(c) for c in chunks],
+                                                        [stitch_torch, lambda: dilated(image)],
+                                                        repeats=repeats, warmup=warmup)
+    yield name, size, "torch", r, step[0], cells, len(crops), dilated_s, stitch_s, naive_s, *flops
+    if sessions is None:
+        return
+    naive, ordinary_session = sessions
+    session = _session(fc2conv.export_onnx(dilated, dilated_path, force=True))
+    image_np, chunks_np, out_np = image.numpy(), [c.numpy() for c in chunks], out.numpy()
+
+    def ordinary_ort(x):
+        return ordinary_session.run(None, {"input": np.ascontiguousarray(x)})[0]
+
+    naive_s, (stitch_s, dilated_s) = _median_rounds(
+        lambda: [naive.run(None, {"input": c}) for c in chunks_np],
+        [lambda: _stitch(ordinary_ort, image_np, np.empty_like(out_np), r, step),
+         lambda: session.run(None, {"input": image_np})], repeats=repeats, warmup=warmup)
+    yield name, size, "onnxruntime", r, step[0], cells, len(crops), dilated_s, stitch_s, naive_s, *flops
+
+
+def main_density(args: argparse.Namespace) -> int:
+    runtimes = "torch and onnxruntime (thread spinning off)" if args.onnxruntime else "torch"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {runtimes}; median of {args.repeats} "
+          f"rounds; stitch: r² ordinary dense passes; naive: every window at stride S/r, in batches")
+    print(f"{'model':<9} {'image':>9} {'runtime':<12} {'r':>2} {'stride':>6} {'cells':>7} {'windows':>7} "
+          f"{'dilated ms':>10} {'stitch ms':>10} {'speed-up':>8} {'FLOPs':>7} {'naive ms':>10} {'speed-up':>8} "
+          f"{'FLOPs':>7}")
+    refused = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name, size, chunk in [entry for entry in DENSITY if entry[0] in args.models]:
+            size = tuple(args.density_size) if args.density_size else size
+            for row in density_rows(name, size=size, densities=args.densities, repeats=args.repeats,
+                                    warmup=args.warmup, chunk=chunk,
+                                    workdir=Path(workdir) if args.onnxruntime else None):
+                if len(row) == 3:
+                    refused.append(f"{row[0]} does not allow r={row[1]} (allowed: {row[2]})")
+                    continue
+                model, (h, w), runtime, r, stride, cells, windows, dilated, stitch, naive, stitch_x, naive_x = row
+                print(f"{model:<9} {f'{h}×{w}':>9} {runtime:<12} {r:>2} {stride:>6} {'×'.join(map(str, cells)):>7} "
+                      f"{windows:>7} {dilated * 1e3:>10.1f} {stitch * 1e3:>10.1f} {stitch / dilated:>7.2f}× "
+                      f"{stitch_x:>6.2f}× {naive * 1e3:>10.1f} {naive / dilated:>7.2f}× {naive_x:>6.2f}×", flush=True)
+    for line in refused:
+        print(f"skipped: {line}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=None,
@@ -186,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-efficiency", type=float, default=0.9,
                         help="--sliding --check: exit 1 if a speed-up falls below this × the FLOP ratio")
     parser.add_argument("--tiled", action="store_true", help="tiled scanning vs one pass instead")
+    parser.add_argument("--density", action="store_true",
+                        help="a denser map: one dilated pass vs shift-and-stitch vs naive windows, instead")
+    parser.add_argument("--densities", type=int, nargs="+", default=[2, 4], help="--density: r values (default 2 4)")
+    parser.add_argument("--density-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="--density: one image size for every model (default: each model's own)")
+    parser.add_argument("--onnxruntime", action="store_true", help="--density: onnxruntime rows too")
     parser.add_argument("--tile", type=int, default=1024, help="--tiled: tile size in pixels (default 1024)")
     parser.add_argument("--image", type=int, default=4096, help="--tiled: digits image side (default 4096)")
     parser.add_argument("--resnet-image", type=int, default=2048, help="--tiled: ResNet18 image side (default 2048)")
@@ -200,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         args.models = args.models or TILED
         args.repeats = args.repeats or 3
         return main_tiled(args)
+    if args.density:
+        args.models = args.models or [name for name, _, _ in DENSITY]
+        args.repeats = args.repeats or DENSITY_ROUNDS
+        args.warmup = 1 if args.warmup is None else args.warmup
+        return main_density(args)
     args.models = args.models or MODELS
     if args.repeats is None:
         args.repeats = SLIDING_ROUNDS if args.sliding else 30

@@ -88,8 +88,9 @@ def denser_command(canvas_path: Path, placed_path: Path, model_path: Path, dense
     r = coarse.metadata["stride"][0] // fine.metadata["stride"][0]
     same = np.abs(fine.scores[:, ::r, ::r] - coarse.scores).max() / np.abs(coarse.scores).max()
     step, fine_step = coarse.metadata["stride"][0], fine.metadata["stride"][0]
-    print(f"{denser_path} on {canvas_path}: a {'×'.join(map(str, fine.scores.shape[1:]))} map of windows every "
-          f"{fine_step} pixel{'s' if fine_step > 1 else ''} (stride {step}: {'×'.join(map(str, coarse.scores.shape[1:]))})")
+    sizes = ["×".join(map(str, result.scores.shape[1:])) for result in (fine, coarse)]
+    print(f"{denser_path} on {canvas_path}: a {sizes[0]} map of windows every {fine_step} "
+          f"pixel{'s' if fine_step > 1 else ''} (stride {step}: {sizes[1]})")
     print(f"its cells ({r}i, {r}j) against the stride-{step} map: max relative difference {same:.1e}")
     for d in sorted(placed):
         heatmap(canvas_path, fine, d, out / f"heatmap_{d}_stride1.png", force=True)
@@ -105,7 +106,7 @@ def side_by_side(coarse: np.ndarray, fine: np.ndarray, r: int, where: tuple[int,
     character of either covers one window position (its top-left pixel) at the fine map's stride."""
     starts = []
     for axis, spot in enumerate(where):  # SHOWN coarse cells around the window centred on the digit
-        centre = round((spot - MARGIN) / (STRIDE * 1.0))
+        centre = (spot - MARGIN + STRIDE // 2) // STRIDE
         last = min(coarse.shape[axis] - SHOWN, (fine.shape[axis] - SHOWN * r) // r)
         starts.append(max(0, min(centre - SHOWN // 2, last)))
     (i0, j0), size = starts, SHOWN * r

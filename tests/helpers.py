@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import runpy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from typer.testing import CliRunner
 
 import fc2conv
+from fc2conv.cli import app
 from fc2conv.errors import ConversionError
 from fc2conv.verification import max_errors, tolerance
 
@@ -105,3 +108,15 @@ def measured_receptive_field(dense: nn.Module, channels: int) -> tuple[tuple[int
             offsets += [centre[axis] + phase - i * stride for i in cells]
         margins.append((max(0, -min(offsets)), max(0, max(offsets) - (window - 1))))
     return tuple(margins)
+
+
+def invoke(*args):
+    """`fc2conv ARGS` run in this process by typer's runner; exceptions inside propagate."""
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def saved_weights(models: Path, name: str, path: Path, *args, **kwargs) -> Path:
+    """`path`, holding the seeded state dict of `name(*args, **kwargs)` from the Python file `models`."""
+    torch.manual_seed(0)
+    torch.save(runpy.run_path(str(models))[name](*args, **kwargs).state_dict(), path)
+    return path

@@ -63,3 +63,31 @@ def test_tiled_rows_compare_tiles_workers_and_memory():
     assert [row.split()[0] for row in memory] == ["256×256", "512×512"]
     assert all(float(row.split()[1]) > 50 for row in memory)  # MB: Python, numpy, onnxruntime and zarr at least
     assert lines[-1].startswith("growth 512² / 256²:")
+
+
+def test_density_rows_compare_one_dilated_pass_with_stitching_and_naive_windows():
+    """`--density` on the digits CNN at a tiny size, both runtimes: one row per runtime and allowed r, the others
+    named; speed-ups are the quotients of the times beside them."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--density", "--models", "digits",
+                           "--density-size", "40", "48", "--densities", "2", "4", "3", "--onnxruntime",
+                           "--repeats", "1", "--warmup", "0"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model"))
+    rows = [line.split() for line in lines[header + 1:] if not line.startswith("skipped")]
+    assert [(row[0], row[1], row[2], row[3], row[4]) for row in rows] == [
+        ("digits", "40×48", runtime, r, stride) for r, stride in (("2", "2"), ("4", "1"))
+        for runtime in ("torch", "onnxruntime")]
+    assert lines[-1] == "skipped: digits does not allow r=3 (allowed: [2, 4])"
+    for row in rows:
+        r = int(row[3])
+        cells, windows = tuple(map(int, row[5].split("×"))), int(row[6])
+        # Padding-free: (40 − 32) / (4 / r) + 1 by (48 − 32) / (4 / r) + 1 windows, one per cell.
+        assert cells == (2 * r + 1, 4 * r + 1) and windows == cells[0] * cells[1]
+        dilated, stitch, naive = float(row[7]), float(row[8]), float(row[11])
+        for speedup, slower in ((row[9], stitch), (row[12], naive)):
+            shown = float(speedup.rstrip("×"))
+            assert abs(shown - slower / dilated) <= shown * (0.05 / dilated + 0.05 / slower) + 0.01
+        stitch_flops, naive_flops = float(row[10].rstrip("×")), float(row[13].rstrip("×"))
+        # r² passes repeat the first layers that one dilated pass shares, and every crop repeats all layers.
+        assert 1 < stitch_flops < r * r and naive_flops > stitch_flops

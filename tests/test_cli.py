@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import invoke
 from PIL import Image
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
 from fc2conv import ConversionError
-from fc2conv.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, app
+from fc2conv.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from models.small_cnn import SmallCNN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,9 +31,6 @@ SMALL = ["--model-def", MODEL_DEF, "--input-shape", "3,32,32"]
 LABELS = "plane,car,bird,cat,deer,dog,frog,horse,ship,truck"
 COMMANDS = ["inspect", "convert", "verify", "run"]
 
-
-def invoke(*args: str | Path):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def check_golden(name: str, text: str, tmp: Path) -> None:
@@ -289,7 +286,7 @@ def test_verify_needs_the_model_def_explicitly(converted, weights):
     assert result.exit_code == EXIT_USAGE and f"--model-def {MODEL_DEF}" in result.stderr
 
 
-def test_verify_exits_1_for_other_weights(converted, weights):
+def test_verify_exits_1_for_othersaved_weights(converted, weights):
     folder, _ = converted
     result = invoke("verify", weights / "other.pt", folder / "small.pt2", "--model-def", MODEL_DEF)
     assert result.exit_code == EXIT_FAILED

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
+from helpers import invoke, saved_weights
 
-from fc2conv.cli import EXIT_OK, EXIT_USAGE, app
+from fc2conv.cli import EXIT_OK, EXIT_USAGE
 
 MODELS = '''
 import torch
@@ -53,9 +53,6 @@ class Signal(nn.Module):
 '''
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
 
 @pytest.fixture
 def models(tmp_path) -> Path:
@@ -64,17 +61,10 @@ def models(tmp_path) -> Path:
     return path
 
 
-def _weights(models: Path, name: str, path: Path, *args, **kwargs) -> Path:
-    import runpy
-
-    torch.manual_seed(0)
-    torch.save(runpy.run_path(str(models))[name](*args, **kwargs).state_dict(), path)
-    return path
-
 
 @pytest.mark.parametrize("args", [["VGG13"], ["vgg_name=VGG13"], ['{"vgg_name": "VGG13", "width": 1}']])
 def test_model_args_reach_the_constructor_and_the_artifact(models, tmp_path, args):
-    weights = _weights(models, "VGG", tmp_path / "vgg.pt", "VGG13")
+    weights = saved_weights(models, "VGG", tmp_path / "vgg.pt", "VGG13")
     model_args = [a for arg in args for a in ("--model-arg", arg)]
     result = invoke("convert", weights, "--model-def", f"{models}:VGG", *model_args, "--input-shape", "3,16,16",
                     "-o", tmp_path / "vgg.safetensors", "--json")
@@ -86,7 +76,7 @@ def test_model_args_reach_the_constructor_and_the_artifact(models, tmp_path, arg
 
 
 def test_missing_constructor_arguments_say_how_to_pass_them(models, tmp_path):
-    weights = _weights(models, "VGG", tmp_path / "vgg.pt", "VGG11")
+    weights = saved_weights(models, "VGG", tmp_path / "vgg.pt", "VGG11")
     result = invoke("convert", weights, "--model-def", f"{models}:VGG", "--input-shape", "3,16,16", "-o",
                     tmp_path / "out.pt2")
     assert result.exit_code == EXIT_USAGE and "--model-arg" in result.stderr and "vgg_name" in result.stderr
@@ -94,7 +84,7 @@ def test_missing_constructor_arguments_say_how_to_pass_them(models, tmp_path):
 
 @pytest.mark.parametrize("shape", [None, "3,64,64", "1,16,16"])
 def test_a_missing_or_wrong_input_shape_names_the_expected_one(models, tmp_path, shape):
-    weights = _weights(models, "VGG", tmp_path / "vgg.pt", "VGG11")
+    weights = saved_weights(models, "VGG", tmp_path / "vgg.pt", "VGG11")
     given = ["--input-shape", shape] if shape else []
     result = invoke("inspect", weights, "--model-def", f"{models}:VGG", "--model-arg", "VGG11", *given)
     assert result.exit_code == EXIT_USAGE, result.stdout
@@ -103,7 +93,7 @@ def test_a_missing_or_wrong_input_shape_names_the_expected_one(models, tmp_path,
 
 
 def test_a_signal_model_end_to_end(models, tmp_path):
-    weights = _weights(models, "Signal", tmp_path / "signal.pt")
+    weights = saved_weights(models, "Signal", tmp_path / "signal.pt")
     result = invoke("convert", weights, "--model-def", f"{models}:Signal", "--input-shape", "1,64", "-o",
                     tmp_path / "signal.pt2", "--onnx", tmp_path / "signal.onnx", "--labels", "a,b,c",
                     "--mean", "0", "--std", "1")
@@ -117,7 +107,7 @@ def test_a_signal_model_end_to_end(models, tmp_path):
 
 
 def test_run_warns_when_nothing_gives_a_normalisation(models, tmp_path):
-    weights = _weights(models, "Signal", tmp_path / "signal.pt")
+    weights = saved_weights(models, "Signal", tmp_path / "signal.pt")
     invoke("convert", weights, "--model-def", f"{models}:Signal", "--input-shape", "1,64", "--onnx",
            tmp_path / "bare.onnx")
     np.save(tmp_path / "clip.npy", np.zeros((1, 64), np.float32))

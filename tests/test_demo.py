@@ -97,8 +97,58 @@ def test_report_fails_on_a_miss_and_on_a_false_alarm(tmp_path, capsys):
     assert code == 1 and "FALSE ALARM" in out
 
 
+def drawn(text: str) -> tuple[list[str], list[str]]:
+    """The two maps of `side_by_side`, as rows of characters: (coarse, fine)."""
+    rows = [line.split("|") for line in text.splitlines() if line.lstrip()[:1].isdigit()]
+    return [row[1] for row in rows], [row[3] for row in rows]
+
+
+def test_side_by_side_draws_each_coarse_cell_over_the_windows_it_stands_for():
+    """A stride-4 cell is drawn 4×4 on the stride-1 grid: its top-left character is the stride-1 map's at the same
+    window, as the cells (4i, 4j) of a denser map are the ordinary map."""
+    fine = np.random.default_rng(0).random((40, 60))
+    coarse = fine[::4, ::4]
+    text = digits_canvas.side_by_side(coarse, fine, 4, (21, 35), 7)
+    assert "rows 8…23, columns 24…39" in text  # 4 coarse cells a side around the window at (17, 31)
+    left, right = drawn(text)
+    assert len(left) == len(right) == 16 and {len(row) for row in left + right} == {16}
+    for y in range(16):
+        for x in range(16):
+            assert left[y][x] == left[y - y % 4][x - x % 4]
+            assert right[y][x] == digits_canvas.RAMP[int(fine[8 + y, 24 + x] * 10)]
+        if y % 4 == 0:
+            assert left[y][::4] == right[y][::4]
+    near_edge = digits_canvas.side_by_side(coarse, fine, 4, (2, 2), 7)  # clipped to the maps
+    assert "rows 0…15, columns 0…15" in near_edge
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_denser_map_on_the_demo_canvas(model, tmp_path, capsys):
+    """The demo's step 5 with both ONNX models: the stride-1 map's cells (4i, 4j) are the stride-4 map, a heatmap
+    per placed digit, and one digit's two maps side by side."""
+    assert digits_canvas.compose_command(tmp_path / "canvas.png", tmp_path / "placed.json", 8, 1) == 0
+    paths = []
+    for name, density in (("digits", 1), ("stride1", 4)):
+        converted = fc2conv.convert(model, (1, WINDOW, WINDOW), density=density)
+        paths.append(fc2conv.export_onnx(converted, tmp_path / f"{name}.onnx", labels=LABELS))
+    capsys.readouterr()
+    assert digits_canvas.denser_command(tmp_path / "canvas.png", tmp_path / "placed.json", *paths, tmp_path, 7) == 0
+    out = capsys.readouterr().out
+    assert "a 113×209 map of windows every 1 pixel (stride 4: 29×53)" in out
+    difference = float(out.split("max relative difference ")[1].split()[0])
+    assert difference <= 1e-5
+    placed = [p["digit"] for p in json.loads((tmp_path / "placed.json").read_text())]
+    assert sorted(p.name for p in tmp_path.glob("heatmap_*_stride1.png")) == [
+        f"heatmap_{d}_stride1.png" for d in sorted(placed)]
+    left, right = drawn(out)
+    assert len(left) == len(right) == 16
+    assert "@" in "".join(right)  # the placed 7 scores ≥ 0.9 somewhere near its place
+
+
 @pytest.mark.slow
 def test_demo_script_runs_end_to_end():
     done = subprocess.run(["bash", ROOT / "scripts" / "demo.sh"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "all 8 digits found" in done.stdout
+    assert "its cells (4i, 4j) against the stride-4 map: max relative difference" in done.stdout
+    assert (ROOT / "out" / "demo" / "heatmap_7_stride1.png").is_file()

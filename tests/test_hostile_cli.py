@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from helpers import invoke, saved_weights
 
-from fc2conv.cli import EXIT_OK, EXIT_USAGE, app
+from fc2conv.cli import EXIT_OK, EXIT_USAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,9 +86,6 @@ class Plain(Features):
 SHAPE = "3,17,17"
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-
 
 @pytest.fixture
 def models(tmp_path) -> Path:
@@ -96,11 +93,6 @@ def models(tmp_path) -> Path:
     path.write_text(MODELS)
     return path
 
-
-def _weights(models: Path, name: str, path: Path) -> Path:
-    torch.manual_seed(0)
-    torch.save(runpy.run_path(str(models))[name]().state_dict(), path)
-    return path
 
 
 def _refused(tmp_path: Path, args: list, message: str) -> str:
@@ -122,7 +114,7 @@ def _refused(tmp_path: Path, args: list, message: str) -> str:
     ("TwoBranches", "separate branches"),
 ])
 def test_models_fc2conv_cannot_convert(tmp_path, models, name, message):
-    weights = _weights(models, name, tmp_path / "w.pt")
+    weights = saved_weights(models, name, tmp_path / "w.pt")
     error = _refused(tmp_path, [weights, "--model-def", f"{models}:{name}", "--input-shape", SHAPE], message)
     assert "Traceback" not in error
 
@@ -153,7 +145,7 @@ def _broken(path: Path, how: str) -> None:
 def test_broken_checkpoints(tmp_path, models, how, suffix, message):
     weights = tmp_path / f"w{suffix}"
     if suffix == ".pt":
-        _weights(models, "Plain", weights)
+        saved_weights(models, "Plain", weights)
     else:
         from fc2conv.checkpoint import save_state_dict
 
@@ -187,7 +179,7 @@ class _Evil:
 
 
 def test_converting_never_changes_the_checkpoint(tmp_path, models):
-    weights = _weights(models, "Plain", tmp_path / "w.pt")
+    weights = saved_weights(models, "Plain", tmp_path / "w.pt")
     before, mtime = weights.read_bytes(), weights.stat().st_mtime_ns
     result = invoke("convert", weights, "--model-def", f"{models}:Plain", "--input-shape", SHAPE,
                     "-o", tmp_path / "out.safetensors", "--quiet")
@@ -198,7 +190,7 @@ def test_converting_never_changes_the_checkpoint(tmp_path, models):
 def test_killed_convert_leaves_no_partial_output(tmp_path, models):
     """SIGKILL `fc2conv convert` once its first temporary output has data: every output is absent or
     complete (the run may also finish first; then all are complete)."""
-    weights = _weights(models, "Plain", tmp_path / "w.pt")
+    weights = saved_weights(models, "Plain", tmp_path / "w.pt")
     outputs = [tmp_path / "out.pt2", tmp_path / "out.safetensors", tmp_path / "out.onnx"]
     process = subprocess.Popen(
         [sys.executable, "-c", "from fc2conv.cli import main; main()", "convert", str(weights), "--model-def",

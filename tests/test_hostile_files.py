@@ -24,12 +24,12 @@ import onnx
 import png
 import pytest
 import torch
+from helpers import invoke
 from PIL import Image, ImageOps
-from typer.testing import CliRunner
 
 import fc2conv
 from fc2conv.checkpoint import load_state_dict, save_state_dict
-from fc2conv.cli import EXIT_OK, EXIT_USAGE, app
+from fc2conv.cli import EXIT_OK, EXIT_USAGE
 from fc2conv.errors import ConversionError
 from fc2conv.images import load_image
 from fc2conv.onnx import convert_onnx
@@ -40,9 +40,6 @@ from models.small_cnn import SmallCNN
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--model-def", "models/small_cnn.py:SmallCNN", "--input-shape", "3,32,32"]
 
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def cli(*args, limit_file_size: int | None = None) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConversionError
-from ..runtime import DenseModel
+from ..inference import DenseModel
 from .source import SourceSpec, reopen
 from .tiles import Tile
 

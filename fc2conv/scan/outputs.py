@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConversionError
-from ..runtime import colormap
+from ..inference import colormap
 
 __all__ = ["Detection", "choose_classes", "detections", "overview", "write_csv", "write_geojson"]
 

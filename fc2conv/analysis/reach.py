@@ -27,6 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .ops import (
+    ACTIVATION_FUNCTIONS,
+    ACTIVATION_METHODS,
+    ACTIVATION_MODULES,
+    IDENTITY_FUNCTIONS,
+    IDENTITY_METHODS,
+    IDENTITY_MODULES,
+)
+
 __all__ = ["Everywhere", "Reach", "Unknown", "Value", "reach_of"]
 
 
@@ -67,18 +76,14 @@ PADS = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantP
         nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
         nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
 MAP_NORMS = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU,
-    nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.PReLU, nn.RReLU, nn.GLU, nn.Softsign, nn.Tanhshrink,
-    nn.Threshold, nn.LogSigmoid, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.FeatureAlphaDropout, nn.Identity, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
-    nn.LocalResponseNorm, nn.ChannelShuffle, nn.Flatten, nn.Unflatten,
+# Ops that move no value between positions: activations, identities, batch norm (eval), channel-wise ops,
+# arithmetic, and reshapes (whether a reshape keeps the spatial axes whole is checked per node).
+ELEMENTWISE_MODULES = ACTIVATION_MODULES + IDENTITY_MODULES + (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LocalResponseNorm, nn.ChannelShuffle,
+    nn.Flatten, nn.Unflatten,
 )
-ELEMENTWISE_FUNCTIONS = {
-    F.relu, F.relu_, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu,
-    F.selu, F.celu, F.mish, F.softplus, F.hardtanh, F.prelu, F.glu, F.softsign, F.logsigmoid, F.threshold,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.batch_norm, F.local_response_norm,
-    F.normalize, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.exp, torch.log,
+ELEMENTWISE_FUNCTIONS = ACTIVATION_FUNCTIONS | IDENTITY_FUNCTIONS | {
+    F.batch_norm, F.local_response_norm, F.normalize, torch.exp, torch.log,
     torch.sqrt, torch.rsqrt, torch.abs, torch.neg, torch.pow, torch.erf, torch.square, torch.sign, torch.floor,
     torch.ceil, torch.round, torch.reciprocal, torch.where, torch.maximum, torch.minimum, torch.channel_shuffle,
     torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute, torch.chunk,
@@ -88,13 +93,11 @@ ELEMENTWISE_FUNCTIONS = {
     torch.nn.functional.layer_norm, torch.nn.functional.softmax, torch.softmax, torch.nn.functional.log_softmax,
     torch.log_softmax, torch.mean, torch.amax, torch.sum, torch.max, torch.amin, torch.std, torch.var,
 }
-ELEMENTWISE_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min", "clamp_max", "clip",
+ELEMENTWISE_METHODS = ACTIVATION_METHODS | IDENTITY_METHODS | {
     "exp", "log", "sqrt", "rsqrt", "abs", "neg", "pow", "square", "float", "double", "half", "to", "type_as",
-    "contiguous", "clone", "detach", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "expand",
-    "expand_as", "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "permute", "transpose",
-    "chunk", "split", "softmax", "log_softmax", "mean", "amax", "sum", "max", "amin", "std", "var", "masked_fill",
-    "hardtanh", "hardtanh_", "gelu", "silu",
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "expand", "expand_as", "view", "reshape", "flatten",
+    "unflatten", "squeeze", "unsqueeze", "permute", "transpose", "chunk", "split", "softmax", "log_softmax", "mean",
+    "amax", "sum", "max", "amin", "std", "var", "masked_fill", "gelu", "silu",
 }
 # Functions and modules known by their qualified names, so that their libraries need not be imported here (timm
 # keeps these modules whole when tracing: batch norm and an activation, per position).

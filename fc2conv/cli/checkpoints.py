@@ -1,0 +1,327 @@
+"""The commands on saved checkpoints, which need PyTorch (imported inside them): inspect, convert, verify."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+from ..errors import ConversionError
+from .app import (
+    ARCH,
+    CHANNELS_LAST,
+    CHECKPOINT,
+    DENSITY,
+    EXIT_FAILED,
+    FORCE,
+    INPUT_SHAPE,
+    JSON,
+    MODE,
+    MODEL_ARG,
+    MODEL_DEF,
+    NUM_CLASSES,
+    QUIET,
+    REDUCE,
+    TRUST_PICKLE,
+    Output,
+    app,
+    check_outputs,
+    parse_floats,
+    usage_errors,
+)
+
+__all__ = ["convert", "inspect", "verify"]
+
+
+def _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density, reduce):
+    from ..recipe import Recipe, default_input_shape, parse_input_shape
+
+    if arch is None and model_def is None:
+        raise ConversionError("say which architecture the checkpoint is for: --arch NAME (a torchvision model, or "
+                              "timm:NAME) or --model-def FILE.py:FACTORY")
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    args, kwargs = _parse_model_args(model_arg)
+    return Recipe(arch=arch, model_def=model_def, num_classes=num_classes,
+                  input_shape=shape or default_input_shape(arch), model_args=args, model_kwargs=kwargs, mode=mode,
+                  channels_last_linears=channels_last_linears, density=density, reduce=reduce)
+
+
+def _parse_model_args(values: list[str]) -> tuple[list, dict]:
+    """--model-arg values: a JSON object of keyword arguments, NAME=VALUE, or a positional VALUE."""
+    args, kwargs = [], {}
+    for value in values:
+        if value.lstrip().startswith("{"):
+            try:
+                found = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ConversionError(f"--model-arg {value!r} is not a JSON object ({e})") from None
+            kwargs.update(found)
+        elif "=" in value and value.split("=", 1)[0].isidentifier():
+            name, text = value.split("=", 1)
+            kwargs[name] = _json_or_text(text)
+        else:
+            args.append(_json_or_text(value))
+    return args, kwargs
+
+
+def _json_or_text(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _original(recipe, checkpoint: Path, trust_pickle: bool, step):
+    """The recipe's architecture holding the checkpoint's weights."""
+    from ..checkpoint import load_into, load_state_dict
+
+    step(f"loading {checkpoint.name}")
+    state_dict = load_state_dict(checkpoint, trust_pickle=trust_pickle)
+    step(f"building {recipe.source}")
+    model = recipe.build()
+    try:
+        load_into(model, state_dict, source=str(checkpoint))
+    except ConversionError as e:
+        classes = _head_size(model, state_dict)
+        if classes is None:
+            raise
+        raise ConversionError(f"{e}\nHint: the file's head has {classes} outputs; "
+                              f"pass --num-classes {classes}") from None
+    return model
+
+
+def _head_size(model, state_dict) -> int | None:
+    """The file's output count when it differs from the model's only in the last layer's weight."""
+    expected = model.state_dict()
+    last = [k for k, v in expected.items() if k.endswith("weight") and v.dim() >= 2][-1:]
+    if not last or last[0] not in state_dict or set(expected) != set(state_dict):
+        return None
+    found, wanted = state_dict[last[0]].shape, expected[last[0]].shape
+    return int(found[0]) if found[0] != wanted[0] and found[1:] == wanted[1:] else None
+
+
+def _describe_model(model, recipe, checkpoint: Path) -> str:
+    count = sum(p.numel() for p in model.parameters())
+    shape = "×".join(map(str, recipe.input_shape))
+    return f"{recipe.source} ({count:,} parameters) from {checkpoint}, input {shape}, mode {recipe.mode}"
+
+
+def _describe_geometry(converted) -> tuple[str, dict | None]:
+    from ..grid import geometry
+
+    if converted.fc2conv.mode in ("global", "pool"):
+        return f"output: one score vector per input at every input size (mode {converted.fc2conv.mode})", None
+    geo = geometry(converted)
+    times = lambda sizes: "×".join(map(str, sizes))  # noqa: E731
+    text = f"output: a map of score vectors, one per {times(geo.window)} window every {times(geo.stride)} pixels"
+    if geo.exact is False:
+        text += f" (not exact windows: {geo.context})"
+    elif geo.exact is None:
+        text += f" (exact windows not proven: {geo.context})"
+    elif geo.receptive_field is not None and any(map(any, geo.receptive_field)):
+        margins = [f"{b} pixels before and {a} after" for b, a in geo.receptive_field]
+        text += ("; each cell also sees " + (f"{margins[0]} its window" if len(set(margins)) == 1 else
+                                             "; ".join(f"{m} along axis {k}" for k, m in enumerate(margins))))
+    return text, geo.to_dict()
+
+
+def _model_def_file(model_def: str | None) -> Path | None:
+    return Path(model_def.rpartition(":")[0]) if model_def and ":" in model_def else None
+
+
+def _labels_file(value: str | None) -> Path | None:
+    return Path(value) if value is not None and Path(value).is_file() else None
+
+
+def _parse_labels(value: str | None) -> list[str] | None:
+    """A text file with one label per line, or a comma-separated list."""
+    if value is None:
+        return None
+    path = Path(value)
+    labels = path.read_text().splitlines() if path.is_file() else value.split(",")
+    return [label.strip() for label in labels if label.strip()]
+
+
+@app.command(epilog="Example: fc2conv inspect resnet18.pth --arch resnet18")
+def inspect(
+    checkpoint: Path = CHECKPOINT,
+    arch: str | None = ARCH,
+    model_def: str | None = MODEL_DEF,
+    model_arg: list[str] = MODEL_ARG,
+    num_classes: int | None = NUM_CLASSES,
+    input_shape: str | None = INPUT_SHAPE,
+    mode: str = MODE,
+    density: int = DENSITY,
+    reduce: str = REDUCE,
+    channels_last_linears: bool = CHANNELS_LAST,
+    trust_pickle: bool = TRUST_PICKLE,
+    quiet: bool = QUIET,
+    as_json: bool = JSON,
+) -> None:
+    """Print the conversion plan: every Linear and pool, the rule applied, kernel, channels, and why."""
+    out = Output(quiet=quiet, as_json=as_json)
+    with usage_errors(), out.steps(3) as step:
+        recipe = _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density,
+                         reduce)
+        model = _original(recipe, checkpoint, trust_pickle, step)
+        step("converting")
+        converted = recipe.convert(model)
+        geometry_text, geometry = _describe_geometry(converted)
+    out.say(_describe_model(model, recipe, checkpoint))
+    out.say(str(converted.fc2conv.plan))
+    out.say(geometry_text)
+    out.result({"recipe": asdict(recipe), "plan": [asdict(d) for d in converted.fc2conv.plan],
+                "notes": converted.fc2conv.plan.notes, "geometry": geometry})
+
+
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  fc2conv convert resnet18.pth --arch resnet18 -o out/resnet18.pt2 -o out/resnet18.safetensors\n\n"
+    "  fc2conv convert digits.safetensors --model-def models/digits_cnn.py:DigitsCNN --input-shape 1,32,32 "
+    "-o out/digits.pt2 --onnx out/digits.onnx --labels 0,1,2,3,4,5,6,7,8,9,background"
+))
+def convert(
+    checkpoint: Path = CHECKPOINT,
+    arch: str | None = ARCH,
+    model_def: str | None = MODEL_DEF,
+    model_arg: list[str] = MODEL_ARG,
+    num_classes: int | None = NUM_CLASSES,
+    input_shape: str | None = INPUT_SHAPE,
+    mode: str = MODE,
+    density: int = DENSITY,
+    reduce: str = REDUCE,
+    channels_last_linears: bool = CHANNELS_LAST,
+    output: list[Path] = typer.Option(
+        [], "--output", "-o", metavar="OUT",
+        help="OUT.pt2 (torch.export, dynamic N/H/W) or OUT.safetensors / OUT.pt (weights + recipe); repeatable."),
+    onnx: Path | None = typer.Option(None, "--onnx", metavar="OUT.onnx", help="Also export ONNX (dynamic N/H/W)."),
+    labels: str | None = typer.Option(None, "--labels", help="Class names for the ONNX metadata: a,b,c or a file."),
+    mean: str | None = typer.Option(None, "--mean", help="Per-channel input mean for the ONNX metadata."),
+    std: str | None = typer.Option(None, "--std", help="Per-channel input std for the ONNX metadata."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the numerical check (not recommended)."),
+    force: bool = FORCE,
+    trust_pickle: bool = TRUST_PICKLE,
+    quiet: bool = QUIET,
+    as_json: bool = JSON,
+) -> None:
+    """Convert a checkpoint, verify it (max error at the reference and a larger size), and write it.
+
+    Nothing is written when verification fails (exit 1).
+    """
+    out = Output(quiet=quiet, as_json=as_json)
+    with usage_errors():
+        recipe = _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density,
+                         reduce)
+        targets = [*output, *([onnx] if onnx else [])]
+        if not targets:
+            raise ConversionError("give at least one output: -o OUT.pt2, -o OUT.safetensors or --onnx OUT.onnx")
+        if onnx is not None and onnx.suffix != ".onnx":
+            raise ConversionError(f"--onnx {onnx}: name the file .onnx")
+        from ..artifact import EXPORT_SUFFIX, STATE_SUFFIXES
+
+        for path in output:
+            if path.suffix not in (EXPORT_SUFFIX, *STATE_SUFFIXES):
+                raise ConversionError(f"-o {path}: unknown output format; name it {EXPORT_SUFFIX} (torch.export), "
+                                      f"{', '.join(STATE_SUFFIXES)} (weights + recipe), or use --onnx")
+        check_outputs(targets, force, inputs=[checkpoint, _model_def_file(model_def), _labels_file(labels)])
+        onnx_options = {"labels": _parse_labels(labels), "mean": parse_floats(mean, "--mean"),
+                        "std": parse_floats(std, "--std")}
+        with out.steps(3 + (not no_verify) + len(targets)) as step:
+            model = _original(recipe, checkpoint, trust_pickle, step)
+            step("converting")
+            converted = recipe.convert(model)
+            report = None
+            if not no_verify:
+                step("verifying")
+                from ..verification import verify
+
+                report = verify(model, converted)
+            if report is None or report.ok:
+                written = _write(converted, recipe, output, onnx, onnx_options, force, step)
+        geometry_text, geometry = _describe_geometry(converted)
+    ok = report is None or report.ok
+    out.say(_describe_model(model, recipe, checkpoint))
+    out.say(str(converted.fc2conv.plan))
+    out.say(geometry_text)
+    out.say(str(report) if report is not None else "verification skipped (--no-verify)")
+    if ok:
+        for path in written:
+            out.say(f"wrote {path}")
+    else:
+        typer.echo("error: verification failed; nothing was written", err=True)
+    out.result({"ok": ok, "recipe": asdict(recipe), "plan": [asdict(d) for d in converted.fc2conv.plan],
+                "geometry": geometry, "verification": report.to_dict() if report is not None else None,
+                "outputs": [str(p) for p in written] if ok else []})
+    if not ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _write(converted, recipe, outputs, onnx, onnx_options, force, step) -> list[Path]:
+    """Write every output or none: they are staged, and renamed into place only once all are written."""
+    from ..artifact import save
+    from ..files import staged_outputs
+
+    targets = [*outputs, *([onnx] if onnx is not None else [])]
+    with staged_outputs(targets, force=force) as staged:
+        for path, stage in zip(outputs, staged[: len(outputs)], strict=True):
+            step(f"writing {path.name}")
+            save(converted, stage, recipe=recipe)
+        if onnx is not None:
+            step(f"exporting {onnx.name}")
+            from ..onnx.export import export_onnx
+
+            export_onnx(converted, staged[-1], **onnx_options)
+    return targets
+
+
+@app.command(epilog="Example: fc2conv verify resnet18.pth out/resnet18.pt2")
+def verify(
+    checkpoint: Path = CHECKPOINT,
+    artifact: Path = typer.Argument(..., help="What `fc2conv convert -o` wrote: .pt2, .safetensors or .pt.",
+                                    show_default=False),
+    model_def: str | None = typer.Option(
+        None, "--model-def", metavar="FILE.py:FACTORY",
+        help="Needed when the artifact was made with --model-def: runs that file (fc2conv never runs it on its own)."),
+    trust_pickle: bool = TRUST_PICKLE,
+    quiet: bool = QUIET,
+    as_json: bool = JSON,
+) -> None:
+    """Compare an original checkpoint with a converted artifact and print the report (exit 1 if it differs).
+
+    The architecture and options come from the recipe saved in the artifact.
+    """
+    out = Output(quiet=quiet, as_json=as_json)
+    with usage_errors(), out.steps(6) as step:
+        from ..artifact import ExportedModule, load, read_recipe
+        from ..recipe import Recipe
+        from ..verification import larger_size
+        from ..verification import verify as check
+
+        step(f"reading {artifact.name}")
+        recipe = read_recipe(artifact)
+        if recipe.model_def is not None:
+            if model_def is None:
+                raise ConversionError(
+                    f"{artifact} was converted from the model definition {recipe.model_def}; running it executes "
+                    f"that file's code, so pass it explicitly: --model-def {recipe.model_def}")
+            recipe = Recipe(**{**asdict(recipe), "model_def": model_def})
+        model = _original(recipe, checkpoint, trust_pickle, step)
+        step("converting the original")
+        reference = recipe.convert(model)
+        step(f"loading {artifact.name}")
+        converted = load(artifact, model_def=model_def, trust_pickle=trust_pickle)
+        if isinstance(converted, ExportedModule):  # a program knows no geometry: take the reference's
+            converted.fc2conv = reference.fc2conv
+        sizes = [larger_size(reference, recipe.input_shape)]
+        step("verifying")
+        report = check(model, converted, sizes=sizes)
+    out.say(_describe_model(model, recipe, checkpoint))
+    out.say(f"against {artifact}")
+    out.say(str(report))
+    out.result({"ok": report.ok, "recipe": asdict(recipe), "verification": report.to_dict()})
+    if not report.ok:
+        if not as_json:
+            typer.echo("error: the artifact does not match the checkpoint", err=True)
+        raise typer.Exit(EXIT_FAILED)

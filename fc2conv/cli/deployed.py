@@ -1,0 +1,158 @@
+"""The commands on exported models, without PyTorch: run (one pass over an image, a signal or a volume) and scan
+(an image of any size, tile by tile)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..errors import ConversionError
+from .app import FORCE, JSON, QUIET, Output, app, check_outputs, parse_floats, usage_errors
+
+__all__ = ["run", "scan"]
+
+
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  fc2conv run out/digits.onnx canvas.png --topk 3\n\n"
+    "  fc2conv run out/digits.onnx canvas.png --class 7 --heatmap out/sevens.png --json"
+))
+def run(
+    model: Path = typer.Argument(..., help="An ONNX model written by `fc2conv convert --onnx`.", show_default=False),
+    image: Path = typer.Argument(..., help="An image file (PNG, JPEG, ...), or a .npy array (C×L signal, C×D×H×W "
+                                           "volume) for a 1-D or 3-D model.", show_default=False),
+    topk: int = typer.Option(5, "--topk", min=1, help="How many classes to list, ranked by their best window."),
+    heatmap: Path | None = typer.Option(None, "--heatmap", metavar="OUT.png",
+                                        help="Write the probability map of one class over the image."),
+    class_: str | None = typer.Option(None, "--class", metavar="C",
+                                      help="The heatmap's class, an index or a label [default: the top class]."),
+    max_pixels: int | None = typer.Option(
+        None, "--max-pixels", min=1, show_default=False,
+        help="Refuse larger images before decoding them [default: 33554432, 2^25]; scan larger ones in tiles."),
+    mean: str | None = typer.Option(None, "--mean", help="Per-channel input mean, instead of the model's metadata."),
+    std: str | None = typer.Option(None, "--std", help="Per-channel input std, instead of the model's metadata."),
+    force: bool = FORCE,
+    quiet: bool = QUIET,
+    as_json: bool = JSON,
+) -> None:
+    """Run a converted ONNX model over an image: where each class scores best, and a heatmap (no torch needed)."""
+    out = Output(quiet=quiet, as_json=as_json)
+    with usage_errors():
+        if heatmap is not None:
+            check_outputs([heatmap], force, inputs=[model, image])
+        from ..images import MAX_PIXELS
+        from ..runtime import DenseModel
+        from ..runtime import heatmap as write_heatmap
+
+        dense = DenseModel(model, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"))
+        if not ({"mean", "std"} & set(dense.metadata) or quiet):
+            typer.echo(f"warning: neither {model}'s metadata nor --mean/--std give an input normalisation, so inputs "
+                       "go in as values in [0, 1]; right only if the model was trained on such inputs", err=True)
+        result = dense.run(image, max_pixels=max_pixels or MAX_PIXELS)
+        top = result.top_classes(topk)
+        written = None
+        if heatmap is not None:
+            index = _class_index(class_, result, top)
+            written = write_heatmap(image, result, index, heatmap, force=force)
+    classes, *cells = result.scores.shape
+    out.say(f"{model} on {image}: {classes} classes, a {'×'.join(map(str, cells))} map of windows")
+    box = "(top, left, bottom, right)" if len(cells) == 2 else "(first positions, then ends)"
+    out.say(f"{'rank':<5} {'class':<16} {'probability':>11}  {'cell':<10} box {box}")
+    for rank, p in enumerate(top, 1):
+        out.say(f"{rank:<5} {p.label:<16} {p.score:>11.4f}  {tuple(p.cell)!s:<10} {tuple(p.box)}")
+    if written is not None:
+        out.say(f"wrote {written}")
+    out.result({"model": str(model), "image": str(image), "result": result.to_dict(),
+                "top_classes": [_prediction(p) for p in top], "heatmap": str(written) if written else None})
+
+
+def _prediction(p) -> dict:
+    return {"class_index": int(p.class_index), "label": str(p.label), "score": float(p.score),
+            "cell": [int(v) for v in p.cell], "box": [int(v) for v in p.box]}
+
+
+def _class_index(value: str | None, result, top) -> int:
+    """--class as an index or a label; the top class when not given."""
+    count = result.scores.shape[0]
+    if value is None:
+        return int(top[0].class_index)
+    if value.lstrip("-").isdigit():
+        index = int(value)
+    else:
+        labels = {p.label: p.class_index for p in result.top_classes(count)}
+        if value not in labels:
+            raise ConversionError(f"--class {value!r} is not a class of this model; it has {', '.join(labels)}")
+        index = int(labels[value])
+    if not 0 <= index < count:
+        raise ConversionError(f"--class {index} is out of range: the model has classes 0..{count - 1}")
+    return index
+
+
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  fc2conv scan slide.tif --model out/model.onnx --out out/slide.zarr --workers 2 --overview out/slide.png\n\n"
+    "  fc2conv scan canvas.tif --model out/digits.onnx --out out/canvas.zarr --detections out/found.csv --resume"
+))
+def scan(
+    image: Path = typer.Argument(..., show_default=False,
+                                 help="A TIFF or BigTIFF (tiled, pyramidal), a zarr array or OME-Zarr group, a "
+                                      "whole-slide file OpenSlide reads, or a PNG/JPEG."),
+    model: Path = typer.Option(..., "--model", metavar="MODEL.onnx", show_default=False,
+                               help="An ONNX model written by `fc2conv convert --onnx` (dense mode)."),
+    out: Path = typer.Option(..., "--out", metavar="OUT.zarr", show_default=False,
+                             help="The zarr store for the score map (classes × rows × columns)."),
+    tile: int = typer.Option(2048, "--tile", min=1, help="Input pixels per tile side, without the halo."),
+    workers: int | None = typer.Option(None, "--workers", min=1,
+                                       help="Start a local Dask cluster of N processes, one thread each."),
+    scheduler: str | None = typer.Option(None, "--scheduler", metavar="tcp://HOST:PORT",
+                                         help="Join a running Dask cluster (workers must see the same files)."),
+    level: int | None = typer.Option(None, "--level", min=0, help="The pyramid level to scan [default: 0]."),
+    mpp: float | None = typer.Option(None, "--mpp", help="Scan the level with this pixel size in µm (within 10%)."),
+    reader: str = typer.Option("auto", "--reader", help="auto, tiff, zarr, openslide or image."),
+    classes: str | None = typer.Option(None, "--classes", metavar="A,B,...",
+                                       help="Labels or indices for the overview and detections [default: every "
+                                            "class but background]."),
+    overview: Path | None = typer.Option(None, "--overview", metavar="OUT.png",
+                                         help="Write a heatmap of the chosen classes over the whole image."),
+    detections: Path | None = typer.Option(None, "--detections", metavar="OUT.csv",
+                                           help="Write peaks of the chosen classes (and OUT.geojson beside it)."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Smallest probability of a detection."),
+    iou: float = typer.Option(0.3, "--iou", help="Drop a detection whose window overlaps a better one more."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan of OUT, skipping done tiles."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 (exact) or float16 (half the size)."),
+    approximate: bool = typer.Option(False, "--approximate",
+                                     help="Scan a model whose cells see the whole input; marked approximate."),
+    threads: int | None = typer.Option(None, "--threads", min=1,
+                                       help="onnxruntime threads per process [default: all here, 1 per worker]."),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=1, show_default=False,
+                                          help="Budget for PNG/JPEG inputs, decoded whole [default: 2^25]."),
+    force: bool = FORCE,
+    quiet: bool = QUIET,
+    as_json: bool = JSON,
+) -> None:
+    """Scan an image of any size in tiles: the same dense map as one pass, in a zarr store (no torch needed)."""
+    shown = Output(quiet=quiet, as_json=as_json)
+    with usage_errors():
+        extra = [p for p in (overview, detections, detections and detections.with_suffix(".geojson")) if p]
+        check_outputs(extra, force, inputs=[model, image])
+        from ..images import MAX_PIXELS
+        from ..runtime import scan as scan_image
+
+        result = scan_image(image, model=model, out=out, tile=tile, workers=workers, scheduler=scheduler,
+                            level=level, mpp=mpp, reader=reader, classes=classes and classes.split(","),
+                            overview=overview, detections=detections, threshold=threshold, iou=iou, resume=resume,
+                            force=force, dtype=dtype, approximate=approximate, threads=threads,
+                            progress=False if quiet or as_json else None, max_pixels=max_pixels or MAX_PIXELS)
+    meta = result.metadata
+    classes_count, rows, cols = meta["classes"], *result.map_size
+    source = meta["source"]
+    shown.say(f"{image} (level {source['level']}, {result.image_size[0]}×{result.image_size[1]}) with {model}: a "
+              f"{classes_count}×{rows}×{cols} map in {out}" + (" (approximate)" if meta["approximate"] else ""))
+    shown.say(f"{result.tiles} tiles, {result.computed} computed ({result.tiles - result.computed} already done), "
+              f"{result.megapixels:.1f} MP in {result.seconds:.1f} s, {result.megapixels_per_second:.2f} MP/s")
+    if result.overview:
+        shown.say(f"wrote {result.overview}")
+    if result.detections:
+        shown.say(f"wrote {result.found} detections to {result.detections} and {result.geojson}")
+    shown.result(result.to_dict())
