@@ -186,7 +186,7 @@ def _prepare(model: nn.Module, inplace: bool) -> nn.Module:
         warnings.warn(
             f"{type(model).__name__} is in training mode; fc2conv converts its eval behaviour "
             "(dropout off, batch norm with running statistics)",
-            stacklevel=3,
+            stacklevel=4,  # the caller of convert(), past the guard of errors.reported
         )
     return model if inplace else copy.deepcopy(model)
 

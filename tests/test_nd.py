@@ -139,6 +139,7 @@ def test_float64_signal_agrees_to_machine_precision():
         assert_close(dense(x).flatten(1), model(x))  # 1e-10
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, chosen for the source file
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_onnx_export_and_convert_onnx_with_dynamic_axes(name, tmp_path):
     model = _model(name)

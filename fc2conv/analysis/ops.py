@@ -64,7 +64,10 @@ def times(sizes: tuple[int, ...]) -> str:
 
 
 def shape_of(node: Any) -> tuple[int, ...] | None:
+    """The shape of a tensor-valued node; of the first tensor of a node that gives several (chunk, split)."""
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    if not hasattr(meta, "shape") and isinstance(meta, list | tuple) and meta:
+        meta = meta[0]
     return tuple(meta.shape) if hasattr(meta, "shape") else None
 
 
@@ -80,7 +83,10 @@ def is_op(callee: Any, modules: tuple[type, ...], functions=(), methods=()) -> b
         return isinstance(callee, modules)
     if isinstance(callee, str):
         return callee in methods
-    return callee in functions
+    try:
+        return callee in functions
+    except TypeError:  # an unhashable callable
+        return False
 
 
 def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:

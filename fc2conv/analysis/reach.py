@@ -34,6 +34,11 @@ from .ops import (
     IDENTITY_FUNCTIONS,
     IDENTITY_METHODS,
     IDENTITY_MODULES,
+    PERMUTES,
+    arg,
+    is_op,
+    permutation,
+    shape_of,
 )
 
 __all__ = ["Everywhere", "Reach", "Unknown", "Value", "reach_of"]
@@ -126,18 +131,6 @@ def reach_of(gm: fx.GraphModule, spatial: int) -> dict[fx.Node, Value]:
     return _Pass(gm, spatial).run()
 
 
-def _shape(node: Any) -> tuple[int, ...] | None:
-    """The shape of a tensor-valued node; of the first tensor of a node that gives several (chunk, split)."""
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    if not hasattr(meta, "shape") and isinstance(meta, list | tuple) and meta:
-        meta = meta[0]
-    return tuple(meta.shape) if hasattr(meta, "shape") else None
-
-
-def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
-    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
-
-
 def _per_axis(value: Any, axes: int, default: int | None = None) -> tuple[int, ...] | None:
     """An int or a sequence of ints as one int per axis; None when it is computed at run time."""
     if value is None:
@@ -160,17 +153,6 @@ def _standard(module: nn.Module) -> bool:
 
 def _qualified(thing: Any) -> str:
     return f"{getattr(thing, '__module__', '')}.{getattr(thing, '__name__', '')}"
-
-
-def _is(callee: Any, modules: tuple[type, ...], functions: set, methods: set = frozenset()) -> bool:
-    if isinstance(callee, nn.Module):
-        return isinstance(callee, modules)
-    if isinstance(callee, str):
-        return callee in methods
-    try:
-        return callee in functions
-    except TypeError:  # an unhashable callable
-        return False
 
 
 class _Pass:
@@ -209,7 +191,7 @@ class _Pass:
             return self.values.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
         values = [self.values.get(n) for n in node.all_input_nodes]
         values = [v for v in values if v is not None]
-        if not values or _shape(node) is None:  # constants; sizes, shapes and other Python values
+        if not values or shape_of(node) is None:  # constants; sizes, shapes and other Python values
             return None
         callee = self.modules[node.target] if node.op == "call_module" else node.target
         if self.mixes(node, callee, values):
@@ -226,7 +208,7 @@ class _Pass:
         if isinstance(callee, MIXING_MODULES):
             return True
         positional = [v for v in values if not isinstance(v, Everywhere)]
-        return _is(callee, (), MIXING_FUNCTIONS, {"matmul", "bmm", "__matmul__"}) and len(values) >= 2 and bool(
+        return is_op(callee, (), MIXING_FUNCTIONS, {"matmul", "bmm", "__matmul__"}) and len(values) >= 2 and bool(
             positional)
 
     def spatial_op(self, node: fx.Node, callee: Any, reaches: list[Reach]) -> Value:
@@ -234,34 +216,34 @@ class _Pass:
         if isinstance(callee, nn.Module) and not (_standard(callee) or _qualified(type(callee)) in ELEMENTWISE_NAMES):
             return self.unknown(node, f"fc2conv does not know how {type(callee).__name__} moves values between "
                                       "positions (a module kept whole)")
-        if _is(callee, CONVS + MAX_POOLS + AVG_POOLS, WINDOW_FUNCTIONS):
+        if is_op(callee, CONVS + MAX_POOLS + AVG_POOLS, WINDOW_FUNCTIONS):
             return self.window(node, callee, first)
-        if _is(callee, ADAPTIVE_POOLS, {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+        if is_op(callee, ADAPTIVE_POOLS, {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
                                         F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d}):
             return self.everywhere(node, "an adaptive pool: its windows follow the size of the whole map")
-        if _is(callee, PADS, {F.pad}):
+        if is_op(callee, PADS, {F.pad}):
             return self.pad(node, callee, first)
-        if _is(callee, MAP_NORMS, {F.group_norm, F.instance_norm}):
+        if is_op(callee, MAP_NORMS, {F.group_norm, F.instance_norm}):
             return self.everywhere(node, "a norm over the whole map (its statistics come from every position)")
         if isinstance(callee, nn.Linear) or callee is F.linear:
-            if len(first.axes) and max(first.axes) == len(_shape(node.args[0])) - 1:
+            if len(first.axes) and max(first.axes) == len(shape_of(node.args[0])) - 1:
                 return self.everywhere(node, "a Linear across positions (token mixing)")
             return first
         if isinstance(callee, nn.LayerNorm) or callee is F.layer_norm:
-            normalized = len(callee.normalized_shape if isinstance(callee, nn.LayerNorm) else _arg(node, 1, "shape"))
-            rank = len(_shape(node))
+            normalized = len(callee.normalized_shape if isinstance(callee, nn.LayerNorm) else arg(node, 1, "shape"))
+            rank = len(shape_of(node))
             if any(axis >= rank - normalized for axis in first.axes):
                 return self.everywhere(node, "a LayerNorm over positions")
             return first
-        if _is(callee, (nn.Softmax, nn.LogSoftmax), SOFTMAXES, SOFTMAXES):
-            dim = callee.dim if isinstance(callee, nn.Module) else _arg(node, 1, "dim")
-            if dim is None or dim % len(_shape(node)) in first.axes:
+        if is_op(callee, (nn.Softmax, nn.LogSoftmax), SOFTMAXES, SOFTMAXES):
+            dim = callee.dim if isinstance(callee, nn.Module) else arg(node, 1, "dim")
+            if dim is None or dim % len(shape_of(node)) in first.axes:
                 return self.everywhere(node, "a softmax across positions (attention)")
             return first
-        if _is(callee, (), REDUCTIONS, REDUCTIONS):
+        if is_op(callee, (), REDUCTIONS, REDUCTIONS):
             return self.reduction(node, first)
         named = type(callee) if isinstance(callee, nn.Module) else callee
-        if not (_is(callee, ELEMENTWISE_MODULES, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS)
+        if not (is_op(callee, ELEMENTWISE_MODULES, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS)
                 or _qualified(named) in ELEMENTWISE_NAMES):
             what = type(callee).__name__ if isinstance(callee, nn.Module) else getattr(callee, "__name__", callee)
             return self.unknown(node, f"fc2conv does not know how {what} moves values between positions")
@@ -284,19 +266,19 @@ class _Pass:
             if getattr(callee, "padding_mode", "zeros") == "circular":
                 return self.everywhere(node, "circular padding wraps the map around its edges")
         elif callee in (F.conv1d, F.conv2d, F.conv3d):
-            weight = _shape(node.args[1])
+            weight = shape_of(node.args[1])
             kernel = None if weight is None else tuple(weight[2:])
-            stride = _per_axis(_arg(node, 3, "stride", 1), k)
-            padding = _arg(node, 4, "padding", 0)
+            stride = _per_axis(arg(node, 3, "stride", 1), k)
+            padding = arg(node, 4, "padding", 0)
             padding = padding if isinstance(padding, str) else _per_axis(padding, k)
-            dilation = _per_axis(_arg(node, 5, "dilation", 1), k)
+            dilation = _per_axis(arg(node, 5, "dilation", 1), k)
         else:
-            kernel = _per_axis(_arg(node, 1, "kernel_size"), k)
+            kernel = _per_axis(arg(node, 1, "kernel_size"), k)
             if kernel is None:  # read from the tensor at run time: the pool covers the whole map
                 return self.everywhere(node, "a pool whose kernel is the size of the whole map")
-            stride = _per_axis(_arg(node, 2, "stride"), k) or kernel
-            padding = _per_axis(_arg(node, 3, "padding", 0), k)
-            dilation = _per_axis(_arg(node, 4, "dilation", 1), k) if "max" in callee.__name__ else (1,) * k
+            stride = _per_axis(arg(node, 2, "stride"), k) or kernel
+            padding = _per_axis(arg(node, 3, "padding", 0), k)
+            dilation = _per_axis(arg(node, 4, "dilation", 1), k) if "max" in callee.__name__ else (1,) * k
         if kernel is None or stride is None or dilation is None or padding is None:
             return self.unknown(node, "its kernel, stride, padding or dilation is computed at run time")
         if padding == "valid":
@@ -312,12 +294,12 @@ class _Pass:
         if isinstance(callee, nn.Module):
             widths, mode = callee.padding, "circular" if "Circular" in type(callee).__name__ else "constant"
         else:
-            widths, mode = _arg(node, 1, "pad"), _arg(node, 2, "mode", "constant")
+            widths, mode = arg(node, 1, "pad"), arg(node, 2, "mode", "constant")
         if mode == "circular":
             return self.everywhere(node, "circular padding wraps the map around its edges")
         if not isinstance(widths, list | tuple) or not all(isinstance(w, int) for w in widths):
             return self.unknown(node, "its padding is computed at run time (padding that depends on the size)")
-        rank = len(_shape(node))
+        rank = len(shape_of(node))
         before = {rank - 1 - i // 2: w for i, w in enumerate(widths) if i % 2 == 0}  # F.pad: last dim first
         shift = [before.get(axis, 0) * s for axis, s in zip(source.axes, source.stride, strict=True)]
         return replace(source, lo=tuple(lo - d for lo, d in zip(source.lo, shift, strict=True)),
@@ -325,12 +307,12 @@ class _Pass:
 
     def reduction(self, node: fx.Node, source: Reach) -> Value:
         at = 2 if node.target in NORMS else 1  # norms take the order first: x.norm(p, dim, keepdim)
-        dims = _arg(node, at, "dim")
-        rank = len(_shape(node.args[0]))
+        dims = arg(node, at, "dim")
+        rank = len(shape_of(node.args[0]))
         dims = set(range(rank)) if dims is None else {d % rank for d in ((dims,) if isinstance(dims, int) else dims)}
         if dims & set(source.axes):
             return self.everywhere(node, "a pool over the whole map (global context)")
-        keepdim = bool(_arg(node, at + 1, "keepdim", False))
+        keepdim = bool(arg(node, at + 1, "keepdim", False))
         axes = tuple(a - (0 if keepdim else sum(d < a for d in dims)) for a in source.axes)
         return replace(source, axes=axes)
 
@@ -344,10 +326,10 @@ class _Pass:
 
     def relocated(self, node: fx.Node, source: Reach) -> Value:
         """Where the spatial axes sit after an op that may reshape, permute or broadcast its tensor."""
-        shape_in, shape_out = _shape(self.widest_input(node)), _shape(node)
-        permutation = self.permutation(node, len(shape_in))
-        if permutation is not None:
-            return replace(source, axes=tuple(permutation.index(a) for a in source.axes))
+        shape_in, shape_out = shape_of(self.widest_input(node)), shape_of(node)
+        order = permutation(node) if node.target in PERMUTES else None
+        if order is not None:
+            return replace(source, axes=tuple(order.index(a) for a in source.axes))
         if shape_out == shape_in:
             return source
         sizes = tuple(shape_in[a] for a in source.axes)
@@ -360,31 +342,12 @@ class _Pass:
 
     def widest_input(self, node: fx.Node) -> fx.Node:
         """The input whose positions the output carries: of those that hold any, the one of highest rank."""
-        held = [n for n in node.all_input_nodes if isinstance(self.values.get(n), Reach) and _shape(n) is not None]
-        return max(held, key=lambda n: len(_shape(n)))
+        held = [n for n in node.all_input_nodes if isinstance(self.values.get(n), Reach) and shape_of(n) is not None]
+        return max(held, key=lambda n: len(shape_of(n)))
 
     @staticmethod
     def trailing(source: Reach, shape: tuple[int, ...]) -> bool:
         return source.axes == tuple(range(len(shape) - len(source.axes), len(shape)))
-
-    @staticmethod
-    def permutation(node: fx.Node, rank: int) -> tuple[int, ...] | None:
-        """The permutation a permute/transpose node applies, or None."""
-        target = node.target
-        if target in ("permute", torch.permute):
-            dims = node.args[1:] if node.op == "call_method" else node.args[1:2]
-            if len(dims) == 1 and isinstance(dims[0], list | tuple):
-                dims = dims[0]
-            dims = dims or node.kwargs.get("dims", ())
-            return tuple(d % rank for d in dims) if all(isinstance(d, int) for d in dims) else None
-        if target in ("transpose", torch.transpose):
-            a, b = (_arg(node, 1, "dim0"), _arg(node, 2, "dim1"))
-            if not (isinstance(a, int) and isinstance(b, int)):
-                return None
-            order = list(range(rank))
-            order[a % rank], order[b % rank] = order[b % rank], order[a % rank]
-            return tuple(order)
-        return None
 
     def sliced(self, node: fx.Node, source: Reach) -> Value:
         """`x[...]`: selecting channels keeps the positions; a crop `start:stop` of a spatial axis shifts them."""
