@@ -7,7 +7,9 @@ whose input sits on a grid coarser than T runs instead on the grid of stride T: 
 dilation and padding are multiplied by f = c / T, where c is its input's stride in the original network. Each
 tap then reads the very positions it read before, so the same weights score windows every T positions in one
 pass. An average pool, which has no dilation, becomes the depthwise convolution with weights 1/k (or
-1/divisor_override) that it is (zero padding counted, as PyTorch's default `count_include_pad` does).
+1/divisor_override) that it is, or a `DilatedAverage` where its divisor changes at the border (uncounted zero
+padding, ceil mode). A pool in ceil mode keeps its last window, which runs past the input, by padding the finer
+grid as far (−∞ for a max pool), so the map has the same cells.
 
 What holds, per axis (tested): cell r·i + a of the denser map is computed from the pixels of cell i of the
 ordinary dense map of the input shifted by a·T; with no padding in the backbone that makes it exactly that
@@ -28,6 +30,7 @@ from torch import fx, nn
 
 from .analysis.reach import CONVS, MAX_POOLS, Reach, reach_of
 from .errors import ConversionError
+from .layers import DilatedAverage
 from .trace import TraceOptions, trace
 
 __all__ = ["allowed_densities", "densify", "densities"]
@@ -86,9 +89,10 @@ def densify(converted: fx.GraphModule, density: int, input_shape: tuple[int, ...
     target = tuple(s // density for s in output.stride)
     modules = dict(gm.named_modules())
     rarefied = []
-    for node in list(gm.graph.nodes):
-        source = _source_reach(node, values)
-        if source is None or not _is_window(node, modules):
+    # Where each window op reads from, taken before any is replaced (a replacement is a node `values` lacks).
+    windows = [(node, _source_reach(node, values)) for node in gm.graph.nodes if _is_window(node, modules)]
+    for node, source in windows:
+        if source is None:
             continue
         factor = tuple(c // t for c, t in zip(source.stride, target, strict=True))
         own = _own_stride(node, modules, len(target))
@@ -142,34 +146,81 @@ def _own_stride(node: fx.Node, modules: dict[str, nn.Module], axes: int) -> tupl
 
 def _rarefy(gm: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module], factor: tuple[int, ...]) -> None:
     """Make `node` run on a grid `factor` times finer: stride 1, dilation and padding times `factor`."""
-    if node.op == "call_module":
-        module = modules[node.target]
-        replacement = (_avg_as_depthwise(module, _channels(node), factor) if isinstance(module, _AVG_POOLS)
-                       else _rarefied_module(module, factor))
-        _set_submodule(gm, node.target, replacement)
-        return
-    axes = len(factor)
-    if node.target in _CONV_FUNCTIONS:
+    if node.op == "call_module" and isinstance(modules[node.target], CONVS):
+        _set_submodule(gm, node.target, _rarefied_conv(modules[node.target], factor))
+    elif node.op == "call_function" and node.target in _CONV_FUNCTIONS:
         node.args, node.kwargs = node.args[:2], {
             "bias": _arg(node, 2, "bias", None), "stride": 1,
             "padding": _scaled(_arg(node, 4, "padding", 0), factor, node),
             "dilation": _scaled(_arg(node, 5, "dilation", 1), factor, node), "groups": _arg(node, 6, "groups", 1)}
-    elif node.target in _MAX_FUNCTIONS:
-        node.args, node.kwargs = node.args[:2], {
-            "stride": 1, "padding": _scaled(_arg(node, 3, "padding", 0), factor, node),
-            "dilation": _scaled(_arg(node, 4, "dilation", 1), factor, node), "ceil_mode": _arg(node, 5, "ceil_mode",
-                                                                                                False)}
-    else:  # a functional average pool: the same depthwise convolution, its weight a buffer of the module
-        pool = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[axes](
-            _arg(node, 1, "kernel_size", None), _arg(node, 2, "stride", None), _arg(node, 3, "padding", 0),
-            _arg(node, 4, "ceil_mode", False), _arg(node, 5, "count_include_pad", True),
-            *((_arg(node, 6, "divisor_override", None),) if axes > 1 else ()))
-        name = f"{node.name}_atrous"
-        gm.add_submodule(name, _avg_as_depthwise(pool, _channels(node), factor))
-        with gm.graph.inserting_before(node):
-            new = gm.graph.call_module(name, (node.args[0],))
-        node.replace_all_uses_with(new)
-        gm.graph.erase_node(node)
+    else:
+        _rarefy_pool(gm, node, modules[node.target] if node.op == "call_module" else _pool_module(node, len(factor)),
+                     factor)
+
+
+def _pool_module(node: fx.Node, axes: int) -> nn.Module:
+    """The pooling module a functional max or average pool call is."""
+    kernel, stride, padding = _arg(node, 1, "kernel_size", None), _arg(node, 2, "stride", None), _arg(node, 3,
+                                                                                                      "padding", 0)
+    if node.target in _MAX_FUNCTIONS:
+        return {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[axes](
+            kernel, stride, padding, _arg(node, 4, "dilation", 1), ceil_mode=_arg(node, 5, "ceil_mode", False))
+    return {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[axes](
+        kernel, stride, padding, _arg(node, 4, "ceil_mode", False), _arg(node, 5, "count_include_pad", True),
+        *((_arg(node, 6, "divisor_override", None),) if axes > 1 else ()))
+
+
+def _rarefy_pool(gm: fx.GraphModule, node: fx.Node, pool: nn.Module, factor: tuple[int, ...]) -> None:
+    """Replace pool `node` by its stride-1 form on a grid `factor` times finer: a max pool dilated by `factor`, an
+    average pool as the depthwise convolution it is. A pool in ceil mode keeps a last window that runs past its
+    input, so the finer grid is padded as far after the input (−∞ for a max pool, and an average divides those
+    windows by what they cover); padding PyTorch's max pool does not take (uneven, or above half the kernel)
+    becomes an explicit pad."""
+    axes = len(factor)
+    kernel, stride = _per_axis(pool.kernel_size, axes), _per_axis(pool.stride or pool.kernel_size, axes)
+    padding, dilation = _per_axis(pool.padding, axes), _per_axis(getattr(pool, "dilation", 1), axes)
+    before = _times_each(padding, factor)
+    after = tuple(b + f * max(0, min(s - 1, d * (k - 1) - p)) if pool.ceil_mode else b
+                  for b, f, s, d, k, p in zip(before, factor, stride, dilation, kernel, padding, strict=True))
+    source = node.args[0]
+    if isinstance(pool, MAX_POOLS):
+        inner = before
+        if after != before or any(2 * b > k for b, k in zip(before, kernel, strict=True)):
+            with gm.graph.inserting_before(node):
+                source = gm.graph.call_function(F.pad, (source, [p for b, a in reversed(list(zip(
+                    before, after, strict=True))) for p in (b, a)]), {"value": float("-inf")})
+            inner = (0,) * axes
+        replacement = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[axes](
+            kernel, 1, inner, _times_each(dilation, factor))
+    else:
+        replacement = _average(pool, node, factor, before, after)
+    if node.op == "call_module":
+        _set_submodule(gm, node.target, replacement)
+        node.args, node.kwargs = (source,), {}
+        return
+    name = f"{node.name}_atrous"
+    gm.add_submodule(name, replacement)
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_module(name, (source,))
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+
+
+def _average(pool: nn.Module, node: fx.Node, factor: tuple[int, ...], before: tuple[int, ...],
+             after: tuple[int, ...]) -> nn.Module:
+    """Average pool `pool` on a grid `factor` times finer: the depthwise convolution with weights 1/k it is where
+    every window has one divisor, a `DilatedAverage` where the divisor changes at the border."""
+    kernel = _per_axis(pool.kernel_size, len(factor))
+    channels = int(node.meta["tensor_meta"].shape[1])  # an average pool keeps its channels
+    override = getattr(pool, "divisor_override", None)
+    if not override and (after != before or (any(before) and not pool.count_include_pad)):
+        return DilatedAverage(channels, kernel, factor, before, after, pool.count_include_pad)
+    conv = _DEPTHWISE[len(factor)](channels, channels, kernel, padding=before, dilation=factor, groups=channels,
+                                   bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0 / (override or math.prod(kernel)))
+    conv.weight.requires_grad_(False)
+    return conv
 
 
 def _scaled(value: Any, factor: tuple[int, ...], node: fx.Node) -> tuple[int, ...]:
@@ -178,8 +229,8 @@ def _scaled(value: Any, factor: tuple[int, ...], node: fx.Node) -> tuple[int, ..
     return tuple(v * f for v, f in zip(_per_axis(value, len(factor)), factor, strict=True))
 
 
-def _rarefied_module(module: nn.Module, factor: tuple[int, ...]) -> nn.Module:
-    """A shallow copy of a convolution or max pool (sharing its parameters) on a grid `factor` times finer."""
+def _rarefied_conv(module: nn.Module, factor: tuple[int, ...]) -> nn.Module:
+    """A shallow copy of a convolution (sharing its parameters) on a grid `factor` times finer."""
     if isinstance(getattr(module, "padding", 0), str):
         raise ConversionError(f"a {type(module).__name__} pads {module.padding!r}; fc2conv rarefies numeric "
                               "padding only")
@@ -187,33 +238,12 @@ def _rarefied_module(module: nn.Module, factor: tuple[int, ...]) -> nn.Module:
     rarefied.stride = (1,) * len(factor)
     rarefied.dilation = _times_each(module.dilation, factor)
     rarefied.padding = _times_each(module.padding, factor)
-    if isinstance(module, CONVS):
-        rarefied._reversed_padding_repeated_twice = [p for p in reversed(rarefied.padding) for _ in range(2)]
+    rarefied._reversed_padding_repeated_twice = [p for p in reversed(rarefied.padding) for _ in range(2)]
     return rarefied
 
 
 def _times_each(value: Any, factor: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(v * f for v, f in zip(_per_axis(value, len(factor)), factor, strict=True))
-
-
-def _avg_as_depthwise(pool: nn.Module, channels: int, factor: tuple[int, ...]) -> nn.Module:
-    """The depthwise convolution equal to average pool `pool` on a grid `factor` times finer (stride 1)."""
-    axes = len(factor)
-    kernel, padding = _per_axis(pool.kernel_size, axes), _per_axis(pool.padding, axes)
-    if any(padding) and not pool.count_include_pad:
-        raise ConversionError("an average pool that does not count its zero padding divides by a number that "
-                              "changes at the border; it cannot run on a finer grid as a convolution")
-    divisor = getattr(pool, "divisor_override", None) or math.prod(kernel)
-    conv = _DEPTHWISE[axes](channels, channels, kernel, padding=_times_each(padding, factor),
-                            dilation=factor, groups=channels, bias=False)
-    with torch.no_grad():
-        conv.weight.fill_(1.0 / divisor)
-    conv.weight.requires_grad_(False)
-    return conv
-
-
-def _channels(node: fx.Node) -> int:
-    return int(node.args[0].meta["tensor_meta"].shape[1])
 
 
 def _set_submodule(gm: fx.GraphModule, target: str, module: nn.Module) -> None:

@@ -10,6 +10,9 @@ While any tracer or exporter is running it is a plain `Conv2d`, so exported grap
 
 `ChannelLayerNorm` is `LayerNorm` over the channel dimension of an N×C×H×W tensor, what a
 `LayerNorm(C)` on a vector becomes once the vector is a 1×1 map.
+
+`DilatedAverage` is an average pool whose divisor changes at the border (ceil mode, or zero padding that is
+not counted) run with stride 1 and a dilated kernel, as `fc2conv.density` rarefies it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ChannelLayerNorm", "LinearConv", "LinearConv1d", "LinearConv2d", "LinearConv3d", "im2col", "linear_conv"]
+__all__ = [
+    "ChannelLayerNorm", "DilatedAverage", "LinearConv", "LinearConv1d", "LinearConv2d", "LinearConv3d", "im2col",
+    "linear_conv",
+]
 
 
 def _tracing() -> bool:
@@ -115,3 +121,29 @@ class ChannelLayerNorm(nn.LayerNorm):
         x = x.movedim(1, -1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.movedim(-1, 1)
+
+
+class DilatedAverage(nn.Module):
+    """An average pool with stride 1 and a kernel dilated by `dilation`, padded by `before` and `after` positions
+    on each axis (the last `after − before` being the overflow of a pool in ceil mode), dividing every window by
+    what PyTorch's pool divides it by: the positions it covers in the input and, if `count_padding`, in the
+    `before` padding on either side, never in the overflow."""
+
+    def __init__(self, channels: int, kernel: tuple[int, ...], dilation: tuple[int, ...], before: tuple[int, ...],
+                 after: tuple[int, ...], count_padding: bool):
+        super().__init__()
+        self.dilation, self.count_padding = dilation, count_padding
+        self.pads = [p for b, a in reversed(list(zip(before, after, strict=True))) for p in (b, a)]
+        self.symmetric = [p for b in reversed(before) for p in (b, b)]
+        self.overflow = [p for b, a in reversed(list(zip(before, after, strict=True))) for p in (0, a - b)]
+        self.register_buffer("weight", torch.ones(channels, 1, *kernel), persistent=False)
+        self.conv = (F.conv1d, F.conv2d, F.conv3d)[len(kernel) - 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = self.conv(F.pad(x, self.pads), self.weight, dilation=self.dilation, groups=x.shape[1])
+        inside = torch.ones_like(x[:, :1])
+        if self.count_padding:
+            counted = F.pad(F.pad(inside, self.symmetric, value=1.0), self.overflow)
+        else:
+            counted = F.pad(inside, self.pads)
+        return total / self.conv(counted, self.weight[:1], dilation=self.dilation)

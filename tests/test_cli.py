@@ -107,6 +107,7 @@ def test_inspect_json(weights):
     assert [d["layer"] for d in data["plan"]] == ["fc1", "fc2"]
     assert data["plan"][0]["kernel"] == [8, 8] and data["geometry"]["stride"] == [4, 4]
     assert data["recipe"]["model_def"] == MODEL_DEF
+    assert data["densities"] == [2, 4]  # the stride-4 grid of SmallCNN, as `--density` accepts it
 
 
 def test_inspect_torchvision_arch_with_num_classes(tmp_path):
@@ -116,6 +117,7 @@ def test_inspect_torchvision_arch_with_num_classes(tmp_path):
     result = invoke("inspect", tmp_path / "r18.pth", "--arch", "resnet18", "--num-classes", "7")
     assert result.exit_code == EXIT_OK, result.stderr
     assert "Linear(512, 7)" in result.stdout and "every 32×32 pixels" in result.stdout
+    assert "--density allows 2, 4, 8, 16, 32" in result.stdout
 
 
 def formats(folder: Path) -> dict[str, Path]:

@@ -7,7 +7,8 @@ import itertools
 
 import pytest
 import torch
-from helpers import assert_close, build, measured_receptive_field, randn
+import torch.nn.functional as F
+from helpers import FAMILIES, assert_close, build, crop_size, measured_receptive_field, randn
 from hypothesis import HealthCheck, given, settings
 from onnx_helpers import run_onnx
 from strategies import architectures
@@ -111,6 +112,62 @@ def test_padded_torchvision_stacks(name, size, density):
     assert difference > 1e-3
 
 
+# The densities each family allows at its crop size, as the README's support table states them: a product of the
+# last strides, and none where squeeze-excitation pools make every cell see the whole image.
+FAMILY_DENSITIES = {"alexnet": [2, 4, 8, 32], "convnext_tiny": [2, 4, 8, 32], "squeezenet1_1": [2, 4, 8, 16],
+                    "mobilenet_v3_large": [], "efficientnet_b0": [], "efficientnet_v2_s": [], "regnet_y_400mf": []}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_densities_of_every_family(name):
+    """The densities a family allows, and at density 2 the cells 2·i of a larger map are the ordinary map."""
+    model, size = build(name), crop_size(name)
+    ordinary = fc2conv.convert(model, (3, size, size))
+    allowed = allowed_densities(ordinary)
+    assert allowed == FAMILY_DENSITIES.get(name, [2, 4, 8, 16, 32])
+    if not allowed:
+        return
+    denser = fc2conv.convert(model, (3, size, size), density=2)
+    step = fc2conv.geometry(ordinary).stride[0]
+    assert fc2conv.geometry(denser).stride == (step // 2,) * 2
+    x = randn(1, 3, size + step, size + 2 * step, seed=1)
+    with torch.no_grad():
+        fine, coarse = denser(x), ordinary(x)
+    assert_close(fine[:, :, ::2, ::2][:, :, :coarse.shape[2], :coarse.shape[3]], coarse)
+
+
+class CeilModePools(nn.Module):
+    """Pools in ceil mode, whose last windows run past their input (GoogLeNet's max pools; timm's average pools
+    that do not count their padding): at 34×34 each of them has such a window."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 6, 3, padding=1)
+        self.pool1, self.pool2 = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True), nn.AvgPool2d(2, 2, ceil_mode=True)
+        self.fc = nn.Linear(6 * 3 * 3, 3)
+
+    def forward(self, x):
+        x = self.pool1(self.conv1(x).relu())
+        x = F.max_pool2d(self.conv2(x), 3, 2, 1, ceil_mode=True)
+        x = self.pool2(F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False))
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("density", [2, 8, 16])
+def test_pools_in_ceil_mode(density):
+    """A rarefied pool in ceil mode keeps its last window (padded after the input: −∞ for max; an average divides
+    it by what it covers, as does one that does not count its padding), and a max pool padding above half its
+    kernel becomes an explicit pad: verify passes (the reference cell included, which reads every overflowing
+    window), cells r·i are the ordinary map, and cells whose receptive field lies inside are shift-and-stitch."""
+    torch.manual_seed(0)
+    model = CeilModePools().eval()
+    assert allowed_densities(fc2conv.convert(model, (3, 34, 34))) == [2, 4, 8, 16]
+    report = fc2conv.verify(model, fc2conv.convert(model, (3, 34, 34), density=density))
+    assert report, str(report)
+    x = randn(1, 3, 34 + 8 * 16, 34 + 6 * 16, seed=4)
+    check_density(model, (3, 34, 34), density, x, padded=True)
+
+
 def test_float64_and_one_dimension():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv1d(2, 4, 5, stride=2), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(4, 4, 3),
@@ -164,8 +221,12 @@ def test_pooled_predictions_reduce_the_dense_map(reduce):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_denser_and_pooled_models_export_to_onnx(tmp_path):
     model = SmallCNN().eval()
-    for name, kwargs in [("dense4", {"density": 4}), ("pool", {"mode": "pool", "reduce": "avgmax"})]:
-        converted = fc2conv.convert(model, (3, 32, 32), **kwargs)
+    torch.manual_seed(0)
+    for name, original, shape, kwargs in [
+            ("dense4", model, (3, 32, 32), {"density": 4}), ("pool", model, (3, 32, 32), {"mode": "pool", "reduce":
+                                                                                           "avgmax"}),
+            ("ceil", CeilModePools().eval(), (3, 34, 34), {"density": 8})]:
+        converted = fc2conv.convert(original, shape, **kwargs)
         path = export_onnx(converted, tmp_path / f"{name}.onnx")
         x = randn(2, 3, 45, 38, seed=3)
         with torch.no_grad():

@@ -220,3 +220,29 @@ def test_without_torch(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "export_onnx needs torch"
     assert op_counts(tmp_path / "dense.onnx")["MatMul"] == 0
+
+
+class _StaticShuffle(torch.nn.Module):
+    """A channel shuffle whose Reshape the TorchScript exporter writes with the export's sizes as constants."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.conv(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_static_file_with_sizes_baked_in_is_refused(tmp_path):
+    """Exported without dynamic axes, the shuffle's Reshape holds 16×16: the rewritten model would run at that
+    size only, so convert_onnx refuses it (its own run at a larger size fails) and writes nothing."""
+    source = tmp_path / "static.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_StaticShuffle().eval(), (torch.zeros(1, 3, 16, 16),), source, dynamo=False)
+    with pytest.raises(ConversionError, match=r"static\.onnx: .*(stays|baked|fails in onnxruntime)"):
+        convert_onnx(source, tmp_path / "out.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["static.onnx"]

@@ -91,6 +91,7 @@ ELEMENTWISE_FUNCTIONS = ACTIVATION_FUNCTIONS | IDENTITY_FUNCTIONS | {
     F.batch_norm, F.local_response_norm, F.normalize, torch.exp, torch.log,
     torch.sqrt, torch.rsqrt, torch.abs, torch.neg, torch.pow, torch.erf, torch.square, torch.sign, torch.floor,
     torch.ceil, torch.round, torch.reciprocal, torch.where, torch.maximum, torch.minimum, torch.channel_shuffle,
+    torch.ones_like, torch.zeros_like, torch.full_like,
     torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.transpose, torch.permute, torch.chunk,
     torch.split, torch.add, torch.sub, torch.mul, torch.div, torch.cat, torch.concat, torch.concatenate,
     torch.stack, operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg,

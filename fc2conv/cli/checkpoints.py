@@ -161,6 +161,8 @@ def inspect(
     as_json: bool = JSON,
 ) -> None:
     """Print the conversion plan: every Linear and pool, the rule applied, kernel, channels, and why."""
+    from ..density import allowed_densities
+
     out = Output(quiet=quiet, as_json=as_json)
     with usage_errors(), out.steps(3) as step:
         recipe = _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density,
@@ -169,11 +171,15 @@ def inspect(
         step("converting")
         converted = recipe.convert(model)
         geometry_text, geometry = _describe_geometry(converted)
+        densities = allowed_densities(converted) if recipe.mode == "dense" and recipe.density == 1 else None
     out.say(_describe_model(model, recipe, checkpoint))
     out.say(str(converted.fc2conv.plan))
     out.say(geometry_text)
+    if densities is not None:
+        out.say(f"--density allows {', '.join(map(str, densities))} (a cell every stride/r pixels)" if densities
+                else "--density allows none: the stride is 1, or fc2conv cannot follow the network's grid")
     out.result({"recipe": asdict(recipe), "plan": [asdict(d) for d in converted.fc2conv.plan],
-                "notes": converted.fc2conv.plan.notes, "geometry": geometry})
+                "notes": converted.fc2conv.plan.notes, "geometry": geometry, "densities": densities})
 
 
 @app.command(epilog=(

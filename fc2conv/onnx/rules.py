@@ -129,8 +129,9 @@ def _grows(g: Graph, name: str) -> bool | None:
 def _fixed_size_reason(name: str, size: tuple[int, ...]) -> str:
     return (
         f"its input {name!r} stays {'×'.join(map(str, size))} when the image grows, so nothing can slide over it: a "
-        "layer before it has this image size baked in (often an adaptive pool the exporter unrolled). Export "
-        "at a size where that layer is the identity (VGG/AlexNet: 224×224) or use mode='global'"
+        "layer before it has this image size baked in (a reshape written with the export's sizes, or an adaptive "
+        "pool the exporter unrolled). Export with dynamic height and width (dynamic_axes), at a size where such a "
+        "pool is the identity (VGG/AlexNet: 224×224), or use mode='global'"
     )
 
 
