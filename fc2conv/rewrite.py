@@ -281,8 +281,8 @@ def convert(
     if density != 1:
         converted, rarefied = densify(converted, density, shape if len(shape) > 1 else (*shape, 1, 1), options)
         converted.eval()
-        full.plan.notes.append(f"density {density}: {len(rarefied)} layers from '{rarefied[0]}' on run on a grid "
-                               f"{density} times finer (stride 1, dilation and padding scaled)")
+        full.plan.notes.append(f"density {density}: {len(rarefied)} layers, '{rarefied[0]}' and those after it, "
+                               f"run on a grid {density} times finer (stride 1, dilation and padding scaled)")
     if mode == "pool":
         _reduce_output(converted, reduce, max(len(shape) - 1, 2))
     if inplace:

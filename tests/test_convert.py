@@ -399,7 +399,7 @@ def test_untraceable_model_gets_a_hint():
             return self.fc(self.features(x).flatten(1))
 
     with pytest.raises(ConversionError, match="leaf_modules"):
-        fc2conv.convert(DataDependent(), INPUT)
+        fc2conv.convert(DataDependent().eval(), INPUT)
 
 
 def test_input_shape_that_does_not_fit_names_the_shape():

@@ -20,6 +20,7 @@ import fc2conv
 from fc2conv import ConversionError
 from fc2conv.cli import EXIT_OK, EXIT_USAGE, app
 from fc2conv.density import allowed_densities
+from fc2conv.layers import DilatedAverage
 from fc2conv.onnx import export_onnx
 from models.small_cnn import SmallCNN
 
@@ -73,9 +74,13 @@ def check_architecture(arch) -> None:
     shift-and-stitch without padding, and with padding on the cells whose receptive field lies inside the
     shifted input."""
     model = build_arch(arch)
-    allowed = allowed_densities(fc2conv.convert(model, arch.input_shape))
+    ordinary = fc2conv.convert(model, arch.input_shape)
+    allowed = allowed_densities(ordinary)
+    # Room for whole receptive fields (padding reaches beyond the window) and a few strides more.
+    (top, bottom), (left, right) = fc2conv.geometry(ordinary).receptive_field
     _, h, w = arch.input_shape
-    x = randn(2, *arch.input_shape[:1], h + 3 * arch.stride + 11, w + 2 * arch.stride + 7, seed=1)
+    x = randn(2, *arch.input_shape[:1], h + top + bottom + 3 * arch.stride + 11,
+              w + left + right + 2 * arch.stride + 7, seed=1)
     for density in allowed[:2]:
         check_density(model, arch.input_shape, density, x, padded=arch.padded)
 
@@ -166,6 +171,19 @@ def test_pools_in_ceil_mode(density):
     assert report, str(report)
     x = randn(1, 3, 34 + 8 * 16, 34 + 6 * 16, seed=4)
     check_density(model, (3, 34, 34), density, x, padded=True)
+
+
+def test_timm_resnet_d_whose_shortcuts_pool_in_ceil_mode():
+    """timm's ResNet-D downsamples its shortcuts with `AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)`:
+    on the finer grid each becomes a `DilatedAverage`, and verify passes at densities 2 and 4."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet26d", pretrained=False).eval()
+    for density in (2, 4):
+        denser = fc2conv.convert(model, (3, 160, 160), density=density)
+        assert any(isinstance(m, DilatedAverage) for m in denser.modules())
+        report = fc2conv.verify(model, denser, batch=1)
+        assert report, str(report)
 
 
 def test_float64_and_one_dimension():

@@ -178,6 +178,8 @@ def _export(model: nn.Module, example: torch.Tensor, *, dynamic: bool, opset: in
         with warnings.catch_warnings():
             # Chosen on purpose (see the module docstring); its deprecation notice is not the user's concern.
             warnings.simplefilter("ignore", DeprecationWarning)
+            # F.pad's pads are reversed by a Slice of step −1, which the constant folder notes it cannot fold.
+            warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
             torch.onnx.export(model, (example,), buffer, dynamo=False, dynamic_axes=axes if dynamic else None,
                               **names)
         return onnx.load_from_string(buffer.getvalue())

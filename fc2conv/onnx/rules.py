@@ -26,13 +26,13 @@ rewrites the graph (`rewrite`). The driver tries the rules in `rules_for(mode)` 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from .graph import Graph, attribute, describe
+from .pools import pool_kind, pool_use
 
 __all__ = ["Rule", "rules_for"]
 
@@ -48,7 +48,6 @@ _POINTWISE = frozenset({
 # Ops that broadcast their operands against each other: constants must be scalars or per feature.
 _BROADCASTING = frozenset({"Add", "Div", "Max", "Mean", "Min", "Mul", "Pow", "PRelu", "Sub", "Sum"})
 _ALONG_AXIS = frozenset({"Concat", "LogSoftmax", "Softmax"})
-_GLOBAL_POOLS = {"GlobalAveragePool": "avg", "GlobalMaxPool": "max", "ReduceMean": "avg", "ReduceMax": "max"}
 _WINDOW_POOLS = {"avg": "AveragePool", "max": "MaxPool"}
 _UNKNOWN = (
     "unknown to ONNX shape inference at the reference input size (a shape the graph computes at run time, "
@@ -97,22 +96,6 @@ def _set_int(node: onnx.NodeProto, name: str, value: int) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
-def _pool_kind(g: Graph, node: onnx.NodeProto) -> str | None:
-    """"avg" or "max" when `node` pools an N×C×(spatial) map over all its spatial positions, else None."""
-    kind = _GLOBAL_POOLS.get(node.op_type)
-    rank = g.rank(node.input[0]) if kind is not None else None
-    if rank is None or rank < 3:
-        return None
-    if node.op_type.startswith("Global"):
-        return kind
-    axes = attribute(node, "axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        axes = g.constant(node.input[1])
-    if axes is None or len(axes) == 0:
-        return None
-    return kind if {int(a) % rank for a in np.asarray(axes).ravel()} == set(range(2, rank)) else None
-
-
 def _per_feature(value: np.ndarray, features: int) -> bool:
     """Whether `value` broadcasts against N×features vectors as one number or one number per feature."""
     return value.size == 1 or value.shape in ((features,), (1, features))
@@ -135,41 +118,6 @@ def _fixed_size_reason(name: str, size: tuple[int, ...]) -> str:
     )
 
 
-@dataclass
-class _PoolUse:
-    """How the outputs of global pools are used: `context` pools meet, in some node, data that was not
-    pooled; `maps[p]` is the map pool `p` pooled from, and `partners[p]` the pools whose results meet p's."""
-
-    context: set[str] = field(default_factory=set)
-    maps: dict[str, str] = field(default_factory=dict)
-    partners: dict[str, set[str]] = field(default_factory=dict)
-
-
-def _pool_use(g: Graph) -> _PoolUse:
-    """Pools already made sliding count as pooled data: an average and a max pool of one map, concatenated,
-    are both head pools, whichever is rewritten first."""
-    dependent = g.value_dependent()
-    use = _PoolUse()
-    pooled: dict[str, set[str]] = {}  # tensor computed from pooled data only → the pools it comes from
-    for node in g.graph.node:
-        if _pool_kind(g, node) or node.output[0] in g.sliding_pools:
-            pooled[node.output[0]] = {node.output[0]}
-            use.maps[node.output[0]] = node.input[0]
-            continue
-        data = [i for i in node.input if i in dependent]
-        sources = [pooled[i] for i in data if i in pooled]
-        if not sources:
-            continue
-        mixed = set().union(*sources)
-        if len(sources) == len(data):
-            pooled.update((out, mixed) for out in node.output)
-            for pool in mixed:
-                use.partners.setdefault(pool, set()).update(mixed)
-        else:
-            use.context.update(mixed)
-    return use
-
-
 # -- rules ---------------------------------------------------------------------------------------------
 
 
@@ -178,7 +126,7 @@ class KeepReducedDims(Rule):
 
     def match(self, g: Graph, node: onnx.NodeProto) -> bool:
         return node.op_type.startswith("Reduce") and attribute(node, "keepdims", 1) == 0 and bool(
-            _pool_kind(g, node)
+            pool_kind(g, node)
         )
 
     def rewrite(self, g: Graph, node: onnx.NodeProto) -> None:
@@ -373,15 +321,15 @@ class SlidingPool(Rule):
 
     def match(self, g: Graph, node: onnx.NodeProto) -> bool:
         return (
-            bool(_pool_kind(g, node)) and attribute(node, "keepdims", 1) == 1
-            and node.output[0] not in _pool_use(g).context
+            bool(pool_kind(g, node)) and attribute(node, "keepdims", 1) == 1
+            and node.output[0] not in pool_use(g).context
         )
 
     def check(self, g: Graph, node: onnx.NodeProto) -> str | None:
         size = g.shapes.get(node.input[0], (None,) * (2 + g.spatial))[2:]
         if None in size:
             return f"the spatial size of its input {node.input[0]!r} is {_UNKNOWN}"
-        use = _pool_use(g)
+        use = pool_use(g)
         other_maps = sorted({use.maps[p] for p in use.partners.get(node.output[0], ())} - {node.input[0]})
         if other_maps:
             return (f"its result is combined with a pool of another map ({', '.join(map(repr, other_maps))}); "
@@ -392,7 +340,7 @@ class SlidingPool(Rule):
 
     def rewrite(self, g: Graph, node: onnx.NodeProto) -> None:
         size = list(g.shapes[node.input[0]][2:])
-        op = _WINDOW_POOLS[_pool_kind(g, node)]
+        op = _WINDOW_POOLS[pool_kind(g, node)]
         pool = helper.make_node(
             op, [node.input[0]], list(node.output), name=node.name, kernel_shape=size, strides=[1] * len(size)
         )
