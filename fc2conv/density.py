@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .analysis.reach import CONVS, MAX_POOLS, Reach, reach_of
+from .analysis.positions import CONVS, MAX_POOLS
+from .analysis.reach import Reach, reach_of
 from .errors import ConversionError
 from .layers import DilatedAverage
 from .trace import TraceOptions, trace
