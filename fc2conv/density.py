@@ -37,7 +37,8 @@ from .trace import TraceOptions, trace
 __all__ = ["allowed_densities", "densify", "densities"]
 
 _AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-_AVG_FUNCTIONS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
+_LP_POOLS = (nn.LPPool1d, nn.LPPool2d)  # windows too, but with no form on a finer grid
+_AVG_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d}
 _CONV_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d}
 _MAX_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d}
 _DEPTHWISE = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -123,7 +124,7 @@ def _source_reach(node: fx.Node, values: dict) -> Reach | None:
 
 def _is_window(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
-        return isinstance(modules[node.target], CONVS + MAX_POOLS + _AVG_POOLS)
+        return isinstance(modules[node.target], CONVS + MAX_POOLS + _AVG_POOLS + _LP_POOLS)
     return node.op == "call_function" and (node.target in _CONV_FUNCTIONS or node.target in _MAX_FUNCTIONS
                                            or node.target in _AVG_FUNCTIONS)
 
@@ -177,6 +178,9 @@ def _rarefy_pool(gm: fx.GraphModule, node: fx.Node, pool: nn.Module, factor: tup
     input, so the finer grid is padded as far after the input (−∞ for a max pool, and an average divides those
     windows by what they cover); padding PyTorch's max pool does not take (uneven, or above half the kernel)
     becomes an explicit pad."""
+    if isinstance(pool, _LP_POOLS):
+        raise ConversionError(f"'{_name(node)}': a power-average pool ({type(pool).__name__}) has no dilated form; "
+                              "it cannot run on a finer grid")
     axes = len(factor)
     kernel, stride = _per_axis(pool.kernel_size, axes), _per_axis(pool.stride or pool.kernel_size, axes)
     padding, dilation = _per_axis(pool.padding, axes), _per_axis(getattr(pool, "dilation", 1), axes)

@@ -208,6 +208,11 @@ def test_densities_that_do_not_fit_are_refused_with_the_allowed_ones():
         fc2conv.convert(model, (3, 32, 32), mode="global", density=2)
     with pytest.raises(ConversionError, match=r"cannot follow the grid .*whole map"):
         fc2conv.convert(build("mobilenet_v3_small"), (3, 64, 64), density=2)
+    lp_pool = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LPPool2d(2, 2), nn.Conv2d(4, 4, 3, stride=2), nn.Flatten(),
+                            nn.Linear(4 * 3 * 3, 2)).eval()
+    with pytest.raises(ConversionError, match=r"'1': a power-average pool \(LPPool2d\) has no dilated form"):
+        fc2conv.convert(lp_pool, (3, 18, 18), density=4)
+    assert fc2conv.verify(lp_pool, fc2conv.convert(lp_pool, (3, 18, 18), density=2))  # the pool stays on its grid
 
 
 @pytest.mark.parametrize("reduce", ["avg", "max", "avgmax"])
