@@ -28,19 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .analysis.positions import CONVS, MAX_POOLS
+from .analysis.positions import AVG_POOLS, CONVS, MAX_POOLS, WINDOW_FUNCTIONS
 from .analysis.reach import Reach, reach_of
 from .errors import ConversionError
-from .layers import DilatedAverage
+from .layers import DilatedAverage, pad_widths
 from .trace import TraceOptions, trace
 
 __all__ = ["allowed_densities", "densify", "densities"]
 
-_AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-_LP_POOLS = (nn.LPPool1d, nn.LPPool2d)  # windows too, but with no form on a finer grid
-_AVG_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d}
+_LP_POOLS = (nn.LPPool1d, nn.LPPool2d)  # windows too (AVG_POOLS), but with no form on a finer grid
 _CONV_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d}
 _MAX_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d}
+_MAX_POOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
 _DEPTHWISE = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
@@ -123,10 +122,10 @@ def _source_reach(node: fx.Node, values: dict) -> Reach | None:
 
 
 def _is_window(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A sliding window as `fc2conv.analysis.reach` follows one: a convolution or pool."""
     if node.op == "call_module":
-        return isinstance(modules[node.target], CONVS + MAX_POOLS + _AVG_POOLS + _LP_POOLS)
-    return node.op == "call_function" and (node.target in _CONV_FUNCTIONS or node.target in _MAX_FUNCTIONS
-                                           or node.target in _AVG_FUNCTIONS)
+        return isinstance(modules[node.target], CONVS + MAX_POOLS + AVG_POOLS)
+    return node.op == "call_function" and node.target in WINDOW_FUNCTIONS
 
 
 def _per_axis(value: Any, axes: int) -> tuple[int, ...]:
@@ -149,12 +148,12 @@ def _own_stride(node: fx.Node, modules: dict[str, nn.Module], axes: int) -> tupl
 def _rarefy(gm: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module], factor: tuple[int, ...]) -> None:
     """Make `node` run on a grid `factor` times finer: stride 1, dilation and padding times `factor`."""
     if node.op == "call_module" and isinstance(modules[node.target], CONVS):
-        _set_submodule(gm, node.target, _rarefied_conv(modules[node.target], factor))
+        _set_submodule(gm, node.target, _rarefied_conv(modules[node.target], factor, _name(node)))
     elif node.op == "call_function" and node.target in _CONV_FUNCTIONS:
         node.args, node.kwargs = node.args[:2], {
             "bias": _arg(node, 2, "bias", None), "stride": 1,
-            "padding": _scaled(_arg(node, 4, "padding", 0), factor, node),
-            "dilation": _scaled(_arg(node, 5, "dilation", 1), factor, node), "groups": _arg(node, 6, "groups", 1)}
+            "padding": _scaled(_arg(node, 4, "padding", 0), factor, _name(node)),
+            "dilation": _times_each(_arg(node, 5, "dilation", 1), factor), "groups": _arg(node, 6, "groups", 1)}
     else:
         _rarefy_pool(gm, node, modules[node.target] if node.op == "call_module" else _pool_module(node, len(factor)),
                      factor)
@@ -165,8 +164,8 @@ def _pool_module(node: fx.Node, axes: int) -> nn.Module:
     kernel, stride, padding = _arg(node, 1, "kernel_size", None), _arg(node, 2, "stride", None), _arg(node, 3,
                                                                                                       "padding", 0)
     if node.target in _MAX_FUNCTIONS:
-        return {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[axes](
-            kernel, stride, padding, _arg(node, 4, "dilation", 1), ceil_mode=_arg(node, 5, "ceil_mode", False))
+        return _MAX_POOL[axes](kernel, stride, padding, _arg(node, 4, "dilation", 1),
+                               ceil_mode=_arg(node, 5, "ceil_mode", False))
     return {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[axes](
         kernel, stride, padding, _arg(node, 4, "ceil_mode", False), _arg(node, 5, "count_include_pad", True),
         *((_arg(node, 6, "divisor_override", None),) if axes > 1 else ()))
@@ -192,11 +191,9 @@ def _rarefy_pool(gm: fx.GraphModule, node: fx.Node, pool: nn.Module, factor: tup
         inner = before
         if after != before or any(2 * b > k for b, k in zip(before, kernel, strict=True)):
             with gm.graph.inserting_before(node):
-                source = gm.graph.call_function(F.pad, (source, [p for b, a in reversed(list(zip(
-                    before, after, strict=True))) for p in (b, a)]), {"value": float("-inf")})
+                source = gm.graph.call_function(F.pad, (source, pad_widths(before, after)), {"value": float("-inf")})
             inner = (0,) * axes
-        replacement = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[axes](
-            kernel, 1, inner, _times_each(dilation, factor))
+        replacement = _MAX_POOL[axes](kernel, 1, inner, _times_each(dilation, factor))
     else:
         replacement = _average(pool, node, factor, before, after)
     if node.op == "call_module":
@@ -228,22 +225,20 @@ def _average(pool: nn.Module, node: fx.Node, factor: tuple[int, ...], before: tu
     return conv
 
 
-def _scaled(value: Any, factor: tuple[int, ...], node: fx.Node) -> tuple[int, ...]:
-    if isinstance(value, str):
-        raise ConversionError(f"'{_name(node)}' pads {value!r}; fc2conv rarefies numeric padding only")
-    return tuple(v * f for v, f in zip(_per_axis(value, len(factor)), factor, strict=True))
+def _scaled(padding: Any, factor: tuple[int, ...], layer: str) -> tuple[int, ...]:
+    """A convolution's `padding` times `factor`; 'same' and 'valid' are refused, naming `layer`."""
+    if isinstance(padding, str):
+        raise ConversionError(f"'{layer}' pads {padding!r}; fc2conv rarefies numeric padding only")
+    return _times_each(padding, factor)
 
 
-def _rarefied_conv(module: nn.Module, factor: tuple[int, ...]) -> nn.Module:
-    """A shallow copy of a convolution (sharing its parameters) on a grid `factor` times finer."""
-    if isinstance(getattr(module, "padding", 0), str):
-        raise ConversionError(f"a {type(module).__name__} pads {module.padding!r}; fc2conv rarefies numeric "
-                              "padding only")
+def _rarefied_conv(module: nn.Module, factor: tuple[int, ...], layer: str) -> nn.Module:
+    """A shallow copy of convolution `layer` (sharing its parameters) on a grid `factor` times finer."""
     rarefied = copy.copy(module)
     rarefied.stride = (1,) * len(factor)
     rarefied.dilation = _times_each(module.dilation, factor)
-    rarefied.padding = _times_each(module.padding, factor)
-    rarefied._reversed_padding_repeated_twice = [p for p in reversed(rarefied.padding) for _ in range(2)]
+    rarefied.padding = _scaled(module.padding, factor, layer)
+    rarefied._reversed_padding_repeated_twice = pad_widths(rarefied.padding, rarefied.padding)
     return rarefied
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 __all__ = [
     "ChannelLayerNorm", "DilatedAverage", "LinearConv", "LinearConv1d", "LinearConv2d", "LinearConv3d", "im2col",
-    "linear_conv",
+    "linear_conv", "pad_widths",
 ]
 
 
@@ -123,6 +123,11 @@ class ChannelLayerNorm(nn.LayerNorm):
         return x.movedim(-1, 1)
 
 
+def pad_widths(before: tuple[int, ...], after: tuple[int, ...]) -> list[int]:
+    """`F.pad`'s widths for padding each spatial axis by `before` and `after` positions (last axis first)."""
+    return [p for b, a in reversed(list(zip(before, after, strict=True))) for p in (b, a)]
+
+
 class DilatedAverage(nn.Module):
     """An average pool with stride 1 and a kernel dilated by `dilation`, padded by `before` and `after` positions
     on each axis (the last `after − before` being the overflow of a pool in ceil mode), dividing every window by
@@ -133,9 +138,9 @@ class DilatedAverage(nn.Module):
                  after: tuple[int, ...], count_padding: bool):
         super().__init__()
         self.dilation, self.count_padding = dilation, count_padding
-        self.pads = [p for b, a in reversed(list(zip(before, after, strict=True))) for p in (b, a)]
-        self.symmetric = [p for b in reversed(before) for p in (b, b)]
-        self.overflow = [p for b, a in reversed(list(zip(before, after, strict=True))) for p in (0, a - b)]
+        self.pads = pad_widths(before, after)
+        self.symmetric = pad_widths(before, before)
+        self.overflow = pad_widths((0,) * len(before), tuple(a - b for b, a in zip(before, after, strict=True)))
         self.register_buffer("weight", torch.ones(channels, 1, *kernel), persistent=False)
         self.conv = (F.conv1d, F.conv2d, F.conv3d)[len(kernel) - 1]
 
