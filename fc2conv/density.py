@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .analysis.ops import arg
 from .analysis.positions import AVG_POOLS, CONVS, MAX_POOLS, WINDOW_FUNCTIONS
 from .analysis.reach import Reach, reach_of
 from .errors import ConversionError
@@ -58,14 +59,14 @@ def allowed_densities(converted: fx.GraphModule) -> list[int]:
     """The densities a model made by `fc2conv.convert` in dense mode allows (empty when fc2conv cannot follow its
     grid)."""
     info = converted.fc2conv
-    shape = info.input_shape if len(info.input_shape) > 1 else (*info.input_shape, 1, 1)
-    gm, values, output = _grid(converted, shape, info.trace_options, None)
+    gm, values, output = _grid(converted, info.input_shape, info.trace_options, None)
     return densities(output.stride, _levels(gm, values)) if isinstance(output, Reach) else []
 
 
 def _grid(converted: fx.GraphModule, input_shape: tuple[int, ...], options: TraceOptions, density: int | None):
     """The fully traced network, every node's place on the input grid, and the output's (refused when it has none,
-    if a `density` is asked for)."""
+    if a `density` is asked for). An MLP's input of shape (D,) is a 1×1 map of vectors once converted."""
+    input_shape = input_shape if len(input_shape) > 1 else (*input_shape, 1, 1)
     gm = trace(converted, input_shape, TraceOptions(options.leaf_modules, options.autowrap_functions))
     values = reach_of(gm, len(input_shape) - 1)
     output = values[next(n for n in gm.graph.nodes if n.op == "output")]
@@ -132,17 +133,13 @@ def _per_axis(value: Any, axes: int) -> tuple[int, ...]:
     return (value,) * axes if isinstance(value, int) else tuple(value)
 
 
-def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
-    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
-
-
 def _own_stride(node: fx.Node, modules: dict[str, nn.Module], axes: int) -> tuple[int, ...]:
     if node.op == "call_module":
         module = modules[node.target]
         return _per_axis(module.stride or module.kernel_size, axes)
     if node.target in _CONV_FUNCTIONS:
-        return _per_axis(_arg(node, 3, "stride", 1), axes)
-    return _per_axis(_arg(node, 2, "stride", None) or _arg(node, 1, "kernel_size", 1), axes)
+        return _per_axis(arg(node, 3, "stride", 1), axes)
+    return _per_axis(arg(node, 2, "stride", None) or arg(node, 1, "kernel_size", 1), axes)
 
 
 def _rarefy(gm: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module], factor: tuple[int, ...]) -> None:
@@ -151,9 +148,9 @@ def _rarefy(gm: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module], fa
         _set_submodule(gm, node.target, _rarefied_conv(modules[node.target], factor, _name(node)))
     elif node.op == "call_function" and node.target in _CONV_FUNCTIONS:
         node.args, node.kwargs = node.args[:2], {
-            "bias": _arg(node, 2, "bias", None), "stride": 1,
-            "padding": _scaled(_arg(node, 4, "padding", 0), factor, _name(node)),
-            "dilation": _times_each(_arg(node, 5, "dilation", 1), factor), "groups": _arg(node, 6, "groups", 1)}
+            "bias": arg(node, 2, "bias", None), "stride": 1,
+            "padding": _scaled(arg(node, 4, "padding", 0), factor, _name(node)),
+            "dilation": _times_each(arg(node, 5, "dilation", 1), factor), "groups": arg(node, 6, "groups", 1)}
     else:
         _rarefy_pool(gm, node, modules[node.target] if node.op == "call_module" else _pool_module(node, len(factor)),
                      factor)
@@ -161,14 +158,14 @@ def _rarefy(gm: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module], fa
 
 def _pool_module(node: fx.Node, axes: int) -> nn.Module:
     """The pooling module a functional max or average pool call is."""
-    kernel, stride, padding = _arg(node, 1, "kernel_size", None), _arg(node, 2, "stride", None), _arg(node, 3,
+    kernel, stride, padding = arg(node, 1, "kernel_size", None), arg(node, 2, "stride", None), arg(node, 3,
                                                                                                       "padding", 0)
     if node.target in _MAX_FUNCTIONS:
-        return _MAX_POOL[axes](kernel, stride, padding, _arg(node, 4, "dilation", 1),
-                               ceil_mode=_arg(node, 5, "ceil_mode", False))
+        return _MAX_POOL[axes](kernel, stride, padding, arg(node, 4, "dilation", 1),
+                               ceil_mode=arg(node, 5, "ceil_mode", False))
     return {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[axes](
-        kernel, stride, padding, _arg(node, 4, "ceil_mode", False), _arg(node, 5, "count_include_pad", True),
-        *((_arg(node, 6, "divisor_override", None),) if axes > 1 else ()))
+        kernel, stride, padding, arg(node, 4, "ceil_mode", False), arg(node, 5, "count_include_pad", True),
+        *((arg(node, 6, "divisor_override", None),) if axes > 1 else ()))
 
 
 def _rarefy_pool(gm: fx.GraphModule, node: fx.Node, pool: nn.Module, factor: tuple[int, ...]) -> None:

@@ -279,7 +279,7 @@ def convert(
         analysis = analyze(gm, shape, cells, channels_last_linears=channels_last_linears)
     converted = _Emitter(gm, analysis).run().eval()
     if density != 1:
-        converted, rarefied = densify(converted, density, shape if len(shape) > 1 else (*shape, 1, 1), options)
+        converted, rarefied = densify(converted, density, shape, options)
         converted.eval()
         full.plan.notes.append(f"density {density}: {len(rarefied)} layers, '{rarefied[0]}' and those after it, "
                                f"run on a grid {density} times finer (stride 1, dilation and padding scaled)")
