@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .analysis.ops import arg
+from .analysis.ops import arg, times
 from .analysis.positions import AVG_POOLS, CONVS, MAX_POOLS, WINDOW_FUNCTIONS
 from .analysis.reach import Reach, reach_of
 from .errors import ConversionError
@@ -86,7 +86,7 @@ def densify(converted: fx.GraphModule, density: int, input_shape: tuple[int, ...
     levels = _levels(gm, values)
     if any(s % density for s in output.stride) or tuple(s // density for s in output.stride) not in levels:
         raise ConversionError(
-            f"density={density} does not fit this network's strides {_times(output.stride)}: the new stride must "
+            f"density={density} does not fit this network's strides {times(output.stride)}: the new stride must "
             f"be one its layers produce; allowed densities: {densities(output.stride, levels) or 'none (stride 1)'}")
     target = tuple(s // density for s in output.stride)
     modules = dict(gm.named_modules())
@@ -102,7 +102,7 @@ def densify(converted: fx.GraphModule, density: int, input_shape: tuple[int, ...
             continue  # before the grid gets coarser than the target: unchanged
         if any(c < t for c, t in zip(source.stride, target, strict=True)):
             raise ConversionError(f"density={density}: '{_name(node)}' strides from a grid finer than the new "
-                                  f"stride {_times(target)} to a coarser one; choose one of "
+                                  f"stride {times(target)} to a coarser one; choose one of "
                                   f"{densities(output.stride, levels)}")
         rarefied.append(_name(node))
         _rarefy(gm, node, modules, factor)
@@ -250,8 +250,3 @@ def _set_submodule(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
 
 def _name(node: fx.Node) -> str:
     return str(node.target) if node.op == "call_module" else node.name
-
-
-def _times(sizes: tuple[int, ...]) -> str:
-    return "×".join(map(str, sizes))
-

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from .analysis.ops import times
 from .errors import ConversionError, reported
 from .grid import geometry
 from .layers import im2col
@@ -69,9 +70,8 @@ class Report:
         for c in self.checks:
             result = {True: "ok", False: "FAILED", None: "skipped"}[c.passed]
             errors = "" if c.max_rel is None else f"max abs {c.max_abs:.2e}  max rel {c.max_rel:.2e}  "
-            size = "×".join(map(str, c.input_size))
-            shape = "×".join(map(str, c.output_shape))
-            lines.append(f"  {c.name:<14} input {size:<10} output {shape:<16} {errors}{result}"
+            lines.append(f"  {c.name:<14} input {times(c.input_size):<10} output {times(c.output_shape):<16} "
+                         f"{errors}{result}"
                          + (f"  ({c.note})" if c.note else ""))
         return "\n".join(lines)
 

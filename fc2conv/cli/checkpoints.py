@@ -109,12 +109,12 @@ def _describe_model(model, recipe, checkpoint: Path) -> str:
 
 
 def _describe_geometry(converted) -> tuple[str, dict | None]:
+    from ..analysis.ops import times
     from ..grid import geometry
 
     if converted.fc2conv.mode in ("global", "pool"):
         return f"output: one score vector per input at every input size (mode {converted.fc2conv.mode})", None
     geo = geometry(converted)
-    times = lambda sizes: "×".join(map(str, sizes))  # noqa: E731
     text = f"output: a map of score vectors, one per {times(geo.window)} window every {times(geo.stride)} pixels"
     if geo.exact is False:
         text += f" (not exact windows: {geo.context})"
