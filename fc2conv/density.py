@@ -32,7 +32,7 @@ from .analysis.ops import arg, times
 from .analysis.positions import AVG_POOLS, CONVS, MAX_POOLS, WINDOW_FUNCTIONS
 from .analysis.reach import Reach, reach_of
 from .errors import ConversionError
-from .layers import DilatedAverage, pad_widths
+from .layers import DilatedAverage, LinearConv1d, LinearConv2d, LinearConv3d, pad_widths
 from .trace import TraceOptions, trace
 
 __all__ = ["allowed_densities", "densify", "densities"]
@@ -67,7 +67,9 @@ def _grid(converted: fx.GraphModule, input_shape: tuple[int, ...], options: Trac
     """The fully traced network, every node's place on the input grid, and the output's (refused when it has none,
     if a `density` is asked for). An MLP's input of shape (D,) is a 1×1 map of vectors once converted."""
     input_shape = input_shape if len(input_shape) > 1 else (*input_shape, 1, 1)
-    gm = trace(converted, input_shape, TraceOptions(options.leaf_modules, options.autowrap_functions))
+    # The converted heads stay LinearConv modules (rarefied as convolutions), so they keep their GEMM speed.
+    leaves = (*options.leaf_modules, LinearConv1d, LinearConv2d, LinearConv3d)
+    gm = trace(converted, input_shape, TraceOptions(leaves, options.autowrap_functions))
     values = reach_of(gm, len(input_shape) - 1)
     output = values[next(n for n in gm.graph.nodes if n.op == "output")]
     if density is not None and not isinstance(output, Reach):

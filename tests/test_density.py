@@ -20,7 +20,7 @@ import fc2conv
 from fc2conv import ConversionError
 from fc2conv.cli import EXIT_OK, EXIT_USAGE, app
 from fc2conv.density import allowed_densities
-from fc2conv.layers import DilatedAverage
+from fc2conv.layers import DilatedAverage, LinearConv
 from fc2conv.onnx import export_onnx
 from models.small_cnn import SmallCNN
 
@@ -133,6 +133,9 @@ def test_densities_of_every_family(name):
     if not allowed:
         return
     denser = fc2conv.convert(model, (3, size, size), density=2)
+    # A converted head stays LinearConv modules (GEMM speed in eager mode), not functional convolutions.
+    heads = [[type(m) for m in net.modules() if isinstance(m, LinearConv)] for net in (ordinary, denser)]
+    assert heads[1] == heads[0]  # (SqueezeNet has no Linear: none in either)
     step = fc2conv.geometry(ordinary).stride[0]
     assert fc2conv.geometry(denser).stride == (step // 2,) * 2
     x = randn(1, 3, size + step, size + 2 * step, seed=1)

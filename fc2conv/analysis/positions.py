@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import LinearConv
 from .ops import (
     ACTIVATION_FUNCTIONS,
     ACTIVATION_METHODS,
@@ -80,6 +81,8 @@ def standard(module: nn.Module) -> bool:
     which pads by the input's size in its own forward, is not what its base class says)."""
     if not isinstance(module, KNOWN_MODULES):
         return False
+    if isinstance(module, LinearConv):  # fc2conv's own: the convolution it subclasses, computed as a GEMM
+        return True
     base = next(c for c in type(module).__mro__ if c.__module__.startswith("torch.nn"))
     return type(module).forward is base.forward
 
