@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConversionError
+from .errors import ConversionError, first_line
 
 __all__ = ["DEFAULT_INPUT_SHAPE", "TIMM_PREFIX", "build", "build_from_file", "default_input_shape"]
 
@@ -81,7 +81,7 @@ def build_from_file(model_def: str, num_classes: int | None = None, args: Sequen
         spec.loader.exec_module(module)
     except Exception as e:
         sys.modules.pop(name, None)
-        raise ConversionError(f"--model-def: importing {path} failed: {type(e).__name__}: {e}") from e
+        raise ConversionError(f"--model-def: importing {path} failed: {first_line(e, named=True)}") from e
     make = getattr(module, factory, None)
     if not callable(make):
         found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
@@ -93,7 +93,8 @@ def build_from_file(model_def: str, num_classes: int | None = None, args: Sequen
     except Exception as e:
         hint = ("; pass its arguments with --model-arg VALUE (in order) or --model-arg NAME=VALUE"
                 if isinstance(e, TypeError) else "")
-        raise ConversionError(f"--model-def: calling {factory}({call}) failed: {type(e).__name__}: {e}{hint}") from e
+        raise ConversionError(f"--model-def: calling {factory}({call}) failed: {first_line(e, named=True)}"
+                              f"{hint}") from e
     if not isinstance(model, nn.Module):
         raise ConversionError(f"--model-def: {factory}({call}) returned a {type(model).__name__}, not a "
                               "torch.nn.Module")

@@ -31,12 +31,13 @@ import torch
 from torch import nn
 
 from .checkpoint import TORCH_SUFFIXES, atomic_output, load_into, load_state_dict, read_metadata, save_state_dict
-from .errors import ConversionError, reported
+from .errors import ConversionError, first_line, reported
 from .files import refuse_existing
 from .grid import geometry
 from .metadata import ONE_CELL, axis_names
 from .pickles import load_program
 from .recipe import Recipe
+from .shapes import map_size
 from .verification import max_errors, tolerance
 
 __all__ = ["EXPORT_SUFFIX", "STATE_SUFFIXES", "ExportedModule", "dynamic_dims", "export_program", "load", "read_recipe",
@@ -48,16 +49,10 @@ RECIPE_KEY = "fc2conv.recipe"
 STATE_SUFFIXES = (".safetensors", *TORCH_SUFFIXES)
 
 
-def _reference_size(converted: nn.Module) -> tuple[int, ...]:
-    """The spatial size of the reference input (an MLP's converted input is a 1×1 map of vectors)."""
-    shape = converted.fc2conv.input_shape
-    return tuple(shape[1:]) if len(shape) > 1 else (1, 1)
-
-
 def _example_input(converted: nn.Module) -> torch.Tensor:
     """A batch of 2 two strides larger than the reference, so no dimension of the example is 0 or 1."""
     info = converted.fc2conv
-    reference = _reference_size(converted)
+    reference = map_size(converted.fc2conv.input_shape)
     step = (8,) * len(reference) if info.mode in ONE_CELL else geometry(converted).stride
     dtype = next(converted.parameters()).dtype
     return torch.randn(2, info.input_shape[0], *(r + 2 * s for r, s in zip(reference, step, strict=True)),
@@ -90,7 +85,7 @@ def export_program(converted: nn.Module) -> torch.export.ExportedProgram:
     """
     if getattr(converted, "fc2conv", None) is None:
         raise ConversionError("export_program needs a model returned by fc2conv.convert")
-    reference = _reference_size(converted)
+    reference = map_size(converted.fc2conv.input_shape)
     name = next(iter(inspect.signature(converted.forward).parameters))
     dims = dynamic_dims(reference)
     example = _example_input(converted)
@@ -98,8 +93,7 @@ def export_program(converted: nn.Module) -> torch.export.ExportedProgram:
         with _size_oblivious():
             program = torch.export.export(converted, (example,), dynamic_shapes={name: dims})
     except Exception as e:
-        raise ConversionError(f"torch.export failed on the converted model: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0]}") from e
+        raise ConversionError(f"torch.export failed on the converted model: {first_line(e, named=True)}") from e
     reference = example[(slice(0, 1), slice(None), *(slice(0, r) for r in reference))]
     for x in (reference, example):
         with torch.no_grad():
@@ -172,7 +166,7 @@ def _read_extra(path: Path) -> str:
             name = next((n for n in archive.namelist() if n.endswith(f"/extra/{EXTRA_FILE}")), None)
             text = archive.read(name).decode() if name else ""
     except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path} is not a readable torch.export program ({e})") from None
+        raise ConversionError(f"{path} is not a readable torch.export program ({first_line(e)})") from None
     if not text:
         raise ConversionError(f"{path} is a torch.export program without fc2conv's {EXTRA_FILE}; it was not "
                               "written by fc2conv")

@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import ConversionError
+from .errors import ConversionError, first_line
 from .files import atomic_output
 from .pickles import safe_torch_load
 
@@ -73,8 +73,8 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> S
             found = load_file(path)
         except Exception as e:
             raise ConversionError(
-                f"{path} is not a valid safetensors file ({e}): its header does not match its data, so it is "
-                "truncated or corrupted; re-download or re-save it"
+                f"{path} is not a valid safetensors file ({first_line(e)}): its header does not match its data, so "
+                "it is truncated or corrupted; re-download or re-save it"
             ) from None
     else:
         loaded = _torch_load(path, trust_pickle)
@@ -162,7 +162,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
             with safe_open(path, framework="pt") as f:
                 return dict(f.metadata() or {})
         except Exception as e:
-            raise ConversionError(f"{path} is not a readable safetensors file ({e})") from None
+            raise ConversionError(f"{path} is not a readable safetensors file ({first_line(e)})") from None
     loaded = _torch_load(path, trust_pickle=False)
     metadata = loaded.get("metadata") if isinstance(loaded, Mapping) else None
     if isinstance(metadata, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
@@ -216,12 +216,10 @@ def _torch_load(path: Path, trust_pickle: bool) -> object:
     except ConversionError:
         raise
     except pickle.UnpicklingError as e:
-        raise ConversionError(f"{path} is corrupted or not a PyTorch checkpoint ({e})") from None
+        raise ConversionError(f"{path} is corrupted or not a PyTorch checkpoint ({first_line(e)})") from None
     except Exception as e:
-        first_line = str(e).split("\n")[0].split(". This is an internal")[0]
-        raise ConversionError(
-            f"{path} is truncated, corrupted or not a PyTorch checkpoint ({type(e).__name__}: {first_line})"
-        ) from None
+        cause = first_line(e, named=True).split(". This is an internal")[0]
+        raise ConversionError(f"{path} is truncated, corrupted or not a PyTorch checkpoint ({cause})") from None
 
 
 def _check_archive(path: Path) -> None:

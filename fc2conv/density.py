@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .analysis.ops import arg, times
+from .analysis.ops import arg
 from .analysis.positions import AVG_POOLS, CONVS, MAX_POOLS, WINDOW_FUNCTIONS
 from .analysis.reach import Reach, reach_of
 from .errors import ConversionError
 from .layers import DilatedAverage, LinearConv1d, LinearConv2d, LinearConv3d, pad_widths
+from .shapes import map_size, times
 from .trace import TraceOptions, trace
 
 __all__ = ["allowed_densities", "densify", "densities"]
@@ -66,7 +67,7 @@ def allowed_densities(converted: fx.GraphModule) -> list[int]:
 def _grid(converted: fx.GraphModule, input_shape: tuple[int, ...], options: TraceOptions, density: int | None):
     """The fully traced network, every node's place on the input grid, and the output's (refused when it has none,
     if a `density` is asked for). An MLP's input of shape (D,) is a 1×1 map of vectors once converted."""
-    input_shape = input_shape if len(input_shape) > 1 else (*input_shape, 1, 1)
+    input_shape = (input_shape[0], *map_size(input_shape))
     # The converted heads stay LinearConv modules (rarefied as convolutions), so they keep their GEMM speed.
     leaves = (*options.leaf_modules, LinearConv1d, LinearConv2d, LinearConv3d)
     gm = trace(converted, input_shape, TraceOptions(leaves, options.autowrap_functions))

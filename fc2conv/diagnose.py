@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import fx, nn
 
+from .errors import first_line
+
 __all__ = ["node_line", "shape_failure", "suggest_input_shape", "untraceable", "user_line", "user_line_of_stack"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -68,7 +70,7 @@ def untraceable(name: str, error: Exception) -> str:
         fix = ("keep the submodule that branches whole with leaf_modules=[ItsClass] (it must not contain the "
                "Linear head), or fix a Python-level flag with concrete_args={'flag': value}")
     else:
-        cause = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        cause = first_line(error, named=True)
         fix = ("keep the offending submodule whole with leaf_modules=[ItsClass] (it must not contain the Linear "
                "head), wrap a helper function with autowrap_functions=[fn], or fix Python-level branches with "
                "concrete_args={'flag': value}")

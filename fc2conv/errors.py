@@ -9,10 +9,24 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["ConversionError", "reported"]
+__all__ = ["ConversionError", "first_line", "out_of_memory", "reported"]
 
 _PACKAGE = os.path.dirname(__file__)
 Function = TypeVar("Function", bound=Callable[..., Any])
+
+
+def first_line(error: BaseException | str, *, limit: int = 300, named: bool = False) -> str:
+    """The first non-blank line of `error`'s message, at most `limit` characters, without a trailing full stop:
+    deep libraries (torch, onnx, zarr) put pages of context after it, and fc2conv's messages stay a few lines.
+    An empty message gives "" (or only the type's name when `named`); `named` prefixes "TypeName: "."""
+    text = str(error)
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    if len(line) > limit:
+        line = line[:limit - 1].rstrip() + "…"
+    line = line.rstrip(".")
+    if named and isinstance(error, BaseException):
+        return f"{type(error).__name__}: {line}" if line else type(error).__name__
+    return line
 
 
 class ConversionError(ValueError):
@@ -52,10 +66,19 @@ def _raised_by_fc2conv(error: BaseException) -> bool:
     return bool(frames) and frames[-1].filename.startswith(_PACKAGE)
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """PyTorch's allocators raise RuntimeError (CPU) or OutOfMemoryError (GPU), numpy MemoryError."""
+    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in str(error) or "out of memory" in str(error).lower())
+
+
 def _unexpected(doing: str, error: Exception) -> ConversionError:
-    text = str(error).strip()
-    first = text.splitlines()[0][:300].rstrip(".") if text else ""
+    if out_of_memory(error):
+        return ConversionError(
+            f"fc2conv ran out of memory while {doing} ({first_line(error, limit=160)}): the model's activations at "
+            "input_shape (--input-shape) do not fit. Give the size the model was trained on; the converted model "
+            "takes any larger input, and `fc2conv scan` scans images of any size in tiles")
     return ConversionError(
-        f"fc2conv failed while {doing}: {type(error).__name__}: {first}. "
+        f"fc2conv failed while {doing}: {first_line(error, named=True)}. "
         "This model does something fc2conv did not foresee; please report it with the model definition"
     )

@@ -23,7 +23,8 @@ from torch import nn
 from .analysis.reach import Everywhere, Reach, Unknown, Value, reach_of
 from .errors import ConversionError, reported
 from .metadata import ONE_CELL
-from .trace import TraceOptions, meta_state, trace
+from .shapes import map_size
+from .trace import META_FAILURES, TraceOptions, meta_state, trace
 
 __all__ = ["Geometry", "geometry"]
 
@@ -77,7 +78,7 @@ def _spatial_output(model: nn.Module, channels: int, reference: tuple[int, ...]
     with torch.no_grad():
         try:
             on_meta(reference)
-        except Exception:
+        except META_FAILURES:
             run = on_zeros
 
     def output(size: tuple[int, ...]) -> tuple[int, ...]:
@@ -112,7 +113,7 @@ def _step_over_failures(count: Callable[[int], int], start: int, axis: int) -> i
     for size in range(start, start + _SCAN_LIMIT):
         try:
             counts[size] = count(size)
-        except Exception:  # this size does not run; others may
+        except Exception:  # this size does not run, others may: the model's code decides what it raises
             continue
         base = counts.get(start)
         if base is None:
@@ -139,7 +140,7 @@ def _measured_stride(converted: nn.Module, channels: int, reference: tuple[int, 
             strides.append(_step(along(axis), reference[axis]))
         except ConversionError:
             raise
-        except Exception:  # some size on the way fails: try them in turn
+        except Exception:  # some size on the way fails (whatever the model's code raises): try them in turn
             strides.append(_step_over_failures(along(axis), reference[axis], axis))
     return tuple(strides)
 
@@ -182,8 +183,7 @@ def geometry(converted: nn.Module) -> Geometry:
         return cached
     if info.mode in ONE_CELL:
         raise ConversionError(f"a mode={info.mode!r} model gives one cell for the whole input: it has no geometry")
-    channels, *size = info.input_shape
-    reference = tuple(size) or (1, 1)  # an MLP's converted input is a map of vectors
+    channels, reference = info.input_shape[0], map_size(info.input_shape)
     value = _locality(converted, info.trace_options, (channels, *reference))
     try:
         stride = _measured_stride(converted, channels, reference)

@@ -33,10 +33,11 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from .errors import ConversionError
+from .errors import ConversionError, first_line
 from .files import atomic_output
 from .images import MAX_PIXELS, ImageLike, load_image
 from .metadata import decode, validate
+from .shapes import VECTOR_MAP, is_vector_input, map_size, times
 
 __all__ = ["DenseModel", "Prediction", "Result", "colormap", "heatmap"]
 
@@ -80,7 +81,7 @@ class Result:
         """The input box of `cell` (one index per spatial axis): first positions, then ends (exclusive)."""
         shape = self.scores.shape[1:]
         if len(cell) != len(shape) or not all(0 <= i < n for i, n in zip(cell, shape, strict=True)):
-            raise ConversionError(f"cell {cell} is outside the {'×'.join(map(str, shape))} score map")
+            raise ConversionError(f"cell {cell} is outside the {times(shape)} score map")
         stride, window = self.metadata.get("stride"), self.metadata.get("window")
         if stride is None:  # global mode: one cell, the whole input
             return (0,) * len(cell) + tuple(self.input_size)
@@ -134,7 +135,8 @@ class DenseModel:
             self.session = ort.InferenceSession(str(self.path), session_options,
                                                 providers=providers or ["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own unrelated types for bad files
-            raise ConversionError(f"{self.path}: onnxruntime cannot load it as an ONNX model ({e})") from None
+            raise ConversionError(f"{self.path}: onnxruntime cannot load it as an ONNX model "
+                                  f"({first_line(e)})") from None
         found = self.session.get_modelmeta().custom_metadata_map
         classes = self.session.get_outputs()[0].shape[1] if len(self.session.get_outputs()[0].shape) > 1 else None
         classes = classes if isinstance(classes, int) else None
@@ -144,36 +146,43 @@ class DenseModel:
             self.metadata = {**self.metadata, **given}
             validate(self.metadata, source="--mean/--std", classes=classes)
         shape = self.metadata["input_shape"]
-        if len(shape) == 1:
-            raise ConversionError(f"{self.path} takes {shape[0]}-vectors, not images or signals; run it with "
-                                  "onnxruntime")
-        self.channels, *self.reference = shape
+        self.channels, self.reference = shape[0], list(map_size(shape))
         self.input_name = self.session.get_inputs()[0].name
 
     @property
+    def takes_vectors(self) -> bool:
+        """Whether the model is an MLP: it scores D-vectors, one or a D×H×W map of them (every pixel on its own)."""
+        return is_vector_input(self.metadata["input_shape"])
+
+    @property
     def is_image(self) -> bool:
-        """Whether inputs are images (C×H×W); otherwise arrays of C×L signals or C×D×H×W volumes."""
-        return len(self.reference) == 2
+        """Whether inputs are images (C×H×W); otherwise arrays of C×L signals, C×D×H×W volumes or an MLP's vectors."""
+        return len(self.reference) == 2 and not self.takes_vectors
 
     def preprocess(self, data: ImageLike, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
         """The 1×C×(spatial) float32 input for `data`, normalised with the metadata's mean and std.
 
         Images (paths, PIL images, H×W×C arrays) are read by `load_image`; a `.npy` file or an array for a 1-D
         or 3-D model is the model's input as it is, channels first (C×L or C×D×H×W), and a `.npy` file for an
-        image model is C×H×W. `.npy` files are read without pickle.
+        image model is C×H×W. An MLP takes one D-vector or a D×H×W map of them (channels first), and an image
+        file when D is its channel count (a pixel classifier). `.npy` files are read without pickle.
         """
-        if isinstance(data, str | os.PathLike) and Path(data).suffix == ".npy":
+        if _is_npy(data):
             x = _load_npy(Path(data))
-        elif self.is_image:
-            x = load_image(data, self.channels, max_pixels=max_pixels).transpose(2, 0, 1)
-        elif isinstance(data, np.ndarray):
+        elif isinstance(data, np.ndarray) and not self.is_image:
             x = data.astype(np.float32)
+        elif self.is_image or (self.takes_vectors and self.channels in (1, 3)):
+            x = load_image(data, self.channels, max_pixels=max_pixels).transpose(2, 0, 1)
         else:
-            raise ConversionError(f"this model takes {len(self.reference) + 1}-D arrays (C×…), a .npy file or a "
-                                  f"numpy array, not {type(data).__name__}")
+            raise ConversionError(f"this model takes {self._expected()} arrays, a .npy file or a numpy array, not "
+                                  f"{type(data).__name__}")
+        if self.takes_vectors and x.ndim == 1:
+            x = x.reshape(*x.shape, *VECTOR_MAP)  # one vector: a 1×1 map of it
         if x.ndim != len(self.reference) + 1 or x.shape[0] != self.channels:
-            raise ConversionError(f"the model takes {self.channels}×{'×'.join(['…'] * len(self.reference))} "
-                                  f"inputs (channels first); got an array of shape {x.shape}")
+            hint = (f"; N vectors as rows are the {self.channels}×N×1 map x.T[:, :, None]"
+                    if self.takes_vectors and x.ndim == 2 and x.shape[1] == self.channels else "")
+            raise ConversionError(f"the model takes {self._expected()} inputs (channels first); got an array of "
+                                  f"shape {x.shape}{hint}")
         view = (-1, *(1,) * len(self.reference))
         for key in ("mean", "std"):
             if key in self.metadata:
@@ -181,25 +190,35 @@ class DenseModel:
                 x = x - value if key == "mean" else x / value
         return np.ascontiguousarray(x[None], dtype=np.float32)
 
+    def _expected(self) -> str:
+        if self.takes_vectors:
+            return f"{self.channels}-vector or {self.channels}×H×W"
+        return times((self.channels, *["…"] * len(self.reference)))
+
     def run(self, data: ImageLike, *, max_pixels: int | None = MAX_PIXELS) -> Result:
-        """The score map of `data`: an image (a path, PIL image, or H×W / H×W×C array; see `fc2conv.images`), or a
-        signal or volume (a `.npy` file or an array, channels first) for 1-D and 3-D models.
+        """The score map of `data`: an image (a path, PIL image, or H×W / H×W×C array; see `fc2conv.images`), a
+        signal or volume (a `.npy` file or an array, channels first) for 1-D and 3-D models, or for an MLP one
+        vector (a 1×1 map) or a D×H×W map of vectors (an H×W map of scores).
 
         An image file of more than `max_pixels` pixels is refused before it is decoded (None: no limit).
         """
         x = self.preprocess(data, max_pixels=max_pixels)
         size = tuple(int(d) for d in x.shape[2:])
-        shown = "×".join(map(str, size))
+        shown = times(size)
         if self.metadata.get("mode") == "dense" and any(s < r for s, r in zip(size, self.reference, strict=True)):
             raise ConversionError(
-                f"the input is {shown}, smaller than the model's {'×'.join(map(str, self.reference))} window; "
+                f"the input is {shown}, smaller than the model's {times(self.reference)} window; "
                 "enlarge it to at least that size"
             )
         try:
             (scores,) = self.session.run(None, {self.input_name: x})
         except Exception as e:
-            raise ConversionError(f"{self.path}: onnxruntime failed on a {shown} input: {e}") from None
+            raise ConversionError(f"{self.path}: onnxruntime failed on a {shown} input: {first_line(e)}") from None
         return Result(scores[0], size, self.metadata)
+
+
+def _is_npy(data: ImageLike) -> bool:
+    return isinstance(data, str | os.PathLike) and Path(data).suffix == ".npy"
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -207,7 +226,7 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}: cannot read it as a .npy array ({e})") from None
+        raise ConversionError(f"{path}: cannot read it as a .npy array ({first_line(e)})") from None
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise ConversionError(f"{path}: a {array.dtype} array is not numbers")
     return array.astype(np.float32)
@@ -216,7 +235,8 @@ def _load_npy(path: Path) -> np.ndarray:
 def heatmap(
     image: ImageLike, result: Result, class_index: int, path: str | os.PathLike, *, force: bool = False
 ) -> Path:
-    """Write a PNG of `image` blended with the probability of `class_index` over it, at the image's size.
+    """Write a PNG of `image` blended with the probability of `class_index` over it, at the image's size; for a
+    `.npy` input (a C×H×W array, or an MLP's D×H×W map of vectors), which is no picture, the heat alone.
 
     A pixel's heat is the mean probability of the class over the cells whose box contains it (0 where no
     box reaches), scaled so the map's largest value is the hottest colour. Written atomically; an existing
@@ -227,8 +247,8 @@ def heatmap(
         raise ConversionError(f"class {class_index} does not exist; the model has classes 0 … {classes - 1}")
     if len(result.input_size) != 2:
         raise ConversionError("heatmaps are drawn over images; this result is for a signal or a volume")
-    picture = load_image(image, 3, max_pixels=None)  # `result` already holds this image's map
-    if picture.shape[:2] != result.input_size:
+    picture = None if _is_npy(image) else load_image(image, 3, max_pixels=None)  # `result` holds its map already
+    if picture is not None and picture.shape[:2] != result.input_size:
         raise ConversionError(f"the image is {picture.shape[:2]}, but the result is for {result.input_size}")
     probability = result.probabilities[class_index]
     total = np.zeros(result.input_size, dtype=np.float64)
@@ -239,11 +259,12 @@ def heatmap(
         count[top:bottom, left:right] += 1
     heat = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
     heat = heat / heat.max() if heat.max() > 0 else heat
-    overlay = Image.fromarray(colormap(heat))
-    base = Image.fromarray((np.clip(picture, 0, 1) * 255).round().astype(np.uint8))
-    blended = Image.blend(base, overlay, _HEAT_ALPHA)
+    drawn = Image.fromarray(colormap(heat))
+    if picture is not None:
+        drawn = Image.blend(Image.fromarray((np.clip(picture, 0, 1) * 255).round().astype(np.uint8)), drawn,
+                            _HEAT_ALPHA)
     with atomic_output(path, force=force) as tmp:
-        blended.save(tmp, format="PNG")
+        drawn.save(tmp, format="PNG")
     return Path(path)
 
 

@@ -62,6 +62,12 @@ class _LinearConv:
         return (self.stride, self.padding, self.groups) == (ones, zeros, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.out_channels == 1 and torch.compiler.is_exporting():
+            # torch.export's fake convolution (checked on torch 2.9-2.14) guards "more than one output cell" when a
+            # convolution has one output channel, so a one-score head (a regression, a one-logit binary classifier)
+            # would refuse its own reference size, where the map is 1×1. Two equal channels, then one, avoid it.
+            bias = None if self.bias is None else self.bias.expand(2)
+            return self._conv_forward(x, self.weight.expand(2, *self.weight.shape[1:]), bias)[:, :1]
         if _tracing() or not self._is_plain or x.dim() != self.weight.dim():
             # Exporters and tracers see the plain convolution: one ONNX `Conv`, one `aten.convolution`.
             return super().forward(x)

@@ -1,10 +1,11 @@
 """The `fc2conv.*` metadata of an exported ONNX model: one JSON value per key, written by `export_onnx`,
 read by `fc2conv.runtime` and the scanner, and checked by the same rules on both sides (no torch, no numpy):
 
-- `input_shape`: the reference input without the batch, (C, *spatial), positive integers;
+- `input_shape`: the reference input without the batch, (C, *spatial) or an MLP's (D,), positive integers;
 - `mode`: "dense", "global", "cam" or "pool";
-- `stride`, `window`: one positive integer per spatial axis; cell i covers input i·stride … i·stride + window − 1
-  (null in global mode);
+- `stride`, `window`: one positive integer per spatial axis of the converted model's maps (`fc2conv.shapes`: two
+  for an MLP, whose vectors become a map of vectors); cell i covers input i·stride … i·stride + window − 1 (null in
+  global mode);
 - `receptive_field`: one [before, after] pair per spatial axis, how far beyond its window the input still
   changes a cell (null when a cell sees the whole input);
 - `exact`: whether every cell is the classifier on its window alone (false with global context, null when
@@ -20,14 +21,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from .errors import ConversionError
+from .shapes import spatial_axes
 
-__all__ = ["MODES", "ONE_CELL", "PREFIX", "REDUCES", "axis_names", "decode", "encode", "validate"]
+__all__ = ["HINTS", "MODES", "ONE_CELL", "PREFIX", "REDUCES", "axis_names", "decode", "decode_hints", "encode",
+           "validate", "validate_hints"]
 
 PREFIX = "fc2conv."
 MODES = ("dense", "global", "cam", "pool")
 ONE_CELL = ("global", "pool")  # modes whose output is one cell for the whole input, at every size
 REDUCES = ("avg", "max", "avgmax")  # how mode "pool" reduces the dense map: mean, maximum, or their mean
 REQUIRED = ("input_shape", "mode")
+HINTS = ("labels", "mean", "std")  # what a deployer needs beyond the model: also carried by checkpoints
 
 
 def axis_names(spatial: int) -> tuple[str, ...]:
@@ -71,7 +75,7 @@ def validate(values: Mapping[str, Any], *, source: str, classes: int | None = No
         raise fail("input_shape", "must be a list of 1 to 4 positive integers (C, *spatial)")
     if values["mode"] not in MODES:
         raise fail("mode", f"must be one of {', '.join(MODES)}")
-    axes = len(shape) - 1
+    axes = spatial_axes(shape)
     for key in ("stride", "window"):
         value = values.get(key)
         if value is None and values["mode"] != "dense":
@@ -86,6 +90,16 @@ def validate(values: Mapping[str, Any], *, source: str, classes: int | None = No
         raise fail("exact", "must be true, false or null")
     if "context" in values and not isinstance(values["context"], str):
         raise fail("context", "must be a string")
+    validate_hints(values, source=source, channels=shape[0], classes=classes)
+
+
+def validate_hints(values: Mapping[str, Any], *, source: str, channels: int, classes: int | None = None) -> None:
+    """`validate` for the `HINTS` alone: `labels` one string per class (when `classes` is known), `mean` and `std`
+    one number per input channel or one for all, `std` positive."""
+
+    def fail(key: str, why: str) -> ConversionError:
+        return ConversionError(f"{source}: metadata field {PREFIX}{key} {why}; got {values.get(key)!r}")
+
     labels = values.get("labels")
     if labels is not None:
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
@@ -97,10 +111,25 @@ def validate(values: Mapping[str, Any], *, source: str, classes: int | None = No
         if value is None:
             continue
         numbers = isinstance(value, list) and all(_number(v) for v in value)
-        if not numbers or len(value) not in (1, shape[0]):
-            raise fail(key, f"must be 1 or {shape[0]} numbers (one per input channel)")
+        if not numbers or len(value) not in (1, channels):
+            raise fail(key, f"must be 1 or {channels} numbers (one per input channel)")
         if key == "std" and any(v <= 0 for v in value):
             raise fail(key, "must be positive")
+
+
+def decode_hints(found: Mapping[str, str], *, source: str, channels: int) -> dict[str, Any]:
+    """The `HINTS` among `found` metadata (a checkpoint's, say), parsed and validated; other keys are ignored."""
+    values = {}
+    for key in HINTS:
+        text = found.get(PREFIX + key)
+        if text is None:
+            continue
+        try:
+            values[key] = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConversionError(f"{source}: metadata field {PREFIX}{key} is not valid JSON ({e})") from None
+    validate_hints(values, source=source, channels=channels)
+    return values
 
 
 def _ints(value: Any, *, minimum: int) -> bool:

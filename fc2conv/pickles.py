@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConversionError
+from .errors import ConversionError, first_line
 
 __all__ = ["TRUST_HINT", "load_program", "safe_torch_load"]
 
@@ -39,7 +39,7 @@ def unpickling_refusal(label: str, error: pickle.UnpicklingError, *, hint: str =
     `hint` is a further way out, appended."""
     text = str(error)
     if "Weights only load failed" not in text:
-        return ConversionError(f"{label} is corrupted or not a PyTorch checkpoint ({text.splitlines()[0]})")
+        return ConversionError(f"{label} is corrupted or not a PyTorch checkpoint ({first_line(text)})")
     needed = re.search(r"GLOBAL ([\w.]+)", text)
     if needed:
         return ConversionError(
@@ -104,7 +104,7 @@ def _check_payload(path: Path, name: str, payload: bytes) -> None:
         raise
     except Exception as e:  # not a torch.save payload at all: torch.export would fail on it too
         raise ConversionError(f"{path} is not a readable torch.export program (entry {name}: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                              f"{first_line(e, named=True)})") from None
 
 
 @contextlib.contextmanager
@@ -137,8 +137,7 @@ def _export_load(source: Path | io.BytesIO, path: Path, extra_files: dict[str, s
     try:
         return torch.export.load(source, extra_files=extra_files)
     except Exception as e:
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        raise ConversionError(f"{path} is not a readable torch.export program ({type(e).__name__}: "
-                              f"{first_line})") from None
+        raise ConversionError(f"{path} is not a readable torch.export program ({first_line(e, named=True)})"
+                              ) from None
     finally:
         logger.setLevel(level)

@@ -36,6 +36,7 @@ from .analysis import (
 from .density import densify
 from .errors import reported
 from .metadata import MODES, REDUCES
+from .shapes import spatial_axes
 from .trace import TraceOptions, trace
 
 __all__ = ["ConversionInfo", "convert", "plan"]
@@ -284,7 +285,7 @@ def convert(
         full.plan.notes.append(f"density {density}: {len(rarefied)} layers, '{rarefied[0]}' and those after it, "
                                f"run on a grid {density} times finer (stride 1, dilation and padding scaled)")
     if mode == "pool":
-        _reduce_output(converted, reduce, max(len(shape) - 1, 2))
+        _reduce_output(converted, reduce, spatial_axes(shape))
     if inplace:
         model.eval()
     converted.fc2conv = ConversionInfo(

@@ -9,6 +9,7 @@ inputs for the rare model that calls something meta tensors cannot do.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -22,11 +23,15 @@ from torch.fx.immutable_collections import immutable_list
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from .diagnose import node_line, shape_failure, suggest_input_shape, untraceable, user_line_of_stack
-from .errors import ConversionError
+from .errors import ConversionError, first_line, out_of_memory
+from .shapes import times
 
-__all__ = ["NodeFailure", "TraceOptions", "example_input", "meta_state", "trace"]
+__all__ = ["META_FAILURES", "NodeFailure", "TraceOptions", "example_input", "meta_state", "trace"]
 
 BATCH = 2
+# What a model raises on meta tensors for what they cannot do: an op without a meta kernel (NotImplementedError),
+# a value read from a tensor, `.item()` or `if x.sum() > 0` (RuntimeError). Another exception is a real failure.
+META_FAILURES = (NotImplementedError, RuntimeError)
 # Modules whose training mode computes something else than their eval mode.
 _TRAINING_DIFFERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
@@ -68,9 +73,32 @@ class _Tracer(fx.Tracer):
 
 def example_input(input_shape: Sequence[int], *, batch: int = BATCH, dtype: torch.dtype = torch.float32,
                   seed: int = 0) -> torch.Tensor:
-    """A reproducible standard-normal batch of `input_shape`."""
+    """A reproducible standard-normal batch of `input_shape`; `ConversionError` naming the shape when the batch
+    alone would not fit in the memory this machine has available."""
+    _refuse_beyond_memory((batch, *input_shape), dtype)
     generator = torch.Generator().manual_seed(seed)
     return torch.randn((batch, *input_shape), generator=generator, dtype=dtype)
+
+
+def _refuse_beyond_memory(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    needed, available = math.prod(shape) * dtype.itemsize, available_memory()
+    if available is not None and needed > available:
+        raise ConversionError(
+            f"input_shape (--input-shape) {times(shape[1:])} does not fit in memory: a batch of {shape[0]} is "
+            f"{needed / 2**30:,.1f} GiB and this machine has {available / 2**30:,.1f} GiB available. Give the size "
+            "the model was trained on; the converted model takes any larger input")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where it cannot be told."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # not Linux: the allocation itself will tell
+        pass
+    return None
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:
@@ -138,18 +166,21 @@ class _Propagate(nn.Module):
         _RecordShapes(self.gm).run(x)
 
 
-def _propagate_on_meta(gm: fx.GraphModule, x: torch.Tensor) -> None:
+def _propagate_on_meta(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
+    x = torch.empty((BATCH, *input_shape), dtype=_model_dtype(gm), device="meta")  # no memory, at any size
     with torch.no_grad():
-        torch.func.functional_call(_Propagate(gm), meta_state(gm, "gm."), (x.to("meta"),))
+        torch.func.functional_call(_Propagate(gm), meta_state(gm, "gm."), (x,))
 
 
-def _propagate_shapes(gm: fx.GraphModule, x: torch.Tensor) -> None:
-    """Shapes from a run on meta tensors; from a real run for a model that does what meta tensors cannot."""
+def _propagate_shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
+    """Shapes from a run on meta tensors; from a real run for a model that does what meta tensors cannot (a node
+    of the model fails on them: `.item()`, an op without a meta kernel). Anything else is fc2conv's own bug and
+    propagates."""
     try:
-        _propagate_on_meta(gm, x)
-    except Exception:
+        _propagate_on_meta(gm, input_shape)
+    except NodeFailure:
         with torch.no_grad():
-            _RecordShapes(gm).run(x)
+            _RecordShapes(gm).run(example_input(input_shape, dtype=_model_dtype(gm)))
 
 
 def trace(model: nn.Module, input_shape: Sequence[int], options: TraceOptions = TraceOptions()) -> fx.GraphModule:
@@ -173,12 +204,12 @@ def trace(model: nn.Module, input_shape: Sequence[int], options: TraceOptions = 
         gm = fx.GraphModule(model, graph, class_name=f"{name}Converted")
         gm.eval()
         try:
-            _propagate_shapes(gm, example_input(input_shape, dtype=_model_dtype(model)))
+            _propagate_shapes(gm, input_shape)
         except NodeFailure as e:
-            error = str(e.error).strip().splitlines()[0] if str(e.error).strip() else ""
             suggestion = suggest_input_shape(gm, lambda node, shape: _features_reaching(gm, node, shape))
-            raise ConversionError(shape_failure(
-                name, input_shape, f"{e.where()} raised {type(e.error).__name__}: {error}", suggestion)) from e
+            problem = (f"{e.where()} ran out of memory: its activations at this size do not fit"
+                       if out_of_memory(e.error) else f"{e.where()} raised {first_line(e.error, named=True)}")
+            raise ConversionError(shape_failure(name, input_shape, problem, suggestion)) from e
         rows = _batch_of_output(gm)
         if rows not in (None, BATCH):
             suggestion = suggest_input_shape(gm, lambda node, shape: _features_reaching(gm, node, shape))
@@ -201,17 +232,17 @@ def _features_reaching(gm: fx.GraphModule, linear: fx.Node, input_shape: tuple[i
     """The number of values per example that reach node `linear` at `input_shape` (meta tensors: shapes only);
     None when the model fails before it."""
     source = linear.args[0]
-    try:
-        _propagate_on_meta(gm, example_input(input_shape, dtype=_model_dtype(gm)))
-    except NodeFailure:
-        pass
-    except Exception:
-        return None
+    _forget_shapes(gm)  # shapes of an earlier run must not pass for this one's
+    with contextlib.suppress(NodeFailure):  # a node past the Linear's input may fail at this size
+        _propagate_on_meta(gm, input_shape)
     meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
-    found = math.prod(meta.shape) // BATCH if hasattr(meta, "shape") else None
-    for node in gm.graph.nodes:  # shapes of this probe must not stay behind
+    _forget_shapes(gm)
+    return math.prod(meta.shape) // BATCH if hasattr(meta, "shape") else None
+
+
+def _forget_shapes(gm: fx.GraphModule) -> None:
+    for node in gm.graph.nodes:
         node.meta.pop("tensor_meta", None)
-    return found
 
 
 def _with_library_registries(model: nn.Module, options: TraceOptions) -> TraceOptions:

@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .analysis.ops import times
-from .errors import ConversionError, reported
+from .errors import ConversionError, first_line, reported
 from .grid import geometry
 from .layers import im2col
 from .metadata import ONE_CELL
 from .rewrite import convert
+from .shapes import as_map, is_vector_input, map_size, times
 from .tolerance import ACROSS_RUNTIMES, TOLERANCE, max_errors, tolerance
 from .trace import example_input, trace
 
@@ -74,11 +74,6 @@ class Report:
                          f"{errors}{result}"
                          + (f"  ({c.note})" if c.note else ""))
         return "\n".join(lines)
-
-
-def _to_converted_input(x: torch.Tensor) -> torch.Tensor:
-    """An MLP's N×D batch is an N×D×1×1 map for the converted model."""
-    return x.view(*x.shape, 1, 1) if x.dim() == 2 else x
 
 
 @dataclass(frozen=True)
@@ -159,11 +154,11 @@ def _pair(original: nn.Module, converted: nn.Module, x: torch.Tensor, out: torch
     if check == "stitched":
         return _stitched(_ordinary(original, info), x, out, info.density)
     reference = check == "reference"
-    if reference or (info.mode in ("global", "cam") and len(info.input_shape) > 1):
+    if reference or (info.mode in ("global", "cam") and not is_vector_input(info.input_shape)):
         try:
             expected = original(x).flatten(1)
         except Exception as e:
-            raise _Skip(f"the original does not run at this size ({_first_line(e)})") from e
+            raise _Skip(f"the original does not run at this size ({first_line(e, named=True)})") from e
         if info.mode == "cam":
             return out.mean(spatial), expected
         return (out[(..., *(0,) * len(spatial))] if info.density > 1 else out.flatten(1)), expected
@@ -171,7 +166,7 @@ def _pair(original: nn.Module, converted: nn.Module, x: torch.Tensor, out: torch
         cells = _dense_windows(original, info, x)
         return out.flatten(1), _REDUCE[info.reduce](cells, tuple(range(2, cells.dim()))).flatten(1)
     if info.density > 1:  # the cells r·i are the ordinary dense map
-        expected = _ordinary(original, info)(_to_converted_input(x))
+        expected = _ordinary(original, info)(as_map(x))
         phase = out[(slice(None), slice(None), *(slice(None, None, info.density),) * len(spatial))]
         common = (slice(None), slice(None), *(slice(0, min(a, b)) for a, b in zip(phase.shape[2:],
                                                                                     expected.shape[2:], strict=True)))
@@ -198,7 +193,8 @@ def _stitched(ordinary: nn.Module, x: torch.Tensor, out: torch.Tensor, density: 
         shifted = x[(slice(None), slice(None), *(slice(a * t, None) for a, t in zip(phase, step, strict=True)))]
         try:
             cells = ordinary(shifted)
-        except Exception:  # shifted past the last whole window: no cells of this phase
+        except Exception:  # shifted past the last whole window: no cells of this phase (the model's own code
+            # decides what it raises for an input smaller than it takes)
             continue
         inside = tuple(min(n, (size - w - after) // s + 1) for n, size, w, s, (before, after)
                        in zip(cells.shape[2:], shifted.shape[2:], grid.window, grid.stride, grid.receptive_field,
@@ -218,7 +214,7 @@ _REDUCE = {"avg": lambda t, d: t.mean(d), "max": lambda t, d: t.amax(d),
 
 def larger_size(converted: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     """A size larger along every axis, by more along the first (so maps are not square)."""
-    reference = tuple(input_shape[1:]) or (1, 1)
+    reference = map_size(input_shape)
     if converted.fc2conv.mode in ONE_CELL:  # two and one steps of 32: many models take only such sizes
         growth = (64, *(32,) * (len(reference) - 1))
     else:
@@ -256,7 +252,7 @@ def verify(
     checks = []
 
     def run_check(name: str, x: torch.Tensor) -> None:
-        x_converted = _to_converted_input(x)
+        x_converted = as_map(x)
         size = tuple(x_converted.shape[2:])
 
         def done(output_shape=(), errors=(None, None), passed=None, note=""):
@@ -267,8 +263,8 @@ def verify(
                 out = converted(x_converted)
             except Exception as e:
                 if name != "reference" and not runs_on(original, x):
-                    return done(note=f"skipped: neither model runs at this size ({_first_line(e)})")
-                return done(passed=False, note=f"the converted model fails here: {_first_line(e)}")
+                    return done(note=f"skipped: neither model runs at this size ({first_line(e, named=True)})")
+                return done(passed=False, note=f"the converted model fails here: {first_line(e, named=True)}")
             if name != "reference" and info.widened:
                 return done(out.shape, note="skipped: above its reference size the original's fixed pool covers "
                                             "only part of the map, where the converted model pools all of it")
@@ -278,7 +274,7 @@ def verify(
                 return done(out.shape, note=f"skipped: {e}")
             except Exception as e:
                 return done(out.shape, passed=False,
-                            note=f"fc2conv could not evaluate the original here: {_first_line(e)}")
+                            note=f"fc2conv could not evaluate the original here: {first_line(e, named=True)}")
         if actual.numel() == 0:
             return done(out.shape, note="skipped: no cell to compare at this size")
         if actual.shape != expected.shape:
@@ -307,11 +303,6 @@ def runs_on(model: nn.Module, x: torch.Tensor) -> bool:
     """Whether `model` runs on `x` at all (no gradients)."""
     try:
         model(x)
-    except Exception:
+    except Exception:  # the model's own code decides what it raises at a size it does not take
         return False
     return True
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job on the bundled default: make a digit classifier fully convolutional, then find
 # handwritten digits on a larger canvas with its dense map. Sets up .venv first if needed.
-#   1. fc2conv convert   models/digits_cnn.safetensors → out/demo/digits.pt2 + digits.onnx (verified)
+#   1. fc2conv convert   models/digits_cnn.safetensors → out/demo/digits.pt2 + digits.onnx (verified; the labels
+#                        and the input normalisation come from the checkpoint's metadata)
 #   2. compose           8 test-split digits at known places on a 240×144 canvas → out/demo/canvas.png
 #   3. fc2conv run       the ONNX model on the canvas → where each class scores best + heatmap PNGs
 #   4. report            found vs placed for every digit; exits 1 if a digit is missed or a false one found
@@ -16,8 +17,7 @@ fc2conv=.venv/bin/fc2conv
 
 echo "== 1. convert the digits CNN (checkpoint trained by scripts/train_digits.py)"
 "$fc2conv" convert models/digits_cnn.safetensors --model-def models/digits_cnn.py:DigitsCNN \
-    --input-shape 1,32,32 -o "$out/digits.pt2" --onnx "$out/digits.onnx" \
-    --labels 0,1,2,3,4,5,6,7,8,9,background --force
+    --input-shape 1,32,32 -o "$out/digits.pt2" --onnx "$out/digits.onnx" --force
 
 echo
 echo "== 2. compose a canvas of test-split digits (never seen in training)"
@@ -39,7 +39,6 @@ echo "== 4. where each digit was found, next to where it was placed"
 echo
 echo "== 5. a denser map: the same windows every pixel instead of every 4 (--density 4), in one pass"
 "$fc2conv" convert models/digits_cnn.safetensors --model-def models/digits_cnn.py:DigitsCNN \
-    --input-shape 1,32,32 --density 4 --onnx "$out/digits_stride1.onnx" \
-    --labels 0,1,2,3,4,5,6,7,8,9,background --force
+    --input-shape 1,32,32 --density 4 --onnx "$out/digits_stride1.onnx" --force
 .venv/bin/python scripts/digits_canvas.py denser "$out/canvas.png" "$out/placed.json" "$out/digits.onnx" \
     "$out/digits_stride1.onnx" "$out"

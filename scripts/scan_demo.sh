@@ -15,7 +15,7 @@ fc2conv=.venv/bin/fc2conv
 
 echo "== 1. convert the digits CNN to ONNX (checkpoint trained by scripts/train_digits.py)"
 "$fc2conv" convert models/digits_cnn.safetensors --model-def models/digits_cnn.py:DigitsCNN \
-    --input-shape 1,32,32 --onnx "$out/digits.onnx" --labels 0,1,2,3,4,5,6,7,8,9,background --force --quiet
+    --input-shape 1,32,32 --onnx "$out/digits.onnx" --force --quiet
 echo "wrote $out/digits.onnx"
 
 echo

@@ -10,6 +10,7 @@ test-split windows of background (blank, gaps, cut digits) are called background
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,9 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fc2conv.checkpoint import save_state_dict  # noqa: E402
-from models.digits_cnn import BACKGROUND, SEED, DigitsCNN, centred, load_split, windows  # noqa: E402
+from models.digits_cnn import BACKGROUND, LABELS, SEED, DigitsCNN, centred, load_split, windows  # noqa: E402
 
 REQUIRED_ACCURACY = 0.97
+# What `fc2conv convert` puts into the ONNX metadata from the checkpoint: the class names, and the input normalisation
+# (none: the network was trained on gray levels in [0, 1], which is how `fc2conv run` reads an image).
+CARRIED = {"fc2conv.labels": json.dumps(LABELS), "fc2conv.mean": "[0.0]", "fc2conv.std": "[1.0]"}
 EPOCHS = 8
 CANVASES = 400  # fresh ones every epoch, each with 2–6 digits: about 8,400 windows
 BATCH = 64
@@ -85,7 +89,7 @@ def main() -> int:
     if digits < REQUIRED_ACCURACY:
         print(f"error: test accuracy {digits:.1%} is below {REQUIRED_ACCURACY:.0%}; not saved", file=sys.stderr)
         return 1
-    save_state_dict(model.state_dict(), args.out, force=args.force)
+    save_state_dict(model.state_dict(), args.out, force=args.force, metadata=CARRIED)
     print(f"wrote {args.out}")
     return 0
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from torch import fx
 
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
+from ..shapes import VECTOR_MAP, is_vector_input
 from .head import HeadVisits
 from .ops import (
     PERMUTES,
@@ -73,7 +74,7 @@ class _Analyzer(PoolVisits, HeadVisits):
             return
         features = self.resolve(features)
         shape = shape_of(features)
-        self.cuts[features] = (1, 1) if shape is None or len(shape) < 3 else shape[2:]
+        self.cuts[features] = VECTOR_MAP if shape is None or len(shape) < 3 else shape[2:]
 
     def context_pool(self, node: fx.Node) -> fx.Node | None:
         """The global-context pool `node` is computed from, when every input-dependent input comes from it."""
@@ -102,7 +103,7 @@ class _Analyzer(PoolVisits, HeadVisits):
             except ConversionError:
                 raise
             except Exception as e:  # a pattern fc2conv did not foresee: name the node, never a raw crash
-                raise self.fail(node, callee, f"fc2conv failed to analyse it ({type(e).__name__}: {e}); please "
+                raise self.fail(node, callee, f"fc2conv failed to analyse it ({first_line(e, named=True)}); please "
                                               "report this model") from e
             if any(n in self.head for n in node.all_input_nodes):
                 self.head.add(node)
@@ -116,8 +117,8 @@ class _Analyzer(PoolVisits, HeadVisits):
                         self.global_context, self.widened)
 
     def visit_placeholder(self, node: fx.Node) -> None:
-        if len(self.input_shape) == 1:  # an MLP: its input vector becomes a map of vectors
-            self.values[node] = Vector(node, self.input_shape[0], (1, 1), origin=node)
+        if is_vector_input(self.input_shape):  # an MLP: its input vector becomes a map of vectors
+            self.values[node] = Vector(node, self.input_shape[0], VECTOR_MAP, origin=node)
             self.start_head(node, node)
 
     def visit_output(self, node: fx.Node) -> None:

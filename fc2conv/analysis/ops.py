@@ -59,10 +59,6 @@ REDUCTIONS = {"mean": "avg", torch.mean: "avg", "amax": "max", torch.amax: "max"
 PERMUTES = {torch.permute, torch.transpose, "permute", "transpose"}
 
 
-def times(sizes: tuple[int, ...]) -> str:
-    return "×".join(map(str, sizes))
-
-
 def shape_of(node: Any) -> tuple[int, ...] | None:
     """The shape of a tensor-valued node; of the first tensor of a node that gives several (chunk, split)."""
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None

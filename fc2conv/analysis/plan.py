@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ops import times
+from ..shapes import times
 
 __all__ = ["Decision", "Plan"]
 

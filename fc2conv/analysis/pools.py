@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import fx
 
-from .ops import Pool, callee_of, describe, match_pool, shape_of, times
+from ..shapes import times
+from .ops import Pool, callee_of, describe, match_pool, shape_of
 from .plan import Decision
 from .values import Alias, GlobalPoolKeepDims, GlobalToWindowPool, Vector
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from .ops import times
+from ..shapes import times
 from .plan import Plan
 
 __all__ = [

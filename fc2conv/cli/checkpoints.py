@@ -109,8 +109,8 @@ def _describe_model(model, recipe, checkpoint: Path) -> str:
 
 
 def _describe_geometry(converted) -> tuple[str, dict | None]:
-    from ..analysis.ops import times
     from ..grid import geometry
+    from ..shapes import times
 
     if converted.fc2conv.mode in ("global", "pool"):
         return f"output: one score vector per input at every input size (mode {converted.fc2conv.mode})", None
@@ -125,6 +125,23 @@ def _describe_geometry(converted) -> tuple[str, dict | None]:
         text += ("; each cell also sees " + (f"{margins[0]} its window" if len(set(margins)) == 1 else
                                              "; ".join(f"{m} along axis {k}" for k, m in enumerate(margins))))
     return text, geo.to_dict()
+
+
+def _onnx_metadata(checkpoint: Path, recipe, labels: str | None, mean: str | None, std: str | None) -> dict:
+    """Labels and input normalisation for the ONNX metadata: the flags, else what a .safetensors checkpoint carries
+    under the same `fc2conv.*` keys (the normalisation as a pair: --mean or --std replaces both)."""
+    from ..checkpoint import read_metadata
+    from ..metadata import decode_hints
+
+    carried = (decode_hints(read_metadata(checkpoint), source=str(checkpoint), channels=recipe.input_shape[0])
+               if checkpoint.suffix == ".safetensors" else {})
+    given = _parse_labels(labels)
+    chosen = {"labels": carried.get("labels") if given is None else given}
+    if mean is None and std is None:
+        chosen.update(mean=carried.get("mean"), std=carried.get("std"))
+    else:
+        chosen.update(mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"))
+    return chosen
 
 
 def _model_def_file(model_def: str | None) -> Path | None:
@@ -232,8 +249,7 @@ def convert(
                 raise ConversionError(f"-o {path}: unknown output format; name it {EXPORT_SUFFIX} (torch.export), "
                                       f"{', '.join(STATE_SUFFIXES)} (weights + recipe), or use --onnx")
         check_outputs(targets, force, inputs=[checkpoint, _model_def_file(model_def), _labels_file(labels)])
-        onnx_options = {"labels": _parse_labels(labels), "mean": parse_floats(mean, "--mean"),
-                        "std": parse_floats(std, "--std")}
+        onnx_options = _onnx_metadata(checkpoint, recipe, labels, mean, std)
         with out.steps(3 + (not no_verify) + len(targets)) as step:
             model = _original(recipe, checkpoint, trust_pickle, step)
             step("converting")

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..errors import ConversionError
+from ..shapes import VECTOR_MAP, times
 from .app import FORCE, JSON, QUIET, Output, app, check_outputs, parse_floats, usage_errors
 
 __all__ = ["run", "scan"]
@@ -46,7 +47,8 @@ def run(
         from ..runtime import heatmap as write_heatmap
 
         dense = DenseModel(model, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"))
-        if not ({"mean", "std"} & set(dense.metadata) or quiet):
+        read_as_image = image.suffix != ".npy"  # arrays go in as they are; image files are scaled to [0, 1]
+        if read_as_image and not ({"mean", "std"} & set(dense.metadata) or quiet):
             typer.echo(f"warning: neither {model}'s metadata nor --mean/--std give an input normalisation, so inputs "
                        "go in as values in [0, 1]; right only if the model was trained on such inputs", err=True)
         result = dense.run(image, max_pixels=max_pixels or MAX_PIXELS)
@@ -56,7 +58,7 @@ def run(
             index = _class_index(class_, result, top)
             written = write_heatmap(image, result, index, heatmap, force=force)
     classes, *cells = result.scores.shape
-    out.say(f"{model} on {image}: {classes} classes, a {'×'.join(map(str, cells))} map of windows")
+    out.say(f"{model} on {image}: {classes} classes, {_what_was_scored(dense, result)}")
     box = "(top, left, bottom, right)" if len(cells) == 2 else "(first positions, then ends)"
     out.say(f"{'rank':<5} {'class':<16} {'probability':>11}  {'cell':<10} box {box}")
     for rank, p in enumerate(top, 1):
@@ -65,6 +67,13 @@ def run(
         out.say(f"wrote {written}")
     out.result({"model": str(model), "image": str(image), "result": result.to_dict(),
                 "top_classes": [_prediction(p) for p in top], "heatmap": str(written) if written else None})
+
+
+def _what_was_scored(dense, result) -> str:
+    cells = times(result.scores.shape[1:])
+    if not dense.takes_vectors:
+        return f"a {cells} map of windows"
+    return "one vector" if result.input_size == VECTOR_MAP else f"a {cells} map of vectors"
 
 
 def _prediction(p) -> dict:

@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
+from ..shapes import times
 from ..tolerance import max_errors, tolerance
 
 __all__ = ["assert_same_scores", "input_dtype", "probe", "random_input", "session"]
@@ -26,8 +27,8 @@ def session(model: onnx.ModelProto, label: str, *, what: str = "it") -> ort.Infe
     try:
         return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own unrelated types
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(f"{label}: onnxruntime cannot load {what} ({first_line}); fc2conv proves every "
+        raise ConversionError(f"{label}: onnxruntime cannot load {what} ({first_line(e) or type(e).__name__}); "
+                              "fc2conv proves every "
                               "conversion by running it, so it does not convert what it cannot run") from None
 
 
@@ -48,9 +49,8 @@ def probe(runner: ort.InferenceSession, inputs: list[np.ndarray], label: str, wh
         try:
             results.append(runner.run(None, {name: x}))
         except Exception as e:
-            first_line = str(e).strip().splitlines()[0][:300]
-            raise ConversionError(f"{label}: the written model fails in onnxruntime on a {'×'.join(map(str, x.shape))} "
-                                  f"input ({first_line}); {why}") from None
+            raise ConversionError(f"{label}: the written model fails in onnxruntime on a {times(x.shape)} "
+                                  f"input ({first_line(e)}); {why}") from None
     return results
 
 

@@ -11,9 +11,10 @@ import os
 import onnx
 import onnxruntime as ort
 
-from ..errors import ConversionError, reported
+from ..errors import ConversionError, first_line, reported
 from ..files import atomic_output, refuse_existing
 from ..metadata import axis_names
+from ..shapes import as_map, is_vector_input, map_size, spatial_axes, times
 from .check import assert_same_scores, input_dtype, probe, random_input, session
 from .graph import Graph, Shape, describe, infer_shapes, topological_order
 from .rules import Rule, rules_for
@@ -71,16 +72,17 @@ def convert_onnx(
     try:
         shapes = infer_shapes(model, reference)
     except Exception as exc:  # onnx raises several unrelated types here
-        raise ConversionError(f"{label}: ONNX shape inference failed at input shape {reference}: {exc}") from exc
-    spatial = len(reference) - 2 if len(reference) > 2 else 2  # an MLP's vectors become N×D×H×W maps
+        raise ConversionError(f"{label}: ONNX shape inference failed at input shape {reference}: "
+                              f"{first_line(exc)}") from exc
+    spatial = spatial_axes(reference[1:])
     graph = Graph(model, shapes, _probe_shapes(model, reference) if mode == "dense" else {}, spatial)
     ordered = topological_order(model.graph)
     del model.graph.node[:]
     model.graph.node.extend(ordered)
     graph.prune()
-    if len(reference) == 2:  # a vector input: an MLP becomes 1×1 convolutions over N×D×H×W maps
+    if is_vector_input(reference[1:]):  # an MLP becomes 1×1 convolutions over N×D×H×W maps
         graph.lifted.add(image.name)
-        graph.shapes[image.name] = (*reference, 1, 1)
+        graph.shapes[image.name] = (reference[0], reference[1], *map_size(reference[1:]))
     _rewrite(graph, rules_for(mode), label)
     _make_dynamic(graph, image.name)
     _validate(model, label)
@@ -101,11 +103,11 @@ def _load(src: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, st
         try:
             model = onnx.load(label)
         except Exception as exc:  # protobuf, OS and external-data errors alike mean "not a model we can read"
-            raise ConversionError(f"{label}: not a readable ONNX model ({exc})") from exc
+            raise ConversionError(f"{label}: not a readable ONNX model ({first_line(exc)})") from exc
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # the checker raises ValidationError, or ValueError for oversized models
-        raise ConversionError(f"{label}: not a valid ONNX model ({exc})") from exc
+        raise ConversionError(f"{label}: not a valid ONNX model ({first_line(exc)})") from exc
     return model, label
 
 
@@ -147,7 +149,7 @@ def _reference_shape(image: onnx.ValueInfoProto, input_shape: tuple[int, ...] | 
 
 def _probe_shapes(model: onnx.ModelProto, reference: Shape) -> dict[str, Shape]:
     """Shapes at a larger input, to tell feature maps that grow from ones with the size baked in."""
-    if len(reference) < 3:
+    if is_vector_input(reference[1:]):  # an MLP's vectors: nothing grows
         return {}
     try:
         return infer_shapes(model, (*reference[:2], *(s + _PROBE_GROWTH for s in reference[2:])))
@@ -194,11 +196,11 @@ def _check(source: ort.InferenceSession, converted: ort.InferenceSession, refere
     larger size with batch 2: no size was baked into the written graph."""
     batch = reference[0] if isinstance(source.get_inputs()[0].shape[0], int) else 2
     x = random_input((batch, *reference[1:]), input_dtype(source))
-    lifted = x.reshape(*x.shape, 1, 1) if x.ndim == 2 else x
+    lifted = as_map(x)
     name = converted.get_inputs()[0].name
     assert_same_scores(source.run(None, {source.get_inputs()[0].name: x}), converted.run(None, {name: lifted}),
-                       label, f"at the reference input {'×'.join(map(str, x.shape))}")
-    grow = 3 if x.ndim == 2 else _PROBE_GROWTH  # an MLP's map of vectors may have any size
+                       label, f"at the reference input {times(x.shape)}")
+    grow = 3 if x.ndim != lifted.ndim else _PROBE_GROWTH  # an MLP's map of vectors may have any size
     larger = random_input((2, lifted.shape[1], *(s + grow for s in lifted.shape[2:])), lifted.dtype, seed=1)
     probe(converted, [larger], label, f"a layer has the reference size baked in; mode={mode!r} cannot hold")
 
@@ -220,4 +222,5 @@ def _validate(model: onnx.ModelProto, label: str) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        raise ConversionError(f"{label}: the converted model fails the ONNX checker (a bug in fc2conv): {exc}") from exc
+        raise ConversionError(f"{label}: the converted model fails the ONNX checker (a bug in fc2conv): "
+                              f"{first_line(exc)}") from exc

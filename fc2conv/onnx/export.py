@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from ..artifact import dynamic_dims
-from ..errors import ConversionError, reported
+from ..errors import ConversionError, first_line, reported
 from ..files import atomic_output, refuse_existing
 from ..grid import geometry
 from ..metadata import ONE_CELL, axis_names, encode, validate
+from ..shapes import as_map, is_vector_input, times
 from ..tolerance import max_errors, tolerance
 from ..verification import runs_on
 from .check import probe, session
@@ -81,8 +82,7 @@ def export_onnx(
     if len(shape) != len(info.input_shape):
         raise ConversionError(f"input_shape={shape} does not match the reference shape {info.input_shape}")
     parameter = next(converted.parameters(), None)
-    example = torch.zeros(1, *shape, *((1, 1) if len(shape) == 1 else ()),
-                          dtype=torch.float32 if parameter is None else parameter.dtype)
+    example = as_map(torch.zeros(1, *shape, dtype=torch.float32 if parameter is None else parameter.dtype))
     checks = _check_inputs(converted, example) if dynamic else [example]
     was_training = converted.training
     converted.eval()
@@ -91,7 +91,7 @@ def export_onnx(
             try:
                 classes = converted(example).shape[1]
             except Exception as e:
-                raise ConversionError(f"the model does not run at input_shape={shape}: {e}") from e
+                raise ConversionError(f"the model does not run at input_shape={shape}: {first_line(e)}") from e
         metadata = _metadata(converted, classes=classes, labels=labels, mean=mean, std=std)
         proto = _export(converted, example, dynamic=dynamic, opset=opset or DEFAULT_OPSET, exporter=exporter)
         for key, value in metadata.items():
@@ -99,7 +99,8 @@ def export_onnx(
         try:
             onnx.checker.check_model(proto, full_check=True)
         except Exception as e:  # ValidationError or shape-inference errors alike
-            raise ConversionError(f"the exported model fails the ONNX checker (a bug in fc2conv): {e}") from e
+            raise ConversionError(f"the exported model fails the ONNX checker (a bug in fc2conv): "
+                                  f"{first_line(e)}") from e
         _check_in_onnxruntime(proto, converted, checks, str(path))
     finally:
         converted.train(was_training)
@@ -137,7 +138,7 @@ def _check_inputs(converted: nn.Module, example: torch.Tensor) -> list[torch.Ten
     reference = tuple(example.shape[2:])
     step = geometry(converted).stride if info.mode not in ONE_CELL else tuple(max(r // 4, 1) for r in reference)
     sizes = [reference, (reference[0] + 2 * step[0], *(r + s for r, s in zip(reference[1:], step[1:], strict=True)))]
-    if info.mode == "global" and len(info.input_shape) > 1:
+    if info.mode == "global" and not is_vector_input(info.input_shape):
         sizes.append(tuple(max(r - s, 1) for r, s in zip(reference, step, strict=True)))
     generator = torch.Generator().manual_seed(0)
     inputs = [torch.randn(2, example.shape[1], *size, generator=generator, dtype=example.dtype) for size in sizes]
@@ -154,7 +155,7 @@ def _check_in_onnxruntime(proto: onnx.ModelProto, converted: nn.Module, inputs: 
         expected = [converted(x).numpy() for x in inputs]
     actual = probe(runner, [x.numpy() for x in inputs], label, why)
     for x, want, (got,) in zip(inputs, expected, actual, strict=True):
-        where = f"on a {'×'.join(map(str, x.shape))} input"
+        where = f"on a {times(x.shape)} input"
         if got.shape != want.shape:
             raise ConversionError(f"{label}: the exported model gives {got.shape} {where}, PyTorch {want.shape}; {why}")
         _, max_rel = max_errors(got, want)
@@ -184,8 +185,7 @@ def _export(model: nn.Module, example: torch.Tensor, *, dynamic: bool, opset: in
                               **names)
         return onnx.load_from_string(buffer.getvalue())
     except Exception as e:
-        first_line = str(e).strip().split("\n")[0][:300]
         raise ConversionError(
-            f"the {exporter} ONNX exporter failed at input {tuple(example.shape)}: {type(e).__name__}: "
-            f"{first_line}" + ("; try exporter='torchscript'" if exporter == "dynamo" else "")
+            f"the {exporter} ONNX exporter failed at input {tuple(example.shape)}: {first_line(e, named=True)}"
+            + ("; try exporter='torchscript'" if exporter == "dynamo" else "")
         ) from e
