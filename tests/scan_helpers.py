@@ -61,6 +61,23 @@ def write_tiff(path: Path, image: np.ndarray, *, levels: int = 1, tile: int = 64
     return path
 
 
+def forge_tags(path: Path, **values: int) -> Path:
+    """Overwrite numeric tags of the TIFF's first page in place (ImageWidth=2_000_000, TileWidth=…): a header that
+    lies about the data after it. Each tag keeps its type, so the value must fit it (tifffile writes sizes as
+    LONG)."""
+    import struct
+
+    import tifffile
+
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        for name, value in values.items():
+            tag = tif.pages[0].tags[name]
+            struct.pack_into(tif.byteorder + {3: "H", 4: "I", 16: "Q"}[int(tag.dtype)], data, tag.valueoffset, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def one_pass(model: Path, image: np.ndarray) -> np.ndarray:
     return DenseModel(model).run(image).scores
 

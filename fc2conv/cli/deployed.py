@@ -142,7 +142,11 @@ def scan(
 ) -> None:
     """Scan an image of any size in tiles: the same dense map as one pass, in a zarr store (no torch needed)."""
     shown = Output(quiet=quiet, as_json=as_json)
-    with usage_errors():
+    from ..scan import SampleRangeWarning
+    from ..scan.quiet import quiet_libraries
+
+    # The libraries' logs and warnings stay back (pages of them on failure paths): the error says what matters.
+    with usage_errors(), quiet_libraries() as caught:
         extra = [p for p in (overview, detections, detections and detections.with_suffix(".geojson")) if p]
         check_outputs(extra, force, inputs=[model, image])
         from ..images import MAX_PIXELS
@@ -153,6 +157,9 @@ def scan(
                             overview=overview, detections=detections, threshold=threshold, iou=iou, resume=resume,
                             force=force, dtype=dtype, approximate=approximate, threads=threads,
                             progress=False if quiet or as_json else None, max_pixels=max_pixels or MAX_PIXELS)
+    for warning in caught:
+        if issubclass(warning.category, SampleRangeWarning) and not quiet:
+            typer.echo(f"warning: {warning.message}", err=True)
     meta = result.metadata
     classes_count, rows, cols = meta["classes"], *result.map_size
     source = meta["source"]

@@ -4,17 +4,25 @@
     result = scan("slide.tif", model="model.onnx", out="slide.zarr", tile=2048, workers=2,
                   overview="overview.png", detections="found.csv")
 
-The flow, one module each: `source` (with `readers`) reads a level of the input lazily → `tiles` plans tiles
-on the stride grid with the receptive field's halo → `infer` evaluates a tile in the model's session (one per
-process) → `stitch` writes the owned cells into a chunked zarr store and records each finished tile →
-`dispatch` runs the tiles here or on Dask → `outputs` draws the overview and finds the detections. Nothing
-here imports torch.
+The flow, one module each: `arguments` checks the flags and outputs → `source` (with `readers`, `tiff` and
+`zarr_source`) reads a level of the input lazily → `tiles` plans tiles on the stride grid with the receptive
+field's halo → `infer` evaluates a tile in the model's session (one per process), `samples` checking what it
+read → `stitch` writes the owned cells into a chunked zarr store and records each finished tile → `dispatch`
+runs the tiles here or on Dask → `outputs` draws the overview and finds the detections. `quiet` holds back the
+libraries' logs. Nothing here imports torch.
 
 Guarantees: the stitched map equals the one-pass map of the same model on the same image (float32: max
 |tiled − one pass| / max |one pass| ≤ 1e-5) for every model whose metadata gives a receptive field; memory is
 bounded by the tile, not the image; `OUT.zarr` appears only complete (built as `.OUT.zarr.partial`, then
 renamed); a killed worker's tiles are recomputed; `resume=True` skips the tiles already written and ends
 equal to an uninterrupted scan. Models whose cells see the whole input are refused unless `approximate=True`.
+
+Hostile inputs: files are checked before they are trusted (a TIFF header against its data, OME-Zarr metadata
+field by field, dataset paths and links kept inside the store; see `tiff` and `zarr_source`); a tile is clamped
+to the image and refused when its buffers exceed `TILE_MEMORY_BUDGET` (so is a file whose own blocks do, and a
+plan of more than `tiles.MAX_TILES` tiles); no output may be or lie inside an input (or hold one); every sample
+a tile reads is checked (`samples`): NaN or infinity stops the scan with `BadInput` and leaves no store, float
+samples outside [0, 1] end in one `SampleRangeWarning`.
 """
 
 from __future__ import annotations
@@ -22,20 +30,24 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConversionError
-from ..files import refuse_existing, staged_outputs
+from ..files import staged_outputs
 from ..images import MAX_PIXELS
-from . import dispatch, outputs, stitch, tiles
+from . import dispatch, outputs, samples, stitch, tiles
+from .arguments import check_arguments
 from .infer import ModelSpec, file_sha256, load, map_length
+from .samples import BadInput, SampleRangeWarning, TileReport
 from .source import open_source
+from .tiles import TILE_MEMORY_BUDGET
 
-__all__ = ["ScanResult", "scan"]
-
-DTYPES = ("float32", "float16")
+__all__ = ["TILE_MEMORY_BUDGET", "BadInput", "SampleRangeWarning", "ScanResult", "scan"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class ScanResult:
     detections: Path | None = None
     geojson: Path | None = None
     found: int | None = None
+    outside_unit_range: int = 0  # float samples read by this call outside [0, 1] (see `fc2conv.scan.samples`)
+    sample_range: tuple[float, float] | None = None  # smallest and largest float sample read by this call
 
     @property
     def megapixels_per_second(self) -> float:
@@ -72,7 +86,9 @@ class ScanResult:
                 "megapixels_per_second": round(self.megapixels_per_second, 3),
                 "approximate": self.metadata["approximate"], "overview": self.overview and str(self.overview),
                 "detections": self.detections and str(self.detections),
-                "geojson": self.geojson and str(self.geojson), "found": self.found}
+                "geojson": self.geojson and str(self.geojson), "found": self.found,
+                "outside_unit_range": self.outside_unit_range,
+                "sample_range": list(self.sample_range) if self.sample_range else None}
 
 
 def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.PathLike, tile: int = 2048,
@@ -84,7 +100,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
          progress: bool | None = None, max_pixels: int | None = MAX_PIXELS) -> ScanResult:
     """Scan `source` with the ONNX `model` into the zarr store `out` (see the module docstring).
 
-    `tile`: input pixels per tile side, without the halo (rounded down to whole strides; at least one window).
+    `tile`: input pixels per tile side, without the halo (rounded down to whole strides; at least one window; a
+    tile larger than the image is the image; refused when one tile's buffers exceed `TILE_MEMORY_BUDGET`).
     `workers` / `scheduler`: a local Dask cluster of that many processes, or a running one; neither: this process.
     `level` / `mpp`: the pyramid level, by index or by pixel size in µm. `reader`: auto, tiff, zarr, openslide
     or image. `classes`: labels or indices for the overview and detections (default: all but "background").
@@ -93,14 +110,17 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     existing outputs. `threads`: onnxruntime threads per process (default: its own in this process, 1 on
     workers). `max_pixels`: the budget for PNG/JPEG inputs, which are decoded whole.
 
-    `ConversionError` for bad arguments and inputs, before anything is written.
+    `ConversionError` for bad arguments and inputs, before anything is written; `BadInput` (a `ConversionError`)
+    when a tile meets NaN or infinite samples mid-scan, and the unfinished store is removed (left, and named, when
+    tiles ran on a `scheduler`'s cluster, where running tasks may still write to it). `SampleRangeWarning` after
+    a scan that read float samples outside [0, 1].
     """
     started = time.perf_counter()
     _require("zarr", "tifffile", *(("distributed",) if workers is not None or scheduler is not None else ()))
     out, model = Path(out), Path(model)
-    targets = _check_arguments(out, model, Path(source), tile=tile, workers=workers, scheduler=scheduler,
-                               overview=overview, detections=detections, threshold=threshold, iou=iou,
-                               dtype=dtype, resume=resume, force=force)
+    targets = check_arguments(out, model, Path(source), tile=tile, workers=workers, scheduler=scheduler,
+                              overview=overview, detections=detections, threshold=threshold, iou=iou, dtype=dtype,
+                              resume=resume, force=force)
     here = workers is None and scheduler is None
     spec = ModelSpec(str(model.resolve()), file_sha256(model), threads if threads is not None or here else 1)
     dense = load(spec)
@@ -109,8 +129,12 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     dense.preprocess(src.read(0, 0, 1, 1))  # the model takes these samples (channels, type), or ConversionError
     stride, window = tuple(dense.metadata["stride"]), tuple(dense.metadata["window"])
     cells = tuple(_map_length(dense, axis, src.size[axis], stride, window, halo) for axis in range(2))
+    asked, tile = tile, min(tile, max(src.size))  # a tile larger than the image is the image
     plan = tiles.make_plan(src.size, stride=stride, window=window, halo=halo, tile=tile, cells=cells)
     labels = dense.metadata.get("labels") or [str(k) for k in range(dense.session.get_outputs()[0].shape[1])]
+    shown = f"{asked} (the image's longer side, {tile})" if asked > tile else f"{tile}"
+    tiles.check_memory(plan, shown, samples=src.samples, sample_bytes=src.dtype.itemsize, channels=dense.channels,
+                       classes=len(labels), score_bytes=np.dtype(dtype).itemsize, decode_bytes=src.chunk_bytes)
     chosen = outputs.choose_classes(classes, labels)
     run = {"model_sha256": spec.sha256, "source": src.spec.path, "reader": src.spec.reader, "level": src.spec.level,
            "source_size_and_mtime": list(src.spec.stamp), "tile": tile, "dtype": dtype, "approximate": approximate}
@@ -121,18 +145,32 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
              "source": src.describe(), "model": {"path": spec.path, "sha256": spec.sha256}, "dtype": dtype,
              "cell_size_um": src.pixel_size and [p * s for p, s in zip(src.pixel_size, stride, strict=True)],
              "run": run}
-    with dispatch.executor(workers=workers, scheduler=scheduler) as run_tiles:
-        store, token, attrs = _store(out, resume=resume, force=force, plan=plan, dtype=dtype, attrs=attrs)
-        done = stitch.done_mask(store)
-        todo = [t for t in plan.tiles() if not done[t.index]]
-        if todo:
-            run_tiles(stitch.Job(spec, src.spec, str(store), token), todo, progress=progress)
+    created = None  # (store, token) of the store this call creates, which a `BadInput` removes
+    try:
+        with dispatch.executor(workers=workers, scheduler=scheduler) as run_tiles:
+            store, token, attrs, new = _store(out, resume=resume, force=force, plan=plan, dtype=dtype, attrs=attrs)
+            created = (store, token) if new else None
+            done = stitch.done_mask(store)
+            todo = [t for t in plan.tiles() if not done[t.index]]
+            report = run_tiles(stitch.Job(spec, src.spec, str(store), token), todo, progress=progress) if todo \
+                else TileReport()
+    except BadInput as e:  # resuming would meet the same samples: the store this call created goes
+        if created is not None and scheduler is None:  # the tiles ran here or on the local cluster, now closed
+            stitch.discard(*created)
+        elif created is not None:  # tasks still running on that cluster may write to it
+            raise BadInput(f"{e}; the unfinished store {created[0]} is left, since tasks still running on the "
+                           "cluster may write to it: remove it") from None
+        raise
     if not stitch.done_mask(store).all():
         raise ConversionError(f"some tiles of {store} were not written; run again with --resume")
     stitch.mark_complete(store, attrs)
     written = _finish(store, out, targets, chosen, attrs, threshold=threshold, iou=iou, force=force)
-    return ScanResult(out, cells, src.size, len(plan.tiles()), len(todo), sum(t.pixels for t in todo) / 1e6,
-                      time.perf_counter() - started, attrs, **written)
+    warning = samples.range_warning(report, src.spec.path)
+    if warning:
+        warnings.warn(warning, SampleRangeWarning, stacklevel=2)
+    return ScanResult(out, cells, src.size, len(plan.tiles()), len(todo), report.pixels / 1e6,
+                      time.perf_counter() - started, attrs, **written, outside_unit_range=report.outside,
+                      sample_range=report.sample_range)
 
 
 def _require(*modules: str) -> None:
@@ -140,44 +178,6 @@ def _require(*modules: str) -> None:
     if missing:
         raise ConversionError(f"fc2conv scan needs {', '.join(missing)}: pip install 'fc2conv[scan]' (on Python 3.11 "
                               "or later, which zarr 3 requires)")
-
-
-def _check_arguments(out: Path, model: Path, source: Path, *, tile, workers, scheduler, overview, detections,
-                     threshold, iou, dtype, resume, force) -> dict[str, Path]:
-    """Validate what needs no file read; returns the extra outputs by name (overview, detections, geojson)."""
-    if dtype not in DTYPES:
-        raise ConversionError(f"--dtype must be float32 or float16; got {dtype!r}")
-    if not isinstance(tile, int) or tile < 1:
-        raise ConversionError(f"--tile must be a positive number of pixels; got {tile!r}")
-    if workers is not None and scheduler is not None:
-        raise ConversionError("give --workers (a local cluster) or --scheduler (a running one), not both")
-    if workers is not None and workers < 1:
-        raise ConversionError(f"--workers must be at least 1; got {workers}")
-    if scheduler is not None:
-        dispatch.check_scheduler(scheduler)
-    if not 0 < threshold <= 1 or not 0 < iou <= 1:
-        raise ConversionError(f"--threshold and --iou must be in (0, 1]; got {threshold} and {iou}")
-    if not model.is_file():
-        raise ConversionError(f"{model}: no such model file")
-    targets = {"overview": overview, "detections": detections,
-               "geojson": detections and Path(detections).with_suffix(".geojson")}
-    targets = {name: Path(path) for name, path in targets.items() if path is not None}
-    for path in [out, *targets.values()]:
-        for given in (source, model):
-            if path.resolve() == given.resolve() or (path.exists() and given.exists() and path.samefile(given)):
-                raise ConversionError(f"{path} is the input {given}; writing it would destroy that input: name "
-                                      "another output")
-        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
-            raise ConversionError(f"cannot write {path}: directory {path.parent} does not exist or is not writable")
-    if not resume:
-        refuse_existing(out, force=force)
-    partial = stitch.partial_path(out)
-    if partial.exists() and not (resume or force):
-        raise ConversionError(f"an unfinished scan of {out} is at {partial}: pass --resume to continue it or --force "
-                              "to start again")
-    for path in targets.values():
-        refuse_existing(path, force=force)
-    return targets
 
 
 def _halo(metadata: dict[str, Any], model: str, approximate: bool) -> tuple[tuple, Any, bool]:
@@ -208,16 +208,17 @@ def _map_length(dense, axis: int, length: int, stride: tuple, window: tuple, hal
     return start // stride[axis] + map_length(dense, axis, length - start)
 
 
-def _store(out: Path, *, resume: bool, force: bool, plan, dtype: str, attrs: dict) -> tuple[Path, str, dict]:
-    """(store to write, its token, its attributes): the finished or partial store to resume, or a new partial."""
+def _store(out: Path, *, resume: bool, force: bool, plan, dtype: str, attrs: dict) -> tuple[Path, str, dict, bool]:
+    """(store to write, its token, its attributes, whether this call created it): the finished or partial store to
+    resume, or a new partial."""
     partial = stitch.partial_path(out)
     if resume:
         for existing in (out, partial):
             if existing.exists():
-                token, found = stitch.open_run(existing, attrs["run"])
-                return existing, token, found
+                token, found = stitch.open_run(existing, attrs["run"], plan, attrs["classes"])
+                return existing, token, found, False
     token = stitch.create(partial, plan, classes=attrs["classes"], dtype=dtype, attrs=attrs)
-    return partial, token, {**attrs, "token": token}
+    return partial, token, {**attrs, "token": token}, True
 
 
 def _finish(store: Path, out: Path, targets: dict[str, Path], chosen: list[int], attrs: dict, *,

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
 from ..inference import DenseModel
+from . import samples
+from .samples import TileReport
 from .source import SourceSpec, reopen
 from .tiles import Tile
 
@@ -63,19 +65,23 @@ def map_length(model: DenseModel, axis: int, length: int) -> int:
     x = np.zeros(shape, dtype=np.float32)
     try:
         (scores,) = model.session.run(None, {model.input_name: x})
-    except Exception as e:
-        raise ConversionError(f"{model.path}: onnxruntime failed on a {shape[2]}×{shape[3]} strip: {e}") from None
+    except Exception as e:  # onnxruntime raises its own error types for a model it cannot run
+        raise ConversionError(f"{model.path}: onnxruntime failed on a {shape[2]}×{shape[3]} strip: "
+                              f"{first_line(e, named=True)}") from None
     return int(scores.shape[2 + axis])
 
 
-def evaluate(model: ModelSpec, source: SourceSpec, tile: Tile) -> np.ndarray:
-    """The classes × rows × columns float32 scores of the cells `tile` owns."""
+def evaluate(model: ModelSpec, source: SourceSpec, tile: Tile) -> tuple[np.ndarray, TileReport]:
+    """The classes × rows × columns float32 scores of the cells `tile` owns, and the report of the samples it read
+    (`BadInput` for NaN or infinite ones; see `fc2conv.scan.samples`)."""
     dense = load(model)
     top, left, bottom, right = tile.cells
     rows, cols = bottom - top, right - left
-    scores = dense.run(reopen(source).read(*tile.read), max_pixels=None).scores
+    pixels = reopen(source).read(*tile.read)
+    report = samples.check(pixels, tile, source.path)
+    scores = dense.run(pixels, max_pixels=None).scores
     (dy, dx), (have_rows, have_cols) = tile.offset, scores.shape[1:]
     if dy + rows > have_rows or dx + cols > have_cols:
         raise ConversionError(f"{model.path}: the tile at input {tile.read} gave a {have_rows}×{have_cols} map, too "
                               f"small for its cells {tile.cells}; the model's stride or window metadata is wrong")
-    return scores[:, dy:dy + rows, dx:dx + cols]
+    return scores[:, dy:dy + rows, dx:dx + cols], report

@@ -1,35 +1,36 @@
-"""The readers behind `fc2conv.scan.source`: one class per kind of input, each giving H×W×C regions of one level.
+"""What every reader of `fc2conv.scan.source` shares (`Source`, `SourceSpec`, `AxesView`), and the two small readers.
 
-- `_TiffSource`: TIFF and BigTIFF, tiled or stripped, pyramidal (SubIFDs, reduced pages, SVS, OME, NDPI) through
-  tifffile's zarr interface: a read decodes only the file's tiles (or strips) it overlaps. Opening a level
-  checks that every one of its tiles lies inside the file, so a truncated file is refused before any work.
-- `_ZarrSource`: a zarr array (Y×X, Y×X×C or C×Y×X), or an OME-Zarr group whose `multiscales` metadata gives the
-  levels, the axes and the pixel size.
-- `_SlideSource`: OpenSlide; reads are placed in level-0 pixels (exact at integer downsamples), and transparent
-  pixels take the slide's background colour.
-- `_ImageSource`: PNG, JPEG and the rest of Pillow's formats, decoded whole by `fc2conv.images.load_image`.
+The readers, one class per kind of input, each giving H×W×C regions of one level:
+
+- `fc2conv.scan.tiff.TiffSource`: TIFF and BigTIFF through tifffile, its header checked against its data;
+- `fc2conv.scan.zarr_source.ZarrSource`: a zarr array or an OME-Zarr group, its metadata checked;
+- `SlideSource` (here): OpenSlide; reads are placed in level-0 pixels (exact at integer downsamples), and
+  transparent pixels take the slide's background colour;
+- `ImageSource` (here): PNG, JPEG and the rest of Pillow's formats, decoded whole by `fc2conv.images.load_image`.
 
 Each class also lists the (size, pixel size in µm or None) of every level of its file (`levels`), without
-reading pixels.
+reading pixels. A read that fails names the file and the region: `BadInput` for data that cannot be decoded (a
+resumed scan would meet it again), a plain `ConversionError` for an operating-system error (which may pass).
 """
 
 from __future__ import annotations
 
-import os
-import re
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
 from ..images import load_image
+from .samples import BadInput
 
-__all__ = ["OPENERS", "Source", "SourceSpec"]
+__all__ = ["UNITS_UM", "AxesView", "ImageSource", "SlideSource", "Source", "SourceSpec", "downsample", "positive",
+           "scaled"]
 
-_UNITS_UM = {"micrometer": 1.0, "micron": 1.0, "µm": 1.0, "um": 1.0, "nanometer": 1e-3, "millimeter": 1e3,
-             "centimeter": 1e4, "meter": 1e6}
+UNITS_UM = {"micrometer": 1.0, "micron": 1.0, "µm": 1.0, "um": 1.0, "nanometer": 1e-3, "millimeter": 1e3,
+            "centimeter": 1e4, "meter": 1e6}
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,21 @@ class Source:
     dtype: np.dtype
     downsample: tuple[float, float] = (1.0, 1.0)  # level 0 pixels per pixel of this level (y, x)
     pixel_size: tuple[float, float] | None = None  # micrometres (y, x) at this level
+    chunk_bytes: int = 0  # the largest block the reader decodes whole (a file's tile, strip or chunk); 0: small
 
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        try:
+            return self._read(top, left, bottom, right)
+        except ConversionError:
+            raise
+        except OSError as e:
+            raise ConversionError(f"{self.spec.path}: cannot read rows {top}…{bottom - 1}, columns {left}…{right - 1}"
+                                  f" ({first_line(e, named=True)})") from None
+        except Exception as e:  # decoders (imagecodecs, numcodecs, OpenSlide) raise types of their own on bad data
+            raise BadInput(f"{self.spec.path}: cannot decode rows {top}…{bottom - 1}, columns {left}…{right - 1} "
+                           f"({first_line(e, named=True)})") from None
+
+    def _read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
@@ -62,16 +76,35 @@ class Source:
                 "pixel_size_um": list(self.pixel_size) if self.pixel_size else None}
 
 
-def _scaled(pixel: tuple[float, float] | None, factor: tuple[float, float]) -> tuple[float, float] | None:
+def downsample(path: str, base: tuple[int, int], size: tuple[int, int], level: int) -> tuple[float, float]:
+    """Level-0 pixels (`base`, y and x) per pixel of `level` (`size`); `ConversionError` for a level without
+    pixels, which a header or a zarr shape may declare."""
+    for index, shape in ((0, base), (level, size)):
+        if min(shape) < 1:
+            raise ConversionError(f"{path}: level {index} is {shape[0]}×{shape[1]} pixels: it holds no image")
+    return base[0] / size[0], base[1] / size[1]
+
+
+def scaled(pixel: tuple[float, float] | None, factor: tuple[float, float]) -> tuple[float, float] | None:
     return pixel and (pixel[0] * factor[0], pixel[1] * factor[1])
 
 
-class _Axes:
+def positive(value: Any) -> float | None:
+    """`value` as a finite positive number (a pixel size), or None: files put 0, junk or nothing where they know
+    no pixel size."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+class AxesView:
     """An array with named axes seen as H×W×C: Y and X, at most one channel axis (S or C), others of length 1."""
 
     def __init__(self, array: Any, axes: str, source: str):
         axes = axes.upper()
-        if "Y" not in axes or "X" not in axes or len(axes) != len(array.shape):
+        if "Y" not in axes or "X" not in axes or len(axes) != len(array.shape) or len(set(axes)) != len(axes):
             raise ConversionError(f"{source}: cannot find the image's rows and columns among axes {axes!r} "
                                   f"of shape {tuple(array.shape)}")
         channel = [a for a in axes if a in "SC" and array.shape[axes.index(a)] > 1]
@@ -93,179 +126,28 @@ class _Axes:
         return block if block.ndim == 3 else block[:, :, None]
 
 
-class _TiffSource(Source):
-    def __init__(self, spec: SourceSpec):
-        import zarr
-
-        self.spec = spec
-        self._file = _open_tiff(spec.path)
-        try:
-            series = self._file.series[0]
-            level = series.levels[spec.level]
-            view = _Axes(zarr.open(series.aszarr(level=spec.level), mode="r"), level.axes, spec.path)
-        except ConversionError:
-            raise
-        except Exception as e:  # tifffile raises many types for damaged files
-            raise ConversionError(f"{spec.path}: cannot read level {spec.level} of it as a TIFF ({e})") from None
-        _check_tiles(spec.path, level.pages)
-        self._view, self.size, self.samples, self.dtype = view, view.size, view.samples, np.dtype(level.dtype)
-        base = series.levels[0]
-        self.downsample = tuple(base.shape[base.axes.index(a)] / n for a, n in zip("YX", self.size, strict=True))
-        self.pixel_size = _scaled(_tiff_pixel_size(self._file), self.downsample)
-
-    @staticmethod
-    def levels(spec: SourceSpec, max_pixels: int | None) -> list:
-        with _open_tiff(spec.path) as tif:
-            levels = [tuple(level.shape[level.axes.index(a)] for a in "YX") for level in tif.series[0].levels]
-            pixel = _tiff_pixel_size(tif)
-        return [(size, _scaled(pixel, tuple(b / n for b, n in zip(levels[0], size, strict=True)))) for size in levels]
-
-    def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
-        try:
-            return self._view.read(top, left, bottom, right)
-        except Exception as e:
-            raise ConversionError(f"{self.spec.path}: cannot decode the region rows {top}…{bottom - 1}, columns "
-                                  f"{left}…{right - 1} ({type(e).__name__}: {e})") from None
-
-
-def _open_tiff(path: str) -> Any:
-    import tifffile
-
-    try:
-        tif = tifffile.TiffFile(path)
-        if not tif.series or "Y" not in tif.series[0].axes or "X" not in tif.series[0].axes:
-            tif.close()
-            raise ValueError("it holds no image")
-        return tif
-    except Exception as e:  # tifffile raises many types for damaged files
-        raise ConversionError(f"{path}: cannot read it as a TIFF ({e})") from None
-
-
-def _check_tiles(path: str, pages: list) -> None:
-    """Refuse a file whose tiles (or strips) of this level end past its last byte: it was cut short."""
-    end = os.path.getsize(path)
-    for page in pages:
-        offsets = np.asarray(getattr(page, "dataoffsets", ()), dtype=np.int64)
-        counts = np.asarray(getattr(page, "databytecounts", ()), dtype=np.int64)
-        if len(offsets) and int((offsets + counts).max()) > end:
-            missing = int(((offsets + counts) > end).sum())
-            raise ConversionError(f"{path} is truncated: {missing} of its {len(offsets)} tiles end past the file's "
-                                  f"{end:,} bytes")
-
-
-def _tiff_pixel_size(tif: Any) -> tuple[float, float] | None:
-    """Micrometres per pixel (y, x) of the first level: SVS `MPP`, OME physical size, or resolution tags."""
-    page = tif.pages[0]
-    if tif.is_svs:
-        found = re.search(r"MPP\s*=\s*([0-9.eE+-]+)", page.description or "")
-        if found:
-            return float(found.group(1)), float(found.group(1))
-    if tif.is_ome:
-        ome = tif.ome_metadata or ""
-        sizes = [re.search(rf'PhysicalSize{a}="([0-9.eE+-]+)"', ome) for a in "YX"]
-        units = [re.search(rf'PhysicalSize{a}Unit="([^"]+)"', ome) for a in "YX"]
-        if all(sizes):
-            return tuple(float(s.group(1)) * _UNITS_UM.get(u.group(1) if u else "µm", 1.0)
-                         for s, u in zip(sizes, units, strict=True))
-    tags = page.tags
-    unit = {2: 25400.0, 3: 10000.0}.get(int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2)
-    if unit is None or "XResolution" not in tags or "YResolution" not in tags:
-        return None
-    values = [tags[f"{a}Resolution"].value for a in "YX"]
-    if any(v[0] == 0 or v[1] == 0 for v in values) or values[0] == (1, 1):
-        return None  # (1, 1) is what writers put when they know nothing
-    return tuple(unit * v[1] / v[0] for v in values)
-
-
-class _ZarrSource(Source):
-    def __init__(self, spec: SourceSpec):
-        self.spec = spec
-        arrays, axes, scales = _zarr_levels(spec.path)
-        if not 0 <= spec.level < len(arrays):
-            raise ConversionError(f"{spec.path} has levels 0 … {len(arrays) - 1}; got --level {spec.level}")
-        self._view = _Axes(arrays[spec.level], axes, spec.path)
-        self.size, self.samples, self.dtype = self._view.size, self._view.samples, np.dtype(arrays[spec.level].dtype)
-        base = _Axes(arrays[0], axes, spec.path).size
-        self.downsample = tuple(b / n for b, n in zip(base, self.size, strict=True))
-        self.pixel_size = scales[spec.level]
-
-    @staticmethod
-    def levels(spec: SourceSpec, max_pixels: int | None) -> list:
-        arrays, axes, scales = _zarr_levels(spec.path)
-        return [(_Axes(a, axes, spec.path).size, s) for a, s in zip(arrays, scales, strict=True)]
-
-    def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
-        return self._view.read(top, left, bottom, right)
-
-
-def _zarr_levels(path: str) -> tuple[list, str, list]:
-    """(arrays finest first, axes, pixel size in µm per level or None) of a zarr array or OME-Zarr group."""
-    import zarr
-
-    try:
-        node = zarr.open(path, mode="r")
-    except Exception as e:
-        raise ConversionError(f"{path}: cannot open it as a zarr array or group ({e})") from None
-    if isinstance(node, zarr.Array):
-        return [node], _guess_axes(node.shape, path), [None]
-    attrs = node.attrs.asdict()
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if not multiscales:
-        names = sorted(name for name, _ in node.arrays())
-        raise ConversionError(f"{path} is a zarr group without OME multiscales metadata; name one of its arrays "
-                              f"({', '.join(names) or 'it has none'}) as {path}/ARRAY")
-    first = multiscales[0]
-    named = [a if isinstance(a, str) else a.get("name", "") for a in first.get("axes", [])]
-    arrays = [node[d["path"]] for d in first["datasets"]]
-    axes = "".join(n[:1] for n in named).upper() if named else _guess_axes(arrays[0].shape, path)
-    units = [None if isinstance(a, str) else a.get("unit") for a in first.get("axes", [])] or [None] * len(axes)
-    scales = []
-    for dataset in first["datasets"]:
-        scale = next((t["scale"] for t in dataset.get("coordinateTransformations", []) if t.get("type") == "scale"),
-                     None)
-        known = scale is not None and all(units[axes.index(a)] in _UNITS_UM for a in "YX")
-        scales.append(tuple(scale[axes.index(a)] * _UNITS_UM[units[axes.index(a)]] for a in "YX") if known else None)
-    return arrays, axes, scales
-
-
-def _guess_axes(shape: tuple[int, ...], path: str) -> str:
-    if len(shape) == 2:
-        return "YX"
-    if len(shape) == 3 and shape[2] <= 4:
-        return "YXS"
-    if len(shape) == 3 and shape[0] <= 4:
-        return "SYX"
-    raise ConversionError(f"{path}: a zarr array of shape {tuple(shape)} is not an image (Y×X, Y×X×C or C×Y×X "
-                          "with at most 4 channels); write OME-Zarr metadata to name its axes")
-
-
-class _SlideSource(Source):
+class SlideSource(Source):
     def __init__(self, spec: SourceSpec):
         self.spec = spec
         self._slide = _open_slide(spec.path)
         width, height = self._slide.level_dimensions[spec.level]
         self.size, self.samples, self.dtype = (height, width), 3, np.dtype(np.uint8)
         self.downsample = (float(self._slide.level_downsamples[spec.level]),) * 2
-        self.pixel_size = _scaled(_slide_pixel_size(self._slide), self.downsample)
-        colour = self._slide.properties.get("openslide.background-color", "FFFFFF")
-        self._background = np.array([int(colour[i:i + 2], 16) for i in (0, 2, 4)], np.uint8)
+        self.pixel_size = scaled(_slide_pixel_size(self._slide), self.downsample)
+        self._background = _background(self._slide.properties.get("openslide.background-color"))
 
     @staticmethod
     def levels(spec: SourceSpec, max_pixels: int | None) -> list:
         slide = _open_slide(spec.path)
         pixel = _slide_pixel_size(slide)
-        out = [((h, w), _scaled(pixel, (d, d)))
+        out = [((h, w), scaled(pixel, (d, d)))
                for (w, h), d in zip(slide.level_dimensions, slide.level_downsamples, strict=True)]
         slide.close()
         return out
 
-    def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+    def _read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         origin = (round(left * self.downsample[1]), round(top * self.downsample[0]))
-        try:
-            rgba = np.asarray(self._slide.read_region(origin, self.spec.level, (right - left, bottom - top)))
-        except Exception as e:
-            raise ConversionError(f"{self.spec.path}: OpenSlide cannot read rows {top}…{bottom - 1}, columns "
-                                  f"{left}…{right - 1} ({e})") from None
+        rgba = np.asarray(self._slide.read_region(origin, self.spec.level, (right - left, bottom - top)))
         return np.where(rgba[:, :, 3:] == 0, self._background, rgba[:, :, :3])
 
 
@@ -274,19 +156,27 @@ def _open_slide(path: str) -> Any:
         import openslide
     except ImportError as e:
         raise ConversionError(f"{path}: reading whole-slide formats needs OpenSlide: pip install "
-                              f"'fc2conv[openslide]' ({e})") from None
+                              f"'fc2conv[openslide]' ({first_line(e)})") from None
     try:
         return openslide.OpenSlide(path)
-    except Exception as e:
-        raise ConversionError(f"{path}: OpenSlide cannot open it ({e})") from None
+    except Exception as e:  # OpenSlide raises its own error types, and OSError, for files it cannot open
+        raise ConversionError(f"{path}: OpenSlide cannot open it ({first_line(e, named=True)})") from None
 
 
 def _slide_pixel_size(slide: Any) -> tuple[float, float] | None:
-    values = [slide.properties.get(f"openslide.mpp-{a}") for a in "yx"]
-    return tuple(float(v) for v in values) if all(values) else None
+    values = [positive(slide.properties.get(f"openslide.mpp-{a}")) for a in "yx"]
+    return tuple(values) if all(values) else None
 
 
-class _ImageSource(Source):
+def _background(colour: str | None) -> np.ndarray:
+    """The slide's background colour (RRGGBB in hex), white when it records none or junk."""
+    try:
+        return np.array(bytes.fromhex(colour), np.uint8) if colour and len(colour) == 6 else np.full(3, 255, np.uint8)
+    except ValueError:
+        return np.full(3, 255, np.uint8)
+
+
+class ImageSource(Source):
     def __init__(self, spec: SourceSpec):
         self.spec = spec
         self._pixels = load_image(spec.path, spec.channels, max_pixels=None)  # `levels` checked the budget
@@ -301,7 +191,7 @@ class _ImageSource(Source):
                 width, height = image.size
         except (OSError, UnidentifiedImageError) as e:
             raise ConversionError(f"{spec.path}: no reader understands it: not a TIFF, zarr or whole-slide file, "
-                                  f"and Pillow cannot open it ({e})") from None
+                                  f"and Pillow cannot open it ({first_line(e)})") from None
         if max_pixels is not None and width * height > max_pixels:
             raise ConversionError(f"{spec.path} has {width * height:,} pixels, more than --max-pixels "
                                   f"({max_pixels:,}): {Path(spec.path).suffix or 'this format'} files are decoded "
@@ -309,9 +199,5 @@ class _ImageSource(Source):
                                   "--pyramid --bigtiff`) and scan that")
         return [((height, width), None)]
 
-    def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+    def _read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         return self._pixels[top:bottom, left:right]
-
-
-OPENERS: dict[str, Any] = {"tiff": _TiffSource, "zarr": _ZarrSource, "openslide": _SlideSource,
-                           "image": _ImageSource}

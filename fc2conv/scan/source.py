@@ -3,8 +3,9 @@
 `open_source` picks the reader (a directory or `.zarr` → zarr; TIFF or BigTIFF by its first bytes → tifffile;
 what OpenSlide recognises → OpenSlide; anything else → Pillow, whole) unless `reader` says, then the level:
 `level` by index, or `mpp`, the level whose pixel size is within 10% of it. It checks up front what would
-otherwise fail mid-scan: a truncated TIFF, a missing level or pixel size, samples with no defined range.
-The readers themselves are in `fc2conv.scan.readers`.
+otherwise fail mid-scan: a TIFF whose header does not describe its data, OME-Zarr metadata that does not hold
+up, a missing level or pixel size, samples with no defined range, file chunks too large to decode within the
+memory budget. The readers themselves are in `fc2conv.scan.readers`, `.tiff` and `.zarr_source`.
 
 A `Source` is one level: its size, samples per pixel, sample type, downsample from level 0 and pixel size in
 micrometres where the file records one; `read(top, left, bottom, right)` gives H×W×C samples of the file's own
@@ -23,9 +24,15 @@ import numpy as np
 
 from ..errors import ConversionError
 from ..images import MAX_PIXELS
-from .readers import OPENERS, Source, SourceSpec
+from .readers import ImageSource, SlideSource, Source, SourceSpec
+from .tiff import TiffSource
+from .tiles import TILE_MEMORY_BUDGET
+from .zarr_source import ZarrSource
 
-__all__ = ["READERS", "Source", "SourceSpec", "open_source", "reopen"]
+__all__ = ["OPENERS", "READERS", "Source", "SourceSpec", "open_source", "reopen"]
+
+OPENERS: dict[str, type[Source]] = {"tiff": TiffSource, "zarr": ZarrSource, "openslide": SlideSource,
+                                    "image": ImageSource}
 
 READERS = ("auto", "tiff", "zarr", "openslide", "image")
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
@@ -37,9 +44,10 @@ def open_source(path: str | os.PathLike, *, channels: int, reader: str = "auto",
                 mpp: float | None = None, max_pixels: int | None = MAX_PIXELS) -> Source:
     """The chosen level of `path` (`level`, or the one whose pixel size is within 10% of `mpp` µm; default 0).
 
-    `ConversionError` names the file and the reason: a file no reader understands, a truncated TIFF, a level
-    the file does not have, a pixel size it does not record, samples of a type with no defined range, or (for
-    Pillow's formats) more than `max_pixels` pixels.
+    `ConversionError` names the file (and field) and the reason: a file no reader understands, a TIFF whose
+    header does not describe its data, OME-Zarr metadata that does not hold up, a level the file does not have, a
+    pixel size it does not record, samples of a type with no defined range, a file chunk that takes more than
+    `TILE_MEMORY_BUDGET` to decode, or (for Pillow's formats) more than `max_pixels` pixels.
     """
     if reader not in READERS:
         raise ConversionError(f"reader must be one of {', '.join(READERS)}; got {reader!r}")
@@ -56,6 +64,11 @@ def open_source(path: str | os.PathLike, *, channels: int, reader: str = "auto",
     if source.dtype.type not in _SAMPLE_TYPES:
         raise ConversionError(f"{path}: samples of type {source.dtype} have no defined range; fc2conv scans uint8, "
                               "uint16, bool or float samples in [0, 1]")
+    if source.chunk_bytes > TILE_MEMORY_BUDGET:
+        raise ConversionError(f"{path} stores its image in blocks that take {source.chunk_bytes / 2**30:,.1f} GiB "
+                              f"each to decode, more than the memory budget of {TILE_MEMORY_BUDGET / 2**30:g} GiB "
+                              "(fc2conv.scan.TILE_MEMORY_BUDGET); rewrite it in smaller tiles or chunks (e.g. `vips "
+                              "tiffsave IN OUT.tif --tile --pyramid --bigtiff`)")
     return source
 
 

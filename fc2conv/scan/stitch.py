@@ -3,8 +3,8 @@ final rename.
 
 Layout of `OUT.zarr` (a zarr v3 group):
 
-- `scores`: classes × H' × W' (float32 or float16), chunked (classes, tile cells, tile cells), so each tile
-  writes exactly one chunk and concurrent writers never share one;
+- `scores`: classes × H' × W' (float32 or float16), chunked (classes, tile cells, tile cells; no more than the
+  map's cells), so each tile writes exactly one chunk and concurrent writers never share one;
 - `done`: tile rows × tile columns uint8, chunked 1×1: a tile's flag is set only after its scores are written;
 - `attrs["fc2conv"]`: what the map is (geometry, labels, source, model hash…; see `fc2conv.scan.scan`) and
   `run`, the settings a resumed scan must share.
@@ -28,12 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
 from .infer import ModelSpec, evaluate
+from .samples import TileReport
 from .source import SourceSpec
 from .tiles import Tile, TilePlan
 
-__all__ = ["ATTRS", "Job", "create", "done_mask", "mark_complete", "open_run", "partial_path", "publish", "scan_tile"]
+__all__ = ["ATTRS", "Job", "create", "discard", "done_mask", "mark_complete", "open_run", "partial_path",
+           "publish", "scan_tile"]
 
 ATTRS = "fc2conv"
 
@@ -63,27 +65,38 @@ def create(path: Path, plan: TilePlan, *, classes: int, dtype: str, attrs: dict[
     token = secrets.token_hex(8)
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     # LZ4 on byte-shuffled floats: twice as fast as zarr's default zstd on score maps, and as small.
-    group.create_array("scores", shape=(classes, *plan.cells), chunks=(classes, *plan.tile_cells), dtype=dtype,
+    group.create_array("scores", shape=(classes, *plan.cells), chunks=(classes, *plan.chunk_cells), dtype=dtype,
                        fill_value=np.nan, compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"))
     group.create_array("done", shape=plan.grid, chunks=(1, 1), dtype="uint8", fill_value=0, compressors=None)
     group.attrs[ATTRS] = {**attrs, "token": token, "complete": False}
     return token
 
 
-def open_run(path: Path, run: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(token, attributes) of the store at `path`, if a scan with the same settings `run` made it."""
+def open_run(path: Path, run: dict[str, Any], plan: TilePlan, classes: int) -> tuple[str, dict[str, Any]]:
+    """(token, attributes) of the store at `path`, if a scan with the same settings `run` made it for `plan` (its
+    arrays checked too: a store is a folder anyone can edit)."""
     import zarr
 
+    not_ours = f"{path} is not a scan written by fc2conv; remove it or choose another --out"
     try:
-        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()[ATTRS]
-    except Exception:
-        raise ConversionError(f"{path} is not a scan written by fc2conv; remove it or choose another --out") from None
-    found = attrs.get("run", {})
+        group = zarr.open_group(str(path), mode="r")
+        attrs = group.attrs.asdict()[ATTRS]
+        shapes = (tuple(group["scores"].shape), tuple(group["scores"].chunks), tuple(group["done"].shape))
+    except Exception:  # not a zarr group, or no fc2conv arrays or attributes: whatever zarr raises, not our store
+        raise ConversionError(not_ours) from None
+    if not isinstance(attrs, dict) or not isinstance(attrs.get("token"), str):
+        raise ConversionError(not_ours)
+    found = attrs.get("run") if isinstance(attrs.get("run"), dict) else {}
     changed = [key for key in run if found.get(key) != run[key]]
     if changed:
         listed = "; ".join(f"{key}: {found.get(key)!r} then, {run[key]!r} now" for key in changed)
         raise ConversionError(f"cannot resume {path}: it was started with other settings ({listed}); rerun with "
                               "the same ones, or without --resume and with --force to start again")
+    expected = ((classes, *plan.cells), (classes, *plan.chunk_cells), plan.grid)
+    if shapes != expected:
+        raise ConversionError(f"cannot resume {path}: its arrays (scores {shapes[0]} in chunks {shapes[1]}, done "
+                              f"{shapes[2]}) are not this scan's ({expected[0]} in chunks {expected[1]}, done "
+                              f"{expected[2]}); rerun without --resume and with --force to start again")
     return attrs["token"], attrs
 
 
@@ -100,14 +113,16 @@ def mark_complete(path: Path, attrs: dict[str, Any]) -> None:
     zarr.open_group(str(path), mode="r+").attrs[ATTRS] = {**attrs, "complete": True}
 
 
-def scan_tile(job: Job, tile: Tile) -> int:
-    """Compute `tile`'s owned cells, write them into their chunk, then set its done flag. Returns the image
-    pixels the tile stands for (for throughput). Safe to run twice: the second run writes the same values."""
+def scan_tile(job: Job, tile: Tile) -> TileReport:
+    """Compute `tile`'s owned cells, write them into their chunk, then set its done flag. Returns the report of
+    the samples it read (pixels for throughput, float samples outside [0, 1]). Safe to run twice: the second run
+    writes the same values."""
     scores, done = _arrays(job.store, job.token)
     top, left, bottom, right = tile.cells
-    scores[:, top:bottom, left:right] = evaluate(job.model, job.source, tile).astype(scores.dtype)
+    owned, report = evaluate(job.model, job.source, tile)
+    scores[:, top:bottom, left:right] = owned.astype(scores.dtype)
     done[tile.index] = 1
-    return tile.pixels
+    return report
 
 
 @functools.lru_cache(maxsize=2)
@@ -121,6 +136,18 @@ def _arrays(store: str, token: str) -> tuple[Any, Any]:
     return group["scores"], group["done"]
 
 
+def discard(path: Path, token: str) -> None:
+    """Remove the store this scan created at `path` (token `token`), unless another scan has replaced it since."""
+    import zarr
+
+    try:
+        found = zarr.open_group(str(path), mode="r").attrs.asdict()[ATTRS]["token"]
+    except Exception:  # gone, or not a store at all: anything zarr raises means it is not ours to remove
+        return
+    if found == token:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def publish(partial: Path, out: Path) -> None:
     """Rename the complete store `partial` to `out`, replacing an old `out` (kept until the new one is in place)."""
     old = None
@@ -132,7 +159,7 @@ def publish(partial: Path, out: Path) -> None:
     except OSError as e:
         if old is not None:
             os.replace(old, out)
-        raise ConversionError(f"could not rename {partial} to {out}: {e}") from e
+        raise ConversionError(f"could not rename {partial} to {out}: {first_line(e)}") from e
     if old is not None:
         with contextlib.suppress(OSError):
             if old.is_dir():

@@ -28,29 +28,47 @@ from dataclasses import dataclass
 
 from ..errors import ConversionError
 
-__all__ = ["Tile", "TilePlan", "halo_cells", "make_plan", "probe_start"]
+__all__ = ["MAX_TILES", "TILE_MEMORY_BUDGET", "Tile", "TilePlan", "check_memory", "halo_cells", "make_plan",
+           "probe_start"]
 
 Pair = tuple[int, int]
+
+TILE_MEMORY_BUDGET = 4 * 2**30
+"""Bytes the buffers of one tile may take, per process: the samples it reads (owned pixels and halo) as read, as
+float32 and normalised, its float32 score map and its owned cells as stored. A --tile that needs more is refused
+before anything is written. The model's own activations come on top (onnxruntime's; for a wide first layer
+several times the tile's input), so the budget is deliberately a fraction of a usual machine's memory."""
+
+MAX_TILES = 2**20
+"""The most tiles a plan may have: the scan keeps a little for each (its place in the plan, its done flag, on Dask
+a task), so an image that declares terapixels (a zarr array's shape costs nothing to write) is refused with a
+message naming --tile instead of filling memory with bookkeeping."""
 
 
 @dataclass(frozen=True)
 class Tile:
     """Tile `index` (row, column) of the plan's grid: it owns `cells` (top, left, bottom, right; ends exclusive),
     reads the input box `read` (same order, in pixels), and its owned cells start at cell `offset` of the map
-    it computes. `pixels` is the area of the image its cells stand for: their strides, and the image's last
-    pixels for the last tiles (all tiles' `pixels` add up to the image; for throughput)."""
+    it computes. `owns` is the box of the image its cells stand for: their strides, and the image's last pixels
+    for the last tiles (the tiles' boxes divide the image; for throughput and for counting samples once)."""
 
     index: Pair
     cells: tuple[int, int, int, int]
     read: tuple[int, int, int, int]
     offset: Pair
-    pixels: int
+    owns: tuple[int, int, int, int]
+
+    @property
+    def pixels(self) -> int:
+        top, left, bottom, right = self.owns
+        return (bottom - top) * (right - left)
 
 
 @dataclass(frozen=True)
 class TilePlan:
     """How an `image`-sized input is cut: `cells` is the one-pass map's size, `tile_cells` the cells a tile owns
-    along each axis (and the zarr chunk), `halo` the (before, after) halo in cells along each axis."""
+    along each axis (the zarr chunk, `chunk_cells`, unless the map is smaller), `halo` the (before, after) halo in
+    cells along each axis."""
 
     image: Pair
     stride: Pair
@@ -60,13 +78,19 @@ class TilePlan:
     tile_cells: Pair
 
     @property
+    def chunk_cells(self) -> Pair:
+        """The most cells one tile owns along each axis (`tile_cells`, or the whole map where a tile is larger): the
+        score map's zarr chunk, so that each tile writes one chunk and no chunk is larger than the map."""
+        return tuple(min(n, c) for n, c in zip(self.tile_cells, self.cells, strict=True))
+
+    @property
     def grid(self) -> Pair:
         return tuple(math.ceil(c / n) for c, n in zip(self.cells, self.tile_cells, strict=True))
 
     def tile(self, row: int, col: int) -> Tile:
         spans = [self._span(axis, index) for axis, index in enumerate((row, col))]
-        (c0, c1, r0, r1, o0, p0), (d0, d1, q0, q1, o1, p1) = spans
-        return Tile((row, col), (c0, d0, c1, d1), (r0, q0, r1, q1), (o0, o1), p0 * p1)
+        (c0, c1, r0, r1, o0, a0, a1), (d0, d1, q0, q1, o1, b0, b1) = spans
+        return Tile((row, col), (c0, d0, c1, d1), (r0, q0, r1, q1), (o0, o1), (a0, b0, a1, b1))
 
     def tiles(self) -> list[Tile]:
         rows, cols = self.grid
@@ -76,11 +100,17 @@ class TilePlan:
         """Input pixels all tiles read together: the image plus every halo (the tiled scan's extra work)."""
         total = 1
         for axis in range(2):
-            total *= sum(r1 - r0 for _, _, r0, r1, _, _ in (self._span(axis, i) for i in range(self.grid[axis])))
+            total *= sum(span[3] - span[2] for span in (self._span(axis, i) for i in range(self.grid[axis])))
         return total
 
-    def _span(self, axis: int, index: int) -> tuple[int, int, int, int, int, int]:
-        """(first cell, end cell, first pixel read, end pixel read, offset of the first cell, owned pixels)."""
+    def largest_read(self) -> Pair:
+        """The most input pixels one tile reads along each axis: its owned cells' windows and the halo."""
+        return tuple(min(size, (cells - 1 + before + after) * stride + window) for size, cells, (before, after), stride,
+                     window in zip(self.image, self.chunk_cells, self.halo, self.stride, self.window, strict=True))
+
+    def _span(self, axis: int, index: int) -> tuple[int, int, int, int, int, int, int]:
+        """(first cell, end cell, first pixel read, end pixel read, offset of the first cell, first and end pixel
+        owned)."""
         size, stride, window = self.image[axis], self.stride[axis], self.window[axis]
         before, after = self.halo[axis]
         first = index * self.tile_cells[axis]
@@ -89,7 +119,7 @@ class TilePlan:
         start = min(start, max(0, (size - window) // stride * stride))  # read at least one window
         stop = min(size, (end - 1 + after) * stride + window)
         last = size if end == self.cells[axis] else min(size, end * stride)  # the last tile owns the image's end
-        return first, end, start, stop, first - start // stride, last - min(size, first * stride)
+        return first, end, start, stop, first - start // stride, min(size, first * stride), last
 
 
 def halo_cells(margins: list[list[int]] | tuple[Pair, ...], stride: Pair) -> tuple[Pair, Pair]:
@@ -106,7 +136,8 @@ def probe_start(length: int, *, stride: int, window: int, halo: Pair) -> int:
 def make_plan(image: Pair, *, stride: Pair, window: Pair, halo: tuple[Pair, Pair], tile: int, cells: Pair) -> TilePlan:
     """The plan for an `image`-sized input with `tile`-pixel tiles (rounded down to whole strides).
 
-    `ConversionError` for an image smaller than one window or a tile that cannot hold one window.
+    `ConversionError` for an image smaller than one window, a tile that cannot hold one window, or more than
+    `MAX_TILES` tiles.
     """
     if image[0] < window[0] or image[1] < window[1]:
         raise ConversionError(f"the image is {image[0]}×{image[1]}, smaller than the model's {window[0]}×{window[1]} "
@@ -114,4 +145,27 @@ def make_plan(image: Pair, *, stride: Pair, window: Pair, halo: tuple[Pair, Pair
     if tile < max(window):
         raise ConversionError(f"--tile {tile} is smaller than the model's {window[0]}×{window[1]} window: a tile "
                               "must hold at least one window")
-    return TilePlan(image, stride, window, halo, cells, tuple(tile // s for s in stride))
+    plan = TilePlan(image, stride, window, halo, cells, tuple(tile // s for s in stride))
+    count = plan.grid[0] * plan.grid[1]
+    if count > MAX_TILES:
+        raise ConversionError(f"--tile {tile} cuts the {image[0]:,}×{image[1]:,} image into {count:,} tiles, more than "
+                              f"the {MAX_TILES:,} fc2conv plans (fc2conv.scan.tiles.MAX_TILES); give a larger --tile "
+                              "or scan a coarser --level")
+    return plan
+
+
+def check_memory(plan: TilePlan, tile: int | str, *, samples: int, sample_bytes: int, channels: int, classes: int,
+                 score_bytes: int, decode_bytes: int = 0, budget: int = TILE_MEMORY_BUDGET) -> None:
+    """`ConversionError` naming --tile if one tile's own buffers (see `TILE_MEMORY_BUDGET`) exceed `budget` bytes:
+    the samples as read (`samples` per pixel of `sample_bytes`), as float32 and normalised (`channels`, the
+    model's), its float32 map of `classes` scores, its owned cells as stored (`score_bytes` each), and a block of
+    the file being decoded (`decode_bytes`)."""
+    rows, cols = plan.largest_read()
+    read_cells = (rows // plan.stride[0] + 1) * (cols // plan.stride[1] + 1)
+    need = (rows * cols * (samples * sample_bytes + 2 * 4 * channels) + read_cells * classes * 4
+            + plan.chunk_cells[0] * plan.chunk_cells[1] * classes * (4 + score_bytes) + decode_bytes)
+    if need > budget:
+        raise ConversionError(f"--tile {tile} needs about {need / 2**30:.1f} GiB for one tile ({rows:,}×{cols:,} "
+                              f"pixels read with the halo, {classes} scores per cell), more than the budget of "
+                              f"{budget / 2**30:g} GiB (fc2conv.scan.TILE_MEMORY_BUDGET); give a smaller --tile "
+                              "(2048 is the default)")

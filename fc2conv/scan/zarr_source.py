@@ -1,0 +1,226 @@
+"""zarr input: a zarr array (Y×X, Y×X×C or C×Y×X), or an OME-Zarr group whose `multiscales` metadata gives the
+levels, the axes and the pixel size.
+
+OME metadata is a JSON document anyone can write, so each field is checked before it is used, and an error names
+the field (`multiscales[0].datasets[1].path`): `multiscales` a non-empty list of objects; `axes` (when given) a
+list of names or objects with a text `name` (fc2conv goes by the first letter: y, x, c/s, others of length 1)
+and an optional text `unit`; `datasets` a non-empty list of objects whose `path` is a relative path of names
+inside the store (no `..`, `.`, empty or absolute parts) naming an array with one dimension per axis, and which,
+with everything below it, resolves inside the store after following symbolic links (a link out of the store is
+refused, like `..`); a `scale` transformation lists one positive finite number per axis.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError, first_line
+from .readers import UNITS_UM, AxesView, Source, SourceSpec, downsample
+
+__all__ = ["ZarrSource"]
+
+
+@dataclass(frozen=True)
+class _Levels:
+    """A zarr input's arrays finest first, their axes (one letter each), pixel size in µm per level (or None), and
+    how errors name each level."""
+
+    arrays: list
+    axes: str
+    scales: list
+    names: list[str]
+
+
+class ZarrSource(Source):
+    def __init__(self, spec: SourceSpec):
+        self.spec = spec
+        found = _zarr_levels(spec.path)
+        if not 0 <= spec.level < len(found.arrays):
+            raise ConversionError(f"{spec.path} has levels 0 … {len(found.arrays) - 1}; got --level {spec.level}")
+        array = found.arrays[spec.level]
+        self._view = AxesView(array, found.axes, found.names[spec.level])
+        self.size, self.samples, self.dtype = self._view.size, self._view.samples, np.dtype(array.dtype)
+        base = AxesView(found.arrays[0], found.axes, found.names[0]).size
+        self.downsample = downsample(spec.path, base, self.size, spec.level)
+        self.pixel_size = found.scales[spec.level]
+        self.chunk_bytes = math.prod(array.chunks) * self.dtype.itemsize
+
+    @staticmethod
+    def levels(spec: SourceSpec, max_pixels: int | None) -> list:
+        found = _zarr_levels(spec.path)
+        return [(AxesView(array, found.axes, name).size, scale)
+                for array, scale, name in zip(found.arrays, found.scales, found.names, strict=True)]
+
+    def _read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        return self._view.read(top, left, bottom, right)
+
+
+def _zarr_levels(path: str) -> _Levels:
+    import zarr
+
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as e:  # zarr raises many types for stores it cannot open (metadata, codecs, layout)
+        raise ConversionError(f"{path}: cannot open it as a zarr array or group "
+                              f"({first_line(e, named=True)})") from None
+    if isinstance(node, zarr.Array):
+        return _Levels([node], _guess_axes(node.shape, path), [None], [path])
+    field, first = _multiscale(node, path)
+    axes, units = _axes(first, field, path)
+    datasets = first.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise ConversionError(f"{path}: {field}.datasets must be a non-empty list of objects; got {_shown(datasets)}")
+    arrays, scales, names = [], [], []
+    for i, dataset in enumerate(datasets):
+        where = f"{field}.datasets[{i}]"
+        array = _dataset(node, path, dataset, where)
+        axes = axes or _guess_axes(array.shape, f"{path} ({where})")
+        if len(array.shape) != len(axes):
+            raise ConversionError(f"{path}: {where} is an array of shape {tuple(array.shape)}, not one dimension per "
+                                  f"axis of {field}.axes ({axes!r})")
+        scales.append(_pixel_size(_scale(dataset, where, len(axes), path), axes, units))
+        arrays.append(array)
+        names.append(f"{path} ({where})")
+    return _Levels(arrays, axes, scales, names)
+
+
+def _multiscale(node: Any, path: str) -> tuple[str, dict]:
+    """(field name, the first multiscale image) of the group's OME metadata, zarr v2 (0.4) or v3 (0.5) style."""
+    attrs = node.attrs.asdict()
+    ome = attrs.get("ome")
+    if "multiscales" in attrs:
+        field, found = "multiscales", attrs["multiscales"]
+    elif isinstance(ome, dict) and "multiscales" in ome:
+        field, found = "ome.multiscales", ome["multiscales"]
+    elif ome is not None and not isinstance(ome, dict):
+        raise ConversionError(f"{path}: its `ome` metadata must be an object; got {_shown(ome)}")
+    else:
+        names = sorted(name for name, _ in node.arrays())
+        raise ConversionError(f"{path} is a zarr group without OME multiscales metadata; name one of its arrays "
+                              f"({', '.join(names) or 'it has none'}) as {path}/ARRAY")
+    if not isinstance(found, list) or not found or not isinstance(found[0], dict):
+        raise ConversionError(f"{path}: {field} must be a non-empty list of objects; got {_shown(found)}")
+    return f"{field}[0]", found[0]
+
+
+def _axes(first: dict, field: str, path: str) -> tuple[str, list[str | None]]:
+    """(one upper-case letter per axis, unit per axis or None); ("", []) when the metadata names no axes."""
+    if "axes" not in first:
+        return "", []
+    axes = first["axes"]
+    if not isinstance(axes, list) or not axes:
+        raise ConversionError(f"{path}: {field}.axes must be a non-empty list of axis names or objects; got "
+                              f"{_shown(axes)}")
+    letters, units = [], []
+    for i, axis in enumerate(axes):
+        name, unit = (axis, None) if isinstance(axis, str) else \
+            (axis.get("name"), axis.get("unit")) if isinstance(axis, dict) else (None, None)
+        if not isinstance(name, str) or not name:
+            raise ConversionError(f"{path}: {field}.axes[{i}] must be a name or an object with a text `name`; got "
+                                  f"{_shown(axis)}")
+        if unit is not None and not isinstance(unit, str):
+            raise ConversionError(f"{path}: {field}.axes[{i}].unit must be text; got {_shown(unit)}")
+        letters.append(name[0].upper())
+        units.append(unit)
+    if len(set(letters)) != len(letters):
+        raise ConversionError(f"{path}: {field}.axes {_shown([a if isinstance(a, str) else a['name'] for a in axes])}"
+                              " do not each start with another letter (fc2conv knows axes by their first letter)")
+    return "".join(letters), units
+
+
+def _dataset(node: Any, path: str, dataset: Any, where: str) -> Any:
+    """The array `dataset` names, once its `path` is known to stay inside the store."""
+    import zarr
+
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("path"), str):
+        raise ConversionError(f"{path}: {where}.path is missing: each dataset is an object whose `path` names an "
+                              f"array in the store; got {_shown(dataset)}")
+    name = dataset["path"]
+    _check_inside(path, name, f"{where}.path")
+    try:
+        array = node[name]
+    except Exception as e:  # zarr raises KeyError for a missing node, and many types for bad metadata below it
+        raise ConversionError(f"{path}: {where}.path {name!r} names no array zarr can open "
+                              f"({first_line(e, named=True)})") from None
+    if not isinstance(array, zarr.Array):
+        raise ConversionError(f"{path}: {where}.path {name!r} names a group, not an array")
+    return array
+
+
+def _check_inside(store: str, name: str, field: str) -> None:
+    """`ConversionError` naming `field` unless `name` is a relative path of names that, with every file and folder
+    below it, resolves inside `store` after following symbolic links."""
+    parts = name.split("/")
+    if name.startswith(("/", "\\")) or any(part in ("", ".", "..") for part in parts):
+        raise ConversionError(f"{store}: {field} {name!r} is not a path inside the store (no '..', '.', empty or "
+                              "absolute parts); fc2conv reads nothing outside the store it is given")
+    root = os.path.realpath(store)
+    target = os.path.join(root, *parts)
+    _check_link(root, target, store, name, field)
+    for folder, folders, files in os.walk(target):  # links below are not followed: each is checked
+        for entry in folders + files:
+            if os.path.islink(os.path.join(folder, entry)):
+                _check_link(root, os.path.join(folder, entry), store, name, field)
+
+
+def _check_link(root: str, link: str, store: str, name: str, field: str) -> None:
+    resolved = os.path.realpath(link)
+    if os.path.commonpath([root, resolved]) != root:
+        raise ConversionError(f"{store}: {field} {name!r} leads out of the store through a symbolic link "
+                              f"({os.path.relpath(link, root)} → {resolved}); fc2conv reads nothing outside the "
+                              "store it is given")
+
+
+def _scale(dataset: dict, where: str, dimensions: int, path: str) -> list[float] | None:
+    """The dataset's `scale` transformation (one positive number per axis), or None when it has none."""
+    transforms = dataset.get("coordinateTransformations", [])
+    if not isinstance(transforms, list):
+        raise ConversionError(f"{path}: {where}.coordinateTransformations must be a list; got {_shown(transforms)}")
+    for j, transform in enumerate(transforms):
+        if not isinstance(transform, dict):
+            raise ConversionError(f"{path}: {where}.coordinateTransformations[{j}] must be an object; got "
+                                  f"{_shown(transform)}")
+        if transform.get("type") != "scale" or "scale" not in transform:
+            continue  # a translation, or a scale kept in a file of its own: no pixel size from it
+        scale = transform["scale"]
+        if not isinstance(scale, list) or len(scale) != dimensions or not all(_positive_number(v) for v in scale):
+            raise ConversionError(f"{path}: {where}.coordinateTransformations[{j}].scale must list {dimensions} "
+                                  f"positive numbers, one per axis; got {_shown(scale)}")
+        return scale
+    return None
+
+
+def _pixel_size(scale: list[float] | None, axes: str, units: list[str | None]) -> tuple[float, float] | None:
+    """Micrometres per pixel (y, x) from a dataset's scale, when the Y and X axes have units fc2conv knows."""
+    if scale is None or "Y" not in axes or "X" not in axes or not units:
+        return None
+    y, x = axes.index("Y"), axes.index("X")
+    if units[y] not in UNITS_UM or units[x] not in UNITS_UM:
+        return None
+    return scale[y] * UNITS_UM[units[y]], scale[x] * UNITS_UM[units[x]]
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """`value` as JSON-like text, cut short: metadata can hold anything, and messages stay a line or two."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _guess_axes(shape: tuple[int, ...], path: str) -> str:
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) == 3 and shape[2] <= 4:
+        return "YXS"
+    if len(shape) == 3 and shape[0] <= 4:
+        return "SYX"
+    raise ConversionError(f"{path}: a zarr array of shape {tuple(shape)} is not an image (Y×X, Y×X×C or C×Y×X "
+                          "with at most 4 channels); write OME-Zarr metadata to name its axes")
