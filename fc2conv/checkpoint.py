@@ -14,15 +14,15 @@ import io
 import json
 import os
 import pickle
-import re
 import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 from torch import nn
 
 from .errors import ConversionError, first_line
@@ -137,20 +137,13 @@ def save_state_dict(
     tensors = _own_storage(state_dict)
     with atomic_output(path, force=force) as tmp:
         if path.suffix == ".safetensors":
-            try:
-                save_file(tensors, tmp, metadata=metadata)
-            except SafetensorError as e:  # its I/O errors (a full disk) are not OSErrors
-                raise OSError(_os_message(str(e))) from None
+            # Serialised in memory and written here: safetensors' own writer goes through a temporary file of its
+            # own beside the output, which a killed process would leave under a name fc2conv does not know.
+            tmp.write_bytes(save_bytes(tensors, metadata=metadata))
         else:
             buffer = io.BytesIO()  # torch's C++ zip writer aborts the process on a full disk: write in Python
             torch.save({"state_dict": tensors, "metadata": dict(metadata)} if metadata else tensors, buffer)
             tmp.write_bytes(buffer.getbuffer())
-
-
-def _os_message(text: str) -> str:
-    """The operating system's words inside a safetensors error (`I/O error: File too large (os error 27)`)."""
-    found = re.search(r'message: "([^"]+)"', text) or re.search(r"I/O error: (.+?)(?: \(os error \d+\))?$", text)
-    return found.group(1) if found else text
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -58,17 +58,17 @@ def staged_outputs(paths: list[Path], *, force: bool = False) -> Iterator[list[P
     """Yield one hidden staging path per target (same directory and suffix); all become targets together.
 
     For a command that writes several files: each writer writes its staging path (atomically, as usual), and
-    only when the body returns are they renamed over their targets, one rename each, so a failure in the
-    last writer leaves none of the targets written or changed. If the body raises, the staged files are
-    removed. Existing targets are refused unless `force`.
+    only when the body returns are they renamed over their targets, so a failure in the last writer leaves none
+    of the targets written or changed. The renames are all or none too: existing targets are set aside first and
+    put back if a rename fails or the process is interrupted (SIGTERM, Ctrl-C) between them. If the body raises,
+    the staged files are removed. Existing targets are refused unless `force`.
     """
     for path in paths:
         refuse_existing(path, force=force)
     staged = [_hidden_sibling(path, "staged") for path in paths]
     try:
         yield staged
-        for stage, path in zip(staged, paths, strict=True):
-            os.replace(stage, path)
+        _rename_all(staged, paths)
     except BaseException as e:
         for stage in staged:
             stage.unlink(missing_ok=True)
@@ -82,6 +82,29 @@ def staged_outputs(paths: list[Path], *, force: bool = False) -> Iterator[list[P
         raise
     for directory in {path.parent for path in paths}:
         _sync_directory(directory)
+
+
+def _rename_all(staged: list[Path], paths: list[Path]) -> None:
+    """Rename every staged file over its target, or none: the old targets wait under hidden names until the last
+    rename is done, and come back if any rename fails."""
+    aside: dict[Path, Path] = {}
+    renamed: list[Path] = []
+    try:
+        for path in paths:
+            if os.path.lexists(path):
+                aside[path] = _hidden_sibling(path, "old")
+                os.replace(path, aside[path])
+        for stage, path in zip(staged, paths, strict=True):
+            os.replace(stage, path)
+            renamed.append(path)
+    except BaseException:
+        for path in renamed:
+            path.unlink(missing_ok=True)
+        for path, old in aside.items():
+            os.replace(old, path)
+        raise
+    for old in aside.values():
+        old.unlink(missing_ok=True)
 
 
 def _hidden_sibling(path: Path, tag: str) -> Path:

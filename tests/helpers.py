@@ -1,10 +1,15 @@
-"""Shared test helpers: the one tolerance check, seeded inputs, and the torchvision zoo."""
+"""Shared test helpers: the one tolerance check, seeded inputs, the torchvision zoo, child processes (same torch
+threads, pause points) and the hidden files of fc2conv.files."""
 
 from __future__ import annotations
 
 import functools
+import os
+import re
 import runpy
-from collections.abc import Callable
+import select
+import subprocess
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import onnx
@@ -120,3 +125,41 @@ def saved_weights(models: Path, name: str, path: Path, *args, **kwargs) -> Path:
     torch.manual_seed(0)
     torch.save(runpy.run_path(str(models))[name](*args, **kwargs).state_dict(), path)
     return path
+
+
+def same_threads_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's environment) for a child process whose PyTorch runs on as many intra-op
+    threads as this one. conftest.py gives each xdist worker one thread; a child left at its default (one per
+    core) sums in another order, so a bit-for-bit comparison of its outputs with ours depends on the machine."""
+    threads = str(torch.get_num_threads())
+    return {**(os.environ if env is None else env), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def next_line(process: subprocess.Popen, timeout: float = 300) -> str:
+    """The next line `process` prints on its stdout (a text pipe), stripped; "" if it exited first. Tests wait
+    for a child's "I am at point X" line with it; `timeout` only turns a hung child into a failure."""
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    if not ready:
+        process.kill()
+        raise AssertionError(f"the child printed nothing within {timeout} s")
+    return process.stdout.readline().strip()
+
+
+# fc2conv.files names its hidden siblings of a target ".{stem}.{pid}.{8 hex}.{tag}{suffix}" (`_hidden_sibling`).
+_HIDDEN = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?P<tag>tmp|staged)(?P<suffix>\.[^.]+|)")
+
+
+def listing(folder: Path | Iterable[str], pid: int | None = None) -> list[str]:
+    """The names in `folder` (or the names given), sorted, each hidden file of `fc2conv.files` written as its
+    target and tags: "out.pt2~staged~tmp" is `atomic_output`'s temporary file for `staged_outputs`' staging file
+    of out.pt2. With `pid`, only hidden names made by that process are translated; others stay as they are."""
+    names = [p.name for p in folder.iterdir()] if isinstance(folder, Path) else list(folder)
+    return sorted(_hidden_target(name, pid) for name in names)
+
+
+def _hidden_target(name: str, pid: int | None) -> str:
+    tags = []
+    while (found := _HIDDEN.fullmatch(name)) and (pid is None or int(found["pid"]) == pid):
+        name = found["stem"] + found["suffix"]
+        tags.append(found["tag"])
+    return "~".join([name, *reversed(tags)])

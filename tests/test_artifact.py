@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_close, randn
+from helpers import assert_close, randn, same_threads_env
 
 import fc2conv
 from fc2conv.artifact import ExportedModule, export_program, load, read_recipe, save
@@ -72,6 +72,7 @@ def test_state_dict_artifacts_load_in_a_fresh_process(small, saved, tmp_path):
     _, _, converted = small
     script = textwrap.dedent(f"""
         import torch, fc2conv.artifact
+        assert torch.get_num_threads() == {torch.get_num_threads()}, "not the test process's thread count"
         x = torch.randn(2, 3, 44, 52, generator=torch.Generator().manual_seed(1))
         outputs = []
         for name in ("small.safetensors", "small.pt"):
@@ -81,12 +82,13 @@ def test_state_dict_artifacts_load_in_a_fresh_process(small, saved, tmp_path):
                 outputs.append(model(x))
         torch.save(outputs, {str(tmp_path / 'out.pt')!r})
     """)
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    # As many torch threads as this process (xdist workers run one): the same reduction order, so the same bits.
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env=same_threads_env())
     x = torch.randn(2, 3, 44, 52, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = converted(x)
     for out in torch.load(tmp_path / "out.pt", weights_only=True):
-        assert torch.equal(out, expected)  # the same weights and the same graph: bit for bit
+        assert torch.equal(out, expected)  # the same weights, the same graph and the same threads: bit for bit
 
 
 @pytest.mark.parametrize("name", ["small.pt2", "small.safetensors", "small.pt"])

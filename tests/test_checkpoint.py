@@ -245,6 +245,33 @@ def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
         pass
 
 
+@pytest.mark.parametrize("interruption", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_staged_outputs_renames_all_or_none(tmp_path, monkeypatch, interruption):
+    """Interrupted between its renames (a failing rename, or SIGTERM unwinding like Ctrl-C), every target is
+    as it was before, and nothing else is left in the directory."""
+    import fc2conv.files as files
+
+    targets = [tmp_path / "a.pt2", tmp_path / "b.safetensors", tmp_path / "c.onnx"]
+    for path in targets[:2]:
+        path.write_text("old")
+    replace, calls = os.replace, []
+
+    def second_rename_of_a_staged_file_fails(source, target):
+        if ".staged." in str(source):
+            calls.append(target)
+            if len(calls) == 2:
+                raise interruption
+        replace(source, target)
+
+    monkeypatch.setattr(files.os, "replace", second_rename_of_a_staged_file_fails)
+    with pytest.raises((ConversionError, KeyboardInterrupt)), staged_outputs(targets, force=True) as staged:
+        for stage in staged:
+            stage.write_text("new")
+    assert len(calls) == 2  # the first target had been renamed into place when the second failed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt2", "b.safetensors"]
+    assert all(path.read_text() == "old" for path in targets[:2])
+
+
 def test_atomic_output_temp_file_keeps_the_suffix(tmp_path):
     with atomic_output(tmp_path / "model.pt2") as tmp:
         assert tmp.suffix == ".pt2" and tmp.name.startswith(".model.") and tmp.parent == tmp_path

@@ -20,7 +20,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, randn
+from helpers import assert_close, listing, next_line, randn
 from strategies import Arch, Hidden, Stage, build
 from torch import nn
 
@@ -334,7 +333,7 @@ class Deadline:
 def test_safetensors_file_without_tensors(tmp_path):
     path = tmp_path / "empty.safetensors"
     path.write_bytes(_safetensors({"__metadata__": {"note": "no tensors"}}, b""))
-    with Deadline(2):
+    with Deadline(60):  # a hang fails; the bound is far above the milliseconds it takes, even on a loaded machine
         _refused(path, r"(?i)no tensors|holds no|empty|no state dict")
 
 
@@ -522,12 +521,19 @@ os.replace = paused
 from fc2conv.checkpoint import save_state_dict
 save_state_dict({"w": torch.ones(512, 512)}, sys.argv[1], force=True)
 """
-# A real save of ~64 MB, killed as soon as its temporary file has data.
-LARGE_SAVE = CHILD_SETUP + """
-import torch
+# A real save of 64 MB, killed by the kernel once its temporary file holds LIMIT bytes: past RLIMIT_FSIZE a write
+# raises SIGXFSZ, whose default action ends the process at once like SIGKILL (Python ignores the signal at start-up,
+# turning it into an error: the child restores the default). So the real writers, safetensors' Rust code and the
+# .pt bytes alike, stop at a known byte with no Python code run after it.
+LIMIT = 1 << 20
+LARGE_SAVE = CHILD_SETUP + f"""
+import resource, signal, torch
 from fc2conv.checkpoint import save_state_dict
-state = {f"w{i}": torch.full((1024, 1024), float(i)) for i in range(16)}
-print("saving", flush=True)
+state = {{f"w{{i}}": torch.full((1024, 1024), float(i)) for i in range(16)}}
+sys.dont_write_bytecode = True  # no other file may reach the limit first
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_FSIZE, ({LIMIT}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 save_state_dict(state, sys.argv[1], force=True)
 """
 
@@ -542,11 +548,6 @@ def _kill(child: subprocess.Popen) -> None:
     child.stdout.close()
 
 
-def _temporaries(path: Path) -> list[Path]:
-    """atomic_output's hidden temporary files for `path` (".{stem}.{pid}.{random}.tmp{suffix}")."""
-    return [p for p in path.parent.iterdir() if p.name.startswith(f".{path.stem}.")]
-
-
 @pytest.mark.parametrize("old", [b"old, complete file", None], ids=["over an old file", "new file"])
 @pytest.mark.parametrize("child", [MID_WRITE, BEFORE_RENAME], ids=["mid-write", "before rename"])
 def test_killed_writer_leaves_the_old_file_or_none(tmp_path, child, old):
@@ -554,34 +555,40 @@ def test_killed_writer_leaves_the_old_file_or_none(tmp_path, child, old):
     if old is not None:
         path.write_bytes(old)
     process = _spawn(child, path)
-    assert process.stdout.readline().strip() == "written"
+    assert next_line(process) == "written"  # the child is paused at that point: the kill lands there
     _kill(process)
+    assert process.returncode == -signal.SIGKILL
     assert path.read_bytes() == old if old is not None else not path.exists()
-    # SIGKILL cannot be caught: the hidden temporary file stays behind, never under the output's name.
-    assert len(_temporaries(path)) == 1
-
-
-def _has_data(path: Path) -> bool:
-    """A temporary file for `path` exists and holds bytes (it may be renamed away while we look)."""
-    for tmp in _temporaries(path):
-        with contextlib.suppress(FileNotFoundError):
-            if tmp.stat().st_size:
-                return True
-    return False
+    # SIGKILL cannot be caught: the child's hidden temporary file stays behind, never under the output's name.
+    assert listing(tmp_path, process.pid) == [*(["out.safetensors"] if old else []), "out.safetensors~tmp"]
+    (tmp,) = (p for p in tmp_path.iterdir() if p != path)
+    if child is MID_WRITE:
+        assert tmp.read_bytes() == b"partial" * 100_000
+    else:
+        assert torch.equal(load_state_dict(tmp)["w"], torch.ones(512, 512))  # written whole, not renamed
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_killed_real_save_is_complete_or_absent(tmp_path, suffix):
-    """Timing decides where the kill lands (usually mid-write); either way the output is the old file or
-    the complete new one."""
+def test_killed_real_save_leaves_the_old_file(tmp_path, tmp_path_factory, suffix):
+    """Killed as its temporary file would pass LIMIT bytes of 64 MB (see LARGE_SAVE): the old file is intact, and the
+    only other files are the child's hidden temporaries, holding the start of the new file. The .pt bytes stop at
+    byte LIMIT. safetensors sizes its file to the whole length before writing any data (since 0.8 a temporary file
+    of its own, ".tmpXXXXXX", renamed over ours when complete), so it is killed there."""
     path = tmp_path / f"big{suffix}"
     path.write_bytes(b"old, complete file")
-    process = _spawn(LARGE_SAVE, path)
-    assert process.stdout.readline().strip() == "saving"
-    while process.poll() is None and not _has_data(path):
-        time.sleep(0.001)
-    _kill(process)
-    if path.read_bytes() != b"old, complete file":
-        state = load_state_dict(path)
-        assert sorted(state) == sorted(f"w{i}" for i in range(16))
-        assert all(torch.equal(v, torch.full((1024, 1024), float(k[1:]))) for k, v in state.items())
+    process = subprocess.Popen([sys.executable, "-c", LARGE_SAVE, str(path)], stderr=subprocess.PIPE, text=True)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGXFSZ, stderr
+    assert path.read_bytes() == b"old, complete file"
+    names = listing(tmp_path, process.pid)
+    own = [name for name in names if re.fullmatch(r"\.tmp\w{6}", name)] if suffix == ".safetensors" else []
+    assert names == sorted([path.name, f"{path.name}~tmp", *own]) and len(own) <= 1
+    complete = tmp_path_factory.mktemp("complete") / path.name  # the same save, not interrupted
+    save_state_dict({f"w{i}": torch.full((1024, 1024), float(i)) for i in range(16)}, complete)
+    expected = complete.read_bytes()
+    assert len(expected) > 60 * LIMIT
+    for tmp in (p for p in tmp_path.iterdir() if p != path):
+        data = tmp.read_bytes()
+        assert data == expected[: len(data)] and len(data) <= LIMIT
+        if suffix == ".pt":
+            assert len(data) == LIMIT  # the kill landed mid-write, at byte LIMIT

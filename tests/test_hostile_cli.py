@@ -8,20 +8,19 @@ partial output.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import runpy
 import signal
 import struct
 import subprocess
 import sys
-import time
+import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import invoke, saved_weights
+from helpers import invoke, listing, next_line, saved_weights
 
 from fc2conv.cli import EXIT_OK, EXIT_USAGE
 
@@ -187,32 +186,73 @@ def test_converting_never_changes_the_checkpoint(tmp_path, models):
     assert weights.read_bytes() == before and weights.stat().st_mtime_ns == mtime
 
 
-def test_killed_convert_leaves_no_partial_output(tmp_path, models):
-    """SIGKILL `fc2conv convert` once its first temporary output has data: every output is absent or
-    complete (the run may also finish first; then all are complete)."""
+# `fc2conv convert` that stops at a known point, says so on stdout, and waits there for the test's signal:
+# "mid-write": half the bytes of its first output (the .pt2) are in their hidden temporary file;
+# "renamed": every output is written and staged, and the first (out.pt2) is renamed into place.
+PAUSED_CONVERT = """
+import os, pathlib, sys, time
+from fc2conv.cli import main
+
+def pause(point):
+    print(point, flush=True)
+    time.sleep(600)
+
+write_bytes, replace = pathlib.Path.write_bytes, os.replace
+
+def half_then_pause(self, data):
+    if self.name.endswith(".tmp.pt2"):
+        view = memoryview(data)
+        with open(self, "wb") as f:
+            f.write(view[: len(view) // 2])
+        pause("mid-write")
+    return write_bytes(self, data)
+
+def replace_then_pause(src, dst, *args, **kwargs):
+    replace(src, dst, *args, **kwargs)
+    if os.path.basename(dst) == "out.pt2":
+        pause("renamed")
+
+point = sys.argv.pop(1)
+if point == "mid-write":
+    pathlib.Path.write_bytes = half_then_pause
+else:
+    os.replace = replace_then_pause
+main()
+"""
+
+
+@pytest.mark.parametrize(("point", "signum", "left"), [
+    ("mid-write", signal.SIGKILL, ["out.pt2~staged~tmp"]),
+    ("mid-write", signal.SIGTERM, []),
+    ("renamed", signal.SIGKILL, ["out.onnx~staged", "out.pt2", "out.safetensors~staged"]),
+], ids=["SIGKILL mid-write", "SIGTERM mid-write", "SIGKILL between renames"])
+def test_killed_convert_leaves_no_partial_output(tmp_path, models, point, signum, left):
+    """A signal at a known point of `fc2conv convert -o out.pt2 -o out.safetensors --onnx out.onnx` leaves exactly
+    `left` in the output folder: an output is complete or absent. SIGTERM unwinds and removes every temporary and
+    staged file; SIGKILL cannot be caught, so the hidden files of the killed process stay (never under an output's
+    name), and once the renames have begun the outputs renamed so far are in place, complete."""
     weights = saved_weights(models, "Plain", tmp_path / "w.pt")
-    outputs = [tmp_path / "out.pt2", tmp_path / "out.safetensors", tmp_path / "out.onnx"]
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from fc2conv.cli import main; main()", "convert", str(weights), "--model-def",
-         f"{models}:Plain", "--input-shape", SHAPE, *[a for o in outputs[:2] for a in ("-o", str(o))],
-         "--onnx", str(outputs[2]), "--quiet"], cwd=ROOT, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if any(_has_data(p) for p in tmp_path.iterdir() if p.name.startswith(".out.")):
-            break
-        time.sleep(0.001)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    process.stderr.close()
-    for path in outputs:
-        if path.exists():
+    folder = tmp_path / "out"
+    folder.mkdir()
+    outputs = [folder / "out.pt2", folder / "out.safetensors", folder / "out.onnx"]
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", PAUSED_CONVERT, point, "convert", str(weights), "--model-def", f"{models}:Plain",
+             "--input-shape", SHAPE, "-o", str(outputs[0]), "-o", str(outputs[1]), "--onnx", str(outputs[2]),
+             "--quiet"], cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        reached = next_line(process)
+        process.send_signal(signum)
+        process.wait(timeout=60)
+        process.stdout.close()
+        stderr.seek(0)
+        assert reached == point, stderr.read()
+    assert process.returncode == (-signum if signum == signal.SIGKILL else 128 + signum)
+    assert listing(folder, process.pid) == left
+    for path in folder.iterdir():
+        if path.name.startswith("."):
+            assert path.stat().st_size > 0  # the kill came after these had data
+        if not path.name.endswith(".tmp.pt2"):
             assert_complete(path)
-
-
-def _has_data(path: Path) -> bool:
-    with contextlib.suppress(FileNotFoundError):  # renamed into place while we look
-        return path.stat().st_size > 0
-    return False
 
 
 def assert_complete(path: Path) -> None:

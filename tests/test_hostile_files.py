@@ -24,7 +24,7 @@ import onnx
 import png
 import pytest
 import torch
-from helpers import invoke
+from helpers import invoke, listing
 from PIL import Image, ImageOps
 
 import fc2conv
@@ -369,12 +369,14 @@ def test_no_space_left_is_one_line_and_leaves_nothing(small, tiny_disk, suffix):
 
 
 def test_sigterm_during_convert_removes_every_staged_output(small, tmp_path):
-    """SIGTERM arrives while the ONNX export runs, after the .pt2 and .safetensors are staged."""
+    """SIGTERM arrives while the ONNX export runs, after the .pt2 and .safetensors are staged: the child signals
+    itself at that point, after printing what the folder then holds."""
     outputs = [tmp_path / "out.pt2", tmp_path / "out.safetensors", tmp_path / "out.onnx"]
     script = (
-        "import os, signal, time\n"
+        "import json, os, signal, time\n"
         "import fc2conv.onnx.export as export\n"
-        "def export_onnx(*args, **kwargs):\n"
+        "def export_onnx(model, path, **kwargs):\n"
+        "    print(json.dumps([os.getpid(), os.listdir(os.path.dirname(path))]), flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    time.sleep(60)\n"
         "export.export_onnx = export_onnx\n"
@@ -385,4 +387,6 @@ def test_sigterm_during_convert_removes_every_staged_output(small, tmp_path):
         [sys.executable, "-c", script, "convert", str(small / "small.pt"), *SMALL, "-o", str(outputs[0]), "-o",
          str(outputs[1]), "--onnx", str(outputs[2])], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 128 + 15, result.stderr
+    pid, names = json.loads(result.stdout.splitlines()[-1])
+    assert listing(names, pid) == ["out.pt2~staged", "out.safetensors~staged"]  # when the signal came
     assert list(tmp_path.iterdir()) == []

@@ -9,12 +9,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from helpers import next_line
 from onnx_helpers import run_without_torch
 from PIL import Image
 from scan_helpers import (
@@ -251,31 +251,53 @@ def _done_tiles(store: Path) -> int:
     return sum(1 for p in (store / "done" / "c").rglob("*") if p.is_file()) if (store / "done" / "c").exists() else 0
 
 
+# A scan that stops after its 20th tile, says so, and waits there to be killed (one onnxruntime thread, as in the
+# test's own scans: the resumed map is compared bit for bit with an uninterrupted one).
+PAUSED_SCAN = """
+import sys, time
+from fc2conv.runtime import scan
+from fc2conv.scan import dispatch
+
+scan_tile, done = dispatch.scan_tile, []
+
+def scan_then_pause(job, tile):
+    pixels = scan_tile(job, tile)
+    done.append(tile.index)
+    if len(done) == 20:
+        print(len(done), flush=True)
+        time.sleep(600)
+    return pixels
+
+dispatch.scan_tile = scan_then_pause
+scan(sys.argv[1], model=sys.argv[2], out=sys.argv[3], tile=32, threads=1)
+"""
+
+
 def test_resume_after_the_scan_is_killed(models, tmp_path):
-    """A scan killed (SIGKILL) mid-run leaves no OUT, only its hidden partial store; --resume computes the rest and
-    ends with the map an uninterrupted scan gives."""
+    """A scan killed (SIGKILL) mid-run, after its 20th tile, leaves no OUT, only its hidden partial store with those
+    20 tiles; --resume computes the rest and ends with the map an uninterrupted scan gives."""
     model, image = models("digits"), _image("digits", (1201, 1003))
     source, out = write_tiff(tmp_path / "in.tif", image, tile=256), tmp_path / "out.zarr"
     partial = tmp_path / ".out.zarr.partial"
-    code = f"from fc2conv.runtime import scan; scan({str(source)!r}, model={str(model)!r}, out={str(out)!r}, tile=32)"
-    process = subprocess.Popen([sys.executable, "-c", code], env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    deadline = time.monotonic() + 120
-    while _done_tiles(partial) < 20 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    process = subprocess.Popen([sys.executable, "-c", PAUSED_SCAN, str(source), str(model), str(out)], text=True,
+                               env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, stdout=subprocess.PIPE)
+    reached = next_line(process)
     process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the scan ended before it could be killed"
+    process.wait(timeout=60)
+    process.stdout.close()
+    assert reached == "20" and process.returncode == -signal.SIGKILL
     written, total = _done_tiles(partial), 37 * 31  # 293×243 cells in tiles of 8×8
-    assert not out.exists() and 20 <= written < total
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.zarr.partial", "in.tif"] and written == 20
     with pytest.raises(ConversionError, match="--resume"):
-        scan(source, model=model, out=out, tile=32)
+        scan(source, model=model, out=out, tile=32, threads=1)
     with pytest.raises(ConversionError, match=r"other settings.*tile: 32 then, 64 now"):
-        scan(source, model=model, out=out, tile=64, resume=True)
-    resumed = scan(source, model=model, out=out, tile=32, resume=True)
-    assert resumed.tiles == total and resumed.computed <= total - written and not partial.exists()
-    uninterrupted = scan(source, model=model, out=tmp_path / "again.zarr", tile=32)
+        scan(source, model=model, out=out, tile=64, resume=True, threads=1)
+    resumed = scan(source, model=model, out=out, tile=32, resume=True, threads=1)
+    assert resumed.tiles == total and resumed.computed == total - written and not partial.exists()
+    uninterrupted = scan(source, model=model, out=tmp_path / "again.zarr", tile=32, threads=1)
     np.testing.assert_array_equal(resumed.scores()[...], uninterrupted.scores()[...])
     assert_same_map(resumed.scores()[...], one_pass(model, image))
-    assert scan(source, model=model, out=out, tile=32, resume=True).computed == 0  # a finished scan: nothing to do
+    assert scan(source, model=model, out=out, tile=32, resume=True, threads=1).computed == 0  # finished: nothing to do
 
 
 def _peak_rss_mb(model: Path, source: Path, out: Path) -> float:

@@ -44,12 +44,35 @@ def test_local_cluster_map_equals_one_pass(digits, tmp_path):
     assert_same_map(result.scores()[...], one_pass(digits, image))
 
 
+# Run on one worker (by `exec`, so nothing of this module is pickled): its third tile creates `marker`, naming the
+# tile, and blocks until the worker process is killed. Tasks call `fc2conv.scan.stitch.scan_tile` by name.
+BLOCK_IN_A_TILE = """
+import os, pathlib, time
+import fc2conv.scan.stitch as stitch
+
+scan_tile, started = stitch.scan_tile, []
+
+def block_in_the_third(job, tile):
+    started.append(tile.index)
+    if len(started) == 3:
+        pathlib.Path(marker + ".tmp").write_text("%d %d" % tile.index)
+        os.replace(marker + ".tmp", marker)  # whole when it appears
+        time.sleep(3600)
+    return scan_tile(job, tile)
+
+stitch.scan_tile = block_in_the_third
+"""
+
+
 def test_worker_killed_mid_run_loses_nothing(digits, tmp_path, cluster):
-    """SIGKILL one of two workers while the scan runs: the scheduler reruns its tiles and the map is complete."""
+    """SIGKILL one of two workers while it computes a tile (it blocks there until killed, so the scan cannot end
+    without it): the scheduler reruns its tiles elsewhere and the map is complete."""
+    import zarr
+
     local, client = cluster
     image = noise(1201, 1003, channels=1)
     source, out = write_tiff(tmp_path / "in.tif", image, tile=256), tmp_path / "out.zarr"
-    outcome: dict = {}
+    marker, outcome = tmp_path / "blocked", {}
 
     def run() -> None:
         try:
@@ -57,19 +80,23 @@ def test_worker_killed_mid_run_loses_nothing(digits, tmp_path, cluster):
         except BaseException as e:  # re-raised in the test's thread below
             outcome["error"] = e
 
-    victim = next(iter(client.run(os.getpid).values()))
-    thread = threading.Thread(target=run)
+    address, victim = next(iter(client.run(os.getpid).items()))
+    client.run(exec, BLOCK_IN_A_TILE, {"marker": str(marker)}, workers=[address])
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    partial, deadline = tmp_path / ".out.zarr.partial", time.monotonic() + 120
-    while _done_tiles(partial) < 50 and thread.is_alive() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300  # only turns a hang into a failure: the worker blocks until killed
+    while not marker.exists() and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
-    processing = sum(len(keys) for keys in client.processing().values())
+    assert marker.exists(), outcome.get("error", "the worker never reached its third tile")
+    row, column = map(int, marker.read_text().split())
+    blocked = f"-{row}-{column}"
+    assert any(key.endswith(blocked) for key in client.processing()[address]), "not the victim's tile"
+    killed_at = _done_tiles(tmp_path / ".out.zarr.partial")
     os.kill(victim, signal.SIGKILL)
-    killed_at = _done_tiles(partial)
     thread.join(timeout=300)
-    assert "error" not in outcome, outcome.get("error")
+    assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
     result = outcome["result"]
-    assert processing > 0 and killed_at < result.tiles, "the scan was not running when the worker was killed"
-    assert result.computed == result.tiles == 37 * 31
+    assert killed_at < result.tiles and result.computed == result.tiles == 37 * 31
+    assert zarr.open_array(str(out / "done"), mode="r")[row, column] == 1  # the blocked tile, computed elsewhere
     assert_same_map(result.scores()[...], one_pass(digits, image))
     assert victim not in client.run(os.getpid).values()  # the nanny started a new worker process
