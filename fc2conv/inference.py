@@ -1,5 +1,5 @@
 """Run a model written by `fc2conv.export_onnx` on an image (or a signal or volume), with numpy, onnxruntime
-and Pillow only.
+and Pillow only (or OpenVINO instead of onnxruntime: `backend="openvino"`, see `fc2conv.backends`).
 
     from fc2conv.inference import DenseModel, heatmap
     model = DenseModel("resnet18.onnx")
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
+from .backends import numerics, open_session, precision_label
 from .errors import ConversionError, first_line
 from .files import atomic_output
 from .images import MAX_PIXELS, ImageLike, load_image
@@ -66,6 +66,8 @@ class Result:
     scores: np.ndarray
     input_size: tuple[int, ...]
     metadata: dict[str, Any] = field(repr=False)
+    # How the scores were computed: backend, precision, and whether they are the float32 model's (`exact`).
+    numerics: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -109,45 +111,76 @@ class Result:
                 for index in (np.unravel_index(f, probabilities.shape) for f in order)]
 
     def to_dict(self, k: int = 5) -> dict[str, Any]:
-        """JSON-ready summary: sizes, geometry, and the top `k` classes and windows."""
+        """JSON-ready summary: sizes, geometry, how the scores were computed (backend, precision; `exact` is false
+        for anything but float32), and the top `k` classes and windows."""
         return {
             "input_size": list(self.input_size),
             "map_size": list(self.scores.shape[1:]),
             "classes": int(self.scores.shape[0]),
             **{key: self.metadata.get(key) for key in ("mode", "stride", "window", "exact")},
+            **(self.numerics or {}),
             "top_classes": [p.to_dict() for p in self.top_classes(k)],
             "top_windows": [p.to_dict() for p in self.top_windows(k)],
         }
 
 
 class DenseModel:
-    """An exported fc2conv model in an onnxruntime session, with its `fc2conv.*` metadata (`.metadata`)."""
+    """An exported fc2conv model in an onnxruntime or OpenVINO session, with its `fc2conv.*` metadata (`.metadata`).
+
+    `engine` is the session (`fc2conv.backends.Session`); `session` the backend's own object, an
+    `onnxruntime.InferenceSession` with the default backend."""
 
     def __init__(self, path: str | os.PathLike, *, providers: list[str] | None = None,
-                 session_options: ort.SessionOptions | None = None, mean: list[float] | None = None,
-                 std: list[float] | None = None) -> None:
-        """Open `path` in onnxruntime and validate its metadata; `mean` and `std`, when given, replace the file's
-        input normalisation."""
+                 session_options: Any = None, mean: list[float] | None = None,
+                 std: list[float] | None = None, backend: str = "onnxruntime", precision: str = "fp32",
+                 threads: int | None = None) -> None:
+        """Open `path` in `backend` ("onnxruntime" or "openvino") at `precision` ("fp32"; "bf16" or "fp16" with
+        OpenVINO; see `fc2conv.backends`) with `threads` (None: the backend's default) and validate its metadata;
+        `mean` and `std`, when given, replace the file's input normalisation. `providers` and `session_options`
+        are onnxruntime's (its own threads and spinning, then)."""
         self.path = Path(path)
         if not self.path.is_file():
             raise ConversionError(f"{self.path}: no such model file")
-        try:
-            self.session = ort.InferenceSession(str(self.path), session_options,
-                                                providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own unrelated types for bad files
-            raise ConversionError(f"{self.path}: onnxruntime cannot load it as an ONNX model "
-                                  f"({first_line(e)})") from None
-        found = self.session.get_modelmeta().custom_metadata_map
-        classes = self.session.get_outputs()[0].shape[1] if len(self.session.get_outputs()[0].shape) > 1 else None
-        classes = classes if isinstance(classes, int) else None
-        self.metadata = decode(found, source=str(self.path), classes=classes)
+        self.engine = open_session(self.path, backend=backend, precision=precision, threads=threads,
+                                   providers=providers, session_options=session_options)
+        self.session = self.engine.session
+        self.backend, self.precision = backend, precision
+        found = self.engine.custom_metadata
+        self.metadata = decode(found, source=str(self.path), classes=self.classes)
+        classes = self.classes
         given = {key: [float(v) for v in value] for key, value in (("mean", mean), ("std", std)) if value is not None}
         if given:
             self.metadata = {**self.metadata, **given}
             validate(self.metadata, source="--mean/--std", classes=classes)
         shape = self.metadata["input_shape"]
         self.channels, self.reference = shape[0], list(map_size(shape))
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_name = self.engine.input_name
+
+    @property
+    def classes(self) -> int | None:
+        """Scores per cell, when the file's output says (None when that dimension is symbolic)."""
+        shape = self.engine.output_shape
+        return shape[1] if len(shape) > 1 and isinstance(shape[1], int) else None
+
+    @property
+    def model_precision(self) -> str:
+        """The file's own precision: "int8" for a file `fc2conv quantize` wrote, else "fp32"."""
+        return self.metadata.get("precision", "fp32")
+
+    @property
+    def numerics(self) -> dict[str, Any]:
+        """What this session's results record: `backend`, `precision` (as executed: fp32, bf16, fp16, int8, int8+bf16
+        …) and `exact` (the metadata's `exact` in float32 on a float32 file, false otherwise)."""
+        label = precision_label(self.model_precision, self.engine.executed)
+        return numerics(self.backend, label, self.metadata.get("exact"), self.precision)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """The model's raw output for the prepared N×C×(spatial) float32 batch `x` (see `preprocess`)."""
+        try:
+            return self.engine.run(x)
+        except Exception as e:  # each backend raises its own error types for an input it cannot take
+            shown = times(x.shape[2:])
+            raise ConversionError(f"{self.path}: {self.backend} failed on a {shown} input: {first_line(e)}") from None
 
     @property
     def takes_vectors(self) -> bool:
@@ -176,6 +209,11 @@ class DenseModel:
         else:
             raise ConversionError(f"this model takes {self._expected()} arrays, a .npy file or a numpy array, not "
                                   f"{type(data).__name__}")
+        return self.normalise(x)
+
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        """The 1×C×(spatial) float32 input for the channels-first array `x` as a `.npy` file holds it: its shape
+        checked, then normalised with the metadata's mean and std."""
         if self.takes_vectors and x.ndim == 1:
             x = x.reshape(*x.shape, *VECTOR_MAP)  # one vector: a 1×1 map of it
         if x.ndim != len(self.reference) + 1 or x.shape[0] != self.channels:
@@ -210,11 +248,7 @@ class DenseModel:
                 f"the input is {shown}, smaller than the model's {times(self.reference)} window; "
                 "enlarge it to at least that size"
             )
-        try:
-            (scores,) = self.session.run(None, {self.input_name: x})
-        except Exception as e:
-            raise ConversionError(f"{self.path}: onnxruntime failed on a {shown} input: {first_line(e)}") from None
-        return Result(scores[0], size, self.metadata)
+        return Result(self.infer(x)[0], size, self.metadata, self.numerics)
 
 
 def _is_npy(data: ImageLike) -> bool:

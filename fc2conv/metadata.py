@@ -11,7 +11,11 @@ read by `fc2conv.runtime` and the scanner, and checked by the same rules on both
 - `exact`: whether every cell is the classifier on its window alone (false with global context, null when
   fc2conv cannot tell);
 - `context`: why not, or why there is no receptive field, naming the layer ("" when there is nothing to say);
-- `labels`: one name per class; `mean`, `std`: input normalisation, one number per channel or one for all.
+- `labels`: one name per class; `mean`, `std`: input normalisation, one number per channel or one for all;
+- optional, written by `fc2conv quantize` (`fc2conv.quantize`): `precision` ("fp32" or "int8"), `calibration` (an
+  object: `method`, `images`, `held_out`, `mosaics`, `sizes`), `drift` (an object: `argmax_agreement` and
+  `max_abs_probability` in [0, 1], `max_relative_score` ≥ 0, `cells`, `images`), `float_layers` (the node names
+  kept in float).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from typing import Any
 from .errors import ConversionError
 from .shapes import spatial_axes
 
-__all__ = ["HINTS", "MODES", "ONE_CELL", "PREFIX", "REDUCES", "axis_names", "decode", "decode_hints", "encode",
-           "validate", "validate_hints"]
+__all__ = ["HINTS", "MODES", "ONE_CELL", "PRECISIONS", "PREFIX", "REDUCES", "axis_names", "decode", "decode_hints",
+           "encode", "validate", "validate_hints"]
 
 PREFIX = "fc2conv."
 MODES = ("dense", "global", "cam", "pool")
@@ -32,6 +36,7 @@ ONE_CELL = ("global", "pool")  # modes whose output is one cell for the whole in
 REDUCES = ("avg", "max", "avgmax")  # how mode "pool" reduces the dense map: mean, maximum, or their mean
 REQUIRED = ("input_shape", "mode")
 HINTS = ("labels", "mean", "std")  # what a deployer needs beyond the model: also carried by checkpoints
+PRECISIONS = ("fp32", "int8")  # of the file's weights and activations: float32, or int8 from `fc2conv quantize`
 
 
 def axis_names(spatial: int) -> tuple[str, ...]:
@@ -90,7 +95,38 @@ def validate(values: Mapping[str, Any], *, source: str, classes: int | None = No
         raise fail("exact", "must be true, false or null")
     if "context" in values and not isinstance(values["context"], str):
         raise fail("context", "must be a string")
+    _validate_precision(values, fail)
     validate_hints(values, source=source, channels=shape[0], classes=classes)
+
+
+def _validate_precision(values: Mapping[str, Any], fail) -> None:
+    """The optional keys of a quantized model (see the module docstring)."""
+    if "precision" in values and values["precision"] not in PRECISIONS:
+        raise fail("precision", f"must be one of {', '.join(PRECISIONS)}")
+    calibration = values.get("calibration")
+    if calibration is not None:
+        if not isinstance(calibration, dict) or not isinstance(calibration.get("method"), str):
+            raise fail("calibration", "must be an object with a method")
+        for key in ("images", "held_out", "mosaics"):
+            if key in calibration and not _ints([calibration[key]], minimum=0):
+                raise fail("calibration", f"must give {key} as an integer ≥ 0")
+        sizes = calibration.get("sizes", [])
+        if not isinstance(sizes, list) or not all(_ints(size, minimum=1) for size in sizes):
+            raise fail("calibration", "must give sizes as lists of positive integers")
+    drift = values.get("drift")
+    if drift is not None:
+        if not isinstance(drift, dict):
+            raise fail("drift", "must be an object")
+        for key, top in (("argmax_agreement", 1), ("max_abs_probability", 1), ("max_relative_score", None)):
+            value = drift.get(key)
+            if value is not None and (not _number(value) or value < 0 or (top is not None and value > top)):
+                raise fail("drift", f"must give {key} as a number in [0, {top}]" if top else f"must give {key} ≥ 0")
+        for key in ("cells", "images"):
+            if key in drift and not _ints([drift[key]], minimum=0):
+                raise fail("drift", f"must give {key} as an integer ≥ 0")
+    layers = values.get("float_layers")
+    if layers is not None and (not isinstance(layers, list) or not all(isinstance(n, str) for n in layers)):
+        raise fail("float_layers", "must be a list of node names")
 
 
 def validate_hints(values: Mapping[str, Any], *, source: str, channels: int, classes: int | None = None) -> None:

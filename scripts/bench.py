@@ -6,6 +6,7 @@
     python scripts/bench.py --sliding --models resnet50
     python scripts/bench.py --tiled             # tiled scanning vs one pass, one vs two workers, peak memory
     python scripts/bench.py --density           # a denser map in one dilated pass vs shift-and-stitch vs naive
+    python scripts/bench.py --precision         # bf16 and int8 (onnxruntime, OpenVINO) against float32, and scans
 
 Original and converted run alternately, `--repeats` times each after warm-up, so machine noise hits
 both alike; the table gives each median and their ratio (converted / original). With `--check` the
@@ -33,6 +34,12 @@ the demo's canvas size, AlexNet and ResNet50 with random weights; `--onnxruntime
 onnxruntime (spinning off). Each of `--repeats` rounds (default 5) times one naive run, then each of the
 others for as long (`_median_rounds`). Speed-ups (stitch / dilated, naive / dilated) are printed beside the
 FLOP ratios of the same pairs.
+
+`--precision`: onnxruntime fp32 against OpenVINO fp32 and bf16 and the int8 file of `fc2conv quantize` in both
+backends, on the digits CNN, ResNet18 and ResNet50 at `--dense-size`² (default 896) with 1 and 2 threads, in
+alternating rounds (`_median_rounds`, default 5), with the drift of each from float32; then scan throughput per path
+and whether a tiled scan equals one pass of the same backend and precision; then the kernels each path ran
+(`scripts/bench_precision.py`). `--quick` shrinks it to a smoke test.
 """
 
 from __future__ import annotations
@@ -347,7 +354,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="--tiled: image side for one vs two workers (default 8192)")
     parser.add_argument("--rss-sizes", type=int, nargs=2, default=[4096, 16384],
                         help="--tiled: image sides whose peak memory is compared (default 4096 16384)")
+    parser.add_argument("--precision", action="store_true",
+                        help="reduced precision (bf16, int8; onnxruntime and OpenVINO) against float32, instead")
+    parser.add_argument("--dense-size", type=int, default=896, help="--precision: image side (default 896)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="--precision: thread counts")
+    parser.add_argument("--scan-image", type=int, default=2048,
+                        help="--precision: ResNet scan image side (digits: twice this; default 2048)")
+    parser.add_argument("--scan-tile", type=int, default=1024, help="--precision: scan tile (default 1024)")
+    parser.add_argument("--scan-rounds", type=int, default=3, help="--precision: scans per path (default 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="--precision: one round, small images, one thread (a smoke test: timings mean little)")
     args = parser.parse_args(argv)
+    if args.precision:
+        from bench_precision import PRECISION_MODELS, main_precision
+
+        args.models = args.models or PRECISION_MODELS
+        if args.quick:
+            args.dense_size, args.threads, args.scan_image, args.scan_tile, args.scan_rounds = 160, [1], 192, 128, 1
+        args.repeats = args.repeats or (1 if args.quick else 5)
+        args.warmup = (0 if args.quick else 1) if args.warmup is None else args.warmup
+        return main_precision(args)
     if args.tiled:
         from bench_tiled import TILED, main_tiled
 

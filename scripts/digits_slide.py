@@ -2,7 +2,8 @@
 and the check of `fc2conv scan`'s detections against where the digits were put.
 
     python scripts/digits_slide.py compose SLIDE.tif PLACED.json [--size 8192] [--seed 1]
-    python scripts/digits_slide.py report PLACED.json FOUND.csv --map OUT.zarr --model MODEL.onnx --slide SLIDE.tif
+    python scripts/digits_slide.py report PLACED.json FOUND.csv --map OUT.zarr --model MODEL.onnx --slide SLIDE.tif \
+        [--backend openvino] [--precision bf16]
 
 `compose` puts each of the 450 digits of scikit-learn's test split (never seen in training) once, in random
 cells of a 96-pixel grid at a random offset inside its cell (at least 8 pixels between two digits, as in the
@@ -10,7 +11,9 @@ first demo), and records where. `report` matches detections to placed digits: a 
 the digit's label and its window is centred on the digit within 4 pixels (one stride); each placed digit
 matches at most one detection. It prints recall (placed digits found) and precision (detections that are
 right), what went wrong, and checks a region of the stitched map against one pass of the model over that
-region. Exit 1 if recall or precision is below 97% or the region differs by more than 1e-5.
+region (run with the scan's `--backend` and `--precision`: a tiled scan equals one pass of the same backend and
+precision, measured bit for bit on every path). Exit 1 if recall or precision is below 97% or the region differs by
+more than 1e-5.
 """
 
 from __future__ import annotations
@@ -94,7 +97,8 @@ def match(placed: list[dict], found: list[dict]) -> tuple[int, list[dict], list[
     return right, wrong, missed
 
 
-def region_error(stored: Path, model: Path, slide: Path) -> tuple[tuple[int, int, int, int], float]:
+def region_error(stored: Path, model: Path, slide: Path, backend: str = "onnxruntime",
+                 precision: str = "fp32") -> tuple[tuple[int, int, int, int], float]:
     """Max |stitched − one pass| / max |one pass| over the cells of `REGION`, whose one pass reads only it."""
     import tifffile
     import zarr
@@ -104,14 +108,17 @@ def region_error(stored: Path, model: Path, slide: Path) -> tuple[tuple[int, int
     top, left, height, width = REGION
     with tifffile.TiffFile(slide) as tif:
         pixels = zarr.open(tif.series[0].aszarr(level=0), mode="r")[top:top + height, left:left + width]
-    one_pass = DenseModel(model).run(pixels).scores
+    one_pass = DenseModel(model, backend=backend, precision=precision).run(pixels).scores
     rows, cols = one_pass.shape[1:]
     stitched = zarr.open_array(str(stored / "scores"), mode="r")[
         :, top // STRIDE:top // STRIDE + rows, left // STRIDE:left // STRIDE + cols]
     return (top, left, height, width), float(np.abs(stitched - one_pass).max() / np.abs(one_pass).max())
 
 
-def report_command(placed_path: Path, found_path: Path, stored: Path, model: Path, slide: Path) -> int:
+def report_command(placed_path: Path, found_path: Path, stored: Path, model: Path, slide: Path,
+                   backend: str = "onnxruntime", numbers: str = "fp32") -> int:
+    """Print recall and precision of the detections, and the stitched map against one pass of the scan's `backend`
+    at its precision `numbers`; 1 below target."""
     placed = json.loads(placed_path.read_text())
     with open(found_path, newline="") as f:
         found = list(csv.DictReader(f))
@@ -126,7 +133,7 @@ def report_command(placed_path: Path, found_path: Path, stored: Path, model: Pat
     for d in wrong:
         if not any(beside is d for _, beside in missed):
             print(f"  false alarm {d['label']} ({float(d['score']):.2f}) at window ({d['top']}, {d['left']})")
-    box, error = region_error(stored, model, slide)
+    box, error = region_error(stored, model, slide, backend, numbers)
     top, left, height, width = box
     print(f"stitched vs one pass on rows {top}…{top + height - 1}, columns {left}…{left + width - 1} "
           f"(across tile borders): max relative difference {error:.1e} (tolerance 1e-05)")
@@ -152,10 +159,12 @@ def main() -> int:
     check.add_argument("--map", type=Path, required=True, dest="stored")
     check.add_argument("--model", type=Path, required=True)
     check.add_argument("--slide", type=Path, required=True)
+    check.add_argument("--backend", default="onnxruntime", help="the scan's backend, for the one-pass region")
+    check.add_argument("--precision", default="fp32", help="the scan's precision, for the one-pass region")
     args = parser.parse_args()
     if args.command == "compose":
         return compose_command(args.slide, args.placed, args.size, args.seed)
-    return report_command(args.placed, args.found, args.stored, args.model, args.slide)
+    return report_command(args.placed, args.found, args.stored, args.model, args.slide, args.backend, args.precision)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,19 @@
 #   3. fc2conv scan      1024-pixel tiles on two local workers → score map (zarr), overview PNG, detections
 #   4. report            recall and precision against the placed digits, and stitched vs one pass on a region;
 #                        exits 1 below 97% recall or precision, or if the region differs
+# At reduced precision (the README's "Reduced precision"): extra flags go to `fc2conv scan` and the report, and
+# --int8 first quantizes the model on canvases of training-split digits (scripts/digits_precision.py), e.g.
+#   bash scripts/scan_demo.sh --backend openvino --precision bf16
+#   bash scripts/scan_demo.sh --int8 --backend openvino
 set -euo pipefail
+int8=0
+flags=()
+for arg in "$@"; do
+    if [ "$arg" = "--int8" ]; then int8=1; else flags+=("$arg"); fi
+done
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-out=out/scan_demo
+out=${SCAN_DEMO_OUT:-out/scan_demo}
 mkdir -p "$out"
 fc2conv=.venv/bin/fc2conv
 
@@ -17,6 +26,14 @@ echo "== 1. convert the digits CNN to ONNX (checkpoint trained by scripts/train_
 "$fc2conv" convert models/digits_cnn.safetensors --model-def models/digits_cnn.py:DigitsCNN \
     --input-shape 1,32,32 --onnx "$out/digits.onnx" --force --quiet
 echo "wrote $out/digits.onnx"
+model="$out/digits.onnx"
+if [ "$int8" = 1 ]; then
+    echo
+    echo "== 1b. quantize it to int8, calibrated on canvases of training-split digits"
+    .venv/bin/python scripts/digits_precision.py calibration "$out/calibration"
+    "$fc2conv" quantize "$out/digits.onnx" --calibration "$out/calibration" -o "$out/digits_int8.onnx" --force
+    model="$out/digits_int8.onnx"
+fi
 
 echo
 echo "== 2. compose a slide of test-split digits (never seen in training)"
@@ -24,10 +41,10 @@ echo "== 2. compose a slide of test-split digits (never seen in training)"
 
 echo
 echo "== 3. scan it in 1024-pixel tiles on a local Dask cluster of two workers"
-"$fc2conv" scan "$out/slide.tif" --model "$out/digits.onnx" --out "$out/slide.zarr" --tile 1024 --workers 2 \
-    --overview "$out/overview.png" --detections "$out/found.csv" --force
+"$fc2conv" scan "$out/slide.tif" --model "$model" --out "$out/slide.zarr" --tile 1024 --workers 2 \
+    --overview "$out/overview.png" --detections "$out/found.csv" --force ${flags[@]+"${flags[@]}"}
 
 echo
 echo "== 4. the detections against the placed digits, and the stitched map against one pass"
 .venv/bin/python scripts/digits_slide.py report "$out/placed.json" "$out/found.csv" --map "$out/slide.zarr" \
-    --model "$out/digits.onnx" --slide "$out/slide.tif"
+    --model "$model" --slide "$out/slide.tif" ${flags[@]+"${flags[@]}"}

@@ -91,3 +91,31 @@ def test_density_rows_compare_one_dilated_pass_with_stitching_and_naive_windows(
         stitch_flops, naive_flops = float(row[10].rstrip("×")), float(row[13].rstrip("×"))
         # r² passes repeat the first layers that one dilated pass shares, and every crop repeats all layers.
         assert 1 < stitch_flops < r * r and naive_flops > stitch_flops
+
+
+def test_precision_rows_compare_every_path_with_onnxruntime_fp32():
+    """`--precision --quick` on the digits CNN: five latency rows (speed-ups are the quotients of the times), five
+    scan rows with the tiled map against one pass, and the kernels of each path."""
+    pytest.importorskip("zarr")
+    pytest.importorskip("openvino")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--precision", "--quick", "--models",
+                           "digits"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model"))
+    rows = [line.split() for line in lines[header + 1:header + 6]]
+    assert [row[3] + " " + row[4] for row in rows] == ["ort fp32", "ov fp32", "ov bf16", "ort int8", "ov int8"]
+    reference = float(rows[0][6])
+    for row in rows:
+        assert row[:3] == ["digits", "160×160", "1"]
+        ms, speedup = float(row[6]), float(row[7].rstrip("×"))
+        assert abs(speedup - reference / ms) <= speedup * (0.05 / ms + 0.05 / reference) + 0.01
+        assert float(row[8].rstrip("%")) > 99 and float(row[9]) < 0.2  # argmax agreement, max |Δp|
+        assert 0 <= float(row[10].rstrip("%")) < 20  # max |Δscore|, % of the largest score
+    scans = lines[lines.index(next(line for line in lines if line.startswith("scan:"))) + 2:][:5]
+    assert [row.split()[3:5] for row in scans] == [["ort", "fp32"], ["ov", "fp32"], ["ov", "bf16"], ["ort", "int8"],
+                                                  ["ov", "int8"]]
+    assert all(float(row.split()[-1]) == 0 for row in scans)  # tiled equals one pass on every path (measured)
+    kernels = lines[lines.index(next(line for line in lines if line.startswith("kernels"))) + 1:]
+    assert [row.split()[1:3] for row in kernels] == [["ort", "fp32"], ["ov", "fp32"], ["ov", "bf16"], ["ort", "int8"],
+                                                    ["ov", "int8"]]

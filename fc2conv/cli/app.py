@@ -38,8 +38,9 @@ app = typer.Typer(
 )
 
 # Options shared by the commands that build the original model.
-CHECKPOINT = typer.Argument(..., help="Weights: a state dict or training checkpoint (.pt/.pth/.bin) or .safetensors.",
-                            show_default=False)
+CHECKPOINT = typer.Argument(..., help="Weights: a state dict or training checkpoint (.pt/.pth/.bin) or .safetensors, "
+                                       "or a Hugging Face save_pretrained directory (config.json + model.safetensors; "
+                                       "no --arch needed).", show_default=False)
 ARCH = typer.Option(None, "--arch", help="A torchvision classifier name (resnet18, r3d_18) or timm:NAME.")
 MODEL_DEF = typer.Option(None, "--model-def", metavar="FILE.py:FACTORY",
                          help="Import FILE.py and call FACTORY() to build the model (runs that file's code).")
@@ -62,6 +63,12 @@ TRUST_PICKLE = typer.Option(False, "--trust-pickle",
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors.")
 JSON = typer.Option(False, "--json", help="Print one machine-readable JSON object on stdout.")
 FORCE = typer.Option(False, "--force", help="Replace existing output files.")
+# Options of the commands that run an exported model (run, scan): where and at which precision (fc2conv.backends).
+BACKEND = typer.Option("onnxruntime", "--backend",
+                       help="onnxruntime, or openvino (pip install 'fc2conv[openvino]'), in every worker too.")
+PRECISION = typer.Option("fp32", "--precision",
+                         help="fp32 (exact); bf16 or fp16 with --backend openvino (approximate, recorded as "
+                              "exact: false). An int8 file from `fc2conv quantize` runs on either backend.")
 
 
 class Output:

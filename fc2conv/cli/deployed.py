@@ -9,7 +9,7 @@ import typer
 
 from ..errors import ConversionError
 from ..shapes import VECTOR_MAP, times
-from .app import FORCE, JSON, QUIET, Output, app, check_outputs, parse_floats, usage_errors
+from .app import BACKEND, FORCE, JSON, PRECISION, QUIET, Output, app, check_outputs, parse_floats, usage_errors
 
 __all__ = ["run", "scan"]
 
@@ -17,7 +17,8 @@ __all__ = ["run", "scan"]
 @app.command(epilog=(
     "Examples:\n\n"
     "  fc2conv run out/digits.onnx canvas.png --topk 3\n\n"
-    "  fc2conv run out/digits.onnx canvas.png --class 7 --heatmap out/sevens.png --json"
+    "  fc2conv run out/digits.onnx canvas.png --class 7 --heatmap out/sevens.png --json\n\n"
+    "  fc2conv run out/digits.onnx canvas.png --backend openvino --precision bf16"
 ))
 def run(
     model: Path = typer.Argument(..., help="An ONNX model written by `fc2conv convert --onnx`.", show_default=False),
@@ -33,6 +34,8 @@ def run(
         help="Refuse larger images before decoding them [default: 33554432, 2^25]; scan larger ones in tiles."),
     mean: str | None = typer.Option(None, "--mean", help="Per-channel input mean, instead of the model's metadata."),
     std: str | None = typer.Option(None, "--std", help="Per-channel input std, instead of the model's metadata."),
+    backend: str = BACKEND,
+    precision: str = PRECISION,
     force: bool = FORCE,
     quiet: bool = QUIET,
     as_json: bool = JSON,
@@ -46,7 +49,8 @@ def run(
         from ..runtime import DenseModel
         from ..runtime import heatmap as write_heatmap
 
-        dense = DenseModel(model, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"))
+        dense = DenseModel(model, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
+                           backend=backend, precision=precision)
         read_as_image = image.suffix != ".npy"  # arrays go in as they are; image files are scaled to [0, 1]
         if read_as_image and not ({"mean", "std"} & set(dense.metadata) or quiet):
             typer.echo(f"warning: neither {model}'s metadata nor --mean/--std give an input normalisation, so inputs "
@@ -58,7 +62,7 @@ def run(
             index = _class_index(class_, result, top)
             written = write_heatmap(image, result, index, heatmap, force=force)
     classes, *cells = result.scores.shape
-    out.say(f"{model} on {image}: {classes} classes, {_what_was_scored(dense, result)}")
+    out.say(f"{model} on {image}: {classes} classes, {_what_was_scored(dense, result)}{_numerics(dense.numerics)}")
     box = "(top, left, bottom, right)" if len(cells) == 2 else "(first positions, then ends)"
     out.say(f"{'rank':<5} {'class':<16} {'probability':>11}  {'cell':<10} box {box}")
     for rank, p in enumerate(top, 1):
@@ -67,6 +71,15 @@ def run(
         out.say(f"wrote {written}")
     out.result({"model": str(model), "image": str(image), "result": result.to_dict(),
                 "top_classes": [_prediction(p) for p in top], "heatmap": str(written) if written else None})
+
+
+def _numerics(record: dict) -> str:
+    """Nothing for the exact default; else the backend and the precision that ran, which are not exact."""
+    if record["backend"] == "onnxruntime" and record["precision"] == "fp32":
+        return ""
+    asked = f", asked for {record['requested_precision']}" if "requested_precision" in record else ""
+    exact = "" if record["precision"] == "fp32" else ", not exact: scores drift from float32"
+    return f" ({record['backend']}, {record['precision']}{asked}{exact})"
 
 
 def _what_was_scored(dense, result) -> str:
@@ -101,7 +114,8 @@ def _class_index(value: str | None, result, top) -> int:
 @app.command(epilog=(
     "Examples:\n\n"
     "  fc2conv scan slide.tif --model out/model.onnx --out out/slide.zarr --workers 2 --overview out/slide.png\n\n"
-    "  fc2conv scan canvas.tif --model out/digits.onnx --out out/canvas.zarr --detections out/found.csv --resume"
+    "  fc2conv scan canvas.tif --model out/digits.onnx --out out/canvas.zarr --detections out/found.csv --resume\n\n"
+    "  fc2conv scan slide.tif --model out/model.onnx --out out/slide.zarr --backend openvino --precision bf16"
 ))
 def scan(
     image: Path = typer.Argument(..., show_default=False,
@@ -133,9 +147,11 @@ def scan(
     approximate: bool = typer.Option(False, "--approximate",
                                      help="Scan a model whose cells see the whole input; marked approximate."),
     threads: int | None = typer.Option(None, "--threads", min=1,
-                                       help="onnxruntime threads per process [default: all here, 1 per worker]."),
+                                       help="The backend's threads per process [default: all here, 1 per worker]."),
     max_pixels: int | None = typer.Option(None, "--max-pixels", min=1, show_default=False,
                                           help="Budget for PNG/JPEG inputs, decoded whole [default: 2^25]."),
+    backend: str = BACKEND,
+    precision: str = PRECISION,
     force: bool = FORCE,
     quiet: bool = QUIET,
     as_json: bool = JSON,
@@ -156,7 +172,8 @@ def scan(
                             level=level, mpp=mpp, reader=reader, classes=classes and classes.split(","),
                             overview=overview, detections=detections, threshold=threshold, iou=iou, resume=resume,
                             force=force, dtype=dtype, approximate=approximate, threads=threads,
-                            progress=False if quiet or as_json else None, max_pixels=max_pixels or MAX_PIXELS)
+                            progress=False if quiet or as_json else None, max_pixels=max_pixels or MAX_PIXELS,
+                            backend=backend, precision=precision)
     for warning in caught:
         if issubclass(warning.category, SampleRangeWarning) and not quiet:
             typer.echo(f"warning: {warning.message}", err=True)
@@ -164,7 +181,8 @@ def scan(
     classes_count, rows, cols = meta["classes"], *result.map_size
     source = meta["source"]
     shown.say(f"{image} (level {source['level']}, {result.image_size[0]}×{result.image_size[1]}) with {model}: a "
-              f"{classes_count}×{rows}×{cols} map in {out}" + (" (approximate)" if meta["approximate"] else ""))
+              f"{classes_count}×{rows}×{cols} map in {out}" + (" (approximate)" if meta["approximate"] else "")
+              + (_numerics(meta) if "backend" in meta else ""))
     shown.say(f"{result.tiles} tiles, {result.computed} computed ({result.tiles - result.computed} already done), "
               f"{result.megapixels:.1f} MP in {result.seconds:.1f} s, {result.megapixels_per_second:.2f} MP/s")
     if result.overview:

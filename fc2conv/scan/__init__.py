@@ -12,10 +12,13 @@ runs the tiles here or on Dask → `outputs` draws the overview and finds the de
 libraries' logs. Nothing here imports torch.
 
 Guarantees: the stitched map equals the one-pass map of the same model on the same image (float32: max
-|tiled − one pass| / max |one pass| ≤ 1e-5) for every model whose metadata gives a receptive field; memory is
-bounded by the tile, not the image; `OUT.zarr` appears only complete (built as `.OUT.zarr.partial`, then
-renamed); a killed worker's tiles are recomputed; `resume=True` skips the tiles already written and ends
-equal to an uninterrupted scan. Models whose cells see the whole input are refused unless `approximate=True`.
+|tiled − one pass| / max |one pass| ≤ 1e-5) for every model whose metadata gives a receptive field; at reduced
+precision (`backend`/`precision`, or an int8 file) it equals a one-pass run of the same backend and precision
+(measured bit for bit on the digits CNN, ResNet18 and ResNet50 in every path of `bench.py --precision`; tested to
+1e-5), and the store records `exact: false`. Memory is bounded by the tile, not the image; `OUT.zarr` appears only
+complete (built as `.OUT.zarr.partial`, then renamed); a killed worker's tiles are recomputed; `resume=True` skips
+the tiles already written and ends equal to an uninterrupted scan. Models whose cells see the whole input are
+refused unless `approximate=True`.
 
 Hostile inputs: files are checked before they are trusted (a TIFF header against its data, OME-Zarr metadata
 field by field, dataset paths and links kept inside the store; see `tiff` and `zarr_source`); a tile is clamped
@@ -37,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import check_backend
 from ..errors import ConversionError
 from ..files import staged_outputs
 from ..images import MAX_PIXELS
@@ -84,7 +88,9 @@ class ScanResult:
         return {"path": str(self.path), "map_size": list(self.map_size), "image_size": list(self.image_size),
                 "tiles": self.tiles, "computed": self.computed, "seconds": round(self.seconds, 3),
                 "megapixels_per_second": round(self.megapixels_per_second, 3),
-                "approximate": self.metadata["approximate"], "overview": self.overview and str(self.overview),
+                "approximate": self.metadata["approximate"],
+                **{key: self.metadata.get(key) for key in ("backend", "precision", "exact")},
+                "overview": self.overview and str(self.overview),
                 "detections": self.detections and str(self.detections),
                 "geojson": self.geojson and str(self.geojson), "found": self.found,
                 "outside_unit_range": self.outside_unit_range,
@@ -97,7 +103,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
          overview: str | os.PathLike | None = None, detections: str | os.PathLike | None = None,
          threshold: float = 0.5, iou: float = 0.3, resume: bool = False, force: bool = False,
          dtype: str = "float32", approximate: bool = False, threads: int | None = None,
-         progress: bool | None = None, max_pixels: int | None = MAX_PIXELS) -> ScanResult:
+         progress: bool | None = None, max_pixels: int | None = MAX_PIXELS, backend: str = "onnxruntime",
+         precision: str = "fp32") -> ScanResult:
     """Scan `source` with the ONNX `model` into the zarr store `out` (see the module docstring).
 
     `tile`: input pixels per tile side, without the halo (rounded down to whole strides; at least one window; a
@@ -107,8 +114,10 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     or image. `classes`: labels or indices for the overview and detections (default: all but "background").
     `overview`: a PNG path; `detections`: a CSV path (a GeoJSON is written beside it), peaks with probability
     ≥ `threshold`, suppressed above `iou`. `resume`: continue a partial (or finished) store; `force`: replace
-    existing outputs. `threads`: onnxruntime threads per process (default: its own in this process, 1 on
-    workers). `max_pixels`: the budget for PNG/JPEG inputs, which are decoded whole.
+    existing outputs. `threads`: the backend's threads per process (default: its own in this process, 1 on
+    workers). `max_pixels`: the budget for PNG/JPEG inputs, which are decoded whole. `backend` / `precision`:
+    onnxruntime (fp32) or OpenVINO (fp32, bf16, fp16), the same in every process (`fc2conv.backends`); the store
+    records them, and `exact: false` for anything but float32 (`resume` refuses other settings).
 
     `ConversionError` for bad arguments and inputs, before anything is written; `BadInput` (a `ConversionError`)
     when a tile meets NaN or infinite samples mid-scan, and the unfinished store is removed (left, and named, when
@@ -116,13 +125,15 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     a scan that read float samples outside [0, 1].
     """
     started = time.perf_counter()
+    check_backend(backend, precision)
     _require("zarr", "tifffile", *(("distributed",) if workers is not None or scheduler is not None else ()))
     out, model = Path(out), Path(model)
     targets = check_arguments(out, model, Path(source), tile=tile, workers=workers, scheduler=scheduler,
                               overview=overview, detections=detections, threshold=threshold, iou=iou, dtype=dtype,
                               resume=resume, force=force)
     here = workers is None and scheduler is None
-    spec = ModelSpec(str(model.resolve()), file_sha256(model), threads if threads is not None or here else 1)
+    spec = ModelSpec(str(model.resolve()), file_sha256(model), threads if threads is not None or here else 1,
+                     backend, precision)
     dense = load(spec)
     halo, field, approximate = _halo(dense.metadata, str(model), approximate)
     src = open_source(source, channels=dense.channels, reader=reader, level=level, mpp=mpp, max_pixels=max_pixels)
@@ -131,20 +142,23 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     cells = tuple(_map_length(dense, axis, src.size[axis], stride, window, halo) for axis in range(2))
     asked, tile = tile, min(tile, max(src.size))  # a tile larger than the image is the image
     plan = tiles.make_plan(src.size, stride=stride, window=window, halo=halo, tile=tile, cells=cells)
-    labels = dense.metadata.get("labels") or [str(k) for k in range(dense.session.get_outputs()[0].shape[1])]
+    labels = dense.metadata.get("labels") or [str(k) for k in range(dense.classes)]
     shown = f"{asked} (the image's longer side, {tile})" if asked > tile else f"{tile}"
     tiles.check_memory(plan, shown, samples=src.samples, sample_bytes=src.dtype.itemsize, channels=dense.channels,
                        classes=len(labels), score_bytes=np.dtype(dtype).itemsize, decode_bytes=src.chunk_bytes)
     chosen = outputs.choose_classes(classes, labels)
     run = {"model_sha256": spec.sha256, "source": src.spec.path, "reader": src.spec.reader, "level": src.spec.level,
-           "source_size_and_mtime": list(src.spec.stamp), "tile": tile, "dtype": dtype, "approximate": approximate}
+           "source_size_and_mtime": list(src.spec.stamp), "tile": tile, "dtype": dtype, "approximate": approximate,
+           "backend": backend, "precision": precision}
+    # How the scores are computed; `exact` (the float32 map, tiles equal to one pass) only in float32.
+    numbers = {**dense.numerics, "exact": dense.numerics["precision"] == "fp32" and not approximate}
     attrs = {"version": 1, "classes": len(labels), "labels": labels, "mode": dense.metadata["mode"],
              "stride": list(stride), "window": list(window), "receptive_field": field,
              "halo_cells": [list(h) for h in halo], "approximate": approximate,
              "image_size": list(src.size), "map_size": list(cells), "tile": tile, "tile_cells": list(plan.tile_cells),
              "source": src.describe(), "model": {"path": spec.path, "sha256": spec.sha256}, "dtype": dtype,
              "cell_size_um": src.pixel_size and [p * s for p, s in zip(src.pixel_size, stride, strict=True)],
-             "run": run}
+             **numbers, "run": run}
     created = None  # (store, token) of the store this call creates, which a `BadInput` removes
     try:
         with dispatch.executor(workers=workers, scheduler=scheduler) as run_tiles:

@@ -1,9 +1,11 @@
-"""The model on one process: an onnxruntime session opened once per process, and the owned cells of one tile.
+"""The model on one process: a session (onnxruntime or OpenVINO, at the scan's precision) opened once per process,
+and the owned cells of one tile.
 
 A tile's pixels go through `fc2conv.runtime.DenseModel.run`, exactly as `fc2conv run` treats a whole image
 (`load_image` scaling by bit depth and channel conversion, then the metadata's mean and std), so a tile and a
 one-pass run see the same numbers. Workers open the model by path and check its SHA-256 against the one the
-scan was planned with, so every tile of a scan comes from the same model file.
+scan was planned with, so every tile of a scan comes from the same model file, and build the backend and precision
+the spec names, so every tile is computed alike.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ __all__ = ["ModelSpec", "evaluate", "file_sha256", "load", "map_length"]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """An exported model by path and content hash; `threads` onnxruntime threads per run (None: its default)."""
+    """An exported model by path and content hash; `threads` per run (None: the backend's default), and the backend
+    and precision every process opens it with (`fc2conv.backends`)."""
 
     path: str
     sha256: str
     threads: int | None = None
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -44,18 +49,12 @@ def file_sha256(path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=2)
 def load(spec: ModelSpec) -> DenseModel:
-    """The model `spec` names, opened once per process; `ConversionError` if its file changed since planning."""
-    import onnxruntime as ort
-
+    """The model `spec` names, opened once per process (idle threads sleep rather than spin: see
+    `fc2conv.backends`); `ConversionError` if its file changed since planning."""
     if not Path(spec.path).is_file() or file_sha256(spec.path) != spec.sha256:
         raise ConversionError(f"{spec.path} is missing or changed since the scan started (SHA-256 differs); every "
                               "worker must see the same model file")
-    options = ort.SessionOptions()
-    if spec.threads is not None:
-        options.intra_op_num_threads = spec.threads
-        options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads leave the core
-    return DenseModel(spec.path, session_options=options)
+    return DenseModel(spec.path, backend=spec.backend, precision=spec.precision, threads=spec.threads)
 
 
 def map_length(model: DenseModel, axis: int, length: int) -> int:
@@ -64,9 +63,9 @@ def map_length(model: DenseModel, axis: int, length: int) -> int:
     shape[2 + axis] = length
     x = np.zeros(shape, dtype=np.float32)
     try:
-        (scores,) = model.session.run(None, {model.input_name: x})
-    except Exception as e:  # onnxruntime raises its own error types for a model it cannot run
-        raise ConversionError(f"{model.path}: onnxruntime failed on a {shape[2]}×{shape[3]} strip: "
+        scores = model.engine.run(x)
+    except Exception as e:  # each backend raises its own error types for a model it cannot run
+        raise ConversionError(f"{model.path}: {model.backend} failed on a {shape[2]}×{shape[3]} strip: "
                               f"{first_line(e, named=True)}") from None
     return int(scores.shape[2 + axis])
 

@@ -38,6 +38,7 @@ __all__ = ["ATTRS", "Job", "create", "discard", "done_mask", "mark_complete", "o
            "publish", "scan_tile"]
 
 ATTRS = "fc2conv"
+_BEFORE_BACKENDS = {"backend": "onnxruntime", "precision": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def open_run(path: Path, run: dict[str, Any], plan: TilePlan, classes: int) -> t
     if not isinstance(attrs, dict) or not isinstance(attrs.get("token"), str):
         raise ConversionError(not_ours)
     found = attrs.get("run") if isinstance(attrs.get("run"), dict) else {}
+    found = {**_BEFORE_BACKENDS, **found}  # a store begun before scans chose a backend ran onnxruntime in fp32
     changed = [key for key in run if found.get(key) != run[key]]
     if changed:
         listed = "; ".join(f"{key}: {found.get(key)!r} then, {run[key]!r} now" for key in changed)

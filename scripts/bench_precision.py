@@ -1,0 +1,189 @@
+"""`python scripts/bench.py --precision`: dense maps at reduced precision against onnxruntime float32, measured.
+
+For each model (the trained digits CNN; ResNet18 and ResNet50 with random weights, converted at 224×224 and
+exported by `fc2conv.export_onnx`) and each thread count, five paths run one `--image`² input in alternating rounds
+(`bench._median_rounds`: each round times one onnxruntime fp32 pass, then every other path for as long):
+onnxruntime fp32 (the reference), OpenVINO fp32, OpenVINO bf16, and the int8 file of `fc2conv.quantize` in
+onnxruntime and in OpenVINO. The int8 files are calibrated on training-split digit canvases (digits) or on random
+images (ResNets: random weights have no data of their own), minmax, float layers "auto". Each row gives the median,
+the speed-up over onnxruntime fp32 in the same run, and the drift from it on the timed input (argmax agreement per
+cell, max |Δprobability|, max |Δscore| as a share of the largest |score|).
+
+Then, per model and path, tiled scans (`fc2conv.scan` in this process, the largest thread count) of a
+`--scan-image`² image (digits: twice that) in `--scan-rounds` rounds of every path in turn: the median megapixels
+per second of the whole call (session and cluster start-up included), the speed-up over onnxruntime fp32, and
+whether the stitched map equals a one-pass run of the same backend and precision (max |tiled − one pass| /
+max |one pass|).
+Last, which kernels each path ran: OpenVINO's executed graph, and for onnxruntime the MLAS kernels its dispatch
+picks for this CPU's flags (onnxruntime does not report them). Nothing is asserted: the numbers are as measured.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fc2conv.drift import measure
+from fc2conv.runtime import DenseModel
+
+ROOT = Path(__file__).resolve().parents[1]
+PRECISION_MODELS = ["digits", "resnet18", "resnet50"]
+# (label, file, backend, precision): the five paths, onnxruntime fp32 first (the reference).
+PATHS = [("ort fp32", "fp32", "onnxruntime", "fp32"), ("ov fp32", "fp32", "openvino", "fp32"),
+         ("ov bf16", "fp32", "openvino", "bf16"), ("ort int8", "int8", "onnxruntime", "fp32"),
+         ("ov int8", "int8", "openvino", "fp32")]
+
+
+def _models(name: str, directory: Path) -> dict[str, Path]:
+    """The float32 and int8 files of `name` in `directory`."""
+    import torch
+    import torchvision
+    from digits_precision import calibration_set
+
+    import fc2conv
+    from fc2conv.checkpoint import load_into, load_state_dict
+    from fc2conv.quantize import quantize
+    from models.digits_cnn import LABELS, DigitsCNN
+
+    torch.manual_seed(0)
+    fp32 = directory / f"{name}.onnx"
+    calibration = directory / f"{name}_calibration"
+    if name == "digits":
+        model = DigitsCNN()
+        checkpoint = ROOT / "models" / "digits_cnn.safetensors"
+        load_into(model, load_state_dict(checkpoint), source=str(checkpoint))
+        fc2conv.export_onnx(fc2conv.convert(model.eval(), (1, 32, 32)), fp32, labels=LABELS, mean=[0.0], std=[1.0])
+        calibration_set(calibration, count=8, size=288)
+    else:
+        model = torchvision.models.get_model(name, weights=None).eval()
+        fc2conv.export_onnx(fc2conv.convert(model, (3, 224, 224)), fp32, mean=[0.485, 0.456, 0.406],
+                            std=[0.229, 0.224, 0.225])
+        calibration.mkdir()
+        for index in range(8):
+            np.save(calibration / f"random{index}.npy",
+                    np.random.default_rng(index).random((3, 224, 224), dtype=np.float32))
+    int8 = quantize(fp32, directory / f"{name}_int8.onnx", calibration)
+    return {"fp32": fp32, "int8": int8.path}
+
+
+def _image(name: str, size: int) -> np.ndarray:
+    """A size² uint8 test image: test-split digits on their grid for the digits CNN, noise for the ResNets."""
+    if name != "digits":
+        return np.random.default_rng(1).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    from digits_slide import PITCH, grid_canvas
+
+    from models.digits_cnn import load_split
+
+    _, images, _, labels = load_split()
+    count = min(len(images), max(1, (size // PITCH) ** 2))
+    canvas, _ = grid_canvas(max(size, PITCH), images[:count], labels[:count], np.random.default_rng(0))
+    return canvas[:size, :size]
+
+
+def _paths(files: dict[str, Path], threads: int) -> list[tuple[str, DenseModel]]:
+    openvino = importlib.util.find_spec("openvino") is not None
+    return [(label, DenseModel(files[kind], backend=backend, precision=precision, threads=threads))
+            for label, kind, backend, precision in PATHS if backend == "onnxruntime" or openvino]
+
+
+def latency_rows(name: str, files: dict[str, Path], *, size: int, threads: list[int], repeats: int, warmup: int):
+    """Yield (model, image, threads, path, executed precision, ms, speed-up, argmax agreement, max |Δp|, max |Δscore|
+    / max |score|)."""
+    from bench import _median_rounds
+
+    image = _image(name, size)
+    for count in threads:
+        paths = _paths(files, count)
+        x = paths[0][1].preprocess(image)
+        runs = [lambda m=model, x=x: m.infer(x) for _, model in paths]
+        reference_s, others = _median_rounds(runs[0], runs[1:], repeats=repeats, warmup=warmup)
+        reference = runs[0]()
+        for (label, model), seconds in zip(paths, [reference_s, *others], strict=True):
+            drift = measure([(reference, model.infer(x))])
+            yield (name, f"{size}×{size}", count, label, model.numerics["precision"], seconds * 1e3,
+                   reference_s / seconds, drift.argmax_agreement, drift.max_abs_probability, drift.max_relative_score)
+
+
+def scan_rows(name: str, files: dict[str, Path], *, size: int, tile: int, threads: int, rounds: int, workdir: Path):
+    """Yield (model, image, tile, path, MP/s, speed-up, tiled vs one pass) for scans of a size² TIFF here: `rounds`
+    rounds, each scanning with every path in turn (the median per path), and one one-pass comparison per path."""
+    import statistics
+
+    import tifffile
+
+    from fc2conv.runtime import scan
+
+    image = _image(name, size)
+    slide = workdir / f"{name}_scan.tif"
+    tifffile.imwrite(slide, image, tile=(256, 256), photometric="rgb" if image.ndim == 3 else "minisblack")
+    openvino = importlib.util.find_spec("openvino") is not None
+    paths = [entry for entry in PATHS if entry[2] == "onnxruntime" or openvino]
+    rates: dict[str, list[float]] = {label: [] for label, *_ in paths}
+    differences = {}
+    for index in range(rounds):
+        for label, kind, backend, precision in paths:
+            out = workdir / f"{name}_{label.replace(' ', '_')}.zarr"
+            done = scan(slide, model=files[kind], out=out, tile=tile, threads=threads, backend=backend,
+                        precision=precision, force=True, progress=False)
+            rates[label].append(done.megapixels_per_second)
+            if index == 0:
+                one_pass = DenseModel(files[kind], backend=backend, precision=precision, threads=threads).run(image)
+                tiled = done.scores()[...]
+                differences[label] = float(np.abs(tiled - one_pass.scores).max() / np.abs(one_pass.scores).max())
+    reference = statistics.median(rates[paths[0][0]])
+    for label, *_ in paths:
+        rate = statistics.median(rates[label])
+        yield name, f"{size}×{size}", tile, label, rate, rate / reference, differences[label]
+
+
+def kernel_rows(files: dict[str, Path], threads: int, size: int) -> list[tuple[str, str]]:
+    """(path, what computed it) after one run of each path."""
+    rows = []
+    for label, model in _paths(files, threads):
+        model.run(np.zeros((size, size, model.channels), np.uint8))
+        found = model.engine.kernels()
+        kernels = ", ".join(f"{k}: {v}" for k, v in found["kernels"].items())
+        rows.append((label, kernels if label.startswith("ov") else f"MLAS {kernels} (from CPU flags)"))
+    return rows
+
+
+def main_precision(args) -> int:
+    from fc2conv.backends import cpu_flags, mlas_kernels
+
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni")))
+    print(f"CPU flags: {' '.join(flags) or 'none of avx512*/amx*/avx_vnni'}; onnxruntime MLAS would pick "
+          f"{mlas_kernels(set(flags) | cpu_flags())}")
+    if importlib.util.find_spec("openvino") is None:
+        print("OpenVINO is not installed (pip install 'fc2conv[openvino]'): its paths are skipped")
+    print(f"latency: median of {args.repeats} alternating rounds; speed-up and drift against onnxruntime fp32")
+    print(f"{'model':<9} {'image':>9} {'threads':>7} {'path':<9} {'executed':<9} {'ms':>9} {'speed-up':>8} "
+          f"{'argmax':>8} {'max|Δp|':>8} {'max|Δs|':>8}")
+    kernels, scans = {}, []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.models:
+            directory = Path(workdir) / name
+            directory.mkdir()
+            files = _models(name, directory)
+            for model, image, count, label, executed, ms, speedup, agreement, probability, score in latency_rows(
+                    name, files, size=args.dense_size, threads=args.threads, repeats=args.repeats, warmup=args.warmup):
+                print(f"{model:<9} {image:>9} {count:>7} {label:<9} {executed:<9} {ms:>9.1f} {speedup:>7.2f}× "
+                      f"{agreement:>8.2%} {probability:>8.4f} {score:>8.2%}", flush=True)
+            kernels[name] = kernel_rows(files, max(args.threads), min(args.dense_size, 256))
+            size = args.scan_image if name != "digits" else 2 * args.scan_image
+            scans += list(scan_rows(name, files, size=size, tile=args.scan_tile, threads=max(args.threads),
+                                    rounds=args.scan_rounds, workdir=directory))
+    print()
+    print(f"scan: fc2conv scan in this process, {max(args.threads)} threads; MP/s of the whole call, median of "
+          f"{args.scan_rounds} alternating rounds")
+    print(f"{'model':<9} {'image':>11} {'tile':>5} {'path':<9} {'MP/s':>8} {'speed-up':>8} {'tiled vs one pass':>17}")
+    for model, image, tile, label, rate, speedup, difference in scans:
+        print(f"{model:<9} {image:>11} {tile:>5} {label:<9} {rate:>8.2f} {speedup:>7.2f}× {difference:>17.1e}")
+    print()
+    print("kernels (per path: OpenVINO's executed compute layers; onnxruntime's from CPU flags)")
+    for name, rows in kernels.items():
+        for label, what in rows:
+            print(f"{name:<9} {label:<9} {what}")
+    return 0
