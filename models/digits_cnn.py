@@ -50,7 +50,8 @@ class DigitsCNN(nn.Module):
 
 
 def load_split(seed: int = SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train images, train labels, test images, test labels): 75/25 stratified, images uint8 24×24."""
+    """(train images, test images, train labels, test labels), as train_test_split orders them: 75/25 stratified,
+    images uint8 24×24."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
