@@ -32,12 +32,12 @@ interleaved), and the naive sliding window at stride S/r (every window inside th
 through the original in batches, as `--sliding` does). Models: the digits CNN with its trained checkpoint on
 the demo's canvas size, AlexNet and ResNet50 with random weights; `--onnxruntime` adds the same three in
 onnxruntime (spinning off). Each of `--repeats` rounds (default 5) times one naive run, then each of the
-others for as long (`_median_rounds`). Speed-ups (stitch / dilated, naive / dilated) are printed beside the
+others for as long (`median_rounds`). Speed-ups (stitch / dilated, naive / dilated) are printed beside the
 FLOP ratios of the same pairs.
 
 `--precision`: onnxruntime fp32 against OpenVINO fp32 and bf16 and the int8 file of `fc2conv quantize` in both
 backends, on the digits CNN, ResNet18 and ResNet50 at `--dense-size`² (default 896) with 1 and 2 threads, in
-alternating rounds (`_median_rounds`, default 5), with the drift of each from float32; then scan throughput per path
+alternating rounds (`median_rounds`, default 5), with the drift of each from float32; then scan throughput per path
 and whether a tiled scan equals one pass of the same backend and precision; then the kernels each path ran
 (`scripts/bench_precision.py`). `--quick` shrinks it to a smoke test.
 """
@@ -48,7 +48,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -56,6 +55,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import torchvision
+from timing import median_rounds, seconds
 from torch.utils.flop_counter import FlopCounterMode
 
 import fc2conv
@@ -76,13 +76,6 @@ DENSITY = [("digits", (144, 240), 256), ("alexnet", (320, 320), 16), ("resnet50"
 DENSITY_ROUNDS = 5
 
 
-def _time(fn, *args) -> float:
-    """Seconds `fn(*args)` took."""
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
 def bench(name: str, *, size: int, batch: int, repeats: int, warmup: int, mode: str) -> tuple[float, float]:
     """Median seconds of the original and of its conversion on one input."""
     torch.manual_seed(0)
@@ -93,42 +86,15 @@ def bench(name: str, *, size: int, batch: int, repeats: int, warmup: int, mode: 
     with torch.inference_mode():
         for i in range(warmup + repeats):
             for label, model in (("original", original), ("converted", converted)):
-                elapsed = _time(model, x)
+                elapsed = seconds(model, x)
                 if i >= warmup:
                     times[label].append(elapsed)
     return statistics.median(times["original"]), statistics.median(times["converted"])
 
 
-def _median_rounds(naive, others, *, repeats: int, warmup: int) -> tuple[float, list[float]]:
-    """Median seconds of the naive callable and of each of `others`, sampled over the same stretches of time.
-
-    Each of `repeats` rounds times one naive run, then each of the others back to back for as long as the
-    naive run took (at most 50 runs each). Timing on this 2-core virtual machine is noisy in bursts of about
-    a second (the same dense pass ran 217-397 ms in one minute); a burst then lands on all sides alike and
-    the medians of the faster ones rest on many samples. Alternating single runs let a burst hit the short
-    dense runs unevenly, and timing each side in its own block let one burst cover a whole side.
-    """
-    for _ in range(warmup):
-        naive()
-        for other in others:
-            other()
-    naive_times: list[float] = []
-    other_times: list[list[float]] = [[] for _ in others]
-    for _ in range(repeats):
-        naive_times.append(_time(naive))
-        for other, times in zip(others, other_times, strict=True):
-            spent = 0.0
-            for _ in range(50):
-                times.append(_time(other))
-                spent += times[-1]
-                if spent >= naive_times[-1]:
-                    break
-    return statistics.median(naive_times), [statistics.median(times) for times in other_times]
-
-
 def _median_pair(naive, dense, *, repeats: int, warmup: int) -> tuple[float, float]:
-    """Median seconds of the naive and the dense callables (`_median_rounds` with one other)."""
-    naive_s, (dense_s,) = _median_rounds(naive, [dense], repeats=repeats, warmup=warmup)
+    """Median seconds of the naive and the dense callables (`median_rounds` with one other)."""
+    naive_s, (dense_s,) = median_rounds(naive, [dense], repeats=repeats, warmup=warmup)
     return naive_s, dense_s
 
 
@@ -278,7 +244,7 @@ def _density_row(name, original, ordinary, dilated, r: int, image: torch.Tensor,
 
         dilated_flops = _flops(lambda: dilated(image))
         flops = (_flops(stitch_torch) / dilated_flops, _flops(lambda: original(crops[:1])) * len(crops) / dilated_flops)
-        naive_s, (stitch_s, dilated_s) = _median_rounds(lambda: [original(c) for c in chunks],
+        naive_s, (stitch_s, dilated_s) = median_rounds(lambda: [original(c) for c in chunks],
                                                         [stitch_torch, lambda: dilated(image)],
                                                         repeats=repeats, warmup=warmup)
     yield name, size, "torch", r, step[0], cells, len(crops), dilated_s, stitch_s, naive_s, *flops
@@ -291,7 +257,7 @@ def _density_row(name, original, ordinary, dilated, r: int, image: torch.Tensor,
     def ordinary_ort(x):
         return ordinary_session.run(None, {"input": np.ascontiguousarray(x)})[0]
 
-    naive_s, (stitch_s, dilated_s) = _median_rounds(
+    naive_s, (stitch_s, dilated_s) = median_rounds(
         lambda: [naive.run(None, {"input": c}) for c in chunks_np],
         [lambda: _stitch(ordinary_ort, image_np, np.empty_like(out_np), r, step),
          lambda: session.run(None, {"input": image_np})], repeats=repeats, warmup=warmup)

@@ -2,7 +2,7 @@
 
 For each model (the trained digits CNN; ResNet18 and ResNet50 with random weights, converted at 224×224 and
 exported by `fc2conv.export_onnx`) and each thread count, five paths run one `--image`² input in alternating rounds
-(`bench._median_rounds`: each round times one onnxruntime fp32 pass, then every other path for as long):
+(`timing.median_rounds`: each round times one onnxruntime fp32 pass, then every other path for as long):
 onnxruntime fp32 (the reference), OpenVINO fp32, OpenVINO bf16, and the int8 file of `fc2conv.quantize` in
 onnxruntime and in OpenVINO. The int8 files are calibrated on training-split digit canvases (digits) or on random
 images (ResNets: random weights have no data of their own), minmax, float layers "auto". Each row gives the median,
@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from timing import median_rounds
 
 from fc2conv.drift import measure
 from fc2conv.runtime import DenseModel
@@ -92,14 +93,13 @@ def _paths(files: dict[str, Path], threads: int) -> list[tuple[str, DenseModel]]
 def latency_rows(name: str, files: dict[str, Path], *, size: int, threads: list[int], repeats: int, warmup: int):
     """Yield (model, image, threads, path, executed precision, ms, speed-up, argmax agreement, max |Δp|, max |Δscore|
     / max |score|)."""
-    from bench import _median_rounds
 
     image = _image(name, size)
     for count in threads:
         paths = _paths(files, count)
         x = paths[0][1].preprocess(image)
         runs = [lambda m=model, x=x: m.infer(x) for _, model in paths]
-        reference_s, others = _median_rounds(runs[0], runs[1:], repeats=repeats, warmup=warmup)
+        reference_s, others = median_rounds(runs[0], runs[1:], repeats=repeats, warmup=warmup)
         reference = runs[0]()
         for (label, model), seconds in zip(paths, [reference_s, *others], strict=True):
             drift = measure([(reference, model.infer(x))])

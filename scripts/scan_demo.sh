@@ -3,9 +3,12 @@
 # Dask cluster, and check what it found. Sets up .venv first if needed.
 #   1. fc2conv convert   models/digits_cnn.safetensors → out/scan_demo/digits.onnx (verified)
 #   2. compose           all 450 test-split digits at known places on an 8192×8192 tiled BigTIFF
-#   3. fc2conv scan      1024-pixel tiles on two local workers → score map (zarr), overview PNG, detections
+#   3. fc2conv scan      1024-pixel tiles on two local workers → score map (zarr, also an OME-Zarr image with a
+#                        probability pyramid), overview PNG, detections (CSV, and GeoJSON QuPath imports), and the
+#                        probability map as a pyramidal OME-TIFF on the slide's level-0 grid (for QuPath)
 #   4. report            recall and precision against the placed digits, and stitched vs one pass on a region;
 #                        exits 1 below 97% recall or precision, or if the region differs
+#   5. fc2conv view      a napari screenshot of a region (only where napari and xvfb-run are installed)
 # At reduced precision (the README's "Reduced precision"): extra flags go to `fc2conv scan` and the report, and
 # --int8 first quantizes the model on canvases of training-split digits (scripts/digits_precision.py), e.g.
 #   bash scripts/scan_demo.sh --backend openvino --precision bf16
@@ -42,9 +45,23 @@ echo "== 2. compose a slide of test-split digits (never seen in training)"
 echo
 echo "== 3. scan it in 1024-pixel tiles on a local Dask cluster of two workers"
 "$fc2conv" scan "$out/slide.tif" --model "$model" --out "$out/slide.zarr" --tile 1024 --workers 2 \
-    --overview "$out/overview.png" --detections "$out/found.csv" --force ${flags[@]+"${flags[@]}"}
+    --overview "$out/overview.png" --detections "$out/found.csv" --ome-tiff "$out/map.ome.tif" --force \
+    ${flags[@]+"${flags[@]}"}
 
 echo
 echo "== 4. the detections against the placed digits, and the stitched map against one pass"
 .venv/bin/python scripts/digits_slide.py report "$out/placed.json" "$out/found.csv" --map "$out/slide.zarr" \
     --model "$model" --slide "$out/slide.tif" ${flags[@]+"${flags[@]}"}
+
+echo
+echo "== 5. where to look at it"
+echo "OME-Zarr (napari, vizarr, any NGFF viewer): $out/slide.zarr (raw scores) and $out/slide.zarr/probabilities"
+echo "QuPath: import $out/found.geojson over $out/slide.tif; add $out/map.ome.tif to the project to overlay it"
+echo "napari: .venv/bin/fc2conv view $out/slide.zarr"
+# The screenshot of the README (docs/images/scan_view.png): five digits of five classes, 240×360 pixels at 2.5×.
+if .venv/bin/python -c "import napari" 2>/dev/null && command -v xvfb-run >/dev/null; then
+    xvfb-run -a -s "-screen 0 1600x1200x24" "$fc2conv" view "$out/slide.zarr" --region 2009,1846,2249,2206 \
+        --size 600,900 --screenshot "$out/view.png" --force
+else
+    echo "(no napari screenshot: it needs pip install 'fc2conv[view]' and Debian's xvfb; see docs/scanning.md)"
+fi

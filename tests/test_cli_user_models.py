@@ -107,14 +107,26 @@ def test_a_signal_model_end_to_end(models, tmp_path):
 
 
 def test_run_warns_when_nothing_gives_a_normalisation(models, tmp_path):
+    from PIL import Image
+
+    weights = saved_weights(models, "VGG", tmp_path / "vgg.pt", "VGG11")
+    invoke("convert", weights, "--model-def", f"{models}:VGG", "--model-arg", "VGG11", "--input-shape", "3,16,16",
+           "--onnx", tmp_path / "bare.onnx")
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(tmp_path / "image.png")
+    bare = invoke("run", tmp_path / "bare.onnx", tmp_path / "image.png")
+    assert bare.exit_code == EXIT_OK and "warning: neither" in bare.stderr
+    given = invoke("run", tmp_path / "bare.onnx", tmp_path / "image.png", "--mean", "0.5", "--std", "0.25")
+    assert given.exit_code == EXIT_OK and given.stderr == ""
+
+
+def test_run_takes_npy_arrays_as_they_are_without_a_warning(models, tmp_path):
+    # An array is not scaled to [0, 1] as an image file is, so the warning about [0, 1] inputs does not apply.
     weights = saved_weights(models, "Signal", tmp_path / "signal.pt")
     invoke("convert", weights, "--model-def", f"{models}:Signal", "--input-shape", "1,64", "--onnx",
            tmp_path / "bare.onnx")
     np.save(tmp_path / "clip.npy", np.zeros((1, 64), np.float32))
     bare = invoke("run", tmp_path / "bare.onnx", tmp_path / "clip.npy")
-    assert bare.exit_code == EXIT_OK and "warning: neither" in bare.stderr
-    given = invoke("run", tmp_path / "bare.onnx", tmp_path / "clip.npy", "--mean", "0.5", "--std", "0.25")
-    assert given.exit_code == EXIT_OK and given.stderr == ""
+    assert bare.exit_code == EXIT_OK and bare.stderr == ""
 
 
 def test_timm_models_by_name(tmp_path):

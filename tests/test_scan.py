@@ -346,12 +346,16 @@ def test_scan_runs_without_torch(models, tmp_path):
     source = write_tiff(tmp_path / "in.tif", image)
     done = run_without_torch(f"""
         import sys
+        from pathlib import Path
+
         from fc2conv.runtime import scan
 
         if __name__ == "__main__":  # worker processes start by importing this file again, torch blocked too
             here = scan({str(source)!r}, model={str(model)!r}, out="here.zarr", tile=64, overview="o.png",
-                        detections="d.csv")
+                        detections="d.csv", ome_tiff="m.ome.tif")
             there = scan({str(source)!r}, model={str(model)!r}, out="there.zarr", tile=64, workers=2)
+            from fc2conv.viewer import open_scan, read_detections  # `fc2conv view` without napari's part
+            read_detections(Path("d.geojson"), open_scan(Path("here.zarr")))
             assert not any(m.split(".")[0] == "torch" for m in sys.modules), "torch was imported"
             print(here.tiles, there.tiles)
     """, tmp_path)
@@ -361,4 +365,4 @@ def test_scan_runs_without_torch(models, tmp_path):
     for name in ("here", "there"):
         assert_same_map(zarr.open_array(str(tmp_path / f"{name}.zarr" / "scores"), mode="r")[...],
                         one_pass(model, image))
-    assert (tmp_path / "o.png").is_file() and (tmp_path / "d.geojson").is_file()
+    assert all((tmp_path / name).is_file() for name in ("o.png", "d.geojson", "m.ome.tif"))

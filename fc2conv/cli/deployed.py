@@ -115,6 +115,8 @@ def _class_index(value: str | None, result, top) -> int:
     "Examples:\n\n"
     "  fc2conv scan slide.tif --model out/model.onnx --out out/slide.zarr --workers 2 --overview out/slide.png\n\n"
     "  fc2conv scan canvas.tif --model out/digits.onnx --out out/canvas.zarr --detections out/found.csv --resume\n\n"
+    "  fc2conv scan slide.tif --model out/model.onnx --out out/slide.zarr --detections out/found.csv "
+    "--ome-tiff out/map.ome.tif\n\n"
     "  fc2conv scan slide.tif --model out/model.onnx --out out/slide.zarr --backend openvino --precision bf16"
 ))
 def scan(
@@ -139,7 +141,11 @@ def scan(
     overview: Path | None = typer.Option(None, "--overview", metavar="OUT.png",
                                          help="Write a heatmap of the chosen classes over the whole image."),
     detections: Path | None = typer.Option(None, "--detections", metavar="OUT.csv",
-                                           help="Write peaks of the chosen classes (and OUT.geojson beside it)."),
+                                           help="Write peaks of the chosen classes (and OUT.geojson beside it, "
+                                                "QuPath objects in level-0 pixels)."),
+    ome_tiff: Path | None = typer.Option(None, "--ome-tiff", metavar="OUT.ome.tif",
+                                         help="Write the chosen classes' probabilities as a pyramidal OME-TIFF on the "
+                                              "slide's level-0 pixel grid, for QuPath."),
     threshold: float = typer.Option(0.5, "--threshold", help="Smallest probability of a detection."),
     iou: float = typer.Option(0.3, "--iou", help="Drop a detection whose window overlaps a better one more."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan of OUT, skipping done tiles."),
@@ -156,14 +162,15 @@ def scan(
     quiet: bool = QUIET,
     as_json: bool = JSON,
 ) -> None:
-    """Scan an image of any size in tiles: the same dense map as one pass, in a zarr store (no torch needed)."""
+    """Scan an image of any size in tiles: the same dense map as one pass, in a zarr store that is also an OME-Zarr
+    image placed on the slide (no torch needed)."""
     shown = Output(quiet=quiet, as_json=as_json)
     from ..scan import SampleRangeWarning
     from ..scan.quiet import quiet_libraries
 
     # The libraries' logs and warnings stay back (pages of them on failure paths): the error says what matters.
     with usage_errors(), quiet_libraries() as caught:
-        extra = [p for p in (overview, detections, detections and detections.with_suffix(".geojson")) if p]
+        extra = [p for p in (overview, detections, detections and detections.with_suffix(".geojson"), ome_tiff) if p]
         check_outputs(extra, force, inputs=[model, image])
         from ..images import MAX_PIXELS
         from ..runtime import scan as scan_image
@@ -173,7 +180,7 @@ def scan(
                             overview=overview, detections=detections, threshold=threshold, iou=iou, resume=resume,
                             force=force, dtype=dtype, approximate=approximate, threads=threads,
                             progress=False if quiet or as_json else None, max_pixels=max_pixels or MAX_PIXELS,
-                            backend=backend, precision=precision)
+                            backend=backend, precision=precision, ome_tiff=ome_tiff)
     for warning in caught:
         if issubclass(warning.category, SampleRangeWarning) and not quiet:
             typer.echo(f"warning: {warning.message}", err=True)
@@ -189,4 +196,6 @@ def scan(
         shown.say(f"wrote {result.overview}")
     if result.detections:
         shown.say(f"wrote {result.found} detections to {result.detections} and {result.geojson}")
+    if result.ome_tiff:
+        shown.say(f"wrote {result.ome_tiff}")
     shown.result(result.to_dict())

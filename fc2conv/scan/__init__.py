@@ -2,14 +2,16 @@
 
     from fc2conv.scan import scan
     result = scan("slide.tif", model="model.onnx", out="slide.zarr", tile=2048, workers=2,
-                  overview="overview.png", detections="found.csv")
+                  overview="overview.png", detections="found.csv", ome_tiff="map.ome.tif")
 
 The flow, one module each: `arguments` checks the flags and outputs → `source` (with `readers`, `tiff` and
 `zarr_source`) reads a level of the input lazily → `tiles` plans tiles on the stride grid with the receptive
 field's halo → `infer` evaluates a tile in the model's session (one per process), `samples` checking what it
 read → `stitch` writes the owned cells into a chunked zarr store and records each finished tile → `dispatch`
-runs the tiles here or on Dask → `outputs` draws the overview and finds the detections. `quiet` holds back the
-libraries' logs. Nothing here imports torch.
+runs the tiles here or on Dask → `ngff` adds the OME-Zarr metadata and the probability pyramid, placed on the
+slide by `placement` → `outputs` draws the overview and finds the detections (GeoJSON for QuPath), `qupath` writes
+the map as a pyramidal OME-TIFF on the slide's level-0 grid. `quiet` holds back the libraries' logs. Nothing here
+imports torch.
 
 Guarantees: the stitched map equals the one-pass map of the same model on the same image (float32: max
 |tiled − one pass| / max |one pass| ≤ 1e-5) for every model whose metadata gives a receptive field; at reduced
@@ -44,9 +46,10 @@ from ..backends import check_backend
 from ..errors import ConversionError
 from ..files import staged_outputs
 from ..images import MAX_PIXELS
-from . import dispatch, outputs, samples, stitch, tiles
+from . import dispatch, ngff, outputs, qupath, samples, stitch, tiles
 from .arguments import check_arguments
 from .infer import ModelSpec, file_sha256, load, map_length
+from .placement import Placement
 from .samples import BadInput, SampleRangeWarning, TileReport
 from .source import open_source
 from .tiles import TILE_MEMORY_BUDGET
@@ -69,6 +72,7 @@ class ScanResult:
     overview: Path | None = None
     detections: Path | None = None
     geojson: Path | None = None
+    ome_tiff: Path | None = None
     found: int | None = None
     outside_unit_range: int = 0  # float samples read by this call outside [0, 1] (see `fc2conv.scan.samples`)
     sample_range: tuple[float, float] | None = None  # smallest and largest float sample read by this call
@@ -92,7 +96,8 @@ class ScanResult:
                 **{key: self.metadata.get(key) for key in ("backend", "precision", "exact")},
                 "overview": self.overview and str(self.overview),
                 "detections": self.detections and str(self.detections),
-                "geojson": self.geojson and str(self.geojson), "found": self.found,
+                "geojson": self.geojson and str(self.geojson), "ome_tiff": self.ome_tiff and str(self.ome_tiff),
+                "found": self.found,
                 "outside_unit_range": self.outside_unit_range,
                 "sample_range": list(self.sample_range) if self.sample_range else None}
 
@@ -104,7 +109,7 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
          threshold: float = 0.5, iou: float = 0.3, resume: bool = False, force: bool = False,
          dtype: str = "float32", approximate: bool = False, threads: int | None = None,
          progress: bool | None = None, max_pixels: int | None = MAX_PIXELS, backend: str = "onnxruntime",
-         precision: str = "fp32") -> ScanResult:
+         precision: str = "fp32", ome_tiff: str | os.PathLike | None = None) -> ScanResult:
     """Scan `source` with the ONNX `model` into the zarr store `out` (see the module docstring).
 
     `tile`: input pixels per tile side, without the halo (rounded down to whole strides; at least one window; a
@@ -112,12 +117,15 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     `workers` / `scheduler`: a local Dask cluster of that many processes, or a running one; neither: this process.
     `level` / `mpp`: the pyramid level, by index or by pixel size in µm. `reader`: auto, tiff, zarr, openslide
     or image. `classes`: labels or indices for the overview and detections (default: all but "background").
-    `overview`: a PNG path; `detections`: a CSV path (a GeoJSON is written beside it), peaks with probability
-    ≥ `threshold`, suppressed above `iou`. `resume`: continue a partial (or finished) store; `force`: replace
-    existing outputs. `threads`: the backend's threads per process (default: its own in this process, 1 on
-    workers). `max_pixels`: the budget for PNG/JPEG inputs, which are decoded whole. `backend` / `precision`:
-    onnxruntime (fp32) or OpenVINO (fp32, bf16, fp16), the same in every process (`fc2conv.backends`); the store
-    records them, and `exact: false` for anything but float32 (`resume` refuses other settings).
+    `overview`: a PNG path; `detections`: a CSV path (a GeoJSON of QuPath detections in level-0 pixels is written
+    beside it), peaks with probability ≥ `threshold`, suppressed above `iou`; `ome_tiff`: a path for the chosen
+    classes' probabilities as a pyramidal OME-TIFF on the slide's level-0 grid (`fc2conv.scan.qupath`). Every scan
+    also writes the map as OME-Zarr into `out` (`fc2conv.scan.ngff`). `resume`: continue a partial (or finished)
+    store; `force`: replace existing outputs. `threads`: the backend's threads per process (default: its own in this
+    process, 1 on workers). `max_pixels`: the budget for PNG/JPEG inputs, which are decoded whole. `backend` /
+    `precision`: onnxruntime (fp32) or OpenVINO (fp32, bf16, fp16), the same in every process
+    (`fc2conv.backends`); the store records them, and `exact: false` for anything but float32 (`resume` refuses
+    other settings).
 
     `ConversionError` for bad arguments and inputs, before anything is written; `BadInput` (a `ConversionError`)
     when a tile meets NaN or infinite samples mid-scan, and the unfinished store is removed (left, and named, when
@@ -130,7 +138,7 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     out, model = Path(out), Path(model)
     targets = check_arguments(out, model, Path(source), tile=tile, workers=workers, scheduler=scheduler,
                               overview=overview, detections=detections, threshold=threshold, iou=iou, dtype=dtype,
-                              resume=resume, force=force)
+                              resume=resume, force=force, ome_tiff=ome_tiff)
     here = workers is None and scheduler is None
     spec = ModelSpec(str(model.resolve()), file_sha256(model), threads if threads is not None or here else 1,
                      backend, precision)
@@ -139,6 +147,7 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     src = open_source(source, channels=dense.channels, reader=reader, level=level, mpp=mpp, max_pixels=max_pixels)
     dense.preprocess(src.read(0, 0, 1, 1))  # the model takes these samples (channels, type), or ConversionError
     stride, window = tuple(dense.metadata["stride"]), tuple(dense.metadata["window"])
+    placement = src.placement(stride, window)
     cells = tuple(_map_length(dense, axis, src.size[axis], stride, window, halo) for axis in range(2))
     asked, tile = tile, min(tile, max(src.size))  # a tile larger than the image is the image
     plan = tiles.make_plan(src.size, stride=stride, window=window, halo=halo, tile=tile, cells=cells)
@@ -147,6 +156,9 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     tiles.check_memory(plan, shown, samples=src.samples, sample_bytes=src.dtype.itemsize, channels=dense.channels,
                        classes=len(labels), score_bytes=np.dtype(dtype).itemsize, decode_bytes=src.chunk_bytes)
     chosen = outputs.choose_classes(classes, labels)
+    if ome_tiff is not None and len(chosen) > qupath.MAX_CHANNELS:  # each channel is a plane of the slide's size
+        raise ConversionError(f"--ome-tiff {ome_tiff}: {len(chosen)} classes would make {len(chosen)} channels of the "
+                              f"slide's full size; choose at most {qupath.MAX_CHANNELS} with --classes")
     run = {"model_sha256": spec.sha256, "source": src.spec.path, "reader": src.spec.reader, "level": src.spec.level,
            "source_size_and_mtime": list(src.spec.stamp), "tile": tile, "dtype": dtype, "approximate": approximate,
            "backend": backend, "precision": precision}
@@ -158,7 +170,7 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
              "image_size": list(src.size), "map_size": list(cells), "tile": tile, "tile_cells": list(plan.tile_cells),
              "source": src.describe(), "model": {"path": spec.path, "sha256": spec.sha256}, "dtype": dtype,
              "cell_size_um": src.pixel_size and [p * s for p, s in zip(src.pixel_size, stride, strict=True)],
-             **numbers, "run": run}
+             "placement": placement.to_attrs(), **numbers, "run": run}
     created = None  # (store, token) of the store this call creates, which a `BadInput` removes
     try:
         with dispatch.executor(workers=workers, scheduler=scheduler) as run_tiles:
@@ -177,6 +189,9 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
         raise
     if not stitch.done_mask(store).all():
         raise ConversionError(f"some tiles of {store} were not written; run again with --resume")
+    # A store begun by an older fc2conv records no placement: this scan's source is the same level of the same file.
+    attrs = {**attrs, "placement": attrs.get("placement") or placement.to_attrs(),
+             "outputs": {name: str(path.resolve()) for name, path in targets.items()}}
     stitch.mark_complete(store, attrs)
     written = _finish(store, out, targets, chosen, attrs, threshold=threshold, iou=iou, force=force)
     warning = samples.range_warning(report, src.spec.path)
@@ -237,9 +252,12 @@ def _store(out: Path, *, resume: bool, force: bool, plan, dtype: str, attrs: dic
 
 def _finish(store: Path, out: Path, targets: dict[str, Path], chosen: list[int], attrs: dict, *,
             threshold: float, iou: float, force: bool) -> dict[str, Any]:
-    """Write the overview and detections, then put them and the store in place together."""
+    """Write the OME-Zarr map into the store, the overview, detections and OME-TIFF beside it, then put them and the
+    store in place together."""
     import zarr
 
+    placement = Placement.from_attrs(attrs)
+    ngff.write(store, attrs, placement)
     scores = zarr.open_array(str(store / "scores"), mode="r")
     written: dict[str, Any] = dict(targets)
     with staged_outputs(list(targets.values()), force=force) as staged:
@@ -251,8 +269,13 @@ def _finish(store: Path, out: Path, targets: dict[str, Path], chosen: list[int],
                                        window=tuple(attrs["window"]), image=tuple(attrs["image_size"]),
                                        threshold=threshold, iou=iou)
             outputs.write_csv(found, staging["detections"])
-            outputs.write_geojson(found, staging["geojson"])
+            outputs.write_geojson(found, staging["geojson"], attrs["labels"], placement.level_edges_to_base)
             written["found"] = len(found)
+        if "ome_tiff" in targets:
+            group = zarr.open_group(str(store / ngff.PROBABILITIES), mode="r")
+            pyramid = [group[str(m)] for m in range(len(group.attrs["fc2conv"]["levels"]))]
+            qupath.write_ome_tiff(pyramid, placement, chosen, attrs["labels"], outputs.class_colors(attrs["labels"]),
+                                  staging["ome_tiff"])
         if store != out:
             stitch.publish(store, out)
     return written

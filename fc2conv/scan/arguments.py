@@ -13,12 +13,14 @@ from . import dispatch, stitch
 __all__ = ["DTYPES", "check_arguments"]
 
 DTYPES = ("float32", "float16")
-_FLAGS = {"overview": "--overview", "detections": "--detections", "geojson": "--detections' GeoJSON"}
+_FLAGS = {"overview": "--overview", "detections": "--detections", "geojson": "--detections' GeoJSON",
+          "ome_tiff": "--ome-tiff"}
 
 
 def check_arguments(out: Path, model: Path, source: Path, *, tile, workers, scheduler, overview, detections,
-                     threshold, iou, dtype, resume, force) -> dict[str, Path]:
-    """Validate what needs no file read; returns the extra outputs by name (overview, detections, geojson).
+                     threshold, iou, dtype, resume, force, ome_tiff=None) -> dict[str, Path]:
+    """Validate what needs no file read; returns the extra outputs by name (overview, detections, geojson,
+    ome_tiff).
 
     No output (nor `out`'s unfinished store) may be an input, lie inside one or hold one, after following
     symbolic links."""
@@ -37,7 +39,7 @@ def check_arguments(out: Path, model: Path, source: Path, *, tile, workers, sche
     if not model.is_file():
         raise ConversionError(f"{model}: no such model file")
     targets = {"overview": overview, "detections": detections,
-               "geojson": detections and Path(detections).with_suffix(".geojson")}
+               "geojson": detections and Path(detections).with_suffix(".geojson"), "ome_tiff": ome_tiff}
     targets = {name: Path(path) for name, path in targets.items() if path is not None}
     flags = {"--out": out, "--out's unfinished store": stitch.partial_path(out),
              **{_FLAGS[name]: path for name, path in targets.items()}}

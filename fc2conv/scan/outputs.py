@@ -11,7 +11,10 @@ Both read the store one chunk at a time, so their memory is bounded by a chunk (
   taken, of any class (one class per window, as the softmax says), by an intersection over union above `iou`.
   This removes the duplicates a peak leaves on both sides of a chunk border (neighbouring cells' windows
   overlap by (W − S) / (W + S), 0.78 for the digits model). Boxes are the cells' windows in input pixels of
-  the scanned level, clipped to the image.
+  the scanned level, clipped to the image; the CSV gives them so. The GeoJSON gives them in level-0 pixels (the
+  scanned level's downsample applied, `fc2conv.scan.placement`) as QuPath objects: each feature has
+  `objectType` "detection", a `classification` with the label's `name` and `color`, and the probability among
+  its `measurements` (beside the label, class index, score and cell it always had).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +33,14 @@ from PIL import Image
 from ..errors import ConversionError
 from ..inference import colormap
 
-__all__ = ["Detection", "choose_classes", "detections", "overview", "write_csv", "write_geojson"]
+__all__ = ["Detection", "choose_classes", "class_colors", "detections", "overview", "write_csv", "write_geojson"]
 
 BACKGROUND = "background"
+# One colour per class, the same in the GeoJSON, the OME-Zarr channels, the OME-TIFF and `fc2conv view`: matplotlib's
+# "tab10" without its grey, which marks a class labelled background.
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (188, 189, 34), (23, 190, 207), (255, 221, 0)]
+GREY = (128, 128, 128)
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,14 @@ def choose_classes(classes: list[str] | None, labels: list[str]) -> list[int]:
             raise ConversionError(f"--classes {name!r} is neither a label nor an index of the model's {len(labels)} "
                                   f"classes ({', '.join(labels[:12])}{' …' if len(labels) > 12 else ''})")
     return sorted(set(chosen))
+
+
+def class_colors(labels: list[str]) -> list[tuple[int, int, int]]:
+    """(red, green, blue) of each class: grey for "background", the palette in turn for the others."""
+    colors, others = [], iter(range(len(labels)))
+    for label in labels:
+        colors.append(GREY if label.lower() == BACKGROUND else PALETTE[next(others) % len(PALETTE)])
+    return colors
 
 
 def _chunks(scores: Any) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -137,13 +153,29 @@ def write_csv(found: list[Detection], path: Path) -> None:
             out.writerow([d.label, d.class_index, f"{d.score:.6f}", *d.cell, *d.box])
 
 
-def write_geojson(found: list[Detection], path: Path) -> None:
-    """A FeatureCollection of box polygons in pixel coordinates (x = column, y = row, y down)."""
+def write_geojson(found: list[Detection], path: Path, labels: list[str] | None = None,
+                  to_base: Callable[[tuple[float, float]], tuple[float, float]] | None = None) -> None:
+    """A FeatureCollection of box polygons in level-0 pixel coordinates (x = column, y = row, y down; `to_base`
+    maps pixel-edge coordinates (y, x) of the scanned level there, default: they are level 0), each a QuPath
+    detection classified by its label, coloured as in `class_colors(labels)`."""
+    colors = class_colors(labels) if labels else PALETTE
     features = []
     for d in found:
         top, left, bottom, right = d.box
-        ring = [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]]
+        place = to_base or (lambda point: point)
+        (y0, x0), (y1, x1) = place((top, left)), place((bottom, right))
+        x0, y0, x1, y1 = (_number(v) for v in (x0, y0, x1, y1))
+        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+        color = list(colors[d.class_index % len(colors)])
         features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                         "properties": {"label": d.label, "class_index": d.class_index, "score": round(d.score, 6),
+                         "properties": {"objectType": "detection", "name": d.label,
+                                        "classification": {"name": d.label, "color": color},
+                                        "measurements": {"probability": round(d.score, 6)},
+                                        "label": d.label, "class_index": d.class_index, "score": round(d.score, 6),
                                         "cell": list(d.cell)}})
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+def _number(value: float) -> float | int:
+    """A coordinate as an int where it is one (integer downsamples), else rounded to a thousandth of a pixel."""
+    return round(value) if abs(value - round(value)) < 1e-9 else round(value, 3)

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import ConversionError, first_line
 from ..images import load_image
+from .placement import Placement
 from .samples import BadInput
 
 __all__ = ["UNITS_UM", "AxesView", "ImageSource", "SlideSource", "Source", "SourceSpec", "downsample", "positive",
@@ -54,6 +55,7 @@ class Source:
     downsample: tuple[float, float] = (1.0, 1.0)  # level 0 pixels per pixel of this level (y, x)
     pixel_size: tuple[float, float] | None = None  # micrometres (y, x) at this level
     chunk_bytes: int = 0  # the largest block the reader decodes whole (a file's tile, strip or chunk); 0: small
+    base_size: tuple[int, int] | None = None  # level 0's (height, width); None: this level is level 0
 
     def read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         try:
@@ -70,10 +72,17 @@ class Source:
     def _read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
         raise NotImplementedError
 
+    def placement(self, stride: tuple[int, int], window: tuple[int, int]) -> Placement:
+        """Where this level's pixels, and so a map of `stride` and `window` over it, lie on the slide
+        (`fc2conv.scan.placement`); readers whose files record transforms of their own override it."""
+        return Placement.area(downsample=self.downsample, pixel_size=self.pixel_size, stride=stride, window=window,
+                              base_size=self.base_size or self.size)
+
     def describe(self) -> dict[str, Any]:
         return {"path": self.spec.path, "reader": self.spec.reader, "level": self.spec.level,
                 "size": list(self.size), "downsample": list(self.downsample),
-                "pixel_size_um": list(self.pixel_size) if self.pixel_size else None}
+                "pixel_size_um": list(self.pixel_size) if self.pixel_size else None,
+                "base_size": list(self.base_size or self.size)}
 
 
 def downsample(path: str, base: tuple[int, int], size: tuple[int, int], level: int) -> tuple[float, float]:
@@ -133,6 +142,7 @@ class SlideSource(Source):
         width, height = self._slide.level_dimensions[spec.level]
         self.size, self.samples, self.dtype = (height, width), 3, np.dtype(np.uint8)
         self.downsample = (float(self._slide.level_downsamples[spec.level]),) * 2
+        self.base_size = tuple(reversed(self._slide.level_dimensions[0]))
         self.pixel_size = scaled(_slide_pixel_size(self._slide), self.downsample)
         self._background = _background(self._slide.properties.get("openslide.background-color"))
 

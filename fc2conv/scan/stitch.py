@@ -7,7 +7,8 @@ Layout of `OUT.zarr` (a zarr v3 group):
   map's cells), so each tile writes exactly one chunk and concurrent writers never share one;
 - `done`: tile rows × tile columns uint8, chunked 1×1: a tile's flag is set only after its scores are written;
 - `attrs["fc2conv"]`: what the map is (geometry, labels, source, model hash…; see `fc2conv.scan.scan`) and
-  `run`, the settings a resumed scan must share.
+  `run`, the settings a resumed scan must share;
+- once every tile is done, the OME-Zarr (NGFF) metadata and the `probabilities` pyramid (`fc2conv.scan.ngff`).
 
 zarr's local store writes every chunk file whole (to a temporary file, then renamed), so a process killed
 mid-write leaves each chunk old or new, never torn, and a tile whose flag is not set is simply computed again.
@@ -67,7 +68,8 @@ def create(path: Path, plan: TilePlan, *, classes: int, dtype: str, attrs: dict[
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     # LZ4 on byte-shuffled floats: twice as fast as zarr's default zstd on score maps, and as small.
     group.create_array("scores", shape=(classes, *plan.cells), chunks=(classes, *plan.chunk_cells), dtype=dtype,
-                       fill_value=np.nan, compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"))
+                       fill_value=np.nan, compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+                       dimension_names=("c", "y", "x"))  # the OME-Zarr axes (`fc2conv.scan.ngff`)
     group.create_array("done", shape=plan.grid, chunks=(1, 1), dtype="uint8", fill_value=0, compressors=None)
     group.attrs[ATTRS] = {**attrs, "token": token, "complete": False}
     return token

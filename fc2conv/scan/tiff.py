@@ -39,8 +39,8 @@ class TiffSource(Source):
                 _check_level(spec.path, spec.level, level, self._file)
                 view = AxesView(zarr.open(series.aszarr(level=spec.level), mode="r"), level.axes, spec.path)
                 base = series.levels[0]
-                self.downsample = downsample(spec.path, tuple(base.shape[base.axes.index(a)] for a in "YX"),
-                                             view.size, spec.level)
+                self.base_size = tuple(base.shape[base.axes.index(a)] for a in "YX")
+                self.downsample = downsample(spec.path, self.base_size, view.size, spec.level)
                 self.pixel_size = scaled(_tiff_pixel_size(self._file), self.downsample)
                 self.chunk_bytes = math.prod(level.keyframe.chunks) * np.dtype(level.dtype).itemsize
             except ConversionError:

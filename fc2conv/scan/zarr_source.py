@@ -7,7 +7,9 @@ list of names or objects with a text `name` (fc2conv goes by the first letter: y
 and an optional text `unit`; `datasets` a non-empty list of objects whose `path` is a relative path of names
 inside the store (no `..`, `.`, empty or absolute parts) naming an array with one dimension per axis, and which,
 with everything below it, resolves inside the store after following symbolic links (a link out of the store is
-refused, like `..`); a `scale` transformation lists one positive finite number per axis.
+refused, like `..`); a `scale` transformation lists one positive finite number per axis, a `translation` one
+finite number per axis. The scale and translation of each level (with the multiscale's own, when given) also say
+where the map lies on the slide (`fc2conv.scan.placement`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, first_line
+from .placement import Placement
 from .readers import UNITS_UM, AxesView, Source, SourceSpec, downsample
 
 __all__ = ["ZarrSource"]
@@ -34,6 +37,8 @@ class _Levels:
     axes: str
     scales: list
     names: list[str]
+    transforms: list  # per level, ((scale y, x), (translation y, x)) in `unit`, or None where it has no scale
+    unit: str | None = None
 
 
 class ZarrSource(Source):
@@ -49,6 +54,16 @@ class ZarrSource(Source):
         self.downsample = downsample(spec.path, base, self.size, spec.level)
         self.pixel_size = found.scales[spec.level]
         self.chunk_bytes = math.prod(array.chunks) * self.dtype.itemsize
+        self.base_size = base
+        self._transforms, self._unit = (found.transforms[0], found.transforms[spec.level]), found.unit
+
+    def placement(self, stride: tuple[int, int], window: tuple[int, int]) -> Placement:
+        """The level's own OME transforms (and level 0's), where the metadata gives scales; else the default."""
+        base, level = self._transforms
+        if base is None or level is None:
+            return super().placement(stride, window)
+        return Placement(level[0], level[1], base[0], base[1], tuple(stride), tuple(window), self.base_size,
+                         self._unit)
 
     @staticmethod
     def levels(spec: SourceSpec, max_pixels: int | None) -> list:
@@ -69,13 +84,13 @@ def _zarr_levels(path: str) -> _Levels:
         raise ConversionError(f"{path}: cannot open it as a zarr array or group "
                               f"({first_line(e, named=True)})") from None
     if isinstance(node, zarr.Array):
-        return _Levels([node], _guess_axes(node.shape, path), [None], [path])
+        return _Levels([node], _guess_axes(node.shape, path), [None], [path], [None])
     field, first = _multiscale(node, path)
     axes, units = _axes(first, field, path)
     datasets = first.get("datasets")
     if not isinstance(datasets, list) or not datasets:
         raise ConversionError(f"{path}: {field}.datasets must be a non-empty list of objects; got {_shown(datasets)}")
-    arrays, scales, names = [], [], []
+    arrays, scales, names, transforms = [], [], [], []
     for i, dataset in enumerate(datasets):
         where = f"{field}.datasets[{i}]"
         array = _dataset(node, path, dataset, where)
@@ -83,10 +98,38 @@ def _zarr_levels(path: str) -> _Levels:
         if len(array.shape) != len(axes):
             raise ConversionError(f"{path}: {where} is an array of shape {tuple(array.shape)}, not one dimension per "
                                   f"axis of {field}.axes ({axes!r})")
-        scales.append(_pixel_size(_scale(dataset, where, len(axes), path), axes, units))
+        scale = _scale(dataset, where, len(axes), path)
+        scales.append(_pixel_size(scale, axes, units))
+        transforms.append((scale, _scale(dataset, where, len(axes), path, kind="translation")))
         arrays.append(array)
         names.append(f"{path} ({where})")
-    return _Levels(arrays, axes, scales, names)
+    overall = tuple(_scale(first, field, len(axes), path, kind=kind) for kind in ("scale", "translation"))
+    unit, placed = _placed(transforms, overall, axes, units)
+    return _Levels(arrays, axes, scales, names, placed, unit)
+
+
+def _placed(transforms: list, overall: tuple, axes: str, units: list) -> tuple[str | None, list]:
+    """(unit, per level ((scale y, x), (translation y, x)) or None): each dataset's scale and translation, then
+    the multiscale's, for the Y and X axes; in micrometres where both units convert, else as written."""
+    y, x = axes.index("Y"), axes.index("X")
+    unit_y, unit_x = (units[y], units[x]) if units else (None, None)
+    if unit_y in UNITS_UM and unit_x in UNITS_UM:
+        unit, factor = "micrometer", (UNITS_UM[unit_y], UNITS_UM[unit_x])
+    else:
+        unit, factor = unit_y if unit_y == unit_x else None, (1.0, 1.0)
+    outer_scale, outer_shift = overall
+    placed = []
+    for scale, shift in transforms:
+        if scale is None:
+            placed.append(None)
+            continue
+        scales, shifts = [], []
+        for a, f in zip((y, x), factor, strict=True):
+            times = outer_scale[a] if outer_scale else 1.0
+            scales.append(float(scale[a] * times * f))
+            shifts.append(float(((shift[a] if shift else 0.0) * times + (outer_shift[a] if outer_shift else 0.0)) * f))
+        placed.append((tuple(scales), tuple(shifts)))
+    return unit, placed
 
 
 def _multiscale(node: Any, path: str) -> tuple[str, dict]:
@@ -176,8 +219,9 @@ def _check_link(root: str, link: str, store: str, name: str, field: str) -> None
                               "store it is given")
 
 
-def _scale(dataset: dict, where: str, dimensions: int, path: str) -> list[float] | None:
-    """The dataset's `scale` transformation (one positive number per axis), or None when it has none."""
+def _scale(dataset: dict, where: str, dimensions: int, path: str, kind: str = "scale") -> list[float] | None:
+    """The dataset's (or multiscale's) `scale` transformation (one positive number per axis), or with `kind`
+    "translation" its `translation` (one finite number per axis); None when it has none."""
     transforms = dataset.get("coordinateTransformations", [])
     if not isinstance(transforms, list):
         raise ConversionError(f"{path}: {where}.coordinateTransformations must be a list; got {_shown(transforms)}")
@@ -185,13 +229,15 @@ def _scale(dataset: dict, where: str, dimensions: int, path: str) -> list[float]
         if not isinstance(transform, dict):
             raise ConversionError(f"{path}: {where}.coordinateTransformations[{j}] must be an object; got "
                                   f"{_shown(transform)}")
-        if transform.get("type") != "scale" or "scale" not in transform:
-            continue  # a translation, or a scale kept in a file of its own: no pixel size from it
-        scale = transform["scale"]
-        if not isinstance(scale, list) or len(scale) != dimensions or not all(_positive_number(v) for v in scale):
-            raise ConversionError(f"{path}: {where}.coordinateTransformations[{j}].scale must list {dimensions} "
-                                  f"positive numbers, one per axis; got {_shown(scale)}")
-        return scale
+        if transform.get("type") != kind or kind not in transform:
+            continue  # another transformation, or one kept in a file of its own
+        values = transform[kind]
+        good = _positive_number if kind == "scale" else _finite_number
+        if not isinstance(values, list) or len(values) != dimensions or not all(good(v) for v in values):
+            what = "positive" if kind == "scale" else "finite"
+            raise ConversionError(f"{path}: {where}.coordinateTransformations[{j}].{kind} must list {dimensions} "
+                                  f"{what} numbers, one per axis; got {_shown(values)}")
+        return values
     return None
 
 
@@ -206,7 +252,11 @@ def _pixel_size(scale: list[float] | None, axes: str, units: list[str | None]) -
 
 
 def _positive_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return _finite_number(value) and value > 0
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _shown(value: Any, limit: int = 60) -> str:

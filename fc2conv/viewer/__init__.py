@@ -1,0 +1,180 @@
+"""`fc2conv view`: a finished scan in napari, over the slide it was made from, everything placed by the scan's own
+`fc2conv.scan.placement` in the slide's physical coordinates (µm where it records a pixel size, else pixels).
+
+Layers, bottom to top: the slide, every level read lazily through the scan's readers (`viewer.scan.LevelArray`);
+one heatmap per chosen class, the OME-Zarr probability pyramid (`probabilities/0`, `/1`, …) in the class's colour
+from transparent (0) to opaque (1); the detections, as rectangles in their class's colour with the label and
+probability as text. napari is an optional extra (`pip install 'fc2conv[view]'`); nothing here imports torch.
+
+napari shows a pyramid's coarser levels as if each pixel were centred on the first full-resolution pixel it covers,
+not on its block: when zoomed out far enough to show level m, a heatmap is drawn up to (2^m − 1)/2 cells up and
+left of its place, less than one of the pixels shown. The files' metadata is exact (`fc2conv.scan.ngff`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError
+from ..files import atomic_output
+from .scan import Detections, Scan, open_scan, read_detections, slide_levels
+
+__all__ = ["Detections", "Scan", "build", "open_scan", "show"]
+
+MAX_LAYERS = 32
+_RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.uint16): (0, 65535)}
+
+
+def show(store: Path, *, slide: Path | None = None, classes: list[str] | None = None,
+         detections: Path | None = None, screenshot: Path | None = None, region: tuple[int, ...] | None = None,
+         size: tuple[int, int] = (800, 1200), force: bool = False) -> Path | None:
+    """Open the scan `store` in napari (see the module docstring), or with `screenshot` draw it without a window
+    (napari still needs a display: `xvfb-run` on a machine without one), save the canvas there and return its path.
+    `slide`: default, the file the scan read, if it is still there. `detections`: a GeoJSON or CSV of the scan's
+    (default: the GeoJSON the scan wrote, if any). `region`: (top, left, bottom, right) in level-0 pixels to frame.
+    `ConversionError` for a store that is not a finished scan, a slide of another size, or no napari."""
+    scan = open_scan(Path(store))
+    from ..scan.outputs import choose_classes
+
+    chosen = choose_classes(classes, scan.labels)
+    if len(chosen) > MAX_LAYERS:
+        raise ConversionError(f"{store}: {len(chosen)} classes would make {len(chosen)} heatmap layers; choose at most "
+                              f"{MAX_LAYERS} with --classes")
+    recorded = Path(scan.attrs["source"]["path"])
+    levels = slide_levels(slide, scan) if slide is not None else \
+        slide_levels(recorded, scan) if recorded.exists() else None
+    found = (scan.attrs.get("outputs") or {}).get("geojson")
+    detections = detections or (Path(found) if found and Path(found).exists() else None)
+    boxes = read_detections(Path(detections), scan) if detections else None
+    if screenshot is not None and not force and Path(screenshot).exists():
+        raise ConversionError(f"{screenshot} already exists; pass --force to overwrite it")
+    napari = _napari()
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise ConversionError("fc2conv view needs a display, and there is none (DISPLAY is not set); on a machine "
+                              "without one, run it under xvfb-run (Debian's xvfb) with --screenshot")
+    if screenshot is None:
+        viewer = napari.Viewer(title=f"fc2conv view {store}")
+        build(viewer, scan, levels, chosen, boxes)
+        _frame(viewer, scan, region)
+        napari.run()
+        return None
+    with _batch_quiet():
+        viewer = napari.Viewer(title=f"fc2conv view {store}")  # shown: napari 0.9 draws nothing hidden
+        try:
+            build(viewer, scan, levels, chosen, boxes)
+            viewer.window._qt_viewer.canvas.size = size  # a private attribute, but the only way to size the canvas
+            _frame(viewer, scan, region)
+            picture = viewer.screenshot(canvas_only=True, flash=False)
+        finally:
+            viewer.close()
+    from PIL import Image
+
+    with atomic_output(screenshot, force=force) as tmp:
+        Image.fromarray(np.asarray(picture)[:, :, :3]).save(tmp, format="PNG")
+    return Path(screenshot)
+
+
+def build(viewer: Any, scan: Scan, levels: list | None, chosen: list[int], boxes: Detections | None) -> None:
+    """Add the slide, the heatmaps of the `chosen` classes and the detections to a napari `viewer`."""
+    from napari.utils.colormaps import Colormap
+
+    placement = scan.placement
+    if levels is not None:
+        first = levels[0]
+        rgb = first.ndim == 3 and first.shape[2] in (3, 4) and first.dtype == np.uint8
+        limits = None if rgb else _RANGES.get(np.dtype(first.dtype), (0.0, 1.0))
+        viewer.add_image(levels, multiscale=True, rgb=rgb, name="slide", scale=placement.base_scale,
+                         translate=placement.base_translation, contrast_limits=limits,
+                         **({} if rgb else {"colormap": "gray"}))
+    scale, translation = placement.map_transform(0)
+    for k in chosen:
+        red, green, blue = (v / 255 for v in scan.colors[k])
+        colormap = Colormap([[0, 0, 0, 0], [red, green, blue, 1]], name=f"fc2conv {scan.labels[k]}")
+        viewer.add_image([_Channel(array, k) for array in scan.pyramid], multiscale=True,
+                         name=f"p({scan.labels[k]})", scale=scale, translate=translation, colormap=colormap,
+                         contrast_limits=(0, 255), opacity=0.8, blending="translucent")
+    if boxes is not None:
+        keep = [i for i, k in enumerate(boxes.classes) if k in chosen]
+        if keep:
+            rectangles = [boxes.boxes[i] for i in keep]
+            colors = [[v / 255 for v in scan.colors[boxes.classes[i]]] + [1.0] for i in keep]
+            viewer.add_shapes(rectangles, shape_type="rectangle", name="detections", edge_color=colors,
+                              face_color=[0, 0, 0, 0], edge_width=float(min(placement.base_scale)),
+                              features={"label": [boxes.labels[i] for i in keep],
+                                        "probability": [boxes.scores[i] for i in keep]},
+                              text={"string": "{label} {probability:.2f}", "color": "white", "size": 8,
+                                    "anchor": "upper_left"})
+
+
+class _Channel:
+    """Class `k` of a classes × rows × columns zarr array, as a lazy rows × columns array."""
+
+    def __init__(self, array: Any, k: int):
+        self.array, self.k = array, k
+        self.shape, self.dtype, self.ndim = tuple(array.shape[1:]), np.dtype(array.dtype), 2
+        self.size = int(np.prod(self.shape))
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.array[(self.k, *(key if isinstance(key, tuple) else (key,)))])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[:, :]
+        return whole.astype(dtype) if dtype is not None else whole
+
+
+def _frame(viewer: Any, scan: Scan, region: tuple[int, ...] | None) -> None:
+    """Fit the view to `region` (top, left, bottom, right in level-0 pixels), or to everything."""
+    viewer.reset_view()
+    if region is None:
+        return
+    placement = scan.placement
+    top, left, bottom, right = region
+    corners = [[(e - 0.5) * s + t for e, s, t in zip(point, placement.base_scale, placement.base_translation,
+                                                      strict=True)] for point in ((top, left), (bottom, right))]
+    (y0, x0), (y1, x1) = corners
+    height, width = viewer.window._qt_viewer.canvas.size
+    viewer.camera.center = ((y0 + y1) / 2, (x0 + x1) / 2)
+    viewer.camera.zoom = min(height / max(y1 - y0, 1e-9), width / max(x1 - x0, 1e-9))
+
+
+@contextlib.contextmanager
+def _batch_quiet() -> Iterator[None]:
+    """A screenshot prints only what fc2conv says. napari 0.9 on PyQt5 (the `view` extra) prints that PyQt5 is
+    deprecated (a notice, held back by a flag of a private module, and a warning), and Qt that XDG_RUNTIME_DIR is
+    unset under xvfb-run: nothing a batch run can act on. Qt gets a private runtime directory, removed afterwards."""
+    try:
+        from napari._qt import qt_main_window
+    except ImportError:
+        qt_main_window = None
+    if hasattr(qt_main_window, "SHOW_QT_WARNING"):
+        qt_main_window.SHOW_QT_WARNING = False
+    runtime = None if os.environ.get("XDG_RUNTIME_DIR") else tempfile.mkdtemp(prefix="fc2conv-view-")  # mode 0700
+    if runtime:
+        os.environ["XDG_RUNTIME_DIR"] = runtime
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="System theme detection requires a Qt6 backend")
+            yield
+    finally:
+        if runtime:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+            shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _napari() -> Any:
+    try:
+        import napari
+    except ImportError as e:
+        raise ConversionError(f"fc2conv view needs napari: pip install 'fc2conv[view]' (napari with PyQt5; {e})"
+                              ) from None
+    return napari
