@@ -8,17 +8,20 @@ expects, found by bisection over square (cubic) sizes.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import fx, nn
 
 from .errors import first_line
 
-__all__ = ["node_line", "shape_failure", "suggest_input_shape", "untraceable", "user_line", "user_line_of_stack"]
+__all__ = ["node_line", "shape_failure", "size_dependent", "suggest_input_shape", "untraceable",
+           "user_function_of_stack", "user_line", "user_line_of_stack"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _FC2CONV_DIR = os.path.dirname(__file__)
@@ -33,6 +36,16 @@ def user_line(error: BaseException) -> str | None:
 def user_line_of_stack() -> str | None:
     """`FILE:LINE: code` of the innermost frame of the current call stack in the user's code."""
     return _innermost(traceback.extract_stack())
+
+
+def user_function_of_stack() -> Callable | None:
+    """The module-level function of the innermost frame of the user's code in the current call stack, when that
+    frame is one (not a method or a closure): what fx's `autowrap_functions` can keep as one node."""
+    frame = inspect.currentframe()
+    while frame is not None and not _is_users(frame.f_code.co_filename):
+        frame = frame.f_back
+    found = frame.f_globals.get(frame.f_code.co_name) if frame is not None else None
+    return found if inspect.isfunction(found) and found.__code__ is frame.f_code else None
 
 
 def node_line(node: fx.Node) -> str | None:
@@ -76,6 +89,24 @@ def untraceable(name: str, error: Exception) -> str:
                "concrete_args={'flag': value}")
     where = f" at {line}" if line else ""
     return f"torch.fx could not trace {name}{where}: {cause}.\nHint: {fix}."
+
+
+def size_dependent(name: str, error: Any, blocker: str | None, attention: bool = False) -> str:
+    """Why model `name` cannot be traced once for every input size: the line that turns a varying size into a
+    number or a branch (`fc2conv.sized.SizeDependent`), and, when fc2conv could not keep it whole, why (`blocker`;
+    `attention` when that is a transformer's attention)."""
+    where = f" at {error.line}" if error.line else ""
+    if blocker is None:
+        cause = "it is in the model's own forward, so there is nothing smaller to keep whole"
+        fix = ("compute it from sizes that do not change with the input (channel counts), keep it as a tensor "
+               "operation on x.size(i), or move it into a submodule that does not hold the Linear head")
+    else:
+        cause = f"fc2conv cannot keep that module whole: {blocker}"
+        fix = ("fc2conv converts classifiers whose head reads convolutional feature maps; run this model at its own "
+               "input size" if attention else
+               "move the size-dependent code into a submodule or function of its own, without the Linear head")
+    return (f"{name} {error.what}{where}: a graph traced at one size would be wrong at another, and {cause}.\n"
+            f"Hint: {fix}.")
 
 
 def shape_failure(name: str, input_shape: tuple[int, ...], problem: str, suggestion: str) -> str:

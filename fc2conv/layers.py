@@ -13,6 +13,9 @@ While any tracer or exporter is running it is a plain `Conv2d`, so exported grap
 
 `DilatedAverage` is an average pool whose divisor changes at the border (ceil mode, or zero padding that is
 not counted) run with stride 1 and a dilated kernel, as `fc2conv.density` rarefies it.
+
+`SamePad` is TensorFlow's SAME padding, widths computed from the input's size at run time in a form that every
+exporter keeps symbolic (`fc2conv.padding` puts it where a library computes them in Python).
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "ChannelLayerNorm", "DilatedAverage", "LinearConv", "LinearConv1d", "LinearConv2d", "LinearConv3d", "im2col",
-    "linear_conv", "pad_widths",
+    "ChannelLayerNorm", "DilatedAverage", "LinearConv", "LinearConv1d", "LinearConv2d", "LinearConv3d", "SamePad",
+    "im2col", "linear_conv", "pad_widths",
 ]
 
 
@@ -124,9 +127,11 @@ class ChannelLayerNorm(nn.LayerNorm):
     """`LayerNorm` over dimension 1 of an N×C×(spatial) tensor (torchvision's `LayerNorm2d` for 2-D maps)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.movedim(1, -1)
+        # Permutations spelled out: the ONNX exporter writes movedim(1, -1) as a Transpose with a negative axis.
+        rank = x.dim()
+        x = x.permute(0, *range(2, rank), 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.movedim(-1, 1)
+        return x.permute(0, rank - 1, *range(1, rank - 1))
 
 
 def pad_widths(before: tuple[int, ...], after: tuple[int, ...]) -> list[int]:
@@ -158,3 +163,43 @@ class DilatedAverage(nn.Module):
         else:
             counted = F.pad(inside, self.pads)
         return total / self.conv(counted, self.weight[:1], dilation=self.dilation)
+
+
+class SamePad(nn.Module):
+    """TensorFlow's SAME padding before a window of `kernel` positions moving by `stride`, per spatial axis: in all
+    max((⌈size / stride⌉ − 1)·stride + kernel − size, 0) positions, half of them (rounded down) before, each width
+    times `scale`, filled with `value`.
+
+    The widths depend on the input's size, so they are computed at run time: with Python ints in eager mode, with
+    `torch.sym_max` under `torch.export` (no guard on the size), and with tensor ops while the TorchScript ONNX
+    exporter traces (where sizes are tensors), so the exported Pad follows the size too."""
+
+    def __init__(self, kernel: tuple[int, ...], stride: tuple[int, ...], scale: tuple[int, ...] | None = None,
+                 value: float = 0.0):
+        super().__init__()
+        self.kernel, self.stride = tuple(kernel), tuple(stride)
+        self.scale, self.value = tuple(scale or (1,) * len(self.kernel)), float(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        widths = []
+        for axis in reversed(range(len(self.kernel))):  # F.pad takes the last axis first
+            total = _same_width(x.shape[x.dim() - len(self.kernel) + axis], self.kernel[axis], self.stride[axis])
+            before = total // 2
+            widths += [before * self.scale[axis], (total - before) * self.scale[axis]]
+        return F.pad(x, widths, value=self.value)
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}, stride={self.stride}, scale={self.scale}, value={self.value}"
+
+
+def _same_width(size, kernel: int, stride: int):
+    """SAME's padding of an axis of `size` (an int, a SymInt, or a tensor while the ONNX exporter traces)."""
+    if kernel >= stride:  # ≥ 0 as it is; written so that torch.export finds the output size of the window that follows
+        # as (size − 1) // stride + 1, the same expression as an unpadded 1×1 shortcut of that stride
+        return stride * ((size - 1) // stride) + kernel - size
+    if kernel <= 1:
+        return 0
+    width = kernel - 1 - (size - 1) % stride
+    if isinstance(width, torch.Tensor):
+        return torch.clamp(width, min=0)
+    return torch.sym_max(width, 0) if isinstance(width, torch.SymInt) else max(width, 0)

@@ -8,7 +8,8 @@ the conversion options.
 
 A recipe holds no weights; saved artifacts store it next to the converted weights so `fc2conv.load` can
 rebuild the converted network. `model_def="FILE.py:FACTORY"` imports and runs the user's own Python file:
-the caller chooses to run that code, fc2conv never does it on its own.
+the caller chooses to run that code, fc2conv never does it on its own. `hf_config` is a Hugging Face model's
+config.json itself (a JSON object): transformers builds its own class for it, and no code from elsewhere runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from . import huggingface
 from .architectures import DEFAULT_INPUT_SHAPE, build, build_from_file, default_input_shape
 from .errors import ConversionError
 from .metadata import MODES, REDUCES
@@ -26,11 +28,12 @@ __all__ = ["MODES", "Recipe", "default_input_shape", "parse_input_shape"]
 
 @dataclass(frozen=True)
 class Recipe:
-    """The original architecture and the options of its conversion; exactly one of `arch`, `model_def`.
+    """The original architecture and the options of its conversion; exactly one of `arch`, `model_def`, `hf_config`.
 
     `arch` is a torchvision classification model name or ``timm:NAME``; `model_def` is
     ``"path/to/file.py:factory"``, a class or function called with `model_args` (in order), `model_kwargs`, and
-    ``num_classes=`` when that is given. The arguments must be JSON values: they are saved with the artifact.
+    ``num_classes=`` when that is given; `hf_config` is the config.json of a transformers image classifier (its
+    classes included). The arguments must be JSON values: they are saved with the artifact.
     """
 
     arch: str | None = None
@@ -43,11 +46,17 @@ class Recipe:
     channels_last_linears: bool = False
     density: int = 1
     reduce: str = "avg"
+    hf_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if (self.arch is None) == (self.model_def is None):
-            raise ConversionError("give the architecture with exactly one of --arch NAME or "
-                                  "--model-def FILE.py:FACTORY")
+        if sum(given is not None for given in (self.arch, self.model_def, self.hf_config)) != 1:
+            raise ConversionError("give the architecture with exactly one of --arch NAME, --model-def "
+                                  "FILE.py:FACTORY, or a Hugging Face save_pretrained directory as the checkpoint")
+        if self.hf_config is not None and (not isinstance(self.hf_config, dict)
+                                           or not isinstance(self.hf_config.get("model_type"), str)):
+            raise ConversionError("hf_config must be a transformers config.json object with a \"model_type\"")
+        if self.hf_config is not None and self.num_classes is not None:
+            raise ConversionError("--num-classes: a Hugging Face model's config.json gives its classes (id2label)")
         if self.mode not in MODES:
             raise ConversionError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
@@ -63,18 +72,22 @@ class Recipe:
         object.__setattr__(self, "input_shape", parse_input_shape(self.input_shape))
         object.__setattr__(self, "model_args", tuple(self.model_args))
         try:
-            json.dumps([self.model_args, self.model_kwargs])
+            json.dumps([self.model_args, self.model_kwargs, self.hf_config])
         except TypeError as e:
             raise ConversionError(f"--model-arg values must be JSON values (numbers, strings, lists...): {e}") from None
 
     @property
     def source(self) -> str:
+        if self.hf_config is not None:
+            return huggingface.source_of(self.hf_config)
         return self.arch if self.arch is not None else self.model_def
 
     def build(self):
         """The original architecture with random weights, in eval mode (torch is imported here)."""
         if self.arch is not None:
             return build(self.arch, self.num_classes).eval()
+        if self.hf_config is not None:
+            return huggingface.build(self.hf_config)
         return build_from_file(self.model_def, self.num_classes, self.model_args, self.model_kwargs).eval()
 
     def convert(self, model):

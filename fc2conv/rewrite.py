@@ -35,9 +35,10 @@ from .analysis import (
 )
 from .density import densify
 from .errors import reported
+from .layers import SamePad
 from .metadata import MODES, REDUCES
 from .shapes import spatial_axes
-from .trace import TraceOptions, trace
+from .trace import TraceOptions, trace, traced_with
 
 __all__ = ["ConversionInfo", "convert", "plan"]
 
@@ -173,9 +174,14 @@ def _untouched_modules(gm: fx.GraphModule, analysis: Analysis) -> frozenset[str]
     """
     touched = set()
     for node in gm.graph.nodes:
-        if node in analysis.actions or node in analysis.values:
+        if node in analysis.actions or node in analysis.values or _substituted(gm, node):
             touched.update(path for path, _ in node.meta.get("nn_module_stack", {}).values())
     return frozenset(name for name, _ in gm.named_modules() if name and name not in touched)
+
+
+def _substituted(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A node tracing replaced by fc2conv's own layer (`fc2conv.padding`): a module calling it whole would lose it."""
+    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), SamePad)
 
 
 def _prepare(model: nn.Module, inplace: bool) -> nn.Module:
@@ -220,7 +226,9 @@ def plan(
     """
     options = TraceOptions(tuple(leaf_modules), tuple(autowrap_functions), concrete_args)
     gm = trace(model, _input_shape(input_shape), options)
-    return analyze(gm, _input_shape(input_shape), mode, channels_last_linears=channels_last_linears).plan
+    found = analyze(gm, _input_shape(input_shape), mode, channels_last_linears=channels_last_linears).plan
+    found.notes.extend(traced_with(gm).notes)
+    return found
 
 
 @reported("converting the model")
@@ -271,8 +279,10 @@ def convert(
     options = TraceOptions(tuple(leaf_modules), tuple(autowrap_functions), concrete_args)
     model = _prepare(model, inplace)
     gm = trace(model, shape, options)
+    options = traced_with(gm).options  # with what tracing kept whole, for every later trace of this model
     analysis = analyze(gm, shape, cells, channels_last_linears=channels_last_linears)
     full = analysis  # its plan lists what calling modules whole hides: squeeze-excitation pools kept global
+    full.plan.notes.extend(traced_with(gm).notes)
     untouched = _untouched_modules(gm, analysis) if density == 1 else frozenset()
     if untouched:  # trace again with them whole: every node with an action is still there, so are the actions
         options = replace(options, leaf_names=untouched)

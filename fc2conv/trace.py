@@ -1,9 +1,10 @@
 """Trace a model with torch.fx and record every node's output shape at the reference input.
 
-Standard `torch.nn` modules stay leaf modules (one node each, so a Linear is one `call_module`); user
-modules are traced through unless listed in `leaf_modules`. Shapes come from running the graph once
-(`ShapeProp`) on a batch of two, so the batch dimension is never confused with a size-1 dimension; the run
-is on meta tensors (shapes only, no arithmetic, any model size in milliseconds), and on real random
+How the graph is traced is `fc2conv.tracer`'s job (a model fx cannot trace as it is, is traced knowing its
+sizes); the graph returns the class scores (`fc2conv.scores`: the `logits` of an output dataclass), with
+TensorFlow's SAME padding in a form exporters keep symbolic (`fc2conv.padding`). Shapes come from running the
+graph once (`ShapeProp`) on a batch of two, so the batch dimension is never confused with a size-1 dimension;
+the run is on meta tensors (shapes only, no arithmetic, any model size in milliseconds), and on real random
 inputs for the rare model that calls something meta tensors cannot do.
 """
 
@@ -11,9 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from itertools import chain
 from typing import Any
 
@@ -22,53 +22,20 @@ from torch import fx, nn
 from torch.fx.immutable_collections import immutable_list
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from .diagnose import node_line, shape_failure, suggest_input_shape, untraceable, user_line_of_stack
+from .diagnose import node_line, shape_failure, suggest_input_shape
 from .errors import ConversionError, first_line, out_of_memory
+from .padding import substitute_same_padding
+from .scores import scores_of
 from .shapes import times
+from .tracer import Traced, TraceOptions, trace_graph
 
-__all__ = ["META_FAILURES", "NodeFailure", "TraceOptions", "example_input", "meta_state", "trace"]
+__all__ = ["META_FAILURES", "NodeFailure", "TraceOptions", "example_input", "meta_state", "trace", "traced_with"]
 
 BATCH = 2
+_TRACED = "fc2conv.traced"
 # What a model raises on meta tensors for what they cannot do: an op without a meta kernel (NotImplementedError),
 # a value read from a tensor, `.item()` or `if x.sum() > 0` (RuntimeError). Another exception is a real failure.
 META_FAILURES = (NotImplementedError, RuntimeError)
-# Modules whose training mode computes something else than their eval mode.
-_TRAINING_DIFFERS = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
-
-
-@dataclass(frozen=True)
-class TraceOptions:
-    """How to trace: module types kept whole, functions kept as one node, fixed forward arguments, and
-    submodules (by qualified name) kept whole because the conversion does not touch them."""
-
-    leaf_modules: tuple[type[nn.Module], ...] = ()
-    autowrap_functions: tuple[Any, ...] = ()
-    concrete_args: dict[str, Any] | None = field(default=None, hash=False)
-    leaf_names: frozenset[str] = frozenset()
-
-
-class _Tracer(fx.Tracer):
-    def __init__(self, options: TraceOptions):
-        super().__init__(autowrap_functions=options.autowrap_functions)
-        self.leaf_types, self.leaf_names = options.leaf_modules, options.leaf_names
-        self.record_stack_traces = True  # errors can then name the user's file and line
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (isinstance(m, self.leaf_types) or module_qualified_name in self.leaf_names
-                or super().is_leaf_module(m, module_qualified_name))
-
-    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        # A module built inside forward (`nn.ReLU(inplace=True)(x)`) belongs to no model: trace through it, so its
-        # functional ops (F.relu, F.avg_pool2d, ...) land in the graph, with its eval behaviour like the rest (a
-        # new module is in training mode: an inline nn.Dropout would otherwise stay random at inference).
-        if self.submodule_paths is not None and m not in self.submodule_paths:
-            if m.training and any(isinstance(sub, _TRAINING_DIFFERS) for sub in m.modules()):
-                warnings.warn(f"{type(m).__name__} built inside forward() ({user_line_of_stack()}) is in training "
-                              "mode even when the model is not, so the original is random at inference and cannot "
-                              "be verified; fc2conv converts its eval behaviour", stacklevel=2)
-            m.eval()
-            return forward(*args, **kwargs)
-        return super().call_module(m, forward, args, kwargs)
 
 
 def example_input(input_shape: Sequence[int], *, batch: int = BATCH, dtype: torch.dtype = torch.float32,
@@ -197,11 +164,11 @@ def trace(model: nn.Module, input_shape: Sequence[int], options: TraceOptions = 
     was_training = model.training
     model.eval()
     try:
-        try:
-            graph = _Tracer(options).trace(model, concrete_args=options.concrete_args)
-        except Exception as e:
-            raise ConversionError(untraceable(name, e)) from e
-        gm = fx.GraphModule(model, graph, class_name=f"{name}Converted")
+        traced = trace_graph(model, options, input_shape, BATCH)
+        gm = fx.GraphModule(model, traced.graph, class_name=f"{name}Converted")
+        _return_scores(gm)
+        traced = replace(traced, notes=(*traced.notes, *substitute_same_padding(gm)))
+        gm.meta[_TRACED] = replace(traced, graph=None)
         gm.eval()
         try:
             _propagate_shapes(gm, input_shape)
@@ -220,6 +187,21 @@ def trace(model: nn.Module, input_shape: Sequence[int], options: TraceOptions = 
     finally:
         model.train(was_training)
     return gm
+
+
+def traced_with(gm: fx.GraphModule) -> Traced:
+    """How `trace` traced `gm`: the options, with what fc2conv kept whole, and notes for the plan."""
+    return gm.meta[_TRACED]
+
+
+def _return_scores(gm: fx.GraphModule) -> None:
+    """The graph returns the class scores alone (`fc2conv.scores`); whatever else was returned is dropped."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    scores = scores_of(output.args[0])
+    if scores is not output.args[0]:
+        output.args = (scores,)
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
 
 
 def _batch_of_output(gm: fx.GraphModule) -> int | None:

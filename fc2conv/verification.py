@@ -27,6 +27,7 @@ from .grid import geometry
 from .layers import im2col
 from .metadata import ONE_CELL
 from .rewrite import convert
+from .scores import scores_of
 from .shapes import as_map, is_vector_input, map_size, times
 from .tolerance import ACROSS_RUNTIMES, TOLERANCE, max_errors, tolerance
 from .trace import example_input, trace
@@ -156,7 +157,7 @@ def _pair(original: nn.Module, converted: nn.Module, x: torch.Tensor, out: torch
     reference = check == "reference"
     if reference or (info.mode in ("global", "cam") and not is_vector_input(info.input_shape)):
         try:
-            expected = original(x).flatten(1)
+            expected = scores_of(original(x)).flatten(1)
         except Exception as e:
             raise _Skip(f"the original does not run at this size ({first_line(e, named=True)})") from e
         if info.mode == "cam":

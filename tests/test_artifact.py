@@ -217,7 +217,7 @@ def test_bad_input_shapes_are_refused(text):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({}, "exactly one of --arch NAME or --model-def"),
+        ({}, "exactly one of --arch NAME, --model-def FILE.py:FACTORY, or a Hugging Face save_pretrained directory"),
         ({"arch": "resnet18", "model_def": SMALL_CNN}, "exactly one of"),
         ({"arch": "resnet18", "mode": "sparse"}, "--mode must be one of dense, global, cam"),
         ({"arch": "resnet18", "num_classes": 0}, "--num-classes must be a positive integer"),

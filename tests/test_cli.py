@@ -219,6 +219,7 @@ def unwritable_dir() -> str:
 
 REFUSALS = [
     (["convert", "{ck}", "-o", "{tmp}/a.pt2"], "--arch NAME (a torchvision model, or timm:NAME) or --model-def"),
+    (["convert", "{ck}", "-o", "{tmp}/a.pt2"], "a Hugging Face save_pretrained directory given as the checkpoint"),
     (["inspect", "{ck}"], "--arch NAME"),
     (["convert", "{ck}", "--model-def", MODEL_DEF, "--input-shape", "3,32,32,32,32", "-o", "{tmp}/a.pt2"],
      "--input-shape must"),

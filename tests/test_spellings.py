@@ -245,21 +245,28 @@ def test_modules_built_inside_forward_are_traced_through():
 
 
 class IntSize(nn.Module):
-    def __init__(self):
+    def __init__(self, axis: int):
         super().__init__()
+        self.axis = axis
         self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 14 * 14, 2)
 
     def forward(self, x):
         x = self.conv(x)
-        return self.fc(x.view(x.size(0), int(x.size(1)) * 196))
+        return self.fc(x.view(x.size(0), int(x.size(self.axis)) * 4 * 14 * 14 // int(x.size(self.axis))))
 
 
-def test_a_size_read_as_a_python_number_names_the_line_and_the_fix():
+def test_a_channel_count_read_as_a_python_number_is_a_constant():
+    model = IntSize(axis=1).eval()
+    assert fc2conv.verify(model, fc2conv.convert(model, SHAPE)).ok
+
+
+def test_a_spatial_size_read_as_a_python_number_names_the_line_and_the_fix():
     with pytest.raises(ConversionError) as caught:
-        fc2conv.convert(IntSize().eval(), SHAPE)
+        fc2conv.convert(IntSize(axis=2).eval(), SHAPE)
     message = str(caught.value)
-    assert "test_spellings.py:" in message and "int(x.size(1))" in message and "control flow" not in message
-    assert "use the size as it is" in message
+    assert "test_spellings.py:" in message and "int(x.size(self.axis))" in message and "control flow" not in message
+    assert "turns a size of the input into a Python number (14 at 16×16" in message
+    assert "model's own forward" in message and "Hint:" in message
 
 
 class DataShuffle(nn.Module):
@@ -334,12 +341,22 @@ def test_a_model_that_runs_at_some_sizes_only_gets_its_geometry():
 
 
 class ReturnsDict(nn.Module):
-    def __init__(self):
+    def __init__(self, key: str = "scores"):
         super().__init__()
+        self.key = key
         self.body, self.fc = Backbone(), nn.Linear(8, 2)
 
-    def forward(self, x):
-        return {"logits": self.fc(self.body(x).mean((2, 3)))}
+    def forward(self, x, labels=None):
+        features = self.body(x).mean((2, 3))
+        if labels is not None:  # an optional input fc2conv does not pass: traced as None, not as a graph input
+            raise ValueError("fc2conv must not trace this branch")
+        return {self.key: self.fc(features), "features": features}
+
+
+def test_the_logits_of_a_dict_output_are_the_scores():
+    model = ReturnsDict("logits").eval()
+    dense = fc2conv.convert(model, SHAPE)
+    assert fc2conv.verify(model, dense).ok
 
 
 class Raises(nn.Module):
@@ -388,3 +405,23 @@ def test_success_is_quiet(capfd):
         fc2conv.geometry(dense)
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+class ReshapedByItsShape(nn.Module):
+    """Hugging Face's EfficientNet head: the pooled N×C×1×1 features reshaped by their own `shape[:2]`."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.pool, self.fc = Backbone(), nn.AdaptiveAvgPool2d(1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        pooled = self.pool(self.body(x))
+        return self.fc(pooled.reshape(pooled.shape[:2]))
+
+
+@pytest.mark.parametrize("mode", ["dense", "global", "cam"])
+def test_pooled_features_reshaped_by_their_shape_convert_in_every_mode(mode):
+    model = ReshapedByItsShape().eval()
+    converted = fc2conv.convert(model, SHAPE, mode=mode)
+    report = fc2conv.verify(model, converted, sizes=[(32, 24)])
+    assert report.ok and all(check.passed for check in report.checks), report

@@ -10,19 +10,16 @@ from typing import Any
 from torch import fx
 
 from ..errors import ConversionError, first_line
-from ..shapes import VECTOR_MAP, is_vector_input
+from ..shapes import VECTOR_MAP, is_vector_input, times
+from .channels_last import ChannelsLastVisits
 from .head import HeadVisits
 from .ops import (
-    PERMUTES,
     callee_of,
-    channels_last_order,
     describe,
     is_flatten,
     is_linear,
-    is_op,
     linear_op,
     match_pool,
-    permutation,
     shape_of,
     variable_nodes,
 )
@@ -35,7 +32,7 @@ __all__ = ["MODES", "analyze"]
 MODES: tuple[str, ...] = ("dense", "global", "cam")
 
 
-class _Analyzer(PoolVisits, HeadVisits):
+class _Analyzer(PoolVisits, HeadVisits, ChannelsLastVisits):
     def __init__(self, gm: fx.GraphModule, input_shape: tuple[int, ...], mode: str, channels_last_linears: bool):
         self.gm, self.mode, self.channels_last_linears = gm, mode, channels_last_linears
         self.input_shape = input_shape
@@ -47,6 +44,7 @@ class _Analyzer(PoolVisits, HeadVisits):
         self.decisions: list[Decision] = []
         self.cuts: dict[fx.Node, tuple[int, ...]] = {}
         self.head: set[fx.Node] = set()  # nodes downstream of where the head starts
+        self.lost: dict[fx.Node, str] = {}  # nodes that read the head's channels-last tensor in a way it cannot carry
         self.pool_origins: dict[fx.Node, fx.Node] = {}  # global pool → the origin its vectors get
         self.context: dict[fx.Node, fx.Node] = {}  # node computed from a global-context pool alone → that pool
         self.global_context = False
@@ -140,6 +138,13 @@ class _Analyzer(PoolVisits, HeadVisits):
             )
         if value is None and shape is not None and len(shape) == len(self.input_shape) + 1 >= 3:
             return  # already a map of scores, N×K×(the input's spatial axes)
+        if value is None and shape is not None and len(shape) == 2:  # N×K scores, but not from a map fc2conv carries
+            lost = next((self.lost[n] for n in _ancestors(result) if n in self.lost), None)
+            why = (f"{lost} reads the head's channels-last tensor in a way fc2conv cannot apply to a map of scores"
+                   if lost else "fc2conv cannot trace them back to conv features through a Linear head, a pool or "
+                                "ops it applies to maps")
+            raise ConversionError(f"the model's output '{result.name}' is {times(shape)} class scores, but {why}; "
+                                  "fc2conv cannot give them as a map")
         what = value.describe() if isinstance(value, Vector) else shape
         raise ConversionError(
             f"the model's output '{result.name}' is {what}, not a vector of class scores per example "
@@ -181,13 +186,25 @@ class _Analyzer(PoolVisits, HeadVisits):
                 "conv features, a global pool or another Linear. Heads on sequences or tokens (RNNs, "
                 "transformers, whose attention mixes all positions) have no spatial map to slide over; fc2conv "
                 "converts heads on convolutional feature maps"))
-        elif (is_op(callee, (), PERMUTES, PERMUTES) and (self.channels_last_linears or node.args[0] in self.head)
-              and len(shape_of(node.args[0]) or ()) >= 3
-              and permutation(node) == channels_last_order(len(shape_of(node.args[0])))):
-            # Channels moved last, for Linears over them: ConvNeXt's blocks (on request), or a head that
-            # permutes the pooled map (N×C×1 → N×1×C) before its Linear.
+        elif self.moves_channels_last(node, callee) and (
+                self.channels_last_linears or node.args[0] in self.head or self.head_written_channels_last(node)):
+            # Channels moved last, for Linears over them: ConvNeXt's blocks (on request), a head that permutes the
+            # pooled map (N×C×1 → N×1×C) before its Linear, or a head written channels-last from the conv map on.
+            if node.args[0] not in self.head and self.head_written_channels_last(node):
+                self.start_head(node, node.args[0])
             self.actions[node] = Alias(node.args[0])
             self.values[node] = ChannelsLast(node.args[0])
+
+
+def _ancestors(node: fx.Node) -> list[fx.Node]:
+    """`node` and every node it is computed from, nearest first."""
+    found, todo = [], [node]
+    while todo:
+        current = todo.pop(0)
+        if current not in found:
+            found.append(current)
+            todo.extend(current.all_input_nodes)
+    return found
 
 
 def analyze(gm: fx.GraphModule, input_shape: tuple[int, ...], mode: str = "dense", *,

@@ -1,6 +1,6 @@
-"""The head carried as maps: how each op applies to the head's vectors (`Vector` values) and to channels-last
-tensors (`ChannelsLast`), a mixin of the analyzer (`fc2conv.analysis.analyzer`). Each branch says what it accepts
-and refuses with the reason what it cannot carry exactly.
+"""The head carried as maps: how each op applies to the head's vectors (`Vector` values), a mixin of the analyzer
+(`fc2conv.analysis.analyzer`); channels-last tensors are `channels_last.py`'s. Each branch says what it accepts and
+refuses with the reason what it cannot carry exactly.
 """
 
 from __future__ import annotations
@@ -20,18 +20,16 @@ from .ops import (
     IDENTITY_METHODS,
     IDENTITY_MODULES,
     LINEAR_IN_MEAN,
-    PERMUTES,
     POINTWISE_FUNCTIONS,
     POINTWISE_METHODS,
     POINTWISE_MODULES,
     arg,
-    channels_first_order,
+    is_batch_and_channels,
     is_batch_size,
     is_linear,
     is_op,
     is_reshape,
     linear_op,
-    permutation,
     shape_of,
     softmax_dim,
     softmax_kind,
@@ -40,7 +38,6 @@ from .plan import Decision
 from .values import (
     Alias,
     BatchNormToMaps,
-    ChannelsLast,
     ConcatOverChannels,
     LayerNormToChannels,
     LinearToConv,
@@ -52,7 +49,7 @@ __all__ = ["HeadVisits"]
 
 
 class HeadVisits:
-    """The analyzer's visits to nodes that read the head's vectors or channels-last tensors."""
+    """The analyzer's visits to nodes that read the head's vectors."""
 
     def visit_vector(self, node: fx.Node, callee: Any) -> None:
         vectors = [v for n in node.all_input_nodes if isinstance(v := self.values.get(n), Vector)]
@@ -90,8 +87,9 @@ class HeadVisits:
                 self.actions[node] = Alias(node.args[0])  # the same vectors, reshaped
                 self.values[node] = vec
                 return
-        if is_batch_size(node):
-            return  # the batch size is the same in the map
+        if is_batch_size(node) or (vec.is_plain and (shape_of(node.args[0]) or (0, 0))[1] == vec.channels
+                                   and is_batch_and_channels(node)):
+            return  # the batch size is the same in the map, and so are a pooled vector's channels
         if is_op(callee, IDENTITY_MODULES, IDENTITY_FUNCTIONS, IDENTITY_METHODS):
             self.values[node] = follow()
             return
@@ -147,27 +145,3 @@ class HeadVisits:
             self.values[node] = follow()
             return
         raise self.fail(node, callee, f"fc2conv does not know how to apply it to the head's vectors ({vec.describe()})")
-
-    def visit_channels_last(self, node: fx.Node, callee: Any) -> None:
-        value = next(v for n in node.all_input_nodes if isinstance(v := self.values.get(n), ChannelsLast))
-        channels = shape_of(node.args[0])[-1] if node.args and isinstance(node.args[0], fx.Node) else None
-        if is_linear(callee) and node.args[0] in self.values:
-            op, in_features, out_features = linear_op(node, callee)
-            ones = (1,) * (len(shape_of(node.args[0])) - 2)
-            self.actions[node] = LinearToConv(node.args[0], in_features, ones, None)
-            self.values[node] = ChannelsLast(node)
-            self.decisions.append(Decision(self.layer(node), op, "1×1 conv", ones, in_features, out_features,
-                                           "channels-last Linear"))
-        elif isinstance(callee, nn.LayerNorm) and tuple(callee.normalized_shape) == (channels,):
-            self.actions[node] = LayerNormToChannels(node.args[0])
-            self.values[node] = ChannelsLast(node)
-        elif (is_op(callee, POINTWISE_MODULES, POINTWISE_FUNCTIONS, POINTWISE_METHODS)
-              and len(node.all_input_nodes) == 1):
-            self.values[node] = ChannelsLast(node)
-        elif (log := softmax_kind(callee)) is not None and softmax_dim(node, callee) in (-1, len(shape_of(node)) - 1):
-            self.actions[node] = SoftmaxOverChannels(node.args[0], log)  # over the classes, which are now dim 1
-            self.values[node] = ChannelsLast(node)
-        elif is_op(callee, (), PERMUTES, PERMUTES) and permutation(node) == channels_first_order(
-                len(shape_of(node.args[0]) or ())):
-            self.actions[node] = Alias(value.source)
-        # anything else gets the channels-last tensor back (the rewrite materialises the permute)

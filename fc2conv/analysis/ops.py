@@ -139,18 +139,28 @@ def match_pool(node: fx.Node, callee: Any) -> Pool | None:
 
 
 def covers_whole_map(node: fx.Node, callee: Any, spatial: tuple[int, ...]) -> str | None:
-    """"dynamic" when a pool's kernel is read from the tensor (`F.avg_pool2d(x, x.size()[2:])`), "fixed" when it
-    is the map's size at the reference input without padding (`nn.AvgPool2d(7)` on a 7×7 map), else None."""
+    """"dynamic" when a pool's kernel is read from the tensor (`F.avg_pool2d(x, x.size()[2:])`) or is larger than
+    the map with `ceil_mode` (Hugging Face's EfficientNet: `nn.AvgPool2d(1280, ceil_mode=True)`, one window over
+    any map up to 1280 wide), "fixed" when it is the map's size at the reference input without padding
+    (`nn.AvgPool2d(7)` on a 7×7 map), else None."""
     if isinstance(callee, nn.Module):
         kernel, padding = callee.kernel_size, callee.padding
+        ceil_mode, divisor = callee.ceil_mode, getattr(callee, "divisor_override", None)
     else:
         kernel, padding = arg(node, 1, "kernel_size"), arg(node, 3, "padding", 0)
+        average = kind_in(WINDOW_POOLS, callee) == "avg"
+        ceil_mode = arg(node, 4 if average else 5, "ceil_mode", False)
+        divisor = arg(node, 6, "divisor_override") if average else None
     if isinstance(kernel, fx.Node) or (isinstance(kernel, list | tuple) and any(isinstance(k, fx.Node)
                                                                                  for k in kernel)):
         return "dynamic"
     kernel = (kernel,) * len(spatial) if isinstance(kernel, int) else tuple(kernel)
     padding = (padding,) * len(spatial) if isinstance(padding, int) else tuple(padding)
-    return "fixed" if kernel == spatial and not any(padding) else None
+    if any(padding) or divisor is not None:
+        return None
+    if ceil_mode is True and all(k >= s for k, s in zip(kernel, spatial, strict=True)) and kernel != spatial:
+        return "dynamic"
+    return "fixed" if kernel == spatial else None
 
 
 def is_reshape(callee: Any) -> bool:
@@ -180,6 +190,18 @@ def is_batch_size(node: fx.Node) -> bool:
     elif not (node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",)):
         return False
     return all(user.target is operator.getitem and user.args[1] == 0 for user in node.users)
+
+
+def is_batch_and_channels(node: fx.Node) -> bool:
+    """`x.shape` / `x.size()` used only as `[:2]`, `[0]` or `[1]` (Hugging Face's EfficientNet reshapes its pooled
+    N×C×1×1 features by `pooled.shape[:2]`): sizes a pooled vector shares with the map it comes from."""
+    reads_shape = node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",)
+    if not (reads_shape or (node.op == "call_method" and node.target == "size" and len(node.args) == 1
+                            and not node.kwargs)):
+        return False
+    leading = (0, 1, slice(None, 2), slice(0, 2), slice(None, 1), slice(0, 1))
+    return bool(node.users) and all(user.target is operator.getitem and user.args[1] in leading
+                                    for user in node.users)
 
 
 def is_linear(callee: Any) -> bool:

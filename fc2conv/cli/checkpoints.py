@@ -35,17 +35,27 @@ from .app import (
 __all__ = ["convert", "inspect", "verify"]
 
 
-def _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density, reduce):
+def _recipe(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density,
+            reduce):
+    from .. import huggingface
     from ..recipe import Recipe, default_input_shape, parse_input_shape
 
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    options = {"mode": mode, "channels_last_linears": channels_last_linears, "density": density, "reduce": reduce}
+    if huggingface.is_pretrained_dir(checkpoint):
+        if arch is not None or model_def is not None or model_arg:
+            raise ConversionError(f"{checkpoint} is a Hugging Face save_pretrained directory: its config.json gives "
+                                  "the architecture, so drop --arch, --model-def and --model-arg")
+        config = huggingface.read_config(checkpoint)
+        return Recipe(hf_config=config, num_classes=num_classes,
+                      input_shape=shape or huggingface.default_input_shape(checkpoint, config), **options)
     if arch is None and model_def is None:
         raise ConversionError("say which architecture the checkpoint is for: --arch NAME (a torchvision model, or "
-                              "timm:NAME) or --model-def FILE.py:FACTORY")
-    shape = parse_input_shape(input_shape) if input_shape is not None else None
+                              "timm:NAME) or --model-def FILE.py:FACTORY; a Hugging Face save_pretrained directory "
+                              "given as the checkpoint needs neither")
     args, kwargs = _parse_model_args(model_arg)
     return Recipe(arch=arch, model_def=model_def, num_classes=num_classes,
-                  input_shape=shape or default_input_shape(arch), model_args=args, model_kwargs=kwargs, mode=mode,
-                  channels_last_linears=channels_last_linears, density=density, reduce=reduce)
+                  input_shape=shape or default_input_shape(arch), model_args=args, model_kwargs=kwargs, **options)
 
 
 def _parse_model_args(values: list[str]) -> tuple[list, dict]:
@@ -74,16 +84,25 @@ def _json_or_text(text: str):
 
 
 def _original(recipe, checkpoint: Path, trust_pickle: bool, step):
-    """The recipe's architecture holding the checkpoint's weights."""
+    """The recipe's architecture holding the checkpoint's weights (a file, or a save_pretrained directory's)."""
+    from .. import huggingface
     from ..checkpoint import load_into, load_state_dict
 
     step(f"loading {checkpoint.name}")
-    state_dict = load_state_dict(checkpoint, trust_pickle=trust_pickle)
+    if huggingface.is_pretrained_dir(checkpoint):
+        state_dict = huggingface.read_weights(checkpoint, trust_pickle=trust_pickle)
+    else:
+        state_dict = load_state_dict(checkpoint, trust_pickle=trust_pickle)
     step(f"building {recipe.source}")
     model = recipe.build()
     try:
         load_into(model, state_dict, source=str(checkpoint))
     except ConversionError as e:
+        if recipe.hf_config is not None:
+            # An architecture fc2conv refuses says so: transformers renames an attention model's saved weights on
+            # load, so their names alone would say only that the file does not fit.
+            recipe.convert(model)
+            raise
         classes = _head_size(model, state_dict)
         if classes is None:
             raise
@@ -128,13 +147,19 @@ def _describe_geometry(converted) -> tuple[str, dict | None]:
 
 
 def _onnx_metadata(checkpoint: Path, recipe, labels: str | None, mean: str | None, std: str | None) -> dict:
-    """Labels and input normalisation for the ONNX metadata: the flags, else what a .safetensors checkpoint carries
-    under the same `fc2conv.*` keys (the normalisation as a pair: --mean or --std replaces both)."""
+    """Labels and input normalisation for the ONNX metadata: the flags, else what the checkpoint carries: a
+    .safetensors file under the same `fc2conv.*` keys, a save_pretrained directory in its config.json (id2label) and
+    preprocessor_config.json (image_mean, image_std) (the normalisation as a pair: --mean or --std replaces both)."""
+    from .. import huggingface
     from ..checkpoint import read_metadata
     from ..metadata import decode_hints
 
-    carried = (decode_hints(read_metadata(checkpoint), source=str(checkpoint), channels=recipe.input_shape[0])
-               if checkpoint.suffix == ".safetensors" else {})
+    if recipe.hf_config is not None:
+        carried = huggingface.hints(checkpoint, recipe.hf_config)
+    elif checkpoint.suffix == ".safetensors":
+        carried = decode_hints(read_metadata(checkpoint), source=str(checkpoint), channels=recipe.input_shape[0])
+    else:
+        carried = {}
     given = _parse_labels(labels)
     chosen = {"labels": carried.get("labels") if given is None else given}
     if mean is None and std is None:
@@ -142,6 +167,13 @@ def _onnx_metadata(checkpoint: Path, recipe, labels: str | None, mean: str | Non
     else:
         chosen.update(mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"))
     return chosen
+
+
+def _checkpoint_files(checkpoint: Path) -> list[Path]:
+    """The files of a save_pretrained directory that fc2conv reads (none for a checkpoint file)."""
+    from .. import huggingface
+
+    return huggingface.input_files(checkpoint) if huggingface.is_pretrained_dir(checkpoint) else []
 
 
 def _model_def_file(model_def: str | None) -> Path | None:
@@ -182,8 +214,8 @@ def inspect(
 
     out = Output(quiet=quiet, as_json=as_json)
     with usage_errors(), out.steps(3) as step:
-        recipe = _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density,
-                         reduce)
+        recipe = _recipe(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears,
+                         density, reduce)
         model = _original(recipe, checkpoint, trust_pickle, step)
         step("converting")
         converted = recipe.convert(model)
@@ -203,7 +235,9 @@ def inspect(
     "Examples:\n\n"
     "  fc2conv convert resnet18.pth --arch resnet18 -o out/resnet18.pt2 -o out/resnet18.safetensors\n\n"
     "  fc2conv convert digits.safetensors --model-def models/digits_cnn.py:DigitsCNN --input-shape 1,32,32 "
-    "-o out/digits.pt2 --onnx out/digits.onnx --labels 0,1,2,3,4,5,6,7,8,9,background"
+    "-o out/digits.pt2 --onnx out/digits.onnx --labels 0,1,2,3,4,5,6,7,8,9,background\n\n"
+    "  fc2conv convert my-finetuned-resnet/ -o out/resnet.safetensors --onnx out/resnet.onnx   "
+    "(a save_pretrained directory: labels and normalisation from its config)"
 ))
 def convert(
     checkpoint: Path = CHECKPOINT,
@@ -235,8 +269,8 @@ def convert(
     """
     out = Output(quiet=quiet, as_json=as_json)
     with usage_errors():
-        recipe = _recipe(arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density,
-                         reduce)
+        recipe = _recipe(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears,
+                         density, reduce)
         targets = [*output, *([onnx] if onnx else [])]
         if not targets:
             raise ConversionError("give at least one output: -o OUT.pt2, -o OUT.safetensors or --onnx OUT.onnx")
@@ -248,10 +282,11 @@ def convert(
             if path.suffix not in (EXPORT_SUFFIX, *STATE_SUFFIXES):
                 raise ConversionError(f"-o {path}: unknown output format; name it {EXPORT_SUFFIX} (torch.export), "
                                       f"{', '.join(STATE_SUFFIXES)} (weights + recipe), or use --onnx")
-        check_outputs(targets, force, inputs=[checkpoint, _model_def_file(model_def), _labels_file(labels)])
-        onnx_options = _onnx_metadata(checkpoint, recipe, labels, mean, std)
+        check_outputs(targets, force, inputs=[checkpoint, *_checkpoint_files(checkpoint), _model_def_file(model_def),
+                                              _labels_file(labels)])
         with out.steps(3 + (not no_verify) + len(targets)) as step:
             model = _original(recipe, checkpoint, trust_pickle, step)
+            onnx_options = _onnx_metadata(checkpoint, recipe, labels, mean, std)  # the checkpoint read: it is sound
             step("converting")
             converted = recipe.convert(model)
             report = None

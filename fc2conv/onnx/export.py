@@ -132,12 +132,15 @@ def _metadata(converted: nn.Module, *, classes: int, labels, mean, std) -> dict[
 
 
 def _check_inputs(converted: nn.Module, example: torch.Tensor) -> list[torch.Tensor]:
-    """Batches of 2 at the reference size and a larger one, and, in global mode, a smaller one where the
-    PyTorch model runs."""
+    """Batches of 2 at the reference size and a larger one, and, where the PyTorch model runs, one pixel larger
+    along every axis (a size of another parity at every layer: padding computed from the size, such as TensorFlow's
+    SAME, must follow it) and, in global mode, a smaller one."""
     info = converted.fc2conv
     reference = tuple(example.shape[2:])
     step = geometry(converted).stride if info.mode not in ONE_CELL else tuple(max(r // 4, 1) for r in reference)
     sizes = [reference, (reference[0] + 2 * step[0], *(r + s for r, s in zip(reference[1:], step[1:], strict=True)))]
+    if not is_vector_input(info.input_shape):
+        sizes.append(tuple(r + 1 for r in reference))
     if info.mode == "global" and not is_vector_input(info.input_shape):
         sizes.append(tuple(max(r - s, 1) for r, s in zip(reference, step, strict=True)))
     generator = torch.Generator().manual_seed(0)
@@ -161,7 +164,7 @@ def _check_in_onnxruntime(proto: onnx.ModelProto, converted: nn.Module, inputs: 
         _, max_rel = max_errors(got, want)
         if max_rel > tolerance(want.dtype, across_runtimes=True):
             raise ConversionError(f"{label}: onnxruntime differs from PyTorch {where} (max rel error {max_rel:.1e}); "
-                                  "not written")
+                                  f"not written. If it agrees at the reference size, {why}")
 
 
 def _export(model: nn.Module, example: torch.Tensor, *, dynamic: bool, opset: int, exporter: str) -> onnx.ModelProto:
@@ -181,6 +184,9 @@ def _export(model: nn.Module, example: torch.Tensor, *, dynamic: bool, opset: in
             warnings.simplefilter("ignore", DeprecationWarning)
             # F.pad's pads are reversed by a Slice of step −1, which the constant folder notes it cannot fold.
             warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
+            # Modules the converted model calls whole keep their Python checks (`if num_channels !=
+            # self.num_channels`), which the tracer warns it fixes; what it fixes wrongly, the runs below catch.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(model, (example,), buffer, dynamo=False, dynamic_axes=axes if dynamic else None,
                               **names)
         return onnx.load_from_string(buffer.getvalue())

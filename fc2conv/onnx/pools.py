@@ -18,10 +18,30 @@ from .graph import Graph, attribute
 __all__ = ["PoolUse", "pool_kind", "pool_use"]
 
 _GLOBAL_POOLS = {"GlobalAveragePool": "avg", "GlobalMaxPool": "max", "ReduceMean": "avg", "ReduceMax": "max"}
+_WINDOW_POOLS = {"AveragePool": "avg", "MaxPool": "max"}
+
+
+def _covers_whole_map(g: Graph, node: onnx.NodeProto) -> bool:
+    """A window pool that is a global pool at the reference size: one window, its kernel the size of the map (or
+    larger, in ceil mode), no padding or dilation. A static export writes `F.avg_pool2d(x, x.size()[2:])` and
+    `nn.AdaptiveAvgPool2d(1)` this way (AveragePool(7, stride 7) on a 7×7 map), and Hugging Face's EfficientNet
+    pools with `nn.AvgPool2d(1280, ceil_mode=True)`."""
+    size = g.shapes.get(node.input[0], (None,))[2:]
+    kernel = attribute(node, "kernel_shape")
+    if not size or None in size or kernel is None or len(kernel) != len(size) or len(node.output) != 1:
+        return False
+    if any(attribute(node, "pads", [0]) or [0]) or any(d != 1 for d in attribute(node, "dilations", [1]) or [1]):
+        return False
+    if attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        return False
+    larger = attribute(node, "ceil_mode", 0) and all(k >= s for k, s in zip(kernel, size, strict=True))
+    return tuple(kernel) == tuple(size) or bool(larger)
 
 
 def pool_kind(g: Graph, node: onnx.NodeProto) -> str | None:
     """"avg" or "max" when `node` pools an N×C×(spatial) map over all its spatial positions, else None."""
+    if node.op_type in _WINDOW_POOLS:
+        return _WINDOW_POOLS[node.op_type] if _covers_whole_map(g, node) else None
     kind = _GLOBAL_POOLS.get(node.op_type)
     rank = g.rank(node.input[0]) if kind is not None else None
     if rank is None or rank < 3:

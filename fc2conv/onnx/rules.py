@@ -317,11 +317,14 @@ class LiftPointwise(Rule):
 
 
 class SlidingPool(Rule):
-    """(dense mode) A global pool that is not global context → AveragePool/MaxPool of its size, stride 1."""
+    """(dense mode) A global pool that is not global context → AveragePool/MaxPool of its size, stride 1; so is a
+    window pool whose one window covers the map at the reference size (what a static export writes for
+    `F.avg_pool2d(x, x.size()[2:])`)."""
 
     def match(self, g: Graph, node: onnx.NodeProto) -> bool:
         return (
             bool(pool_kind(g, node)) and attribute(node, "keepdims", 1) == 1
+            and node.output[0] not in g.sliding_pools  # a window pool of the map's size is one already
             and node.output[0] not in pool_use(g).context
         )
 
