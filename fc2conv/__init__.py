@@ -12,33 +12,35 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 __all__ = [
-    "ConversionError", "Geometry", "Recipe", "convert", "convert_onnx", "export_onnx", "geometry", "load", "plan",
-    "save", "verify",
+    "ConversionError", "Geometry", "Recipe", "allowed_densities", "convert", "convert_onnx", "export_onnx", "geometry",
+    "load", "plan", "save", "verify",
 ]
 
 _HOMES = {
     "ConversionError": "errors",
-    "Geometry": "grid",
-    "convert": "rewrite",
-    "geometry": "grid",
-    "plan": "rewrite",
-    "verify": "verification",
+    "Geometry": "conversion.geometry",
+    "allowed_densities": "conversion.density",
+    "convert": "conversion.rewrite",
+    "geometry": "conversion.geometry",
+    "plan": "conversion.rewrite",
+    "verify": "conversion.verification",
     "convert_onnx": "onnx.convert",
     "export_onnx": "onnx.export",
-    "Recipe": "recipe",
-    "load": "artifact",
-    "save": "artifact",
+    "Recipe": "storage.recipe",
+    "load": "storage.artifact",
+    "save": "storage.artifact",
 }
 
 if TYPE_CHECKING:
-    from .artifact import load, save
+    from .conversion.density import allowed_densities
+    from .conversion.geometry import Geometry, geometry
+    from .conversion.rewrite import convert, plan
+    from .conversion.verification import verify
     from .errors import ConversionError
-    from .grid import Geometry, geometry
     from .onnx.convert import convert_onnx
     from .onnx.export import export_onnx
-    from .recipe import Recipe
-    from .rewrite import convert, plan
-    from .verification import verify
+    from .storage.artifact import load, save
+    from .storage.recipe import Recipe
 
 
 def __getattr__(name: str):

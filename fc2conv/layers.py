@@ -12,10 +12,10 @@ While any tracer or exporter is running it is a plain `Conv2d`, so exported grap
 `LayerNorm(C)` on a vector becomes once the vector is a 1×1 map.
 
 `DilatedAverage` is an average pool whose divisor changes at the border (ceil mode, or zero padding that is
-not counted) run with stride 1 and a dilated kernel, as `fc2conv.density` rarefies it.
+not counted) run with stride 1 and a dilated kernel, as `fc2conv.conversion.density` rarefies it.
 
 `SamePad` is TensorFlow's SAME padding, widths computed from the input's size at run time in a form that every
-exporter keeps symbolic (`fc2conv.padding` puts it where a library computes them in Python).
+exporter keeps symbolic (`fc2conv.tracing.padding` puts it where a library computes them in Python).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .compat import is_fx_tracing
 
 __all__ = [
     "ChannelLayerNorm", "DilatedAverage", "LinearConv", "LinearConv1d", "LinearConv2d", "LinearConv3d", "SamePad",
@@ -38,7 +40,7 @@ def _tracing() -> bool:
         or torch.compiler.is_exporting()
         or torch.jit.is_tracing()
         or torch.jit.is_scripting()
-        or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+        or is_fx_tracing()
         or torch.onnx.is_in_onnx_export()
     )
 

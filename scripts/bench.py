@@ -59,8 +59,9 @@ from timing import median_rounds, seconds
 from torch.utils.flop_counter import FlopCounterMode
 
 import fc2conv
-from fc2conv.checkpoint import load_into, load_state_dict
-from fc2conv.density import allowed_densities
+from fc2conv import allowed_densities
+from fc2conv.shapes import times
+from fc2conv.storage.checkpoint import load_into, load_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["alexnet", "vgg16", "resnet50", "mobilenet_v3_large"]
@@ -282,7 +283,7 @@ def main_density(args: argparse.Namespace) -> int:
                     refused.append(f"{row[0]} does not allow r={row[1]} (allowed: {row[2]})")
                     continue
                 model, (h, w), runtime, r, stride, cells, windows, dilated, stitch, naive, stitch_x, naive_x = row
-                print(f"{model:<9} {f'{h}×{w}':>9} {runtime:<12} {r:>2} {stride:>6} {'×'.join(map(str, cells)):>7} "
+                print(f"{model:<9} {f'{h}×{w}':>9} {runtime:<12} {r:>2} {stride:>6} {times(cells):>7} "
                       f"{windows:>7} {dilated * 1e3:>10.1f} {stitch * 1e3:>10.1f} {stitch / dilated:>7.2f}× "
                       f"{stitch_x:>6.2f}× {naive * 1e3:>10.1f} {naive / dilated:>7.2f}× {naive_x:>6.2f}×", flush=True)
     for line in refused:

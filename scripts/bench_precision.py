@@ -3,7 +3,7 @@
 For each model (the trained digits CNN; ResNet18 and ResNet50 with random weights, converted at 224×224 and
 exported by `fc2conv.export_onnx`) and each thread count, five paths run one `--image`² input in alternating rounds
 (`timing.median_rounds`: each round times one onnxruntime fp32 pass, then every other path for as long):
-onnxruntime fp32 (the reference), OpenVINO fp32, OpenVINO bf16, and the int8 file of `fc2conv.quantize` in
+onnxruntime fp32 (the reference), OpenVINO fp32, OpenVINO bf16, and the int8 file of `fc2conv.runtime.quantization` in
 onnxruntime and in OpenVINO. The int8 files are calibrated on training-split digit canvases (digits) or on random
 images (ResNets: random weights have no data of their own), minmax, float layers "auto". Each row gives the median,
 the speed-up over onnxruntime fp32 in the same run, and the drift from it on the timed input (argmax agreement per
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from timing import median_rounds
 
-from fc2conv.drift import measure
 from fc2conv.runtime import DenseModel
+from fc2conv.runtime.drift import measure
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISION_MODELS = ["digits", "resnet18", "resnet50"]
@@ -45,8 +45,8 @@ def _models(name: str, directory: Path) -> dict[str, Path]:
     from digits_precision import calibration_set
 
     import fc2conv
-    from fc2conv.checkpoint import load_into, load_state_dict
-    from fc2conv.quantize import quantize
+    from fc2conv.runtime.quantization import quantize
+    from fc2conv.storage.checkpoint import load_into, load_state_dict
     from models.digits_cnn import LABELS, DigitsCNN
 
     torch.manual_seed(0)
@@ -151,7 +151,7 @@ def kernel_rows(files: dict[str, Path], threads: int, size: int) -> list[tuple[s
 
 
 def main_precision(args) -> int:
-    from fc2conv.backends import cpu_flags, mlas_kernels
+    from fc2conv.runtime.backends import cpu_flags, mlas_kernels
 
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni")))
     print(f"CPU flags: {' '.join(flags) or 'none of avx512*/amx*/avx_vnni'}; onnxruntime MLAS would pick "

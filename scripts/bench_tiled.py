@@ -30,7 +30,7 @@ import torchvision
 
 import fc2conv
 from fc2conv.runtime import scan
-from fc2conv.scan.infer import ModelSpec, file_sha256, load
+from fc2conv.scan.worker import ModelSpec, file_sha256, load
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

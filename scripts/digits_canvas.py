@@ -30,6 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fc2conv.shapes import times
 from models.digits_cnn import MARGIN, STRIDE, compose, load_split
 
 CANVAS = (144, 240)
@@ -88,7 +89,7 @@ def denser_command(canvas_path: Path, placed_path: Path, model_path: Path, dense
     r = coarse.metadata["stride"][0] // fine.metadata["stride"][0]
     same = np.abs(fine.scores[:, ::r, ::r] - coarse.scores).max() / np.abs(coarse.scores).max()
     step, fine_step = coarse.metadata["stride"][0], fine.metadata["stride"][0]
-    sizes = ["×".join(map(str, result.scores.shape[1:])) for result in (fine, coarse)]
+    sizes = [times(result.scores.shape[1:]) for result in (fine, coarse)]
     print(f"{denser_path} on {canvas_path}: a {sizes[0]} map of windows every {fine_step} "
           f"pixel{'s' if fine_step > 1 else ''} (stride {step}: {sizes[1]})")
     print(f"its cells ({r}i, {r}j) against the stride-{step} map: max relative difference {same:.1e}")

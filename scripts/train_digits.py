@@ -22,7 +22,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fc2conv.checkpoint import save_state_dict  # noqa: E402
+from fc2conv.storage.checkpoint import save_state_dict  # noqa: E402
 from models.digits_cnn import BACKGROUND, LABELS, SEED, DigitsCNN, centred, load_split, windows  # noqa: E402
 
 REQUIRED_ACCURACY = 0.97

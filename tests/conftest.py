@@ -2,6 +2,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # tests/helpers.py and the example models in models/ import from the repository root.
@@ -23,3 +24,73 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 settings.register_profile("fc2conv", deadline=None, derandomize=True, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("fc2conv")
+
+
+# Fixtures more than one test module uses (each module's own fixtures stay in it).
+
+
+@pytest.fixture
+def small_arch_weights():
+    """A copy of the state dict of strategies.SMALL_ARCH's model."""
+    from strategies import SMALL_ARCH, build_generated
+
+    return {k: v.clone() for k, v in build_generated(SMALL_ARCH).state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def small_files(tmp_path_factory):
+    """A folder with a SmallCNN checkpoint (small.pt) and its conversion saved as small.pt2, with the recipe."""
+    import torch
+
+    import fc2conv
+    from fc2conv.storage.recipe import Recipe
+    from models.small_cnn import SmallCNN
+
+    folder = tmp_path_factory.mktemp("small")
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    torch.save(model.state_dict(), folder / "small.pt")
+    recipe = Recipe(model_def="models/small_cnn.py:SmallCNN", input_shape=(3, 32, 32))
+    fc2conv.save(fc2conv.convert(model, (3, 32, 32)), folder / "small.pt2", recipe=recipe)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_and_gray_onnx(tmp_path_factory):
+    """(SmallCNN converted and exported without metadata of its own, a 1-channel CNN on 16×16 likewise)."""
+    import torch
+
+    import fc2conv
+    from models.small_cnn import SmallCNN
+
+    class GrayCNN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.fc = torch.nn.Linear(4 * 14 * 14, 5)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+    folder = tmp_path_factory.mktemp("exported")
+    torch.manual_seed(0)
+    converted = fc2conv.convert(SmallCNN().eval(), (3, 32, 32))
+    path = fc2conv.export_onnx(converted, folder / "small.onnx")
+    gray = fc2conv.export_onnx(fc2conv.convert(GrayCNN().eval(), (1, 16, 16)), folder / "gray.onnx")
+    return path, gray
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory):
+    """The padded 3-channel SmallCNN of the scan tests, exported (stride 4, window 32, margins 3)."""
+    from scan_helpers import export
+
+    return export("small", tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(tmp_path_factory):
+    """The trained digits CNN, exported with its labels."""
+    from scan_helpers import export
+
+    return export("digits", tmp_path_factory.mktemp("models"))

@@ -1,16 +1,20 @@
-"""Shared test helpers: the one tolerance check, seeded inputs, the torchvision zoo, child processes (same torch
-threads, pause points) and the hidden files of fc2conv.files."""
+"""Shared test helpers: the one tolerance check (`assert_close`) and the exact equality of state dicts, seeded inputs,
+the torchvision zoo, checkpoints of every kind, the `fc2conv` command in this process or a fresh one and its clean
+refusals, child processes (same torch threads, pause points) and the hidden files of fc2conv.storage.atomic."""
 
 from __future__ import annotations
 
 import functools
 import os
 import re
+import resource
 import runpy
 import select
 import subprocess
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -20,9 +24,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 import fc2conv
-from fc2conv.cli import app
+from fc2conv.cli import EXIT_USAGE, app
 from fc2conv.errors import ConversionError
-from fc2conv.verification import max_errors, tolerance
+from fc2conv.runtime.tolerance import max_errors, tolerance
+from fc2conv.storage.checkpoint import save_state_dict
 
 # Every CNN classifier in torchvision.models: all classification models but the transformers.
 TRANSFORMERS = ("vit_", "swin_", "maxvit")
@@ -38,11 +43,65 @@ FAMILIES = [
 ]
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, across_runtimes: bool = False) -> None:
-    """`actual` equals `expected` within fc2conv's tolerance for their dtype (and runtimes)."""
+ROOT = Path(__file__).resolve().parents[1]
+# The example SmallCNN of models/, as the command's flags give it.
+SMALL_CNN_ARGS = ["--model-def", "models/small_cnn.py:SmallCNN", "--input-shape", "3,32,32"]
+# What `saved_checkpoint` writes: safetensors, torch.save's zip format, and its pre-1.6 ("legacy") format.
+CHECKPOINT_KINDS = ["safetensors", "zip", "legacy"]
+
+
+def assert_close(actual: Any, expected: Any, *, across_runtimes: bool = False, limit: float | None = None,
+                 what: str = "") -> None:
+    """`actual` equals `expected` (torch tensors or numpy arrays of one shape) within a relative error: fc2conv's
+    measure, max |actual − expected| / max |expected| (`fc2conv.runtime.tolerance.max_errors`), at most `limit`, by
+    default fc2conv's tolerance for expected's dtype (and runtimes). `what` names the comparison in the failure."""
+    if limit is not None and across_runtimes:
+        raise ValueError("give either limit or across_runtimes")
     max_abs, max_rel = max_errors(actual, expected)
-    limit = tolerance(expected.dtype, across_runtimes=across_runtimes)
-    assert max_rel <= limit, f"max rel error {max_rel:.3e} > {limit:.0e} (max abs {max_abs:.3e})"
+    if limit is None:
+        limit = tolerance(expected.dtype, across_runtimes=across_runtimes)
+    prefix = f"{what}: " if what else ""
+    assert max_rel <= limit, f"{prefix}max rel error {max_rel:.3e} > {limit:.0e} (max abs {max_abs:.3e})"
+
+
+def assert_equal_state_dicts(found: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
+    """The same keys, and every tensor equal bit for bit (not a tolerance comparison)."""
+    assert sorted(found) == sorted(expected)
+    for key, value in expected.items():
+        assert torch.equal(found[key], value), f"{key} differs"
+
+
+def snapshot(model: nn.Module) -> tuple[bool, dict[str, torch.Tensor]]:
+    """The model's training flag and a copy of its state dict, for `assert_unchanged`."""
+    return model.training, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model: nn.Module, before: tuple[bool, dict[str, torch.Tensor]]) -> None:
+    """`model` is as its `snapshot` was: training flag, state dict keys and every tensor."""
+    training, state = before
+    assert model.training == training
+    assert_equal_state_dicts(model.state_dict(), state)
+
+
+def saved_checkpoint(weights: Mapping[str, torch.Tensor], folder: Path, kind: str) -> Path:
+    """`weights` saved in `folder` as "safetensors", "zip" (torch.save) or "legacy" (torch.save, pre-1.6 format)."""
+    if kind == "safetensors":
+        path = folder / "w.safetensors"
+        save_state_dict(weights, path)
+    else:
+        path = folder / "w.pt"
+        torch.save(weights, path, _use_new_zipfile_serialization=kind == "zip")
+    return path
+
+
+class PickledCode:
+    """Unpickling this creates `marker`: proof that a pickle's code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
 
 
 def assert_onnx_overwrite_needs_force(write: Callable[[bool], object], target: Path) -> None:
@@ -65,7 +124,7 @@ def crop_size(name: str) -> int:
     return torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
 
 
-def build(name: str, seed: int = 0) -> nn.Module:
+def build_torchvision(name: str, seed: int = 0) -> nn.Module:
     """A randomly initialised torchvision model in eval mode (no download)."""
     torch.manual_seed(seed)
     kwargs = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}
@@ -120,6 +179,26 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+def cli_process(*args, limit_file_size: int | None = None) -> subprocess.CompletedProcess:
+    """`fc2conv ARGS` in a fresh process (signals and resource limits need one), from the repository root."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
+
+    return subprocess.run([sys.executable, "-c", "from fc2conv.cli import main; main()", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit if limit_file_size else None)
+
+
+def assert_clean_refusal(result, *fragments: str) -> None:
+    """Exit 2 and one short message on stderr naming every fragment; no traceback. `result` is a finished
+    process or a CliRunner result."""
+    code = result.returncode if isinstance(result, subprocess.CompletedProcess) else result.exit_code
+    assert code == EXIT_USAGE, (code, result.stderr)
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 4, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+
+
 def saved_weights(models: Path, name: str, path: Path, *args, **kwargs) -> Path:
     """`path`, holding the seeded state dict of `name(*args, **kwargs)` from the Python file `models`."""
     torch.manual_seed(0)
@@ -145,12 +224,13 @@ def next_line(process: subprocess.Popen, timeout: float = 300) -> str:
     return process.stdout.readline().strip()
 
 
-# fc2conv.files names its hidden siblings of a target ".{stem}.{pid}.{8 hex}.{tag}{suffix}" (`_hidden_sibling`).
+# fc2conv.storage.atomic names its hidden siblings of a target ".{stem}.{pid}.{8 hex}.{tag}{suffix}"
+# (`_hidden_sibling`).
 _HIDDEN = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?P<tag>tmp|staged)(?P<suffix>\.[^.]+|)")
 
 
 def listing(folder: Path | Iterable[str], pid: int | None = None) -> list[str]:
-    """The names in `folder` (or the names given), sorted, each hidden file of `fc2conv.files` written as its
+    """The names in `folder` (or the names given), sorted, each hidden file of `fc2conv.storage.atomic` written as its
     target and tags: "out.pt2~staged~tmp" is `atomic_output`'s temporary file for `staged_outputs`' staging file
     of out.pt2. With `pid`, only hidden names made by that process are translated; others stay as they are."""
     names = [p.name for p in folder.iterdir()] if isinstance(folder, Path) else list(folder)

@@ -51,7 +51,7 @@ def config(family: str, attention: bool = False):
     return found
 
 
-def build(family: str, seed: int = 0, attention: bool = False) -> nn.Module:
+def build_hf_model(family: str, seed: int = 0, attention: bool = False) -> nn.Module:
     """A model of `family` in eval mode, its weights random and not degenerate: transformers initialises some
     classifiers and norms to zero or one (EfficientNet's logits are then all zero), so every parameter and batch-norm
     statistic is drawn again."""
@@ -75,10 +75,10 @@ def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def saved(family: str, directory: Path, *, processor: bool = True) -> tuple[nn.Module, Path]:
+def saved_hf_model(family: str, directory: Path, *, processor: bool = True) -> tuple[nn.Module, Path]:
     """A model of `family` and the save_pretrained directory holding it (with a preprocessor_config.json of 32×32
     crops and ImageNet's normalisation when `processor`)."""
-    model = build(family)
+    model = build_hf_model(family)
     model.save_pretrained(directory)
     if processor:
         transformers.BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},

@@ -1,4 +1,4 @@
-"""Random CNN classifiers for property tests: a readable specification (`Arch`) and its model (`build`).
+"""Random CNN classifiers for property tests: a readable specification (`Arch`) and its model (`build_generated`).
 
 `architectures()` is a hypothesis strategy of `Arch` values: 1–4 conv stages (kernel 1–5, stride 1–2, no
 padding or `kernel // 2`, sometimes grouped or depthwise, optional BatchNorm, ReLU/GELU/Hardswish, optional
@@ -6,7 +6,7 @@ padding or `kernel // 2`, sometimes grouped or depthwise, optional BatchNorm, Re
 `nn.Flatten`, an adaptive average pool (module or functional) of 1 or k×k', or `mean((2, 3))`, then 1–3
 Linears with activations, Dropout or BatchNorm1d between them, on odd and non-square inputs of at most
 `MAX_SIDE` pixels. Models are built from the spec, so a failing example shrinks to a printable
-architecture that `build` turns back into the same model (weights come from `Arch.seed`).
+architecture that `build_generated` turns back into the same model (weights come from `Arch.seed`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "FLATTENS", "POOLS", "Arch", "Generated", "Hidden", "Stage", "architectures", "build"]
+__all__ = ["ACTIVATIONS", "FLATTENS", "POOLS", "SMALL_ARCH", "Arch", "Generated", "Hidden", "Stage", "architectures",
+           "build_generated"]
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "hardswish": nn.Hardswish}  # simplest first
 FLATTENS = ("torch.flatten", "view", "reshape", "nn.Flatten")
@@ -96,10 +97,10 @@ class Arch:
         """The last stage ends in a 2×2 average pool of a 2×2 map and nothing pools after it: at the reference size
         that pool averages the whole map, so fc2conv takes it for the model's global pool."""
         last, (_, h, w) = self.stages[-1], self.features
-        return self.pool is None and last.pool == "avg" and (h, w) == (1, 1) and self._before_last_pool == (2, 2)
+        return self.pool is None and last.pool == "avg" and (h, w) == (1, 1) and self.map_before_last_pool == (2, 2)
 
     @property
-    def _before_last_pool(self) -> tuple[int, int]:
+    def map_before_last_pool(self) -> tuple[int, int]:
         """The last stage's map between its convolution and its pool."""
         _, h, w = self.input_shape
         for stage in self.stages[:-1]:
@@ -163,7 +164,7 @@ class Generated(nn.Module):
         return self.classify(self.features(x))
 
 
-def build(arch: Arch, dtype: torch.dtype = torch.float32) -> Generated:
+def build_generated(arch: Arch, dtype: torch.dtype = torch.float32) -> Generated:
     """`arch`'s model in eval mode, with weights and non-trivial batch-norm statistics from `arch.seed`."""
     torch.manual_seed(arch.seed)
     model = Generated(arch)
@@ -219,3 +220,9 @@ def architectures(draw, max_side: int = MAX_SIDE) -> Arch:
     ), max_size=2))
     return Arch((channels, height, width), body, pool, pool_size, draw(st.sampled_from(FLATTENS)),
                 tuple(hidden), draw(st.integers(1, 7)), draw(st.integers(0, 2**16)))
+
+
+# A padding-free classifier on 3×17×17: features 6×3×3, then flatten and two Linears. The model of the refusal,
+# checkpoint and write tests (tests/test_refusals.py, tests/test_corrupt_checkpoints.py, tests/test_writes.py).
+SMALL_ARCH = Arch((3, 17, 17), (Stage(6, 3, pool="max"), Stage(6, 3, 2, batchnorm=True)),
+                  hidden=(Hidden(8, batchnorm=True, dropout=True),), classes=4, seed=1)

@@ -1,21 +1,27 @@
-"""fc2conv.artifact and fc2conv.recipe: converted models saved, loaded back (also in a fresh process), refused."""
+"""fc2conv.storage.artifact and fc2conv.storage.recipe: converted models saved, loaded back (also in a fresh
+process), refused; no pickle inside a `.pt2` ever runs unless the file is trusted."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import pickle
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_close, randn, same_threads_env
+from helpers import PickledCode, assert_clean_refusal, assert_close, cli_process, randn, same_threads_env
 
 import fc2conv
-from fc2conv.artifact import ExportedModule, export_program, load, read_recipe, save
-from fc2conv.checkpoint import save_state_dict
 from fc2conv.errors import ConversionError
-from fc2conv.recipe import Recipe, default_input_shape, parse_input_shape
+from fc2conv.storage.artifact import ExportedModule, export_program, load, read_recipe, save
+from fc2conv.storage.checkpoint import save_state_dict
+from fc2conv.storage.recipe import Recipe, default_input_shape, parse_input_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_CNN = f"{ROOT / 'models' / 'small_cnn.py'}:SmallCNN"
@@ -30,7 +36,7 @@ def pooled(num_classes=4):
 
 
 @pytest.fixture(scope="module")
-def small():
+def small_recipe():
     recipe = Recipe(model_def=SMALL_CNN, input_shape=(3, 32, 32))
     torch.manual_seed(0)
     original = recipe.build()
@@ -38,8 +44,8 @@ def small():
 
 
 @pytest.fixture(scope="module")
-def saved(small, tmp_path_factory):
-    recipe, _, converted = small
+def saved_artifacts(small_recipe, tmp_path_factory):
+    recipe, _, converted = small_recipe
     folder = tmp_path_factory.mktemp("artifacts")
     for name in ("small.pt2", "small.safetensors", "small.pt"):
         save(converted, folder / name, recipe=recipe)
@@ -49,12 +55,12 @@ def saved(small, tmp_path_factory):
 SIZES = [(1, 32, 32), (2, 32, 32), (3, 40, 36), (1, 64, 96)]
 
 
-def test_pt2_loads_with_plain_torch_in_a_fresh_process(small, saved, tmp_path):
+def test_pt2_loads_with_plain_torch_in_a_fresh_process(small_recipe, saved_artifacts, tmp_path):
     """No fc2conv import, no pickle of code: torch.export.load alone runs it at any batch and size ≥ 32."""
-    _, _, converted = small
+    _, _, converted = small_recipe
     script = textwrap.dedent(f"""
         import sys, torch
-        program = torch.export.load({str(saved / 'small.pt2')!r})
+        program = torch.export.load({str(saved_artifacts / 'small.pt2')!r})
         outputs = [program.module()(torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(h)))
                    for n, h, w in {SIZES!r}]
         torch.save(outputs, {str(tmp_path / 'out.pt')!r})
@@ -68,15 +74,15 @@ def test_pt2_loads_with_plain_torch_in_a_fresh_process(small, saved, tmp_path):
             assert_close(out, converted(x))
 
 
-def test_state_dict_artifacts_load_in_a_fresh_process(small, saved, tmp_path):
-    _, _, converted = small
+def test_state_dict_artifacts_load_in_a_fresh_process(small_recipe, saved_artifacts, tmp_path):
+    _, _, converted = small_recipe
     script = textwrap.dedent(f"""
-        import torch, fc2conv.artifact
+        import torch, fc2conv.storage.artifact
         assert torch.get_num_threads() == {torch.get_num_threads()}, "not the test process's thread count"
         x = torch.randn(2, 3, 44, 52, generator=torch.Generator().manual_seed(1))
         outputs = []
         for name in ("small.safetensors", "small.pt"):
-            model = fc2conv.artifact.load({str(saved)!r} + "/" + name, model_def={SMALL_CNN!r})
+            model = fc2conv.storage.artifact.load({str(saved_artifacts)!r} + "/" + name, model_def={SMALL_CNN!r})
             assert model.fc2conv.input_shape == (3, 32, 32) and model.fc2conv.mode == "dense"
             with torch.no_grad():
                 outputs.append(model(x))
@@ -92,21 +98,21 @@ def test_state_dict_artifacts_load_in_a_fresh_process(small, saved, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["small.pt2", "small.safetensors", "small.pt"])
-def test_recipe_is_saved_with_every_artifact(small, saved, name):
-    assert read_recipe(saved / name) == small[0]
+def test_recipe_is_saved_with_every_artifact(small_recipe, saved_artifacts, name):
+    assert read_recipe(saved_artifacts / name) == small_recipe[0]
 
 
-def test_loaded_pt2_verifies_against_the_original(small, saved):
-    _, original, converted = small
-    loaded = load(saved / "small.pt2")
+def test_loaded_pt2_verifies_against_the_original(small_recipe, saved_artifacts):
+    _, original, converted = small_recipe
+    loaded = load(saved_artifacts / "small.pt2")
     assert isinstance(loaded, ExportedModule)
     loaded.fc2conv = converted.fc2conv
     report = fc2conv.verify(original, loaded, sizes=[(40, 48)])
     assert report.ok, str(report)
 
 
-def test_pt2_refuses_inputs_smaller_than_the_reference(saved):
-    program = load(saved / "small.pt2")
+def test_pt2_refuses_inputs_smaller_than_the_reference(saved_artifacts):
+    program = load(saved_artifacts / "small.pt2")
     with pytest.raises(Exception, match=">= 32"):
         program(randn(1, 3, 28, 32))
 
@@ -148,25 +154,25 @@ def test_every_mode_exports_and_round_trips(tmp_path, mode):
             assert torch.equal(from_weights(x), expected)
 
 
-def test_existing_files_are_kept_without_force(small, saved):
-    recipe, _, converted = small
+def test_existing_files_are_kept_without_force(small_recipe, saved_artifacts):
+    recipe, _, converted = small_recipe
     for name in ("small.pt2", "small.safetensors"):
-        before = (saved / name).read_bytes()
+        before = (saved_artifacts / name).read_bytes()
         with pytest.raises(ConversionError, match="already exists; pass --force"):
-            save(converted, saved / name, recipe=recipe)
-        assert (saved / name).read_bytes() == before
+            save(converted, saved_artifacts / name, recipe=recipe)
+        assert (saved_artifacts / name).read_bytes() == before
 
 
-def test_force_replaces(small, tmp_path):
-    recipe, _, converted = small
+def test_force_replaces(small_recipe, tmp_path):
+    recipe, _, converted = small_recipe
     path = tmp_path / "m.safetensors"
     path.write_text("old")
     save(converted, path, recipe=recipe, force=True)
     assert read_recipe(path) == recipe
 
 
-def test_save_refusals(small, tmp_path):
-    recipe, original, converted = small
+def test_save_refusals(small_recipe, tmp_path):
+    recipe, original, converted = small_recipe
     with pytest.raises(ConversionError, match="unknown output format"):
         save(converted, tmp_path / "m.onnx", recipe=recipe)
     with pytest.raises(ConversionError, match="does not describe this model"):
@@ -176,13 +182,13 @@ def test_save_refusals(small, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_export_program_checks_against_the_model(small):
-    program = export_program(small[2])
+def test_export_program_checks_against_the_model(small_recipe):
+    program = export_program(small_recipe[2])
     assert {str(d) for d in program.range_constraints.values()} >= {"VR[32, int_oo]"}
 
 
-def test_plain_checkpoints_and_broken_programs_have_no_recipe(small, tmp_path):
-    save_state_dict(small[1].state_dict(), tmp_path / "plain.safetensors")
+def test_plain_checkpoints_and_broken_programs_have_no_recipe(small_recipe, tmp_path):
+    save_state_dict(small_recipe[1].state_dict(), tmp_path / "plain.safetensors")
     with pytest.raises(ConversionError, match="holds no fc2conv recipe"):
         read_recipe(tmp_path / "plain.safetensors")
     (tmp_path / "broken.pt2").write_bytes(b"PK\x03\x04 not really")
@@ -270,3 +276,61 @@ def test_model_def_errors(tmp_path, body, spec, message):
         file.write_text(body)
     with pytest.raises(ConversionError, match=message):
         Recipe(model_def=spec.format(file=file) if "{file}" in spec else str(tmp_path / spec)).build()
+
+
+# ------------------------------------------------------------------------------ pickles inside a .pt2
+
+
+def _rewrite_archive(source: Path, target: Path, edit) -> None:
+    """Copy the zip `source` to `target`, replacing entries as `edit(name, data) -> data` says."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            new.writestr(info, edit(info.filename, old.read(info)))
+
+
+def _pickled_sample_inputs(source: Path, target: Path, marker: Path) -> None:
+    """The attack of the issue: `data/sample_inputs/model.pt` holds a torch.save pickle that runs code."""
+    buffer = io.BytesIO()
+    torch.save({"payload": PickledCode(marker)}, buffer)
+    _rewrite_archive(source, target, lambda name, data: buffer.getvalue()
+                     if name.endswith("data/sample_inputs/model.pt") else data)
+
+
+def _pickled_weight(source: Path, target: Path, marker: Path) -> None:
+    """A weight flagged `use_pickle` whose bytes are a raw pickle (not a torch.save archive): only the forced
+    weights-only loading catches it, as the archive scan does not recognise it as a pickle."""
+    with zipfile.ZipFile(source) as archive:
+        config_name = next(n for n in archive.namelist() if n.endswith("model_weights_config.json"))
+        config = json.loads(archive.read(config_name))
+    first = next(iter(config["config"].values()))
+    first["use_pickle"] = True
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name == config_name:
+            return json.dumps(config).encode()
+        if name.endswith(f"data/weights/{first['path_name']}"):
+            return pickle.dumps(PickledCode(marker), protocol=2)
+        return data
+
+    _rewrite_archive(source, target, edit)
+
+
+@pytest.mark.parametrize("attack", [_pickled_sample_inputs, _pickled_weight])
+def test_a_pt2_never_unpickles_code_unless_trusted(small_files, tmp_path, attack):
+    evil, marker = tmp_path / "evil.pt2", tmp_path / "code-ran"
+    attack(small_files / "small.pt2", evil, marker)
+    with pytest.raises(ConversionError, match=r"evil\.pt2 \(entry .*data/.*\) holds a pickle .*--trust-pickle"):
+        fc2conv.load(evil)
+    assert not marker.exists()
+    result = cli_process("verify", small_files / "small.pt", evil, "--model-def", "models/small_cnn.py:SmallCNN")
+    assert_clean_refusal(result, "evil.pt2 (entry", "--trust-pickle")
+    assert not marker.exists()
+    # The payload is live: trusting the file runs it (whether the tampered program then loads or not).
+    with contextlib.suppress(ConversionError):
+        fc2conv.load(evil, trust_pickle=True)
+    assert marker.exists()
+
+
+def test_an_untampered_pt2_loads_and_its_recipe_reads_without_loading(small_files):
+    assert fc2conv.load(small_files / "small.pt2")(torch.zeros(1, 3, 40, 40)).shape == (1, 10, 3, 3)
+    assert read_recipe(small_files / "small.pt2").model_def == "models/small_cnn.py:SmallCNN"

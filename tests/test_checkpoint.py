@@ -1,4 +1,4 @@
-"""fc2conv.checkpoint: every checkpoint format in, every refusal, strict loading, atomic writes."""
+"""fc2conv.storage.checkpoint: every checkpoint format in, every refusal, strict loading, atomic writes."""
 
 from __future__ import annotations
 
@@ -8,26 +8,20 @@ import zipfile
 
 import pytest
 import torch
-from helpers import randn
+from helpers import assert_equal_state_dicts, randn
 from safetensors.torch import save_file
 from torch import nn
 
-from fc2conv.checkpoint import atomic_output, load_into, load_state_dict, read_metadata, save_state_dict
 from fc2conv.errors import ConversionError
-from fc2conv.files import staged_outputs
+from fc2conv.storage.atomic import staged_outputs
+from fc2conv.storage.checkpoint import atomic_output, load_into, load_state_dict, read_metadata, save_state_dict
 from models.small_cnn import SmallCNN
 
 
 @pytest.fixture(scope="module")
-def model() -> nn.Module:
+def conv_bn_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
-
-
-def assert_same(found: dict, expected: dict) -> None:
-    assert sorted(found) == sorted(expected)
-    for key, value in expected.items():
-        assert torch.equal(found[key], value), key
 
 
 def wrap(state_dict: dict, how: str) -> object:
@@ -52,23 +46,23 @@ FORMATS = ["bare", "state_dict", "model", "model_state_dict", "ema", "two levels
 
 @pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin"])
 @pytest.mark.parametrize("how", FORMATS)
-def test_torch_formats_load_as_the_state_dict(tmp_path, model, how, suffix):
+def test_torch_formats_load_as_the_state_dict(tmp_path, conv_bn_model, how, suffix):
     path = tmp_path / f"weights{suffix}"
-    torch.save(wrap(model.state_dict(), how), path)
-    assert_same(load_state_dict(path), model.state_dict())
+    torch.save(wrap(conv_bn_model.state_dict(), how), path)
+    assert_equal_state_dicts(load_state_dict(path), conv_bn_model.state_dict())
 
 
-def test_legacy_torch_format(tmp_path, model):
+def test_legacy_torch_format(tmp_path, conv_bn_model):
     path = tmp_path / "legacy.pt"
-    torch.save(model.state_dict(), path, _use_new_zipfile_serialization=False)
-    assert_same(load_state_dict(path), model.state_dict())
+    torch.save(conv_bn_model.state_dict(), path, _use_new_zipfile_serialization=False)
+    assert_equal_state_dicts(load_state_dict(path), conv_bn_model.state_dict())
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])
-def test_safetensors(tmp_path, model, prefix):
+def test_safetensors(tmp_path, conv_bn_model, prefix):
     path = tmp_path / "weights.safetensors"
-    save_file({f"{prefix}{k}": v.contiguous() for k, v in model.state_dict().items()}, path)
-    assert_same(load_state_dict(path), model.state_dict())
+    save_file({f"{prefix}{k}": v.contiguous() for k, v in conv_bn_model.state_dict().items()}, path)
+    assert_equal_state_dicts(load_state_dict(path), conv_bn_model.state_dict())
 
 
 def test_a_prefix_not_shared_by_every_key_is_kept(tmp_path):
@@ -102,13 +96,13 @@ def test_a_whole_pickled_module_needs_trust_pickle(tmp_path):
     torch.save(module, path)
     with pytest.raises(ConversionError, match=r"SmallCNN.*--trust-pickle.*state_dict"):
         load_state_dict(path)
-    assert_same(load_state_dict(path, trust_pickle=True), module.state_dict())
+    assert_equal_state_dicts(load_state_dict(path, trust_pickle=True), module.state_dict())
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_torchscript_is_refused_with_a_recipe(tmp_path, model):
+def test_torchscript_is_refused_with_a_recipe(tmp_path, conv_bn_model):
     path = tmp_path / "scripted.pt"
-    torch.jit.save(torch.jit.trace(model, randn(1, 3, 8, 8)), path)
+    torch.jit.save(torch.jit.trace(conv_bn_model, randn(1, 3, 8, 8)), path)
     with pytest.raises(ConversionError, match=r"TorchScript.*torch\.jit\.load\(path\)\.state_dict\(\)"):
         load_state_dict(path)
 
@@ -146,9 +140,9 @@ def test_unreadable_files_are_refused(tmp_path, name, make, message):
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-def test_truncated_files_are_refused(tmp_path, model, suffix):
+def test_truncated_files_are_refused(tmp_path, conv_bn_model, suffix):
     path = tmp_path / f"cut{suffix}"
-    save_state_dict(model.state_dict(), path)
+    save_state_dict(conv_bn_model.state_dict(), path)
     truncated(path)
     with pytest.raises(ConversionError, match=r"truncated|corrupted|not a valid"):
         load_state_dict(path)
@@ -159,7 +153,7 @@ def test_a_directory_is_refused(tmp_path):
         load_state_dict(tmp_path)
 
 
-def test_load_into_reports_every_mismatch_and_changes_nothing(model):
+def test_load_into_reports_every_mismatch_and_changes_nothing(conv_bn_model):
     target = SmallCNN()
     before = {k: v.clone() for k, v in target.state_dict().items()}
     weights = dict(SmallCNN(num_classes=7).state_dict())
@@ -172,21 +166,21 @@ def test_load_into_reports_every_mismatch_and_changes_nothing(model):
     assert "missing from the file (1):\n    fc1.bias" in text
     assert "unexpected in the file (1):\n    extra.weight" in text
     assert "fc2.weight: model (10, 128), file (7, 128)" in text
-    assert_same(target.state_dict(), before)
+    assert_equal_state_dicts(target.state_dict(), before)
 
 
-def test_load_into_allows_a_missing_num_batches_tracked(model):
-    weights = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+def test_load_into_allows_a_missing_num_batches_tracked(conv_bn_model):
+    weights = {k: v for k, v in conv_bn_model.state_dict().items() if not k.endswith("num_batches_tracked")}
     target = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
     load_into(target, weights, source="old.pt")
-    assert torch.equal(target[0].weight, model[0].weight)
+    assert torch.equal(target[0].weight, conv_bn_model[0].weight)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".pth", ".bin"])
-def test_save_round_trip_with_metadata(tmp_path, model, suffix):
+def test_save_round_trip_with_metadata(tmp_path, conv_bn_model, suffix):
     path = tmp_path / f"out{suffix}"
-    save_state_dict(model.state_dict(), path, metadata={"fc2conv.recipe": "{}", "note": "é"})
-    assert_same(load_state_dict(path), model.state_dict())
+    save_state_dict(conv_bn_model.state_dict(), path, metadata={"fc2conv.recipe": "{}", "note": "é"})
+    assert_equal_state_dicts(load_state_dict(path), conv_bn_model.state_dict())
     assert read_metadata(path) == {"fc2conv.recipe": "{}", "note": "é"}
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
@@ -197,8 +191,8 @@ def _umask() -> int:
     return mask
 
 
-def test_plain_files_have_no_metadata(tmp_path, model):
-    torch.save(model.state_dict(), tmp_path / "plain.pt")
+def test_plain_files_have_no_metadata(tmp_path, conv_bn_model):
+    torch.save(conv_bn_model.state_dict(), tmp_path / "plain.pt")
     assert read_metadata(tmp_path / "plain.pt") == {}
 
 
@@ -249,7 +243,7 @@ def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
 def test_staged_outputs_renames_all_or_none(tmp_path, monkeypatch, interruption):
     """Interrupted between its renames (a failing rename, or SIGTERM unwinding like Ctrl-C), every target is
     as it was before, and nothing else is left in the directory."""
-    import fc2conv.files as files
+    import fc2conv.storage.atomic as files
 
     targets = [tmp_path / "a.pt2", tmp_path / "b.safetensors", tmp_path / "c.onnx"]
     for path in targets[:2]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import invoke
+from helpers import assert_clean_refusal, invoke
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -166,7 +166,7 @@ def test_convert_json_and_quiet(weights, tmp_path):
 
 
 def test_failed_verification_exits_1_and_writes_nothing(weights, tmp_path, monkeypatch):
-    from fc2conv import verification
+    from fc2conv.conversion import verification
 
     monkeypatch.setitem(verification.TOLERANCE, "float32", -1.0)  # every check fails
     result = invoke("convert", weights / "small.pt", *SMALL, "-o", tmp_path / "a.safetensors")
@@ -356,3 +356,10 @@ def test_run_works_without_torch(converted, image):
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == EXIT_OK, done.stderr
     assert len(json.loads(done.stdout)["top_classes"]) == 5
+
+
+def test_a_forgotten_input_shape_is_a_short_message(tmp_path):
+    result = invoke("convert", "models/digits_cnn.safetensors", "--model-def", "models/digits_cnn.py:DigitsCNN",
+                    "-o", tmp_path / "never.pt2")
+    assert_clean_refusal(result, "--input-shape", "input_shape=(3, 224, 224)")
+    assert list(tmp_path.iterdir()) == []

@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import invoke
 
-from fc2conv.checkpoint import save_state_dict
 from fc2conv.cli import EXIT_OK, EXIT_USAGE
 from fc2conv.runtime import DenseModel
+from fc2conv.storage.checkpoint import save_state_dict
 from models.small_cnn import SmallCNN
 
 SMALL = ["--model-def", "models/small_cnn.py:SmallCNN", "--input-shape", "3,32,32"]
@@ -77,8 +77,8 @@ def test_bad_carried_metadata_is_refused_naming_the_file_and_field(tmp_path, car
 
 
 def test_the_bundled_digits_checkpoint_carries_its_labels_and_unit_range():
-    from fc2conv.checkpoint import read_metadata
-    from fc2conv.metadata import decode_hints
+    from fc2conv.runtime.metadata import decode_hints
+    from fc2conv.storage.checkpoint import read_metadata
     from models.digits_cnn import LABELS as DIGIT_LABELS
 
     carried = decode_hints(read_metadata("models/digits_cnn.safetensors"), source="digits", channels=1)

@@ -55,7 +55,7 @@ class Signal(nn.Module):
 
 
 @pytest.fixture
-def models(tmp_path) -> Path:
+def user_models(tmp_path) -> Path:
     path = tmp_path / "models.py"
     path.write_text(MODELS)
     return path
@@ -63,38 +63,38 @@ def models(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("args", [["VGG13"], ["vgg_name=VGG13"], ['{"vgg_name": "VGG13", "width": 1}']])
-def test_model_args_reach_the_constructor_and_the_artifact(models, tmp_path, args):
-    weights = saved_weights(models, "VGG", tmp_path / "vgg.pt", "VGG13")
+def test_model_args_reach_the_constructor_and_the_artifact(user_models, tmp_path, args):
+    weights = saved_weights(user_models, "VGG", tmp_path / "vgg.pt", "VGG13")
     model_args = [a for arg in args for a in ("--model-arg", arg)]
-    result = invoke("convert", weights, "--model-def", f"{models}:VGG", *model_args, "--input-shape", "3,16,16",
+    result = invoke("convert", weights, "--model-def", f"{user_models}:VGG", *model_args, "--input-shape", "3,16,16",
                     "-o", tmp_path / "vgg.safetensors", "--json")
     assert result.exit_code == EXIT_OK, result.stderr
     recipe = json.loads(result.stdout)["recipe"]
     assert recipe["model_args"] == ["VGG13"] or recipe["model_kwargs"]["vgg_name"] == "VGG13"
-    verified = invoke("verify", weights, tmp_path / "vgg.safetensors", "--model-def", f"{models}:VGG")
+    verified = invoke("verify", weights, tmp_path / "vgg.safetensors", "--model-def", f"{user_models}:VGG")
     assert verified.exit_code == EXIT_OK, verified.stderr
 
 
-def test_missing_constructor_arguments_say_how_to_pass_them(models, tmp_path):
-    weights = saved_weights(models, "VGG", tmp_path / "vgg.pt", "VGG11")
-    result = invoke("convert", weights, "--model-def", f"{models}:VGG", "--input-shape", "3,16,16", "-o",
+def test_missing_constructor_arguments_say_how_to_pass_them(user_models, tmp_path):
+    weights = saved_weights(user_models, "VGG", tmp_path / "vgg.pt", "VGG11")
+    result = invoke("convert", weights, "--model-def", f"{user_models}:VGG", "--input-shape", "3,16,16", "-o",
                     tmp_path / "out.pt2")
     assert result.exit_code == EXIT_USAGE and "--model-arg" in result.stderr and "vgg_name" in result.stderr
 
 
 @pytest.mark.parametrize("shape", [None, "3,64,64", "1,16,16"])
-def test_a_missing_or_wrong_input_shape_names_the_expected_one(models, tmp_path, shape):
-    weights = saved_weights(models, "VGG", tmp_path / "vgg.pt", "VGG11")
+def test_a_missing_or_wrong_input_shape_names_the_expected_one(user_models, tmp_path, shape):
+    weights = saved_weights(user_models, "VGG", tmp_path / "vgg.pt", "VGG11")
     given = ["--input-shape", shape] if shape else []
-    result = invoke("inspect", weights, "--model-def", f"{models}:VGG", "--model-arg", "VGG11", *given)
+    result = invoke("inspect", weights, "--model-def", f"{user_models}:VGG", "--model-arg", "VGG11", *given)
     assert result.exit_code == EXIT_USAGE, result.stdout
     assert "--input-shape 3,16,16" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 3
 
 
-def test_a_signal_model_end_to_end(models, tmp_path):
-    weights = saved_weights(models, "Signal", tmp_path / "signal.pt")
-    result = invoke("convert", weights, "--model-def", f"{models}:Signal", "--input-shape", "1,64", "-o",
+def test_a_signal_model_end_to_end(user_models, tmp_path):
+    weights = saved_weights(user_models, "Signal", tmp_path / "signal.pt")
+    result = invoke("convert", weights, "--model-def", f"{user_models}:Signal", "--input-shape", "1,64", "-o",
                     tmp_path / "signal.pt2", "--onnx", tmp_path / "signal.onnx", "--labels", "a,b,c",
                     "--mean", "0", "--std", "1")
     assert result.exit_code == EXIT_OK, result.stderr
@@ -106,11 +106,11 @@ def test_a_signal_model_end_to_end(models, tmp_path):
     assert data["result"]["map_size"] == [35] and len(data["top_classes"][0]["box"]) == 2
 
 
-def test_run_warns_when_nothing_gives_a_normalisation(models, tmp_path):
+def test_run_warns_when_nothing_gives_a_normalisation(user_models, tmp_path):
     from PIL import Image
 
-    weights = saved_weights(models, "VGG", tmp_path / "vgg.pt", "VGG11")
-    invoke("convert", weights, "--model-def", f"{models}:VGG", "--model-arg", "VGG11", "--input-shape", "3,16,16",
+    weights = saved_weights(user_models, "VGG", tmp_path / "vgg.pt", "VGG11")
+    invoke("convert", weights, "--model-def", f"{user_models}:VGG", "--model-arg", "VGG11", "--input-shape", "3,16,16",
            "--onnx", tmp_path / "bare.onnx")
     Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(tmp_path / "image.png")
     bare = invoke("run", tmp_path / "bare.onnx", tmp_path / "image.png")
@@ -119,10 +119,10 @@ def test_run_warns_when_nothing_gives_a_normalisation(models, tmp_path):
     assert given.exit_code == EXIT_OK and given.stderr == ""
 
 
-def test_run_takes_npy_arrays_as_they_are_without_a_warning(models, tmp_path):
+def test_run_takes_npy_arrays_as_they_are_without_a_warning(user_models, tmp_path):
     # An array is not scaled to [0, 1] as an image file is, so the warning about [0, 1] inputs does not apply.
-    weights = saved_weights(models, "Signal", tmp_path / "signal.pt")
-    invoke("convert", weights, "--model-def", f"{models}:Signal", "--input-shape", "1,64", "--onnx",
+    weights = saved_weights(user_models, "Signal", tmp_path / "signal.pt")
+    invoke("convert", weights, "--model-def", f"{user_models}:Signal", "--input-shape", "1,64", "--onnx",
            tmp_path / "bare.onnx")
     np.save(tmp_path / "clip.npy", np.zeros((1, 64), np.float32))
     bare = invoke("run", tmp_path / "bare.onnx", tmp_path / "clip.npy")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from helpers import assert_close, build, randn
+from helpers import assert_close, build_torchvision, randn
 from torch import nn
 
 import fc2conv
@@ -33,7 +33,7 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-class RNNHead(nn.Module):
+class LSTMHead(nn.Module):
     """Conv features read as a sequence of columns by an LSTM, then a Linear."""
 
     def __init__(self):
@@ -201,7 +201,7 @@ def test_geometry_stride_comes_from_the_network_not_the_first_step():
 
 
 def test_adaptive_pool_is_removed_where_it_is_the_identity():
-    model = build("vgg11")
+    model = build_torchvision("vgg11")
     converted = fc2conv.convert(model, (3, 224, 224))
     assert not any(isinstance(m, nn.AdaptiveAvgPool2d) for m in converted.modules())
     rules = [d.rule for d in fc2conv.plan(model)]
@@ -209,7 +209,7 @@ def test_adaptive_pool_is_removed_where_it_is_the_identity():
 
 
 def test_adaptive_pool_is_folded_where_it_is_not_the_identity():
-    model = build("vgg11")  # at 112 the features are 3×3 and the pool stretches them to 7×7
+    model = build_torchvision("vgg11")  # at 112 the features are 3×3 and the pool stretches them to 7×7
     converted = fc2conv.convert(model, (3, 112, 112))
     plan = fc2conv.plan(model, (3, 112, 112))
     assert [d.rule for d in plan][:2] == ["folded", "global conv (pool folded)"]
@@ -219,7 +219,7 @@ def test_adaptive_pool_is_folded_where_it_is_not_the_identity():
 
 
 def test_global_mode_keeps_pools_and_matches_at_any_size():
-    model = build("resnet18")
+    model = build_torchvision("resnet18")
     converted = fc2conv.convert(model, mode="global")
     assert any(isinstance(m, nn.AdaptiveAvgPool2d) for m in converted.modules())
     x = randn(1, 3, 200, 260)
@@ -228,7 +228,7 @@ def test_global_mode_keeps_pools_and_matches_at_any_size():
 
 
 def test_cam_maps_average_to_the_logits():
-    model = build("resnet18")
+    model = build_torchvision("resnet18")
     cam = fc2conv.convert(model, mode="cam")
     x = randn(2, 3, 224, 224)
     with torch.no_grad():
@@ -244,11 +244,11 @@ def test_cam_maps_average_to_the_logits():
 ])
 def test_cam_refuses_heads_that_are_not_linear(name, why):
     with pytest.raises(ConversionError, match=why):
-        fc2conv.convert(build(name), mode="cam")
+        fc2conv.convert(build_torchvision(name), mode="cam")
 
 
 def test_squeezenet_is_already_convolutional_but_dense_slides():
-    model = build("squeezenet1_1")
+    model = build_torchvision("squeezenet1_1")
     plan = fc2conv.plan(model)
     assert "already convolutional" in str(plan)
     dense = fc2conv.convert(model)
@@ -257,7 +257,7 @@ def test_squeezenet_is_already_convolutional_but_dense_slides():
 
 
 def test_convnext_channels_last_linears_become_1x1_convs():
-    model = build("convnext_tiny")
+    model = build_torchvision("convnext_tiny")
     plan = fc2conv.plan(model)
     assert sum(d.rule == "left alone" for d in plan) == 36  # two Linears in each of 18 blocks
     converted = fc2conv.convert(model, channels_last_linears=True)
@@ -266,7 +266,7 @@ def test_convnext_channels_last_linears_become_1x1_convs():
 
 
 def test_squeeze_excitation_pools_stay_global_in_dense_mode():
-    model = build("mobilenet_v3_small")
+    model = build_torchvision("mobilenet_v3_small")
     plan = fc2conv.plan(model)
     assert sum(d.rule == "kept global" for d in plan) == 9
     assert [d.rule for d in plan if "pool" in d.rule] == ["window avg pool"]
@@ -295,7 +295,7 @@ def test_functional_linear_residual_and_softmax():
 
 
 def test_convert_never_changes_the_callers_model():
-    model = build("vgg11").train()
+    model = build_torchvision("vgg11").train()
     before = copy.deepcopy(model.state_dict())
     structure = [(name, type(m)) for name, m in model.named_modules()]
     with pytest.warns(UserWarning, match="training mode"):
@@ -309,7 +309,7 @@ def test_convert_never_changes_the_callers_model():
 
 
 def test_inplace_shares_weight_storage():
-    model = build("alexnet")
+    model = build_torchvision("alexnet")
     converted = fc2conv.convert(model, inplace=True)
     for index in (1, 4, 6):
         conv, linear = converted.get_submodule(f"classifier.{index}"), model.classifier[index]
@@ -330,7 +330,7 @@ def test_converted_layers_are_real_convolutions_for_tracers():
 
 def test_rnn_head_is_refused():
     with pytest.raises(ConversionError, match=r"'fc' \(Linear\).*sequences or tokens"):
-        fc2conv.convert(_seeded(RNNHead()), (3, 16, 20))
+        fc2conv.convert(_seeded(LSTMHead()), (3, 16, 20))
 
 
 def test_vit_is_refused_with_the_layer_named():
@@ -418,7 +418,7 @@ def test_bad_arguments_raise_value_error(kwargs, match):
 
 
 def test_failed_conversion_leaves_the_model_untouched():
-    model = _seeded(RNNHead()).train()
+    model = _seeded(LSTMHead()).train()
     before = copy.deepcopy(model.state_dict())
     with warnings.catch_warnings(), pytest.raises(ConversionError):
         warnings.simplefilter("ignore")
@@ -428,7 +428,7 @@ def test_failed_conversion_leaves_the_model_untouched():
 
 
 def test_plan_lists_every_linear_and_prints_a_table():
-    model = build("alexnet")
+    model = build_torchvision("alexnet")
     plan = fc2conv.plan(model)
     assert [d.layer for d in plan] == ["avgpool", "classifier.1", "classifier.4", "classifier.6"]
     assert [d.rule for d in plan] == ["removed", "global conv", "1×1 conv", "1×1 conv"]

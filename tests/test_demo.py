@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fc2conv
-from fc2conv.checkpoint import load_into, load_state_dict
+from fc2conv.storage.checkpoint import load_into, load_state_dict
 from models.digits_cnn import LABELS, MARGIN, STRIDE, WINDOW, DigitsCNN, centred, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,23 +23,23 @@ _spec.loader.exec_module(digits_canvas)
 
 
 @pytest.fixture(scope="module")
-def model() -> DigitsCNN:
+def trained_digits() -> DigitsCNN:
     net = DigitsCNN()
     load_into(net, load_state_dict(CHECKPOINT), source=str(CHECKPOINT))
     return net.eval()
 
 
-def test_checkpoint_is_small_and_accurate_on_the_test_split(model):
+def test_checkpoint_is_small_and_accurate_on_the_test_split(trained_digits):
     assert CHECKPOINT.stat().st_size < 500_000
     _, x_test, _, y_test = load_split()
     with torch.no_grad():
-        predicted = model(torch.from_numpy(centred(x_test)).float().div(255).unsqueeze(1)).argmax(1).numpy()
+        predicted = trained_digits(torch.from_numpy(centred(x_test)).float().div(255).unsqueeze(1)).argmax(1).numpy()
     assert (predicted == y_test).mean() >= 0.97
 
 
-def test_dense_cells_are_the_model_on_crops(model):
+def test_dense_cells_are_the_model_on_crops(trained_digits):
     """No padding: every cell of the converted map is exactly the classifier on its 32×32 crop."""
-    dense = fc2conv.convert(model, (1, WINDOW, WINDOW))
+    dense = fc2conv.convert(trained_digits, (1, WINDOW, WINDOW))
     geo = fc2conv.geometry(dense)
     assert geo.stride == (STRIDE, STRIDE) and geo.window == (WINDOW, WINDOW)
     canvas = torch.rand(1, 1, 48, 60, generator=torch.Generator().manual_seed(0))
@@ -47,7 +47,7 @@ def test_dense_cells_are_the_model_on_crops(model):
         out = dense(canvas)
         for i, j in [(0, 0), (2, 3), (4, 7)]:
             top, left, bottom, right = geo.box(i, j)
-            torch.testing.assert_close(out[0, :, i, j], model(canvas[:, :, top:bottom, left:right])[0],
+            torch.testing.assert_close(out[0, :, i, j], trained_digits(canvas[:, :, top:bottom, left:right])[0],
                                        rtol=1e-5, atol=1e-5)
 
 
@@ -72,13 +72,14 @@ def report(tmp_path, capsys, placed: list, run: dict) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-def test_demo_canvas_digits_are_found_where_placed(model, tmp_path, capsys):
+def test_demo_canvas_digits_are_found_where_placed(trained_digits, tmp_path, capsys):
     from PIL import Image
 
     assert digits_canvas.compose_command(tmp_path / "canvas.png", tmp_path / "placed.json", 8, 1) == 0
     placed = json.loads((tmp_path / "placed.json").read_text())
     assert len({p["digit"] for p in placed}) == len(placed) == 8
-    code, out = report(tmp_path, capsys, placed, best_cells(model, np.asarray(Image.open(tmp_path / "canvas.png"))))
+    canvas = np.asarray(Image.open(tmp_path / "canvas.png"))
+    code, out = report(tmp_path, capsys, placed, best_cells(trained_digits, canvas))
     assert code == 0, out
     assert "all 8 digits found within 4 pixels" in out
 
@@ -123,13 +124,13 @@ def test_side_by_side_draws_each_coarse_cell_over_the_windows_it_stands_for():
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_denser_map_on_the_demo_canvas(model, tmp_path, capsys):
+def test_denser_map_on_the_demo_canvas(trained_digits, tmp_path, capsys):
     """The demo's step 5 with both ONNX models: the stride-1 map's cells (4i, 4j) are the stride-4 map, a heatmap
     per placed digit, and one digit's two maps side by side."""
     assert digits_canvas.compose_command(tmp_path / "canvas.png", tmp_path / "placed.json", 8, 1) == 0
     paths = []
     for name, density in (("digits", 1), ("stride1", 4)):
-        converted = fc2conv.convert(model, (1, WINDOW, WINDOW), density=density)
+        converted = fc2conv.convert(trained_digits, (1, WINDOW, WINDOW), density=density)
         paths.append(fc2conv.export_onnx(converted, tmp_path / f"{name}.onnx", labels=LABELS))
     capsys.readouterr()
     assert digits_canvas.denser_command(tmp_path / "canvas.png", tmp_path / "placed.json", *paths, tmp_path, 7) == 0

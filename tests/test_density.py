@@ -1,5 +1,6 @@
 """Denser maps (`density=r`, filter rarefaction) and pooled predictions (`mode="pool"`): the guarantees of
-fc2conv.density and of test-time pooling, on generated architectures, padded torchvision stacks, ONNX and the CLI."""
+fc2conv.conversion.density and of test-time pooling, on generated architectures, padded torchvision stacks, ONNX and
+the CLI."""
 
 from __future__ import annotations
 
@@ -8,18 +9,16 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import FAMILIES, assert_close, build, crop_size, measured_receptive_field, randn
+from helpers import FAMILIES, assert_close, build_torchvision, crop_size, measured_receptive_field, randn
 from hypothesis import HealthCheck, given, settings
 from onnx_helpers import run_onnx
-from strategies import architectures
-from strategies import build as build_arch
+from strategies import architectures, build_generated
 from torch import nn
 from typer.testing import CliRunner
 
 import fc2conv
-from fc2conv import ConversionError
+from fc2conv import ConversionError, allowed_densities
 from fc2conv.cli import EXIT_OK, EXIT_USAGE, app
-from fc2conv.density import allowed_densities
 from fc2conv.layers import DilatedAverage, LinearConv
 from fc2conv.onnx import export_onnx
 from models.small_cnn import SmallCNN
@@ -69,11 +68,11 @@ def check_density(model: nn.Module, shape: tuple[int, ...], density: int, x: tor
     assert_close(out[defined], expected[defined])
 
 
-def check_architecture(arch) -> None:
+def check_denser_maps(arch) -> None:
     """For the first two densities the architecture allows: the cells r·i are the ordinary map; every cell is
     shift-and-stitch without padding, and with padding on the cells whose receptive field lies inside the
     shifted input."""
-    model = build_arch(arch)
+    model = build_generated(arch)
     ordinary = fc2conv.convert(model, arch.input_shape)
     allowed = allowed_densities(ordinary)
     # Room for whole receptive fields (padding reaches beyond the window) and a few strides more.
@@ -88,14 +87,14 @@ def check_architecture(arch) -> None:
 @settings(max_examples=20, **PROFILE)
 @given(architectures(max_side=24))
 def test_denser_maps_of_generated_architectures_are_shift_and_stitch(arch):
-    check_architecture(arch)
+    check_denser_maps(arch)
 
 
 @pytest.mark.slow
 @settings(max_examples=300, **PROFILE)
 @given(architectures(max_side=32))
 def test_denser_maps_of_many_generated_architectures(arch):
-    check_architecture(arch)
+    check_denser_maps(arch)
 
 
 @pytest.mark.parametrize(("name", "size", "density"), [("vgg11", 64, 2), ("resnet18", 64, 4),
@@ -103,7 +102,7 @@ def test_denser_maps_of_many_generated_architectures(arch):
 def test_padded_torchvision_stacks(name, size, density):
     """AlexNet-/VGG-style stacks with padding: verify passes (reference, the cells r·i, interior shift-and-stitch),
     and at the border the denser map does differ from shift-and-stitch, as the README states."""
-    model = build(name)
+    model = build_torchvision(name)
     dense = fc2conv.convert(model, (3, size, size), density=density)
     report = fc2conv.verify(model, dense, batch=1)
     assert [c.passed for c in report.checks] == [True, True, True], str(report)
@@ -126,7 +125,7 @@ FAMILY_DENSITIES = {"alexnet": [2, 4, 8, 32], "convnext_tiny": [2, 4, 8, 32], "s
 @pytest.mark.parametrize("name", FAMILIES)
 def test_densities_of_every_family(name):
     """The densities a family allows, and at density 2 the cells 2·i of a larger map are the ordinary map."""
-    model, size = build(name), crop_size(name)
+    model, size = build_torchvision(name), crop_size(name)
     ordinary = fc2conv.convert(model, (3, size, size))
     allowed = allowed_densities(ordinary)
     assert allowed == FAMILY_DENSITIES.get(name, [2, 4, 8, 16, 32])
@@ -210,7 +209,7 @@ def test_densities_that_do_not_fit_are_refused_with_the_allowed_ones():
     with pytest.raises(ValueError, match="mode='dense'"):
         fc2conv.convert(model, (3, 32, 32), mode="global", density=2)
     with pytest.raises(ConversionError, match=r"cannot follow the grid .*whole map"):
-        fc2conv.convert(build("mobilenet_v3_small"), (3, 64, 64), density=2)
+        fc2conv.convert(build_torchvision("mobilenet_v3_small"), (3, 64, 64), density=2)
     lp_pool = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LPPool2d(2, 2), nn.Conv2d(4, 4, 3, stride=2), nn.Flatten(),
                             nn.Linear(4 * 3 * 3, 2)).eval()
     with pytest.raises(ConversionError, match=r"'1': a power-average pool \(LPPool2d\) has no dilated form"):

@@ -11,7 +11,7 @@ from torch import nn
 import fc2conv
 from fc2conv.cli import EXIT_USAGE
 from fc2conv.errors import ConversionError, first_line, reported
-from fc2conv.trace import available_memory
+from fc2conv.tracing.trace import available_memory
 
 
 @pytest.mark.parametrize(("error", "named", "expected"), [
@@ -66,7 +66,7 @@ def test_an_input_shape_beyond_memory_is_refused_before_anything_is_allocated(tm
 def test_a_failure_on_meta_tensors_that_is_not_the_models_propagates(monkeypatch):
     """The shapes-only run falls back to a real run only when a node of the model fails there: a failure of fc2conv's
     own code is reported as such, not hidden by the fallback."""
-    import fc2conv.trace as trace_module
+    import fc2conv.tracing.trace as trace_module
 
     def broken(*args, **kwargs):
         raise KeyError("fc2conv's own bug")

@@ -21,8 +21,8 @@ from torch import nn
 import fc2conv
 from fc2conv.cli import EXIT_OK, EXIT_USAGE
 from fc2conv.errors import ConversionError
-from fc2conv.metadata import validate
 from fc2conv.runtime import DenseModel, heatmap
+from fc2conv.runtime.metadata import validate
 from fc2conv.shapes import map_size
 
 # Layer sizes of each vector-input model: a 3-class classifier, a deeper one, and a one-output regression.
@@ -62,7 +62,7 @@ def _per_pixel(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module", params=list(SIZES))
-def exported(request, tmp_path_factory):
+def mlp_onnx(request, tmp_path_factory):
     """(sizes, original, converted, exported ONNX path) of each vector-input model."""
     sizes = SIZES[request.param]
     original = _mlp(sizes)
@@ -72,15 +72,15 @@ def exported(request, tmp_path_factory):
     return sizes, original, converted, path
 
 
-def test_export_keeps_two_spatial_axes_in_the_metadata(exported):
-    sizes, _, _, path = exported
+def test_export_keeps_two_spatial_axes_in_the_metadata(mlp_onnx):
+    sizes, _, _, path = mlp_onnx
     metadata = DenseModel(path).metadata
     assert metadata["input_shape"] == [sizes[0]]
     assert metadata["stride"] == [1, 1] and metadata["window"] == [1, 1] and metadata["exact"] is True
 
 
-def test_onnxruntime_equals_the_original_on_vectors_and_on_every_pixel(exported):
-    sizes, original, _, path = exported
+def test_onnxruntime_equals_the_original_on_vectors_and_on_every_pixel(mlp_onnx):
+    sizes, original, _, path = mlp_onnx
     vectors = randn(4, sizes[0])
     with torch.no_grad():
         expected = original(vectors)
@@ -89,8 +89,8 @@ def test_onnxruntime_equals_the_original_on_vectors_and_on_every_pixel(exported)
     assert_close(run_onnx(path, image), _per_pixel(original, image), across_runtimes=True)
 
 
-def test_convert_onnx_of_a_static_mlp_export(exported, tmp_path):
-    sizes, original, _, _ = exported
+def test_convert_onnx_of_a_static_mlp_export(mlp_onnx, tmp_path):
+    sizes, original, _, _ = mlp_onnx
     static = tmp_path / "static.onnx"
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice: a user's choice, here ours
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -101,8 +101,8 @@ def test_convert_onnx_of_a_static_mlp_export(exported, tmp_path):
     assert_close(run_onnx(dense, image), _per_pixel(original, image), across_runtimes=True)
 
 
-def test_runtime_scores_a_vector_and_a_map_of_vectors(exported, tmp_path):
-    sizes, original, _, path = exported
+def test_runtime_scores_a_vector_and_a_map_of_vectors(mlp_onnx, tmp_path):
+    sizes, original, _, path = mlp_onnx
     model = DenseModel(path)
     vector = np.random.default_rng(0).standard_normal(sizes[0]).astype(np.float32)
     result = model.run(vector)
@@ -121,15 +121,15 @@ def test_runtime_scores_a_vector_and_a_map_of_vectors(exported, tmp_path):
     assert heat.stat().st_size > 0
 
 
-def test_runtime_refuses_rows_of_vectors_and_says_how(exported):
-    sizes, _, _, path = exported
+def test_runtime_refuses_rows_of_vectors_and_says_how(mlp_onnx):
+    sizes, _, _, path = mlp_onnx
     rows = np.zeros((4, sizes[0]), np.float32)
     with pytest.raises(ConversionError, match=rf"{sizes[0]}×N×1 map x\.T\[:, :, None\]"):
         DenseModel(path).run(rows)
 
 
-def test_runtime_runs_an_mlp_without_torch(exported, tmp_path):
-    sizes, original, _, path = exported
+def test_runtime_runs_an_mlp_without_torch(mlp_onnx, tmp_path):
+    sizes, original, _, path = mlp_onnx
     vector = np.linspace(-1, 1, sizes[0], dtype=np.float32)
     np.save(tmp_path / "vector.npy", vector)
     done = run_without_torch(f"""

@@ -75,7 +75,7 @@ CASES = {
 }
 
 
-def _model(name: str) -> nn.Module:
+def _nd_model(name: str) -> nn.Module:
     torch.manual_seed(0)
     model = CASES[name][0]().eval()
     for m in model.modules():  # batch norm that is not the identity
@@ -87,7 +87,7 @@ def _model(name: str) -> nn.Module:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_dense_equals_the_original_and_slides(name):
-    model = _model(name)
+    model = _nd_model(name)
     shape, larger, _ = CASES[name][1:]
     dense = fc2conv.convert(model, shape)
     x = randn(2, *shape)
@@ -104,7 +104,7 @@ def test_dense_equals_the_original_and_slides(name):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_geometry_and_receptive_field_per_axis(name):
-    model = _model(name)
+    model = _nd_model(name)
     shape = CASES[name][1]
     dense = fc2conv.convert(model, shape)
     geo = fc2conv.geometry(dense)
@@ -117,7 +117,7 @@ def test_geometry_and_receptive_field_per_axis(name):
 def test_global_mode(name):
     """With a pool over the whole signal the converted model is the original at every length, one vector; a
     flattened head has no pool to keep, and the original itself runs at its reference size only."""
-    model = _model(name)
+    model = _nd_model(name)
     shape, larger, pooled = CASES[name][1:]
     converted = fc2conv.convert(model, shape, mode="global")
     big = randn(2, shape[0], *larger, seed=1)
@@ -132,7 +132,7 @@ def test_global_mode(name):
 
 
 def test_float64_signal_agrees_to_machine_precision():
-    model = _model("ecg").double()
+    model = _nd_model("ecg").double()
     dense = fc2conv.convert(model, (12, 200))
     x = randn(2, 12, 200, dtype=torch.float64)
     with torch.no_grad():
@@ -142,7 +142,7 @@ def test_float64_signal_agrees_to_machine_precision():
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, chosen for the source file
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_onnx_export_and_convert_onnx_with_dynamic_axes(name, tmp_path):
-    model = _model(name)
+    model = _nd_model(name)
     shape, larger, _ = CASES[name][1:]
     dense = fc2conv.convert(model, shape)
     path = export_onnx(dense, tmp_path / "dense.onnx")
@@ -166,7 +166,7 @@ def test_onnx_export_and_convert_onnx_with_dynamic_axes(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["speech", "volume"])
 def test_runtime_takes_npy_arrays(name, tmp_path):
-    model = _model(name)
+    model = _nd_model(name)
     shape, larger, _ = CASES[name][1:]
     dense = fc2conv.convert(model, shape)
     classes = dense(randn(1, *shape)).shape[1]
@@ -176,7 +176,7 @@ def test_runtime_takes_npy_arrays(name, tmp_path):
     result = DenseModel(path).run(tmp_path / "input.npy")
     with torch.no_grad():
         expected = dense(torch.from_numpy(array)[None])[0].numpy()
-    np.testing.assert_allclose(result.scores, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    assert_close(result.scores, expected, limit=1e-4)  # onnxruntime against PyTorch
     best = result.top_windows(1)[0]
     assert len(best.cell) == len(shape) - 1 and len(best.box) == 2 * len(best.cell)
     np.save(tmp_path / "wrong.npy", array[:, None])

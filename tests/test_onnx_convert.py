@@ -2,25 +2,27 @@
 
 Sources are files written by `torch.onnx.export` with both exporters of torch 2.14 (TorchScript: Flatten or
 Reshape → Gemm, GlobalAveragePool; dynamo: Reshape → Gemm, ReduceMean), and hand-built graphs for the
-MatMul + Add spelling, a global pool under symbolic input dims, and a pattern fc2conv must refuse.
+MatMul + Add spelling, a global pool under symbolic input dims, and a pattern fc2conv must refuse; files that are
+garbage, unsupported or that onnxruntime cannot load are refused and nothing is written.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from helpers import assert_close, assert_onnx_overwrite_needs_force, build, randn
+from helpers import assert_close, assert_onnx_overwrite_needs_force, build_torchvision, randn
 from onnx import TensorProto, helper, numpy_helper
 from onnx_helpers import op_counts, run_onnx, run_without_torch
 
 import fc2conv
 from fc2conv.errors import ConversionError
 from fc2conv.onnx import convert_onnx
-from models.small_cnn import small_cnn
+from models.small_cnn import SmallCNN, small_cnn
 
 # The dynamo exporter is slow (15-50 s a model on 2 cores), so one model covers its spelling
 # (ReduceMean → Reshape → Gemm); the TorchScript files cover Flatten, Reshape, chained Gemms, SE blocks, and
@@ -29,18 +31,18 @@ SOURCES = [("torchscript", "small_cnn"), ("torchscript", "resnet18"), ("torchscr
            ("torchscript-dynamic", "shufflenet_v2_x0_5"), ("dynamo", "resnet18")]
 
 
-def _model(name: str) -> tuple[torch.nn.Module, int]:
+def _source_model(name: str) -> tuple[torch.nn.Module, int]:
     if name == "small_cnn":
         torch.manual_seed(0)
         return small_cnn().eval(), 32
-    return build(name), 224
+    return build_torchvision(name), 224
 
 
 @pytest.fixture(scope="module", params=SOURCES, ids=[f"{e}-{n}" for e, n in SOURCES])
 def source(request, tmp_path_factory):
     """(exporter, PyTorch model, reference size, path of the ONNX file torch.onnx.export wrote)."""
     exporter, name = request.param
-    model, size = _model(name)
+    model, size = _source_model(name)
     path = tmp_path_factory.mktemp("src") / f"{exporter}_{name}.onnx"
     x = torch.zeros(1, 3, size, size)
     with warnings.catch_warnings():
@@ -176,7 +178,7 @@ class PoolsOfTwoMaps(torch.nn.Module):
         return self.fc(torch.cat([self.conv2(early).mean((2, 3)), early.amax((2, 3))], 1))
 
 
-def test_pools_of_two_maps_are_refused(tmp_path):
+def test_onnx_pools_of_two_maps_are_refused(tmp_path):
     """Their windows would slide on different grids (pools of one map convert: test_onnx_export.py)."""
     src, out = tmp_path / "src.onnx", tmp_path / "dense.onnx"
     with warnings.catch_warnings():
@@ -246,3 +248,47 @@ def test_a_static_file_with_sizes_baked_in_is_refused(tmp_path):
     with pytest.raises(ConversionError, match=r"static\.onnx: .*(stays|baked|fails in onnxruntime)"):
         convert_onnx(source, tmp_path / "out.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["static.onnx"]
+
+
+def test_an_onnx_file_that_is_garbage_or_unsupported_writes_nothing(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07" + os.urandom(256))
+    out = tmp_path / "out.onnx"
+    with pytest.raises(ConversionError, match=r"garbage\.onnx"):
+        convert_onnx(garbage, out)
+    # The head's vector scaled by the mean of the whole input: a second branch no map of scores can keep.
+    rng = torch.Generator().manual_seed(0)
+    init = [numpy_helper.from_array(torch.randn(4, 3, 3, 3, generator=rng).numpy(), "conv_w"),
+            numpy_helper.from_array(torch.randn(5, 4, generator=rng).numpy(), "fc_w"),
+            numpy_helper.from_array(torch.randn(5, generator=rng).numpy(), "fc_b"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis")]
+    nodes = [helper.make_node("Conv", ["x", "conv_w"], ["f"]),
+             helper.make_node("GlobalAveragePool", ["f"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["vector"]),
+             helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Unsqueeze", ["mean", "axis"], ["scale"]),
+             helper.make_node("Mul", ["vector", "scale"], ["scaled"]),
+             helper.make_node("Gemm", ["scaled", "fc_w", "fc_b"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "two_branches", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                              [1, 3, 10, 10])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    source = tmp_path / "two_branches.onnx"
+    onnx.save(model, source)
+    before = source.read_bytes()
+    with pytest.raises(ConversionError, match=r"two_branches\.onnx: .*Mul.*comes from another branch"):
+        convert_onnx(source, out)
+    assert not out.exists() and source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.onnx", "two_branches.onnx"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, chosen for this source
+def test_an_onnx_file_onnxruntime_cannot_load_is_not_converted(tmp_path):
+    torch.manual_seed(0)
+    source = tmp_path / "small.onnx"
+    torch.onnx.export(SmallCNN().eval(), (torch.zeros(1, 3, 32, 32),), source, dynamo=False)
+    model = onnx.load(source)
+    model.opset_import[0].version = 99
+    onnx.save(model, tmp_path / "future.onnx")
+    with pytest.raises(ConversionError, match=r"future\.onnx: onnxruntime cannot load it .*does not convert what "):
+        convert_onnx(tmp_path / "future.onnx", tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -13,7 +13,7 @@ import warnings
 import onnx
 import pytest
 import torch
-from helpers import FAMILIES, ZOO, assert_close, assert_onnx_overwrite_needs_force, build, crop_size, randn
+from helpers import FAMILIES, ZOO, assert_close, assert_onnx_overwrite_needs_force, build_torchvision, crop_size, randn
 from onnx_helpers import op_counts, run_onnx, session
 from torch import nn
 
@@ -30,7 +30,7 @@ def _metadata(path) -> dict:
 
 def _check_export(name: str, tmp_path) -> None:
     size = crop_size(name)
-    converted = fc2conv.convert(build(name), (3, size, size))
+    converted = fc2conv.convert(build_torchvision(name), (3, size, size))
     path = export_onnx(converted, tmp_path / f"{name}.onnx")
     model = onnx.load(str(path))  # export_onnx ran the full checker on it (see test_existing_file_needs_force)
     # Every converted Linear is a Conv: no Gemm; MatMul only for Linears fc2conv keeps (ConvNeXt blocks).
@@ -70,14 +70,14 @@ def test_export_parity_zoo(name, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small():
+def small_converted():
     torch.manual_seed(0)
     model = small_cnn().eval()
     return model, fc2conv.convert(model, (3, 32, 32))
 
 
-def test_metadata_labels_mean_std(small, tmp_path):
-    _, converted = small
+def test_metadata_labels_mean_std(small_converted, tmp_path):
+    _, converted = small_converted
     labels = [f"class {k}" for k in range(10)]
     path = export_onnx(converted, tmp_path / "m.onnx", labels=labels, mean=[0.5, 0.4, 0.3], std=[0.2])
     meta = _metadata(path)
@@ -87,21 +87,21 @@ def test_metadata_labels_mean_std(small, tmp_path):
                     "fc2conv.labels": labels, "fc2conv.mean": [0.5, 0.4, 0.3], "fc2conv.std": [0.2]}
 
 
-def test_global_mode_has_no_geometry(small, tmp_path):
-    original, _ = small
+def test_global_mode_has_no_geometry(small_converted, tmp_path):
+    original, _ = small_converted
     converted = fc2conv.convert(original, (3, 32, 32), mode="global")
     meta = _metadata(export_onnx(converted, tmp_path / "g.onnx"))
     assert meta["fc2conv.mode"] == "global" and meta["fc2conv.stride"] is None and meta["fc2conv.window"] is None
 
 
-def test_static_export(small, tmp_path):
-    _, converted = small
+def test_static_export(small_converted, tmp_path):
+    _, converted = small_converted
     model = onnx.load(str(export_onnx(converted, tmp_path / "s.onnx", dynamic=False)))
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]
 
 
-def test_dynamo_exporter(small, tmp_path):
-    _, converted = small
+def test_dynamo_exporter(small_converted, tmp_path):
+    _, converted = small_converted
     path = export_onnx(converted, tmp_path / "d.onnx", exporter="dynamo")
     assert op_counts(path)["Gemm"] == 0
     x = randn(2, 3, 45, 37)
@@ -117,21 +117,21 @@ def test_dynamo_exporter(small, tmp_path):
     ({"input_shape": (32, 32)}, "does not match the reference shape"),
     ({"input_shape": (3, 16, 16)}, r"does not run at input_shape=\(3, 16, 16\)"),
 ])
-def test_bad_arguments_write_nothing(small, tmp_path, kwargs, message):
-    _, converted = small
+def test_bad_arguments_write_nothing(small_converted, tmp_path, kwargs, message):
+    _, converted = small_converted
     with pytest.raises(ConversionError, match=message):
         export_onnx(converted, tmp_path / "bad.onnx", **kwargs)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_refuses_unconverted_model(small, tmp_path):
-    original, _ = small
+def test_refuses_unconverted_model(small_converted, tmp_path):
+    original, _ = small_converted
     with pytest.raises(ConversionError, match="model returned by fc2conv"):
         export_onnx(original, tmp_path / "x.onnx")
 
 
-def test_existing_file_needs_force(small, tmp_path):
-    _, converted = small
+def test_existing_file_needs_force(small_converted, tmp_path):
+    _, converted = small_converted
     target = tmp_path / "m.onnx"
     assert_onnx_overwrite_needs_force(lambda force: export_onnx(converted, target, force=force), target)
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file left behind

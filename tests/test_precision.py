@@ -17,11 +17,11 @@ from PIL import Image
 from scan_helpers import export
 
 from fc2conv import ConversionError
-from fc2conv.backends import check_backend
-from fc2conv.calibration import read_calibration, split
-from fc2conv.metadata import validate
-from fc2conv.quantize import quantize
 from fc2conv.runtime import DenseModel
+from fc2conv.runtime.backends import check_backend
+from fc2conv.runtime.calibration import read_calibration, split
+from fc2conv.runtime.metadata import validate
+from fc2conv.runtime.quantization import quantize
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -39,7 +39,7 @@ def _sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> dict[str, Path]:
+def digits_int8(tmp_path_factory) -> dict[str, Path]:
     """The trained digits CNN in float32, its calibration set, and its int8 file (quantized once per module)."""
     directory = tmp_path_factory.mktemp("precision")
     fp32 = export("digits", directory)
@@ -62,9 +62,9 @@ def _canvas(seed: int = 3) -> np.ndarray:
     return canvas[:200, :232]
 
 
-def test_openvino_fp32_equals_onnxruntime_and_reads_the_same_metadata(digits):
-    reference = DenseModel(digits["fp32"])
-    model = DenseModel(digits["fp32"], backend="openvino", threads=1)
+def test_openvino_fp32_equals_onnxruntime_and_reads_the_same_metadata(digits_int8):
+    reference = DenseModel(digits_int8["fp32"])
+    model = DenseModel(digits_int8["fp32"], backend="openvino", threads=1)
     assert model.metadata == reference.metadata and model.classes == reference.classes == 11
     expected, got = reference.run(_canvas()), model.run(_canvas())
     assert got.scores.shape == expected.scores.shape
@@ -74,9 +74,9 @@ def test_openvino_fp32_equals_onnxruntime_and_reads_the_same_metadata(digits):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_bf16_and_fp16_are_recorded_as_run_and_drift_within_bounds(digits, precision):
-    reference = DenseModel(digits["fp32"]).run(_canvas()).scores
-    model = DenseModel(digits["fp32"], backend="openvino", precision=precision, threads=1)
+def test_bf16_and_fp16_are_recorded_as_run_and_drift_within_bounds(digits_int8, precision):
+    reference = DenseModel(digits_int8["fp32"]).run(_canvas()).scores
+    model = DenseModel(digits_int8["fp32"], backend="openvino", precision=precision, threads=1)
     scores = model.run(_canvas()).scores
     executed = model.engine.executed  # what the CPU runs for the hint: fp16 runs as bf16 or fp32 without its units
     record = model.numerics
@@ -99,8 +99,8 @@ def test_a_precision_the_backend_does_not_run_is_refused_naming_the_flags(backen
     assert all(flag in str(refused.value) for flag in flags)
 
 
-def test_quantized_file_keeps_dynamic_sizes_and_metadata_and_records_calibration_and_drift(digits):
-    source, result = onnx.load(str(digits["fp32"])), onnx.load(str(digits["int8"]))
+def test_quantized_file_keeps_dynamic_sizes_and_metadata_and_records_calibration_and_drift(digits_int8):
+    source, result = onnx.load(str(digits_int8["fp32"])), onnx.load(str(digits_int8["int8"]))
     counts = op_counts(result)
     assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] > 0 and counts["Conv"] == 5
 
@@ -117,29 +117,30 @@ def test_quantized_file_keeps_dynamic_sizes_and_metadata_and_records_calibration
                            "activations": "uint8", "weights": "int8 per channel"}
     assert json.loads(after["fc2conv.precision"]) == "int8"
     assert json.loads(after["fc2conv.float_layers"]) == []  # the digits CNN needs none kept in float
-    model = DenseModel(digits["int8"])
+    model = DenseModel(digits_int8["int8"])
     assert model.model_precision == "int8" and model.numerics == {"backend": "onnxruntime", "precision": "int8",
                                                                   "exact": False}
     assert model.metadata["exact"] is True  # the cells are still exact windows: only the numbers are approximate
     assert model.run(np.zeros((61, 45), np.uint8)).scores.shape == (11, 8, 4)  # any size, as the source
 
 
-def test_int8_drift_of_the_trained_digits_is_within_bounds_on_both_backends(digits):
-    drift = DenseModel(digits["int8"]).metadata["drift"]
+def test_int8_drift_of_the_trained_digits_is_within_bounds_on_both_backends(digits_int8):
+    drift = DenseModel(digits_int8["int8"]).metadata["drift"]
     # 2 held-out canvases of 288² (65² cells) and their 2×2 mosaics (576²: 137² cells)
     assert drift["images"] == 4 and drift["cells"] == 2 * 65 * 65 + 2 * 137 * 137
     assert drift["argmax_agreement"] >= MIN_AGREEMENT and drift["max_abs_probability"] <= MAX_PROBABILITY
-    reference = DenseModel(digits["fp32"]).run(_canvas()).probabilities
+    reference = DenseModel(digits_int8["fp32"]).run(_canvas()).probabilities
     for backend in ("onnxruntime", "openvino"):
-        model = DenseModel(digits["int8"], backend=backend, threads=1)
+        model = DenseModel(digits_int8["int8"], backend=backend, threads=1)
         probabilities = model.run(_canvas()).probabilities
         assert model.numerics["exact"] is False and model.numerics["precision"].startswith("int8")
         assert (probabilities.argmax(0) == reference.argmax(0)).mean() >= MIN_AGREEMENT
         assert np.abs(probabilities - reference).max() <= MAX_PROBABILITY
 
 
-def test_int8_and_bf16_test_split_accuracy_within_half_a_point_of_float32(digits):
-    rows = {name: (digit, background) for name, _, digit, background in accuracy_rows(digits["fp32"], digits["int8"])}
+def test_int8_and_bf16_test_split_accuracy_within_half_a_point_of_float32(digits_int8):
+    rows = {name: (digit, background)
+            for name, _, digit, background in accuracy_rows(digits_int8["fp32"], digits_int8["int8"])}
     assert set(rows) == {"onnxruntime fp32", "openvino fp32", "openvino bf16", "onnxruntime int8", "openvino int8"}
     digit, background = rows["onnxruntime fp32"]
     assert digit >= 0.97
@@ -148,8 +149,8 @@ def test_int8_and_bf16_test_split_accuracy_within_half_a_point_of_float32(digits
         assert blank >= background - 0.01, name
 
 
-def test_float_layers_choices_keep_the_named_convolutions_in_float(digits, tmp_path):
-    done = quantize(digits["fp32"], tmp_path / "last.onnx", digits["calibration"], float_layers="first+last",
+def test_float_layers_choices_keep_the_named_convolutions_in_float(digits_int8, tmp_path):
+    done = quantize(digits_int8["fp32"], tmp_path / "last.onnx", digits_int8["calibration"], float_layers="first+last",
                     method="percentile")
     assert done.float_layers == ["/features/features.0/Conv", "/classifier.4/Conv"]
     result = onnx.load(str(done.path))
@@ -159,8 +160,8 @@ def test_float_layers_choices_keep_the_named_convolutions_in_float(digits, tmp_p
     assert json.loads({p.key: p.value for p in result.metadata_props}["fc2conv.float_layers"]) == done.float_layers
 
 
-def test_calibration_reads_a_directory_an_image_and_a_npy_batch_at_any_sizes(digits, tmp_path):
-    model = DenseModel(digits["fp32"])
+def test_calibration_reads_a_directory_an_image_and_a_npy_batch_at_any_sizes(digits_int8, tmp_path):
+    model = DenseModel(digits_int8["fp32"])
     folder = tmp_path / "mixed"
     folder.mkdir()
     Image.fromarray(np.full((40, 70), 200, np.uint8)).save(folder / "a.png")
@@ -197,7 +198,7 @@ def _write(path: Path, data) -> Path:
     ("small", "tiny.png: the image is 20×40, smaller than the model's 32×32 window"),
     ("missing", "nowhere: no such calibration file or directory"),
 ])
-def test_a_bad_calibration_set_is_refused_naming_the_file_and_nothing_is_written(digits, tmp_path, case, expected):
+def test_a_bad_calibration_set_is_refused_naming_the_file_and_nothing_is_written(digits_int8, tmp_path, case, expected):
     data = {"empty": None, "unreadable": ("bad.png", b"\x89PNG\r\n\x1a\nnot really"),
             "channels": ("c.npy", np.zeros((3, 40, 40), np.float32)),
             "small": ("tiny.png", np.zeros((20, 40), np.uint8)), "missing": None}[case]
@@ -207,20 +208,20 @@ def test_a_bad_calibration_set_is_refused_naming_the_file_and_nothing_is_written
         _write(folder / data[0], data[1])
     source = tmp_path / "nowhere" if case == "missing" else folder
     with pytest.raises(ConversionError) as refused:
-        quantize(digits["fp32"], tmp_path / "out.onnx", source)
+        quantize(digits_int8["fp32"], tmp_path / "out.onnx", source)
     assert expected in str(refused.value)
     assert not (tmp_path / "out.onnx").exists() and not list(tmp_path.glob(".out*"))
 
 
-def test_a_quantized_model_and_bad_arguments_are_refused(digits, tmp_path):
+def test_a_quantized_model_and_bad_arguments_are_refused(digits_int8, tmp_path):
     with pytest.raises(ConversionError, match=r"already quantized \(it has DequantizeLinear, QuantizeLinear nodes"):
-        quantize(digits["int8"], tmp_path / "again.onnx", digits["calibration"])
+        quantize(digits_int8["int8"], tmp_path / "again.onnx", digits_int8["calibration"])
     with pytest.raises(ConversionError, match="--method must be one of minmax, entropy, percentile"):
-        quantize(digits["fp32"], tmp_path / "x.onnx", digits["calibration"], method="kl")
+        quantize(digits_int8["fp32"], tmp_path / "x.onnx", digits_int8["calibration"], method="kl")
     with pytest.raises(ConversionError, match="is the input model"):
-        quantize(digits["fp32"], digits["fp32"], digits["calibration"], force=True)
+        quantize(digits_int8["fp32"], digits_int8["fp32"], digits_int8["calibration"], force=True)
     with pytest.raises(ConversionError, match="already exists"):
-        quantize(digits["fp32"], digits["int8"], digits["calibration"])
+        quantize(digits_int8["fp32"], digits_int8["int8"], digits_int8["calibration"])
 
 
 @pytest.mark.parametrize(("values", "field"), [
@@ -238,13 +239,14 @@ def test_metadata_of_quantized_files_is_validated_naming_the_field(values, field
     assert field in str(refused.value)
 
 
-def test_quantizer_and_openvino_backend_run_without_torch(digits, tmp_path):
+def test_quantizer_and_openvino_backend_run_without_torch(digits_int8, tmp_path):
     done = run_without_torch(f"""
         import numpy as np
-        import fc2conv.backends, fc2conv.quantize
+        import fc2conv.runtime.backends, fc2conv.runtime.quantization
         from fc2conv.runtime import DenseModel, quantize
-        result = quantize({str(digits['fp32'])!r}, "int8.onnx", {str(digits['calibration'])!r}, float_layers="none")
-        for path, precision in (({str(digits['fp32'])!r}, "bf16"), ("int8.onnx", "fp32")):
+        result = quantize({str(digits_int8['fp32'])!r}, "int8.onnx", {str(digits_int8['calibration'])!r},
+                          float_layers="none")
+        for path, precision in (({str(digits_int8['fp32'])!r}, "bf16"), ("int8.onnx", "fp32")):
             model = DenseModel(path, backend="openvino", precision=precision, threads=1)
             print(model.run(np.zeros((40, 40), np.uint8)).scores.shape, model.numerics["exact"])
         import sys
@@ -254,7 +256,7 @@ def test_quantizer_and_openvino_backend_run_without_torch(digits, tmp_path):
     assert done.stdout.split("\n")[:3] == ["(11, 3, 3) False", "(11, 3, 3) False", "4 False"]
 
 
-def test_without_openvino_its_backend_names_the_extra_and_the_rest_works(digits, tmp_path):
+def test_without_openvino_its_backend_names_the_extra_and_the_rest_works(digits_int8, tmp_path):
     done = run_without_torch(f"""
         import sys
         class _NoOpenVINO:
@@ -265,12 +267,12 @@ def test_without_openvino_its_backend_names_the_extra_and_the_rest_works(digits,
         from fc2conv.runtime import DenseModel
         from fc2conv.errors import ConversionError
         try:
-            DenseModel({str(digits['fp32'])!r}, backend="openvino")
+            DenseModel({str(digits_int8['fp32'])!r}, backend="openvino")
         except ConversionError as e:
             print(e)
-        print(DenseModel({str(digits['int8'])!r}).numerics)
+        print(DenseModel({str(digits_int8['int8'])!r}).numerics)
         from fc2conv.cli import app
-        sys.argv = ["fc2conv", "run", {str(digits['fp32'])!r}, "x.png", "--backend", "openvino"]
+        sys.argv = ["fc2conv", "run", {str(digits_int8['fp32'])!r}, "x.png", "--backend", "openvino"]
         app()
     """, tmp_path)
     assert done.returncode == 2, done.stderr

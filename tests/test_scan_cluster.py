@@ -9,16 +9,12 @@ import threading
 import time
 
 import pytest
-from scan_helpers import assert_same_map, export, noise, one_pass, write_tiff
+from helpers import assert_close
+from scan_helpers import done_tiles, noise, one_pass, write_tiff
 
 from fc2conv.runtime import scan
 
 pytest.importorskip("distributed")  # the scan extra: Python 3.11 or later
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return export("digits", tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture
@@ -31,17 +27,12 @@ def cluster():
         yield local, client
 
 
-def _done_tiles(store) -> int:
-    chunks = store / "done" / "c"
-    return sum(1 for p in chunks.rglob("*") if p.is_file()) if chunks.exists() else 0
-
-
-def test_local_cluster_map_equals_one_pass(digits, tmp_path):
+def test_local_cluster_map_equals_one_pass(digits_onnx, tmp_path):
     image = noise(700, 650, channels=1)
-    result = scan(write_tiff(tmp_path / "in.tif", image), model=digits, out=tmp_path / "out.zarr", tile=128,
+    result = scan(write_tiff(tmp_path / "in.tif", image), model=digits_onnx, out=tmp_path / "out.zarr", tile=128,
                   workers=2, detections=tmp_path / "found.csv")
     assert result.tiles == result.computed == 6 * 5  # 168×155 cells in tiles of 32×32
-    assert_same_map(result.scores()[...], one_pass(digits, image))
+    assert_close(result.scores()[...], one_pass(digits_onnx, image))
 
 
 # Run on one worker (by `exec`, so nothing of this module is pickled): its third tile creates `marker`, naming the
@@ -64,7 +55,7 @@ stitch.scan_tile = block_in_the_third
 """
 
 
-def test_worker_killed_mid_run_loses_nothing(digits, tmp_path, cluster):
+def test_worker_killed_mid_run_loses_nothing(digits_onnx, tmp_path, cluster):
     """SIGKILL one of two workers while it computes a tile (it blocks there until killed, so the scan cannot end
     without it): the scheduler reruns its tiles elsewhere and the map is complete."""
     import zarr
@@ -76,7 +67,7 @@ def test_worker_killed_mid_run_loses_nothing(digits, tmp_path, cluster):
 
     def run() -> None:
         try:
-            outcome["result"] = scan(source, model=digits, out=out, tile=32, scheduler=local.scheduler_address)
+            outcome["result"] = scan(source, model=digits_onnx, out=out, tile=32, scheduler=local.scheduler_address)
         except BaseException as e:  # re-raised in the test's thread below
             outcome["error"] = e
 
@@ -91,12 +82,12 @@ def test_worker_killed_mid_run_loses_nothing(digits, tmp_path, cluster):
     row, column = map(int, marker.read_text().split())
     blocked = f"-{row}-{column}"
     assert any(key.endswith(blocked) for key in client.processing()[address]), "not the victim's tile"
-    killed_at = _done_tiles(tmp_path / ".out.zarr.partial")
+    killed_at = done_tiles(tmp_path / ".out.zarr.partial")
     os.kill(victim, signal.SIGKILL)
     thread.join(timeout=300)
     assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
     result = outcome["result"]
     assert killed_at < result.tiles and result.computed == result.tiles == 37 * 31
     assert zarr.open_array(str(out / "done"), mode="r")[row, column] == 1  # the blocked tile, computed elsewhere
-    assert_same_map(result.scores()[...], one_pass(digits, image))
+    assert_close(result.scores()[...], one_pass(digits_onnx, image))
     assert victim not in client.run(os.getpid).values()  # the nanny started a new worker process

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_close
 from PIL import Image
-from scan_helpers import assert_same_map, export, noise, one_pass, write_tiff
+from scan_helpers import noise, one_pass, write_tiff
 from typer.testing import CliRunner
 
 from fc2conv.cli import EXIT_OK, EXIT_USAGE, app
@@ -23,12 +24,6 @@ from fc2conv.scan.source import open_source
 zarr = pytest.importorskip("zarr")  # the scan extra: Python 3.11 or later
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """The padded 3-channel model (stride 4, window 32, margins 3)."""
-    return export("small", tmp_path_factory.mktemp("models"))
-
-
 IMAGE = noise(203, 171, seed=3)
 
 
@@ -37,13 +32,13 @@ def _scanned(source, model: Path, tmp_path: Path, **options) -> np.ndarray:
 
 
 @pytest.mark.parametrize("subifds", [True, False], ids=["subifds", "reduced-pages"])
-def test_pyramidal_tiff_levels_by_index_and_pixel_size(small, tmp_path, subifds):
+def test_pyramidal_tiff_levels_by_index_and_pixel_size(small_onnx, tmp_path, subifds):
     source = write_tiff(tmp_path / "slide.tif", IMAGE, levels=3, subifds=subifds, resolution_um=0.25)
     assert [(i, open_source(source, channels=3, level=i).size) for i in range(3)] == \
         [(0, (203, 171)), (1, (102, 86)), (2, (51, 43))]
     level1 = IMAGE[::2, ::2]
-    assert_same_map(_scanned(source, small, tmp_path, level=1), one_pass(small, level1))
-    assert_same_map(_scanned(source, small, tmp_path, mpp=0.5), one_pass(small, level1))
+    assert_close(_scanned(source, small_onnx, tmp_path, level=1), one_pass(small_onnx, level1))
+    assert_close(_scanned(source, small_onnx, tmp_path, mpp=0.5), one_pass(small_onnx, level1))
     attrs = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["fc2conv"]
     assert attrs["source"]["level"] == 1 and attrs["source"]["pixel_size_um"] == pytest.approx([0.5, 0.5], rel=0.02)
     assert attrs["cell_size_um"] == pytest.approx([2.0, 2.0], rel=0.02)
@@ -54,14 +49,14 @@ def test_pyramidal_tiff_levels_by_index_and_pixel_size(small, tmp_path, subifds)
 
 
 @pytest.mark.parametrize("layout", ["YXS", "SYX"])
-def test_zarr_array(small, tmp_path, layout):
+def test_zarr_array(small_onnx, tmp_path, layout):
     array = IMAGE if layout == "YXS" else IMAGE.transpose(2, 0, 1)
     chunks = (32, 32, 3) if layout == "YXS" else (3, 32, 32)
     zarr.create_array(str(tmp_path / "in.zarr"), shape=array.shape, chunks=chunks, dtype="uint8")[...] = array
-    assert_same_map(_scanned(tmp_path / "in.zarr", small, tmp_path), one_pass(small, IMAGE))
+    assert_close(_scanned(tmp_path / "in.zarr", small_onnx, tmp_path), one_pass(small_onnx, IMAGE))
 
 
-def test_ome_zarr_levels_axes_and_pixel_size(small, tmp_path):
+def test_ome_zarr_levels_axes_and_pixel_size(small_onnx, tmp_path):
     group = zarr.open_group(str(tmp_path / "image.ome.zarr"), mode="w")
     datasets = []
     for level in range(2):
@@ -73,12 +68,12 @@ def test_ome_zarr_levels_axes_and_pixel_size(small, tmp_path):
             {"name": "y", "type": "space", "unit": "micrometer"}, {"name": "x", "type": "space", "unit": "micrometer"}]
     group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
     source = tmp_path / "image.ome.zarr"
-    assert_same_map(_scanned(source, small, tmp_path), one_pass(small, IMAGE))
-    assert_same_map(_scanned(source, small, tmp_path, mpp=1.0), one_pass(small, IMAGE[::2, ::2]))
+    assert_close(_scanned(source, small_onnx, tmp_path), one_pass(small_onnx, IMAGE))
+    assert_close(_scanned(source, small_onnx, tmp_path, mpp=1.0), one_pass(small_onnx, IMAGE[::2, ::2]))
     assert open_source(source, channels=3, level=1).pixel_size == (1.0, 1.0)
 
 
-def test_openslide_reads_the_same_pixels_as_tifffile(small, tmp_path):
+def test_openslide_reads_the_same_pixels_as_tifffile(small_onnx, tmp_path):
     """OpenSlide's generic tiled TIFF support (reduced pages as levels) gives the same map as tifffile. (Level 1 is
     exactly half of level 0 here: OpenSlide places reads in level-0 pixels, and at a fractional downsample it
     resamples them by a fraction of a pixel.)"""
@@ -86,16 +81,16 @@ def test_openslide_reads_the_same_pixels_as_tifffile(small, tmp_path):
     image = IMAGE[:202, :170]
     source = write_tiff(tmp_path / "slide.tif", image, levels=2, subifds=False)
     for level, pixels in ((0, image), (1, image[::2, ::2])):
-        via_slide = _scanned(source, small, tmp_path, reader="openslide", level=level)
-        assert_same_map(via_slide, one_pass(small, pixels))
-        np.testing.assert_array_equal(via_slide, _scanned(source, small, tmp_path, reader="tiff", level=level))
+        via_slide = _scanned(source, small_onnx, tmp_path, reader="openslide", level=level)
+        assert_close(via_slide, one_pass(small_onnx, pixels))
+        np.testing.assert_array_equal(via_slide, _scanned(source, small_onnx, tmp_path, reader="tiff", level=level))
 
 
-def test_png_is_read_whole_within_the_pixel_budget(small, tmp_path):
+def test_png_is_read_whole_within_the_pixel_budget(small_onnx, tmp_path):
     Image.fromarray(IMAGE).save(tmp_path / "in.png")
-    assert_same_map(_scanned(tmp_path / "in.png", small, tmp_path), one_pass(small, IMAGE))
+    assert_close(_scanned(tmp_path / "in.png", small_onnx, tmp_path), one_pass(small_onnx, IMAGE))
     with pytest.raises(ConversionError, match="decoded whole; convert it to a tiled TIFF"):
-        _scanned(tmp_path / "in.png", small, tmp_path, max_pixels=1000)
+        _scanned(tmp_path / "in.png", small_onnx, tmp_path, max_pixels=1000)
 
 
 def _closed_port() -> int:
@@ -148,20 +143,20 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize(("make", "extra", "message"), [case[1:] for case in HOSTILE], ids=[c[0] for c in HOSTILE])
-def test_hostile_input_exits_2_and_writes_nothing(small, tmp_path, monkeypatch, make, extra, message):
+def test_hostile_input_exits_2_and_writes_nothing(small_onnx, tmp_path, monkeypatch, make, extra, message):
     monkeypatch.chdir(tmp_path)
     source = make(tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = CliRunner().invoke(app, ["scan", str(source), "--model", str(small), "--out", "out.zarr", *extra])
+    result = CliRunner().invoke(app, ["scan", str(source), "--model", str(small_onnx), "--out", "out.zarr", *extra])
     assert result.exit_code == EXIT_USAGE, result.output
     assert re.search(message, result.output), result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_existing_output_and_unreachable_scheduler(small, tmp_path, monkeypatch):
+def test_existing_output_and_unreachable_scheduler(small_onnx, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_tiff(tmp_path / "in.tif", IMAGE)
-    base = ["scan", "in.tif", "--model", str(small), "--out", "out.zarr", "--tile", "64"]
+    base = ["scan", "in.tif", "--model", str(small_onnx), "--out", "out.zarr", "--tile", "64"]
     done = CliRunner().invoke(app, [*base, "--json", "--overview", "o.png", "--detections", "d.csv"])
     assert done.exit_code == EXIT_OK, done.output
     summary = json.loads(done.output)

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from scan_helpers import export, write_tiff
+from scan_helpers import write_tiff
 
 from fc2conv.runtime import scan
 from fc2conv.scan import ngff, qupath
@@ -20,11 +20,6 @@ zarr = pytest.importorskip("zarr")
 models_v05 = pytest.importorskip("ome_zarr_models.v05.image", reason="ome-zarr-models validates the map (dev extra)")
 
 STRIDE, WINDOW = 4, 32  # the digits CNN's
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return export("digits", tmp_path_factory.mktemp("models"))
 
 
 def canvas(size: int = 384, count: int = 12, seed: int = 3) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
@@ -52,7 +47,8 @@ LEVELS = [(0, None), (0, 0.25), (1, None), (1, 0.5), (2, 0.25)]
 
 
 @pytest.mark.parametrize(("level", "pixel_um"), LEVELS)
-def test_each_cell_centre_is_its_window_centre_at_every_pyramid_level(digits, tmp_path, monkeypatch, level, pixel_um):
+def test_each_cell_centre_is_its_window_centre_at_every_pyramid_level(digits_onnx, tmp_path, monkeypatch, level,
+                                                                       pixel_um):
     """Read by ome-zarr-models and by ome-zarr-py's reader, each dataset's transform puts pixel (i, j) of pyramid
     level m on the mean of the window centres of the 2^m × 2^m cells it holds (cell (i, j)'s own at m = 0), in µm
     where the TIFF records a pixel size and in level-0 pixels where it does not; level m holds the maximum of
@@ -65,7 +61,7 @@ def test_each_cell_centre_is_its_window_centre_at_every_pyramid_level(digits, tm
     d = 2**level
     base = np.kron(picture, np.ones((d, d), np.uint8))  # level `level` of its pyramid is `picture` itself
     source = write_tiff(tmp_path / "slide.tif", base, levels=level + 1, resolution_um=pixel_um)
-    result = scan(source, model=digits, out=tmp_path / "map.zarr", tile=128, level=level)
+    result = scan(source, model=digits_onnx, out=tmp_path / "map.zarr", tile=128, level=level)
     group = zarr.open_group(str(result.path), mode="r")
     image = models_v05.Image.from_zarr(group[ngff.PROBABILITIES])
     models_v05.Image.from_zarr(group)  # the raw scores: an NGFF image too
@@ -93,7 +89,7 @@ def test_each_cell_centre_is_its_window_centre_at_every_pyramid_level(digits, tm
     assert group["scores"].metadata.dimension_names == ("c", "y", "x")
 
 
-def test_an_ome_zarr_inputs_own_transform_carries_over(digits, tmp_path):
+def test_an_ome_zarr_inputs_own_transform_carries_over(digits_onnx, tmp_path):
     """Scanning level 1 of an OME-Zarr whose levels have their own scale and translation (in mm): the map's scale is
     that level's times the stride, its translation that level's plus half a window less one pixel of it, in µm."""
     picture, _ = canvas()
@@ -106,7 +102,7 @@ def test_an_ome_zarr_inputs_own_transform_carries_over(digits, tmp_path):
                                    "datasets": [{"path": p, "coordinateTransformations": [
                                        {"type": "scale", "scale": s}, {"type": "translation", "translation": t}]}
                                        for p, s, t in zip("01", scales, shifts, strict=True)]}]
-    result = scan(tmp_path / "input.zarr", model=digits, out=tmp_path / "map.zarr", tile=128, level=1)
+    result = scan(tmp_path / "input.zarr", model=digits_onnx, out=tmp_path / "map.zarr", tile=128, level=1)
     dataset = zarr.open_group(str(result.path / ngff.PROBABILITIES), mode="r").attrs["ome"]["multiscales"][0][
         "datasets"][0]["coordinateTransformations"]
     assert dataset[0]["scale"] == pytest.approx([1.0, 1000 * 0.001 * STRIDE, 1000 * 0.001 * STRIDE])
@@ -115,7 +111,7 @@ def test_an_ome_zarr_inputs_own_transform_carries_over(digits, tmp_path):
 
 
 @pytest.mark.parametrize(("level", "pixel_um"), [(0, None), (1, 0.5)])
-def test_qupath_geojson_and_ome_tiff_lie_on_level_0(digits, tmp_path, level, pixel_um):
+def test_qupath_geojson_and_ome_tiff_lie_on_level_0(digits_onnx, tmp_path, level, pixel_um):
     """The GeoJSON: QuPath detections (objectType, a classification with name and colour, the probability among
     the measurements), their boxes the CSV's times the downsample, around the placed digits. The OME-TIFF: the
     slide's level-0 size and pixel size, halved down to one tile, one named channel per class; at level 0 cell
@@ -129,7 +125,7 @@ def test_qupath_geojson_and_ome_tiff_lie_on_level_0(digits, tmp_path, level, pix
     base = np.kron(picture, np.ones((d, d), np.uint8))
     source = write_tiff(tmp_path / "slide.tif", base, levels=level + 1, resolution_um=pixel_um)
     chosen = sorted({label for label, _, _ in placed})[:2]
-    result = scan(source, model=digits, out=tmp_path / "map.zarr", tile=128, level=level, classes=chosen,
+    result = scan(source, model=digits_onnx, out=tmp_path / "map.zarr", tile=128, level=level, classes=chosen,
                   detections=tmp_path / "found.csv", ome_tiff=tmp_path / "map.ome.tif", threshold=0.5)
     features = json.loads((tmp_path / "found.geojson").read_text())["features"]
     rows = (tmp_path / "found.csv").read_text().splitlines()[1:]
@@ -172,13 +168,13 @@ def test_qupath_geojson_and_ome_tiff_lie_on_level_0(digits, tmp_path, level, pix
             assert near.any(), (n, centre)
 
 
-def test_a_store_of_the_previous_version_is_upgraded_by_resume(digits, tmp_path):
+def test_a_store_of_the_previous_version_is_upgraded_by_resume(digits_onnx, tmp_path):
     """A finished store without the OME-Zarr map (what fc2conv wrote before): --resume computes no tile and adds the
     map, readable by ome-zarr-models; the placement it records is the one a new scan records."""
     picture, _ = canvas()
     source = write_tiff(tmp_path / "slide.tif", picture, resolution_um=0.5)
     out = tmp_path / "map.zarr"
-    scan(source, model=digits, out=out, tile=128)
+    scan(source, model=digits_onnx, out=out, tile=128)
     group = zarr.open_group(str(out), mode="r+")
     recorded = group.attrs["fc2conv"]["placement"]
     group.attrs["fc2conv"] = {k: v for k, v in group.attrs["fc2conv"].items() if k not in ("placement", "outputs")}
@@ -188,7 +184,7 @@ def test_a_store_of_the_previous_version_is_upgraded_by_resume(digits, tmp_path)
     meta.pop("dimension_names")
     (out / "scores" / "zarr.json").write_text(json.dumps(meta))
     assert Placement.from_attrs(group.attrs["fc2conv"]).to_attrs() == recorded
-    resumed = scan(source, model=digits, out=out, tile=128, resume=True)
+    resumed = scan(source, model=digits_onnx, out=out, tile=128, resume=True)
     assert resumed.computed == 0
     group = zarr.open_group(str(out), mode="r")
     models_v05.Image.from_zarr(group)
@@ -207,7 +203,7 @@ def test_placement_in_pixels_and_corners():
     assert placement.level_edges_to_base((10, 20)) == (40.0, 80.0)
 
 
-def test_an_ome_tiff_of_too_many_classes_is_refused_before_anything_is_written(digits, tmp_path, monkeypatch):
+def test_an_ome_tiff_of_too_many_classes_is_refused_before_anything_is_written(digits_onnx, tmp_path, monkeypatch):
     """Every OME-TIFF channel is a plane of the slide's level-0 size: more than `qupath.MAX_CHANNELS` classes (all
     999 of an ImageNet model, by default) is refused, naming --ome-tiff and --classes, before the scan begins."""
     from fc2conv.errors import ConversionError
@@ -215,6 +211,6 @@ def test_an_ome_tiff_of_too_many_classes_is_refused_before_anything_is_written(d
     monkeypatch.setattr(qupath, "MAX_CHANNELS", 2)
     source = write_tiff(tmp_path / "slide.tif", canvas()[0])
     with pytest.raises(ConversionError, match=r"--ome-tiff .*map.ome.tif: 3 classes .* at most 2 with --classes"):
-        scan(source, model=digits, out=tmp_path / "map.zarr", classes=["1", "2", "3"],
+        scan(source, model=digits_onnx, out=tmp_path / "map.zarr", classes=["1", "2", "3"],
              ome_tiff=tmp_path / "map.ome.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slide.tif"]

@@ -21,7 +21,7 @@ from fc2conv.onnx import export_onnx
 SHAPE = (3, 16, 16)
 
 
-class Backbone(nn.Module):
+class PaddedBackbone(nn.Module):
     """Two padded convs: 16×16 → 8×8 features, channels 8."""
 
     def __init__(self):
@@ -121,11 +121,11 @@ class GlobalContext(nn.Module):
 
 
 class WithBlock(nn.Module):
-    """Backbone → a context block → global average pool → Linear."""
+    """PaddedBackbone → a context block → global average pool → Linear."""
 
     def __init__(self, block: type[nn.Module]):
         super().__init__()
-        self.body, self.block, self.fc = Backbone(), block(), nn.Linear(8, 5)
+        self.body, self.block, self.fc = PaddedBackbone(), block(), nn.Linear(8, 5)
 
     def forward(self, x):
         return self.fc(self.block(self.body(x)).mean((2, 3)))
@@ -156,7 +156,7 @@ def test_global_context_of_every_spelling_stays_and_the_head_converts(block):
 class HandPool(nn.Module):
     def __init__(self, spelling: str):
         super().__init__()
-        self.spelling, self.body, self.fc = spelling, Backbone(), nn.Linear(8, 5)
+        self.spelling, self.body, self.fc = spelling, PaddedBackbone(), nn.Linear(8, 5)
 
     def forward(self, x):
         f = self.body(x)
@@ -344,7 +344,7 @@ class ReturnsDict(nn.Module):
     def __init__(self, key: str = "scores"):
         super().__init__()
         self.key = key
-        self.body, self.fc = Backbone(), nn.Linear(8, 2)
+        self.body, self.fc = PaddedBackbone(), nn.Linear(8, 2)
 
     def forward(self, x, labels=None):
         features = self.body(x).mean((2, 3))
@@ -379,7 +379,7 @@ def test_verify_evaluates_the_head_of_a_model_that_reads_its_input_size():
     class EarlyBatch(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body, self.fc = Backbone(), nn.Linear(8 * 8 * 8, 3)
+            self.body, self.fc = PaddedBackbone(), nn.Linear(8 * 8 * 8, 3)
 
         def forward(self, x):
             batch = x.size(0)
@@ -412,7 +412,7 @@ class ReshapedByItsShape(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.body, self.pool, self.fc = Backbone(), nn.AdaptiveAvgPool2d(1), nn.Linear(8, 2)
+        self.body, self.pool, self.fc = PaddedBackbone(), nn.AdaptiveAvgPool2d(1), nn.Linear(8, 2)
 
     def forward(self, x):
         pooled = self.pool(self.body(x))

@@ -21,7 +21,7 @@ from onnx_helpers import run_onnx
 import fc2conv
 from fc2conv import ConversionError
 from fc2conv.cli import EXIT_OK, EXIT_USAGE
-from fc2conv.huggingface import default_input_shape, hints, read_config
+from fc2conv.storage.huggingface import default_input_shape, hints, read_config
 
 hf = pytest.importorskip("hf_helpers")  # skips this module when transformers is missing
 
@@ -36,7 +36,7 @@ ATTENTION = r"(?s)(tokens|attention).*(convolutional feature maps|could slide)"
 
 
 def _check_dense(family: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    model = hf.build(family).to(dtype)
+    model = hf.build_hf_model(family).to(dtype)
     dense = fc2conv.convert(model, hf.REFERENCE)
     report = fc2conv.verify(model, dense, sizes=LARGER)
     assert report.ok, report
@@ -65,7 +65,7 @@ def test_a_hugging_face_cnn_converts_exactly_with_onnx_parity(family, tmp_path):
 def test_every_hugging_face_cnn_family_converts_exactly(family, tmp_path):
     dense = _check_dense(family)
     _check_dense(family, torch.float64)
-    model = hf.build(family)
+    model = hf.build_hf_model(family)
     report = fc2conv.verify(model, fc2conv.convert(model, hf.REFERENCE, mode="global"), sizes=LARGER)
     assert report.ok, report
     path = fc2conv.export_onnx(dense, tmp_path / f"{family}.onnx")
@@ -84,7 +84,7 @@ def test_every_hugging_face_cnn_family_converts_exactly(family, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_cam_mode_converts_or_says_why(family):
-    model = hf.build(family)
+    model = hf.build_hf_model(family)
     try:
         cam = fc2conv.convert(model, hf.REFERENCE, mode="cam")
     except ConversionError as e:  # a LayerNorm or a reshape between the pool and the logits
@@ -98,7 +98,7 @@ def test_tf_padding_is_kept_as_the_size_dependent_padding_it_is():
     as one node, replaced by its own SamePad, which computes the same widths at every size."""
     from fc2conv.layers import SamePad
 
-    model = hf.build("mobilenet_v2")
+    model = hf.build_hf_model("mobilenet_v2")
     dense = fc2conv.convert(model, hf.REFERENCE)
     assert any(isinstance(m, SamePad) for m in dense.modules())
     notes = " ".join(dense.fc2conv.plan.notes)
@@ -107,7 +107,7 @@ def test_tf_padding_is_kept_as_the_size_dependent_padding_it_is():
 
 @pytest.mark.parametrize("inplace", [False, True])
 def test_the_callers_model_is_left_as_it_was(inplace):
-    model = hf.build("bit").train()
+    model = hf.build_hf_model("bit").train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     modules = [(name, type(m)) for name, m in model.named_modules()]
     with pytest.warns(UserWarning, match="training mode"):
@@ -119,7 +119,7 @@ def test_the_callers_model_is_left_as_it_was(inplace):
 
 @pytest.mark.parametrize("family", ["vit", "swin"])
 def test_attention_models_are_refused_saying_why(family):
-    model = hf.build(family, attention=True)
+    model = hf.build_hf_model(family, attention=True)
     with pytest.raises(ConversionError, match=ATTENTION):
         fc2conv.convert(model, hf.REFERENCE)
 
@@ -127,7 +127,7 @@ def test_attention_models_are_refused_saying_why(family):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(hf.ATTENTION_CONFIGS))
 def test_every_attention_model_is_refused_saying_why(family):
-    model = hf.build(family, attention=True)
+    model = hf.build_hf_model(family, attention=True)
     with pytest.raises(ConversionError, match=ATTENTION):
         fc2conv.convert(model, hf.REFERENCE)
 
@@ -136,14 +136,14 @@ def test_every_attention_model_is_refused_saying_why(family):
 
 
 def test_a_directory_of_an_attention_model_is_refused_saying_why(tmp_path):
-    hf.build("vit", attention=True).save_pretrained(tmp_path / "vit")
+    hf.build_hf_model("vit", attention=True).save_pretrained(tmp_path / "vit")
     result = invoke("convert", tmp_path / "vit", "--onnx", tmp_path / "vit.onnx")
     assert result.exit_code == EXIT_USAGE and re.search(ATTENTION, result.stderr), result.stderr
     assert not (tmp_path / "vit.onnx").exists()
 
 
 def _convert_directory(family, tmp_path, *extra):
-    model, directory = hf.saved(family, tmp_path / family)
+    model, directory = hf.saved_hf_model(family, tmp_path / family)
     outputs = [tmp_path / f"{family}.safetensors", *([] if family in NO_PT2 else [tmp_path / f"{family}.pt2"])]
     result = invoke("convert", directory, *[a for o in outputs for a in ("-o", o)], "--onnx",
                     tmp_path / f"{family}.onnx", "--json", *extra)
@@ -178,7 +178,7 @@ def test_convert_reads_every_family_from_a_directory(family, tmp_path):
 
 
 def test_a_directory_needs_no_arch_and_refuses_one(tmp_path):
-    _, directory = hf.saved("resnet", tmp_path / "resnet")
+    _, directory = hf.saved_hf_model("resnet", tmp_path / "resnet")
     result = invoke("convert", directory, "--arch", "resnet18", "-o", tmp_path / "x.safetensors")
     assert result.exit_code == EXIT_USAGE and "config.json gives the architecture" in result.stderr
     result = invoke("convert", directory, "--num-classes", "3", "-o", tmp_path / "x.safetensors")
@@ -188,11 +188,11 @@ def test_a_directory_needs_no_arch_and_refuses_one(tmp_path):
 
 
 def test_a_directory_without_weights_or_with_a_foreign_config_is_named(tmp_path):
-    _, directory = hf.saved("resnet", tmp_path / "resnet")
+    _, directory = hf.saved_hf_model("resnet", tmp_path / "resnet")
     (directory / "config.json").write_text(json.dumps({"model_type": "not-a-model", "auto_map": {"x": "y.Z"}}))
     result = invoke("inspect", directory)
     assert result.exit_code == EXIT_USAGE and "'not-a-model'" in result.stderr and "remote code" in result.stderr
-    _, directory = hf.saved("resnet", tmp_path / "bare", processor=False)
+    _, directory = hf.saved_hf_model("resnet", tmp_path / "bare", processor=False)
     (directory / "model.safetensors").unlink()
     result = invoke("inspect", directory)
     assert result.exit_code == EXIT_USAGE and "no weights" in result.stderr and "model.safetensors" in result.stderr

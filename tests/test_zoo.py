@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import FAMILIES, VIDEO, ZOO, assert_close, build, crop_size, randn
+from helpers import FAMILIES, VIDEO, ZOO, assert_close, build_torchvision, crop_size, randn
 from onnx_helpers import run_onnx
 from torch import nn
 
@@ -37,7 +37,7 @@ def test_zoo_converts_exactly(name):
     """Dense equals the original at the crop size and slides beyond it; global equals it at a larger size.
     (inplace=True keeps one copy of the weights; that convert leaves the caller's model alone otherwise is
     tested in test_convert.)"""
-    model = build(name)
+    model = build_torchvision(name)
     size = crop_size(name)
     x = randn(1, 3, size, size)
     with torch.no_grad():
@@ -70,7 +70,7 @@ FLOAT64_CASES = [pytest.param(name, FLOAT64_SIZE, id=f"{name}-{FLOAT64_SIZE}") f
 
 @pytest.mark.parametrize("name,size", FLOAT64_CASES)
 def test_float64_agrees_to_1e10(name, size):
-    model = build(name).double()
+    model = build_torchvision(name).double()
     x = randn(1, 3, size, size, dtype=torch.float64)
     with torch.no_grad():
         dense = fc2conv.convert(model, (3, size, size))
@@ -79,7 +79,7 @@ def test_float64_agrees_to_1e10(name, size):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_dense_cells_are_the_head_on_feature_windows(name):
-    model = build(name)
+    model = build_torchvision(name)
     size = crop_size(name)
     dense = fc2conv.convert(model, (3, size, size), inplace=True)
     report = fc2conv.verify(model, dense, batch=1)
@@ -88,7 +88,7 @@ def test_dense_cells_are_the_head_on_feature_windows(name):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_cam_where_the_head_is_linear(name):
-    model = build(name)
+    model = build_torchvision(name)
     size = crop_size(name)
     if name in NO_CAM:
         with pytest.raises(ConversionError, match=NO_CAM[name]):
@@ -110,7 +110,7 @@ def test_video_classifiers(name, clip, tmp_path):
     """Dense equals the original at the reference clip and gives a T'×H'×W' map of windows on a larger one (every
     cell the head on its window of the features); global equals the original on a larger clip; the ONNX export
     (Conv3d, dynamic time, height and width) agrees in onnxruntime."""
-    model = build(name)
+    model = build_torchvision(name)
     shape = (3, *clip)
     dense = fc2conv.convert(model, shape)
     _conv_heads(dense)

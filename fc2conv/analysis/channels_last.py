@@ -10,6 +10,7 @@ Shapes met in public code: torchaudio's M5 (`F.avg_pool1d(x, x.shape[-1])`, `per
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import fx, nn
@@ -32,12 +33,14 @@ from .ops import (
     is_reshape,
     kind_in,
     linear_op,
+    op_name,
     permutation,
     shape_of,
     softmax_dim,
     softmax_kind,
 )
 from .plan import Decision
+from .state import AnalyzerState, At, Rule, apply_first
 from .values import (
     Alias,
     ChannelsLast,
@@ -49,10 +52,121 @@ from .values import (
     Vector,
 )
 
-__all__ = ["ChannelsLastVisits"]
+__all__ = ["CHANNELS_LAST_RULES", "ChannelsLastAt", "ChannelsLastVisits"]
 
 
-class ChannelsLastVisits:
+@dataclass(frozen=True)
+class ChannelsLastAt(At):
+    """A node that reads the head's channels-last tensor `value`, whose last axis holds `channels`."""
+
+    value: ChannelsLast
+    channels: int | None
+
+    def carry(self) -> None:
+        """The node's output is channels-last too, computed by the node itself on the converted map."""
+        self.state.values[self.node] = ChannelsLast(self.node)
+
+
+class LinearOverChannels(Rule[ChannelsLastAt]):
+    """A Linear over the channels at every position: a 1×1 conv of the map."""
+
+    def match(self, at: ChannelsLastAt) -> bool:
+        return is_linear(at.callee) and at.node.args[0] in at.state.values
+
+    def rewrite(self, at: ChannelsLastAt) -> None:
+        node, state = at.node, at.state
+        op, in_features, out_features = linear_op(node, at.callee)
+        ones = (1,) * (len(shape_of(node.args[0])) - 2)
+        state.actions[node] = LinearToConv(node.args[0], in_features, ones, None)
+        at.carry()
+        state.decisions.append(Decision(state.layer(node), op, "1×1 conv", ones, in_features, out_features,
+                                        "channels-last Linear"))
+
+
+class LayerNormOverChannels(Rule[ChannelsLastAt]):
+    def match(self, at: ChannelsLastAt) -> bool:
+        return isinstance(at.callee, nn.LayerNorm) and tuple(at.callee.normalized_shape) == (at.channels,)
+
+    def rewrite(self, at: ChannelsLastAt) -> None:
+        at.state.actions[at.node] = LayerNormToChannels(at.node.args[0])
+        at.carry()
+
+
+class PointwiseChannelsLast(Rule[ChannelsLastAt]):
+    def match(self, at: ChannelsLastAt) -> bool:
+        return (is_op(at.callee, POINTWISE_MODULES, POINTWISE_FUNCTIONS, POINTWISE_METHODS)
+                and len(at.node.all_input_nodes) == 1)
+
+    def rewrite(self, at: ChannelsLastAt) -> None:
+        at.carry()
+
+
+class SoftmaxOverLastAxis(Rule[ChannelsLastAt]):
+    """A (log-)softmax over the classes, last here, which are axis 1 of the converted map."""
+
+    def match(self, at: ChannelsLastAt) -> bool:
+        return (softmax_kind(at.callee) is not None
+                and softmax_dim(at.node, at.callee) in (-1, len(shape_of(at.node)) - 1))
+
+    def rewrite(self, at: ChannelsLastAt) -> None:
+        at.state.actions[at.node] = SoftmaxOverChannels(at.node.args[0], softmax_kind(at.callee))
+        at.carry()
+
+
+class PermuteBack(Rule[ChannelsLastAt]):
+    """The channels moved first again: the converted map itself."""
+
+    def match(self, at: ChannelsLastAt) -> bool:
+        rank = len(shape_of(at.node.args[0]) or ())
+        return is_op(at.callee, (), PERMUTES, PERMUTES) and permutation(at.node) == channels_first_order(rank)
+
+    def rewrite(self, at: ChannelsLastAt) -> None:
+        at.state.actions[at.node] = Alias(at.value.source)
+
+
+class ScoresOfOneCell(Rule[ChannelsLastAt]):
+    """N×1×…×1×K scores squeezed to N×K (torchaudio's M5): the map's one cell at the reference size."""
+
+    def match(self, at: ChannelsLastAt) -> bool:
+        return is_reshape(at.callee) and at.state.scores_of_one_cell(at.node)
+
+    def rewrite(self, at: ChannelsLastAt) -> None:
+        source = at.value.source
+        at.state.actions[at.node] = Alias(source)
+        classes, ones = shape_of(at.node)[1], (1,) * (len(shape_of(at.node.args[0])) - 2)
+        at.state.values[at.node] = Vector(source, classes, ones, origin=source)
+
+
+class PoolOverPositions(Rule[ChannelsLastAt]):
+    """A mean or amax over every position: the head's pool (`visit_pool_over_positions`)."""
+
+    def match(self, at: ChannelsLastAt) -> bool:
+        return at.state.pool_over_positions(at.node, at.callee) is not None
+
+    def rewrite(self, at: ChannelsLastAt) -> None:
+        kind = at.state.pool_over_positions(at.node, at.callee)
+        at.state.visit_pool_over_positions(at.node, at.callee, at.value, kind)
+
+
+class LostChannelsLast(Rule[ChannelsLastAt]):
+    """Anything else gets the channels-last tensor back (the rewrite materialises the permute); the output check
+    names it if the scores depend on it."""
+
+    def match(self, at: ChannelsLastAt) -> bool:
+        return True
+
+    def rewrite(self, at: ChannelsLastAt) -> None:
+        at.state.lost[at.node] = describe(at.node, at.callee)
+
+
+# In order: the first rule that matches decides.
+CHANNELS_LAST_RULES: tuple[Rule[ChannelsLastAt], ...] = (
+    LinearOverChannels(), LayerNormOverChannels(), PointwiseChannelsLast(), SoftmaxOverLastAxis(), PermuteBack(),
+    ScoresOfOneCell(), PoolOverPositions(), LostChannelsLast(),
+)
+
+
+class ChannelsLastVisits(AnalyzerState):
     """The analyzer's visits to nodes that read channels-last tensors."""
 
     def moves_channels_last(self, node: fx.Node, callee: Any) -> bool:
@@ -88,33 +202,7 @@ class ChannelsLastVisits:
     def visit_channels_last(self, node: fx.Node, callee: Any) -> None:
         value = next(v for n in node.all_input_nodes if isinstance(v := self.values.get(n), ChannelsLast))
         channels = shape_of(node.args[0])[-1] if node.args and isinstance(node.args[0], fx.Node) else None
-        if is_linear(callee) and node.args[0] in self.values:
-            op, in_features, out_features = linear_op(node, callee)
-            ones = (1,) * (len(shape_of(node.args[0])) - 2)
-            self.actions[node] = LinearToConv(node.args[0], in_features, ones, None)
-            self.values[node] = ChannelsLast(node)
-            self.decisions.append(Decision(self.layer(node), op, "1×1 conv", ones, in_features, out_features,
-                                           "channels-last Linear"))
-        elif isinstance(callee, nn.LayerNorm) and tuple(callee.normalized_shape) == (channels,):
-            self.actions[node] = LayerNormToChannels(node.args[0])
-            self.values[node] = ChannelsLast(node)
-        elif (is_op(callee, POINTWISE_MODULES, POINTWISE_FUNCTIONS, POINTWISE_METHODS)
-              and len(node.all_input_nodes) == 1):
-            self.values[node] = ChannelsLast(node)
-        elif (log := softmax_kind(callee)) is not None and softmax_dim(node, callee) in (-1, len(shape_of(node)) - 1):
-            self.actions[node] = SoftmaxOverChannels(node.args[0], log)  # over the classes, which are now dim 1
-            self.values[node] = ChannelsLast(node)
-        elif is_op(callee, (), PERMUTES, PERMUTES) and permutation(node) == channels_first_order(
-                len(shape_of(node.args[0]) or ())):
-            self.actions[node] = Alias(value.source)
-        elif is_reshape(callee) and self.scores_of_one_cell(node):
-            self.actions[node] = Alias(value.source)
-            classes, ones = shape_of(node)[1], (1,) * (len(shape_of(node.args[0])) - 2)
-            self.values[node] = Vector(value.source, classes, ones, origin=value.source)
-        elif (kind := self.pool_over_positions(node, callee)) is not None:
-            self.visit_pool_over_positions(node, callee, value, kind)
-        else:  # it gets the channels-last tensor back (the rewrite materialises the permute)
-            self.lost[node] = describe(node, callee)
+        apply_first(CHANNELS_LAST_RULES, ChannelsLastAt(self, node, callee, value, channels))
 
     def scores_of_one_cell(self, node: fx.Node) -> bool:
         """A squeeze or flatten of the head's channels-last N×1×…×1×K scores to N×K (torchaudio's M5: a Linear on
@@ -138,7 +226,7 @@ class ChannelsLastVisits:
         _, *size, channels = shape_of(node.args[0])  # the original's layout: N×(positions)×C
         size = tuple(size)
         keepdim = bool(arg(node, 2, "keepdim", False))
-        op = describe(node, callee).split(" ", 1)[1].strip("()")
+        op = op_name(callee)
         ones = (1,) * len(size)
         record = lambda rule, reason="": self.decisions.append(  # noqa: E731
             Decision(self.layer(node), op, rule, size, channels, channels, reason))

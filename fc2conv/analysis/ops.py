@@ -208,11 +208,17 @@ def is_linear(callee: Any) -> bool:
     return isinstance(callee, nn.Linear) or callee is F.linear
 
 
-def describe(node: fx.Node, callee: Any) -> str:
+def op_name(callee: Any) -> str:
+    """What a node calls, as the plan and messages name it: a module's class, or a function's or method's name."""
     if isinstance(callee, nn.Module):
-        return f"'{node.target}' ({type(callee).__name__})"
-    name = getattr(callee, "__name__", callee)
-    return f"'{node.name}' ({name})"
+        return type(callee).__name__
+    return str(getattr(callee, "__name__", callee))
+
+
+def describe(node: fx.Node, callee: Any) -> str:
+    """The node as messages name it: its layer (a module's path, else the node's name) and what it calls."""
+    name = node.target if isinstance(callee, nn.Module) else node.name
+    return f"'{name}' ({op_name(callee)})"
 
 
 def linear_op(node: fx.Node, callee: Any) -> tuple[str, int, int]:

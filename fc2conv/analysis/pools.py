@@ -1,5 +1,6 @@
 """Global pools: which is the head and which is global context, and what each becomes in each mode (a mixin of
-the analyzer, `fc2conv.analysis.analyzer`).
+the analyzer, `fc2conv.analysis.analyzer`), one rule per case (`fc2conv.analysis.state.Rule`), tried in
+`POOL_RULES` order.
 
 A squeeze-excitation pool rescales the features it was computed from: it is global context, not the head, and
 sliding it would change what every cell of the backbone computes. It stays as it is, and so does everything
@@ -9,16 +10,18 @@ reference size; in global mode it stays global; in cam mode the head runs before
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import fx
 
 from ..shapes import times
-from .ops import Pool, callee_of, describe, match_pool, shape_of
+from .ops import Pool, callee_of, match_pool, op_name, shape_of
 from .plan import Decision
+from .state import AnalyzerState, At, Rule, apply_first
 from .values import Alias, GlobalPoolKeepDims, GlobalToWindowPool, Vector
 
-__all__ = ["PoolVisits", "feeds_only_head", "pooled_nodes"]
+__all__ = ["POOL_RULES", "PoolAt", "PoolVisits", "feeds_only_head", "pooled_nodes"]
 
 
 def feeds_only_head(pools: list[fx.Node], graph: fx.Graph, variable: set[fx.Node], pooled: set[fx.Node]) -> bool:
@@ -53,7 +56,162 @@ def pooled_nodes(graph: fx.Graph, variable: set[fx.Node], is_pool: Any) -> set[f
     return pooled
 
 
-class PoolVisits:
+@dataclass(frozen=True)
+class PoolAt(At):
+    """A global or adaptive pool as a rule sees it: `features` the map it pools (`channels` deep), whether it is the
+    head's (`head`: nothing downstream mixes it with unpooled features), and the origin its vectors get."""
+
+    pool: Pool
+    features: fx.Node
+    channels: int
+    head: bool
+    origin: fx.Node
+
+    def record(self, rule: str, reason: str = "") -> None:
+        self.state.decisions.append(Decision(self.state.layer(self.node), op_name(self.callee), rule,
+                                             self.pool.size_in, self.channels, self.channels, reason))
+
+    def vectors(self, source: fx.Node, **kwargs) -> None:
+        """The pool's output is one vector per example: `source` carried as a map of 1×…×1 cells."""
+        self.state.values[self.node] = Vector(source, self.channels, (1,) * len(self.pool.size_in),
+                                              origin=self.origin, **kwargs)
+
+
+_FIXED_NOTE = (" (its fixed kernel covered the whole map at the reference size; the converted model pools the whole "
+               "map at every size, where the original fails)")
+
+
+class AdaptiveOutsideTheHead(Rule[PoolAt]):
+    """An adaptive pool to a size above one, in global or cam mode or outside the head: kept as it is."""
+
+    def match(self, at: PoolAt) -> bool:
+        return not at.pool.is_global and (at.state.mode != "dense" or not at.head)
+
+    def rewrite(self, at: PoolAt) -> None:
+        pass
+
+
+class AdaptiveIdentity(Rule[PoolAt]):
+    """An adaptive pool whose output is its input's size: the identity at the reference size, removed."""
+
+    def match(self, at: PoolAt) -> bool:
+        return not at.pool.is_global and at.pool.size_in == at.pool.size_out
+
+    def rewrite(self, at: PoolAt) -> None:
+        at.state.start_head(at.node, at.features)
+        at.state.actions[at.node] = Alias(at.features)
+        at.record("removed", "the identity at the reference size")
+
+
+class AdaptiveAverageFolded(Rule[PoolAt]):
+    """An adaptive average pool from h×w to a smaller size: folded into the next conv's kernel."""
+
+    def match(self, at: PoolAt) -> bool:
+        return not at.pool.is_global and at.pool.kind == "avg"
+
+    def rewrite(self, at: PoolAt) -> None:
+        pool = at.pool
+        at.state.start_head(at.node, at.features)
+        at.state.actions[at.node] = Alias(at.features)
+        at.state.values[at.node] = Vector(at.features, at.channels, pool.size_out, origin=at.node,
+                                          fold_from=pool.size_in)
+        at.record("folded", f"averages {times(pool.size_in)} to {times(pool.size_out)}; folded into the next conv")
+
+
+class AdaptiveMax(Rule[PoolAt]):
+    def match(self, at: PoolAt) -> bool:
+        return not at.pool.is_global
+
+    def check(self, at: PoolAt) -> str | None:
+        size_in, size_out = times(at.pool.size_in), times(at.pool.size_out)
+        return (f"an adaptive max pool from {size_in} to {size_out} is not a sliding window; use mode='global', or "
+                f"a reference size where the map is already {size_out}")
+
+
+class GlobalContext(Rule[PoolAt]):
+    """A global pool whose result rescales the features elsewhere (squeeze-excitation): kept global."""
+
+    def match(self, at: PoolAt) -> bool:
+        return not at.head
+
+    def rewrite(self, at: PoolAt) -> None:
+        at.state.context[at.node] = at.node
+        at.state.global_context = True
+        at.record("kept global", "global context: its result rescales the features elsewhere")
+        if at.pool.fixed:  # its kernel covered the map at the reference size: global at every size, as meant
+            at.state.actions[at.node] = GlobalPoolKeepDims(at.features, at.pool.kind)
+
+
+class FixedWindowSlides(Rule[PoolAt]):
+    """dense: a fixed window slides with its own stride, as in the original: kept as it is."""
+
+    def match(self, at: PoolAt) -> bool:
+        return at.state.mode == "dense" and at.pool.fixed
+
+    def rewrite(self, at: PoolAt) -> None:
+        pass
+
+
+class WindowPool(Rule[PoolAt]):
+    """dense: the head's global pool becomes a stride-1 window pool of the size it covered."""
+
+    def match(self, at: PoolAt) -> bool:
+        return at.state.mode == "dense"
+
+    def rewrite(self, at: PoolAt) -> None:
+        pool, state = at.pool, at.state
+        state.widened = pool.fixed
+        state.start_head(at.node, at.features)
+        state.actions[at.node] = GlobalToWindowPool(at.features, pool.kind, pool.size_in)
+        at.record(f"window {pool.kind} pool", "stride 1: slides over larger inputs")
+        if not pool.keepdim:
+            at.vectors(at.node)
+
+
+class CamRemoved(Rule[PoolAt]):
+    """cam: the head runs at every location, and its maps are averaged after it."""
+
+    def match(self, at: PoolAt) -> bool:
+        return at.state.mode == "cam"
+
+    def check(self, at: PoolAt) -> str | None:
+        return "class activation maps need a global *average* pool" if at.pool.kind != "avg" else None
+
+    def rewrite(self, at: PoolAt) -> None:
+        at.state.widened = at.pool.fixed
+        at.state.start_head(at.node, at.features)
+        at.state.actions[at.node] = Alias(at.features)
+        at.vectors(at.features, mean=True)
+        at.record("removed", "cam: the head runs at every location before averaging" + (
+            _FIXED_NOTE if at.pool.fixed else ""))
+
+
+class GlobalKept(Rule[PoolAt]):
+    """global: the pool stays global, so the output stays one cell; vectors are carried as 1×1 maps."""
+
+    def match(self, at: PoolAt) -> bool:
+        return at.state.mode == "global"
+
+    def rewrite(self, at: PoolAt) -> None:
+        pool, state = at.pool, at.state
+        state.widened = pool.fixed
+        state.start_head(at.node, at.features)  # the head is what follows: a Linear on permuted maps converts
+        at.record("kept global", "mode='global': the output stays one cell for every input size" + (
+            _FIXED_NOTE if pool.fixed else ""))
+        if not pool.keepdim or pool.fixed:  # one cell at every size
+            state.actions[at.node] = GlobalPoolKeepDims(at.features, pool.kind)
+        if not pool.keepdim:
+            at.vectors(at.node)
+
+
+# In order: the first rule that matches decides.
+POOL_RULES: tuple[Rule[PoolAt], ...] = (
+    AdaptiveOutsideTheHead(), AdaptiveIdentity(), AdaptiveAverageFolded(), AdaptiveMax(), GlobalContext(),
+    FixedWindowSlides(), WindowPool(), CamRemoved(), GlobalKept(),
+)
+
+
+class PoolVisits(AnalyzerState):
     """The analyzer's decisions on pools (see the module docstring)."""
 
     def is_global_pool(self, node: fx.Node) -> bool:
@@ -68,7 +226,9 @@ class PoolVisits:
                 and n.args[0] is features]
 
     def pooled_again(self, node: fx.Node) -> bool:
-        """Whether a global pool other than a fixed window is computed from `node`'s output further on."""
+        """Whether a pool other than a fixed window, global or adaptive, is computed from `node`'s output further on:
+        then that pool, not `node`, is the one that meets maps of every size (a max pool whose window happens to
+        cover a 2×2 map, followed by an adaptive pool to 1×2, is an ordinary layer)."""
         seen, todo = set(), list(node.users)
         while todo:
             user = todo.pop()
@@ -76,7 +236,7 @@ class PoolVisits:
                 continue
             seen.add(user)
             pool = match_pool(user, callee_of(user, self.modules)) if user.op != "output" else None
-            if pool is not None and pool.is_global and not pool.fixed:
+            if pool is not None and not pool.fixed:
                 return True
             todo.extend(user.users)
         return False
@@ -85,63 +245,7 @@ class PoolVisits:
         if pool.fixed and self.pooled_again(node):
             return  # a window that happens to cover the map: the model's global pool comes later
         features = node.args[0]
-        channels = shape_of(features)[1]
         siblings = self.global_pools_of(features) if pool.is_global else [node]
         head = feeds_only_head(siblings, self.gm.graph, self.variable, self.pooled)
         origin = self.pool_origins[node] = siblings[0]  # vectors pooled from one map may mix: one origin
-        op = describe(node, callee).split(" ", 1)[1].strip("()")
-        ones = (1,) * len(pool.size_in)
-        record = lambda rule, reason="": self.decisions.append(  # noqa: E731
-            Decision(self.layer(node), op, rule, pool.size_in, channels, channels, reason))
-        if not pool.is_global:
-            if self.mode != "dense" or not head:
-                return
-            self.start_head(node, features)
-            if pool.size_in == pool.size_out:
-                self.actions[node] = Alias(features)
-                record("removed", "the identity at the reference size")
-            elif pool.kind == "avg":
-                self.actions[node] = Alias(features)
-                self.values[node] = Vector(features, channels, pool.size_out, origin=node, fold_from=pool.size_in)
-                record("folded", f"averages {times(pool.size_in)} to {times(pool.size_out)}; folded into the "
-                                 "next conv")
-            else:
-                raise self.fail(node, callee, (
-                    f"an adaptive max pool from {times(pool.size_in)} to {times(pool.size_out)} is not a sliding "
-                    f"window; use mode='global', or a reference size where the map is already "
-                    f"{times(pool.size_out)}"))
-            return
-        if not head:
-            self.context[node] = node
-            self.global_context = True
-            record("kept global", "global context: its result rescales the features elsewhere")
-            if pool.fixed:  # its kernel covered the map at the reference size: global at every size, as meant
-                self.actions[node] = GlobalPoolKeepDims(features, pool.kind)
-            return
-        fixed_note = (" (its fixed kernel covered the whole map at the reference size; the converted model "
-                      "pools the whole map at every size, where the original fails)") if pool.fixed else ""
-        if self.mode == "dense" and pool.fixed:
-            return  # a fixed window slides with its own stride, as in the original: kept as it is
-        self.widened = pool.fixed
-        if self.mode == "global":
-            self.start_head(node, features)  # the head is what follows: a Linear on permuted maps converts
-            record("kept global", "mode='global': the output stays one cell for every input size" + fixed_note)
-        elif self.mode == "dense":
-            self.start_head(node, features)
-            self.actions[node] = GlobalToWindowPool(features, pool.kind, pool.size_in)
-            record(f"window {pool.kind} pool", "stride 1: slides over larger inputs")
-            if not pool.keepdim:
-                self.values[node] = Vector(node, channels, ones, origin=origin)
-            return
-        elif self.mode == "cam":
-            if pool.kind != "avg":
-                raise self.fail(node, callee, "class activation maps need a global *average* pool")
-            self.start_head(node, features)
-            self.actions[node] = Alias(features)
-            self.values[node] = Vector(features, channels, ones, origin=origin, mean=True)
-            record("removed", "cam: the head runs at every location before averaging" + fixed_note)
-            return
-        if not pool.keepdim or pool.fixed:  # one cell at every size; vectors carried as 1×1 maps
-            self.actions[node] = GlobalPoolKeepDims(features, pool.kind)
-        if not pool.keepdim:
-            self.values[node] = Vector(node, channels, ones, origin=origin)
+        apply_first(POOL_RULES, PoolAt(self, node, callee, pool, features, shape_of(features)[1], head, origin))

@@ -1,5 +1,5 @@
 """What the analysis says of each node: its *value* in the converted graph and the *action* the rewrite emits for
-it, and the `Analysis` that carries them to the rewrite (`fc2conv.rewrite`).
+it, and the `Analysis` that carries them to the rewrite (`fc2conv.conversion.rewrite`).
 
 Values:
 - kept (no entry): the node computes what it computed before, on maps that may now be larger;

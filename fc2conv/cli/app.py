@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from ..errors import ConversionError
-from ..files import refuse_existing
+from ..storage.atomic import refuse_existing
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Output", "app", "check_outputs", "parse_floats",
            "usage_errors"]
@@ -63,7 +63,8 @@ TRUST_PICKLE = typer.Option(False, "--trust-pickle",
 QUIET = typer.Option(False, "--quiet", "-q", help="Print nothing but errors.")
 JSON = typer.Option(False, "--json", help="Print one machine-readable JSON object on stdout.")
 FORCE = typer.Option(False, "--force", help="Replace existing output files.")
-# Options of the commands that run an exported model (run, scan): where and at which precision (fc2conv.backends).
+# Options of the commands that run an exported model (run, scan): where and at which precision
+# (fc2conv.runtime.backends).
 BACKEND = typer.Option("onnxruntime", "--backend",
                        help="onnxruntime, or openvino (pip install 'fc2conv[openvino]'), in every worker too.")
 PRECISION = typer.Option("fp32", "--precision",

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from ..errors import ConversionError
+from ..shapes import times
 from .app import (
     ARCH,
     CHANNELS_LAST,
@@ -37,8 +38,8 @@ __all__ = ["convert", "inspect", "verify"]
 
 def _recipe(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density,
             reduce):
-    from .. import huggingface
-    from ..recipe import Recipe, default_input_shape, parse_input_shape
+    from ..storage import huggingface
+    from ..storage.recipe import Recipe, default_input_shape, parse_input_shape
 
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     options = {"mode": mode, "channels_last_linears": channels_last_linears, "density": density, "reduce": reduce}
@@ -85,8 +86,8 @@ def _json_or_text(text: str):
 
 def _original(recipe, checkpoint: Path, trust_pickle: bool, step):
     """The recipe's architecture holding the checkpoint's weights (a file, or a save_pretrained directory's)."""
-    from .. import huggingface
-    from ..checkpoint import load_into, load_state_dict
+    from ..storage import huggingface
+    from ..storage.checkpoint import load_into, load_state_dict
 
     step(f"loading {checkpoint.name}")
     if huggingface.is_pretrained_dir(checkpoint):
@@ -123,12 +124,12 @@ def _head_size(model, state_dict) -> int | None:
 
 def _describe_model(model, recipe, checkpoint: Path) -> str:
     count = sum(p.numel() for p in model.parameters())
-    shape = "×".join(map(str, recipe.input_shape))
+    shape = times(recipe.input_shape)
     return f"{recipe.source} ({count:,} parameters) from {checkpoint}, input {shape}, mode {recipe.mode}"
 
 
 def _describe_geometry(converted) -> tuple[str, dict | None]:
-    from ..grid import geometry
+    from ..conversion.geometry import geometry
     from ..shapes import times
 
     if converted.fc2conv.mode in ("global", "pool"):
@@ -150,9 +151,9 @@ def _onnx_metadata(checkpoint: Path, recipe, labels: str | None, mean: str | Non
     """Labels and input normalisation for the ONNX metadata: the flags, else what the checkpoint carries: a
     .safetensors file under the same `fc2conv.*` keys, a save_pretrained directory in its config.json (id2label) and
     preprocessor_config.json (image_mean, image_std) (the normalisation as a pair: --mean or --std replaces both)."""
-    from .. import huggingface
-    from ..checkpoint import read_metadata
-    from ..metadata import decode_hints
+    from ..runtime.metadata import decode_hints
+    from ..storage import huggingface
+    from ..storage.checkpoint import read_metadata
 
     if recipe.hf_config is not None:
         carried = huggingface.hints(checkpoint, recipe.hf_config)
@@ -171,7 +172,7 @@ def _onnx_metadata(checkpoint: Path, recipe, labels: str | None, mean: str | Non
 
 def _checkpoint_files(checkpoint: Path) -> list[Path]:
     """The files of a save_pretrained directory that fc2conv reads (none for a checkpoint file)."""
-    from .. import huggingface
+    from ..storage import huggingface
 
     return huggingface.input_files(checkpoint) if huggingface.is_pretrained_dir(checkpoint) else []
 
@@ -210,7 +211,7 @@ def inspect(
     as_json: bool = JSON,
 ) -> None:
     """Print the conversion plan: every Linear and pool, the rule applied, kernel, channels, and why."""
-    from ..density import allowed_densities
+    from ..conversion.density import allowed_densities
 
     out = Output(quiet=quiet, as_json=as_json)
     with usage_errors(), out.steps(3) as step:
@@ -276,7 +277,7 @@ def convert(
             raise ConversionError("give at least one output: -o OUT.pt2, -o OUT.safetensors or --onnx OUT.onnx")
         if onnx is not None and onnx.suffix != ".onnx":
             raise ConversionError(f"--onnx {onnx}: name the file .onnx")
-        from ..artifact import EXPORT_SUFFIX, STATE_SUFFIXES
+        from ..storage.artifact import EXPORT_SUFFIX, STATE_SUFFIXES
 
         for path in output:
             if path.suffix not in (EXPORT_SUFFIX, *STATE_SUFFIXES):
@@ -292,7 +293,7 @@ def convert(
             report = None
             if not no_verify:
                 step("verifying")
-                from ..verification import verify
+                from ..conversion.verification import verify
 
                 report = verify(model, converted)
             if report is None or report.ok:
@@ -317,8 +318,8 @@ def convert(
 
 def _write(converted, recipe, outputs, onnx, onnx_options, force, step) -> list[Path]:
     """Write every output or none: they are staged, and renamed into place only once all are written."""
-    from ..artifact import save
-    from ..files import staged_outputs
+    from ..storage.artifact import save
+    from ..storage.atomic import staged_outputs
 
     targets = [*outputs, *([onnx] if onnx is not None else [])]
     with staged_outputs(targets, force=force) as staged:
@@ -351,10 +352,10 @@ def verify(
     """
     out = Output(quiet=quiet, as_json=as_json)
     with usage_errors(), out.steps(6) as step:
-        from ..artifact import ExportedModule, load, read_recipe
-        from ..recipe import Recipe
-        from ..verification import larger_size
-        from ..verification import verify as check
+        from ..conversion.verification import larger_size
+        from ..conversion.verification import verify as check
+        from ..storage.artifact import ExportedModule, load, read_recipe
+        from ..storage.recipe import Recipe
 
         step(f"reading {artifact.name}")
         recipe = read_recipe(artifact)

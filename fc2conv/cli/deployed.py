@@ -45,9 +45,9 @@ def run(
     with usage_errors():
         if heatmap is not None:
             check_outputs([heatmap], force, inputs=[model, image])
-        from ..images import MAX_PIXELS
         from ..runtime import DenseModel
         from ..runtime import heatmap as write_heatmap
+        from ..runtime.images import MAX_PIXELS
 
         dense = DenseModel(model, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
                            backend=backend, precision=precision)
@@ -172,8 +172,8 @@ def scan(
     with usage_errors(), quiet_libraries() as caught:
         extra = [p for p in (overview, detections, detections and detections.with_suffix(".geojson"), ome_tiff) if p]
         check_outputs(extra, force, inputs=[model, image])
-        from ..images import MAX_PIXELS
         from ..runtime import scan as scan_image
+        from ..runtime.images import MAX_PIXELS
 
         result = scan_image(image, model=model, out=out, tile=tile, workers=workers, scheduler=scheduler,
                             level=level, mpp=mpp, reader=reader, classes=classes and classes.split(","),

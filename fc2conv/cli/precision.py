@@ -1,5 +1,5 @@
 """The `quantize` command: an exported float32 model as int8, calibrated on images, with its drift measured (no
-torch; `fc2conv.quantize`)."""
+torch; `fc2conv.runtime.quantization`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from ..shapes import times
 from .app import FORCE, JSON, QUIET, Output, app, check_outputs, usage_errors
 
 __all__ = ["quantize"]
@@ -41,14 +42,14 @@ def quantize(
     out = Output(quiet=quiet, as_json=as_json)
     with usage_errors():
         check_outputs([output], force, inputs=[model, calibration])
-        from ..images import MAX_PIXELS
-        from ..quantize import quantize as quantize_model
+        from ..runtime.images import MAX_PIXELS
+        from ..runtime.quantization import quantize as quantize_model
 
         done = quantize_model(model, output, calibration, method=method, float_layers=float_layers, force=force,
                               max_pixels=max_pixels or MAX_PIXELS)
     summary = done.calibration
     out.say(f"calibrated on {summary['images']} image(s) ({summary['method']}), sizes "
-            f"{', '.join('×'.join(map(str, s)) for s in summary['sizes'])}; drift measured on "
+            f"{', '.join(times(s) for s in summary['sizes'])}; drift measured on "
             + (f"{summary['held_out']} held-out image(s)" if summary["held_out"] else "the calibration image itself "
                "(one image: none to hold out)")
             + (f" and {summary['mosaics']} 2×2 mosaic(s) of them (larger inputs)" if summary.get("mosaics") else ""))

@@ -14,8 +14,8 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import ConversionError, first_line
+from ..runtime.tolerance import max_errors, tolerance
 from ..shapes import times
-from ..tolerance import max_errors, tolerance
 
 __all__ = ["assert_same_scores", "input_dtype", "probe", "random_input", "session"]
 

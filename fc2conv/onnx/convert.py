@@ -12,9 +12,9 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import ConversionError, first_line, reported
-from ..files import atomic_output, refuse_existing
-from ..metadata import axis_names
+from ..runtime.metadata import axis_names
 from ..shapes import as_map, is_vector_input, map_size, spatial_axes, times
+from ..storage.atomic import atomic_output, refuse_existing
 from .check import assert_same_scores, input_dtype, probe, random_input, session
 from .graph import Graph, Shape, describe, infer_shapes, topological_order
 from .rules import Rule, rules_for

@@ -2,7 +2,7 @@
 
 Converted layers are `LinearConv2d`, a plain `Conv2d` while an exporter runs, so every converted Linear
 is one ONNX `Conv` and no `Gemm` or `MatMul` is left in the head. The file's `metadata_props` carry JSON
-values under `fc2conv.*` keys (`fc2conv.metadata`): the geometry (stride, window and receptive field in input
+values under `fc2conv.*` keys (`fc2conv.runtime.metadata`): the geometry (stride, window and receptive field in input
 pixels, null in global mode), the reference input shape, the mode, whether cells are exact windows, and the
 class labels and input normalisation when given. `fc2conv.runtime` reads them without PyTorch.
 
@@ -24,14 +24,14 @@ import onnx
 import torch
 from torch import nn
 
-from ..artifact import dynamic_dims
+from ..conversion.geometry import geometry
+from ..conversion.verification import runs_on
 from ..errors import ConversionError, first_line, reported
-from ..files import atomic_output, refuse_existing
-from ..grid import geometry
-from ..metadata import ONE_CELL, axis_names, encode, validate
+from ..runtime.metadata import ONE_CELL, axis_names, encode, validate
+from ..runtime.tolerance import max_errors, tolerance
 from ..shapes import as_map, is_vector_input, times
-from ..tolerance import max_errors, tolerance
-from ..verification import runs_on
+from ..storage.artifact import dynamic_dims
+from ..storage.atomic import atomic_output, refuse_existing
 from .check import probe, session
 
 __all__ = ["DEFAULT_OPSET", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME", "export_onnx"]
@@ -110,7 +110,7 @@ def export_onnx(
 
 
 def _metadata(converted: nn.Module, *, classes: int, labels, mean, std) -> dict[str, str]:
-    """The `fc2conv.*` metadata, JSON-encoded; arguments are checked against the model (`fc2conv.metadata`)."""
+    """The `fc2conv.*` metadata, JSON-encoded; arguments are checked against the model (`fc2conv.runtime.metadata`)."""
     info = converted.fc2conv
     grid = None if info.mode in ONE_CELL else geometry(converted)
     values: dict[str, object] = {

@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ..shapes import times
 from .graph import Graph, attribute, describe
 from .pools import pool_kind, pool_use
 
@@ -111,7 +112,7 @@ def _grows(g: Graph, name: str) -> bool | None:
 
 def _fixed_size_reason(name: str, size: tuple[int, ...]) -> str:
     return (
-        f"its input {name!r} stays {'×'.join(map(str, size))} when the image grows, so nothing can slide over it: a "
+        f"its input {name!r} stays {times(size)} when the image grows, so nothing can slide over it: a "
         "layer before it has this image size baked in (a reshape written with the export's sizes, or an adaptive "
         "pool the exporter unrolled). Export with dynamic height and width (dynamic_axes), at a size where such a "
         "pool is the identity (VGG/AlexNet: 224×224), or use mode='global'"
@@ -179,7 +180,7 @@ class GemmToConv(Rule):
             return f"its weight {node.input[1]!r} is not a constant matrix"
         out_features, in_features = self._matrix_shape(node, g.shapes[node.input[1]])
         if in_features != channels * math.prod(kernel):
-            return (f"it takes {in_features} features, not {channels}×{'×'.join(map(str, kernel))} = "
+            return (f"it takes {in_features} features, not {channels}×{times(kernel)} = "
                     f"{channels * math.prod(kernel)}")
         bias = g.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if len(node.input) > 2 and node.input[2] and (bias is None or not _per_feature(bias, out_features)):

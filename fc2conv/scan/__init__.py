@@ -42,17 +42,17 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import check_backend
 from ..errors import ConversionError
-from ..files import staged_outputs
-from ..images import MAX_PIXELS
+from ..runtime.backends import check_backend
+from ..runtime.images import MAX_PIXELS
+from ..storage.atomic import staged_outputs
 from . import dispatch, ngff, outputs, qupath, samples, stitch, tiles
 from .arguments import check_arguments
-from .infer import ModelSpec, file_sha256, load, map_length
 from .placement import Placement
 from .samples import BadInput, SampleRangeWarning, TileReport
 from .source import open_source
 from .tiles import TILE_MEMORY_BUDGET
+from .worker import ModelSpec, file_sha256, load, map_length
 
 __all__ = ["TILE_MEMORY_BUDGET", "BadInput", "SampleRangeWarning", "ScanResult", "scan"]
 
@@ -124,7 +124,7 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     store; `force`: replace existing outputs. `threads`: the backend's threads per process (default: its own in this
     process, 1 on workers). `max_pixels`: the budget for PNG/JPEG inputs, which are decoded whole. `backend` /
     `precision`: onnxruntime (fp32) or OpenVINO (fp32, bf16, fp16), the same in every process
-    (`fc2conv.backends`); the store records them, and `exact: false` for anything but float32 (`resume` refuses
+    (`fc2conv.runtime.backends`); the store records them, and `exact: false` for anything but float32 (`resume` refuses
     other settings).
 
     `ConversionError` for bad arguments and inputs, before anything is written; `BadInput` (a `ConversionError`)

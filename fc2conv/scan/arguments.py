@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConversionError
-from ..files import refuse_existing
+from ..storage.atomic import refuse_existing
 from . import dispatch, stitch
 
 __all__ = ["DTYPES", "check_arguments"]

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConversionError
-from ..inference import colormap
+from ..runtime.model import colormap
 
 __all__ = ["Detection", "choose_classes", "class_colors", "detections", "overview", "write_csv", "write_geojson"]
 

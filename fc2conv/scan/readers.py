@@ -6,7 +6,8 @@ The readers, one class per kind of input, each giving H×W×C regions of one lev
 - `fc2conv.scan.zarr_source.ZarrSource`: a zarr array or an OME-Zarr group, its metadata checked;
 - `SlideSource` (here): OpenSlide; reads are placed in level-0 pixels (exact at integer downsamples), and
   transparent pixels take the slide's background colour;
-- `ImageSource` (here): PNG, JPEG and the rest of Pillow's formats, decoded whole by `fc2conv.images.load_image`.
+- `ImageSource` (here): PNG, JPEG and the rest of Pillow's formats, decoded whole by
+`fc2conv.runtime.images.load_image`.
 
 Each class also lists the (size, pixel size in µm or None) of every level of its file (`levels`), without
 reading pixels. A read that fails names the file and the region: `BadInput` for data that cannot be decoded (a
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, first_line
-from ..images import load_image
+from ..runtime.images import load_image
 from .placement import Placement
 from .samples import BadInput
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConversionError
-from ..images import MAX_PIXELS
+from ..runtime.images import MAX_PIXELS
 from .readers import ImageSource, SlideSource, Source, SourceSpec
 from .tiff import TiffSource
 from .tiles import TILE_MEMORY_BUDGET

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, first_line
-from .infer import ModelSpec, evaluate
 from .samples import TileReport
 from .source import SourceSpec
 from .tiles import Tile, TilePlan
+from .worker import ModelSpec, evaluate
 
 __all__ = ["ATTRS", "Job", "create", "discard", "done_mask", "mark_complete", "open_run", "partial_path",
            "publish", "scan_tile"]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, first_line
+from ..shapes import times
 from .quiet import silenced
 from .readers import UNITS_UM, AxesView, Source, SourceSpec, downsample, positive, scaled
 
@@ -99,7 +100,7 @@ def _check_level(path: str, index: int, level: Any, tif: Any) -> None:
                               "fc2conv scans only the file it is given: write the image into one file")
     declared, held = math.prod(level.shape), sum(math.prod(page.shape) for page in pages)
     if declared != held:
-        raise ConversionError(f"{path}: level {index} is declared {'×'.join(map(str, level.shape))} "
+        raise ConversionError(f"{path}: level {index} is declared {times(level.shape)} "
                               f"({declared:,} samples) but its pages hold {held:,}")
     end = os.path.getsize(path)
     for page in pages:
@@ -116,7 +117,7 @@ def _check_chunks(path: str, page: Any, end: int) -> None:
     counts = np.asarray(page.databytecounts, dtype=np.uint64)
     if len(offsets) != needed or len(counts) != needed:
         raise ConversionError(f"{path}: its header declares a {key.imagelength:,}×{key.imagewidth:,} image, which "
-                              f"takes {needed:,} {kind} of {'×'.join(map(str, key.chunks[:2]))}, but it lists "
+                              f"takes {needed:,} {kind} of {times(key.chunks[:2])}, but it lists "
                               f"{min(len(offsets), len(counts)):,}: the header does not describe the data (a damaged "
                               "or forged file)")
     present = (offsets > 0) & (counts > 0)

@@ -18,7 +18,7 @@ cells, and they differ (tested).
 The one-pass map's length M is not always (H − W) // S + 1: a padded model has cells whose windows run past the
 image's end. Every layer's output length is ⌊(n + e) / s⌋ + 1 for its input length n, so shortening the input by
 r pixels on the stride grid removes exactly r / S cells: M(H) = r / S + M(H − r), and M(H − r) is measured on a
-short strip (`probe_start` says where it starts; `fc2conv.scan.infer.map_length` runs it).
+short strip (`probe_start` says where it starts; `fc2conv.scan.worker.map_length` runs it).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError
-from ..files import atomic_output
+from ..storage.atomic import atomic_output
 from .scan import Detections, Scan, open_scan, read_detections, slide_levels
 
 __all__ = ["Detections", "Scan", "build", "open_scan", "show"]
