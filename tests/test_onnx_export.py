@@ -20,6 +20,7 @@ from torch import nn
 import fc2conv
 from fc2conv.errors import ConversionError
 from fc2conv.onnx import export_onnx
+from fc2conv.onnx.export import PROTOBUF_LIMIT
 from models.small_cnn import small_cnn
 
 
@@ -31,6 +32,11 @@ def _metadata(path) -> dict:
 def _check_export(name: str, tmp_path) -> None:
     size = crop_size(name)
     converted = fc2conv.convert(build_torchvision(name), (3, size, size))
+    if sum(p.numel() * p.element_size() for p in converted.parameters()) >= PROTOBUF_LIMIT:  # regnet_y_128gf
+        with pytest.raises(ConversionError, match="limited to 2 GiB by protobuf"):
+            export_onnx(converted, tmp_path / f"{name}.onnx")
+        assert not any(tmp_path.iterdir())
+        return
     path = export_onnx(converted, tmp_path / f"{name}.onnx")
     model = onnx.load(str(path))  # export_onnx ran the full checker on it (see test_existing_file_needs_force)
     # Every converted Linear is a Conv: no Gemm; MatMul only for Linears fc2conv keeps (ConvNeXt blocks).
@@ -85,6 +91,15 @@ def test_metadata_labels_mean_std(small_converted, tmp_path):
                     "fc2conv.receptive_field": [[3, 3], [3, 3]], "fc2conv.mode": "dense", "fc2conv.exact": True,
                     "fc2conv.context": "",
                     "fc2conv.labels": labels, "fc2conv.mean": [0.5, 0.4, 0.3], "fc2conv.std": [0.2]}
+
+
+def test_a_model_beyond_protobufs_limit_is_refused_before_exporting(small_converted, tmp_path, monkeypatch):
+    _, converted = small_converted
+    weights = sum(p.numel() * p.element_size() for p in converted.parameters())
+    monkeypatch.setattr("fc2conv.onnx.export.PROTOBUF_LIMIT", weights)  # as if these were 2 GiB
+    with pytest.raises(ConversionError, match=r"holds 0\.0 GiB of weights, and an ONNX file is limited to 2 GiB"):
+        export_onnx(converted, tmp_path / "m.onnx")
+    assert not any(tmp_path.iterdir())
 
 
 def test_global_mode_has_no_geometry(small_converted, tmp_path):

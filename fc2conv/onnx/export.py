@@ -38,6 +38,8 @@ __all__ = ["DEFAULT_OPSET", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME", "export_on
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
+# protobuf's limit on one serialized message, which a single-file ONNX model is: weights included.
+PROTOBUF_LIMIT = 2**31
 INPUT_NAME, OUTPUT_NAME = "input", "scores"
 
 
@@ -78,6 +80,7 @@ def export_onnx(
         raise ConversionError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
     path = Path(path)
     refuse_existing(path, force=force)  # before the slow export; atomic_output checks again when writing
+    _refuse_beyond_protobuf(converted)
     shape = tuple(int(d) for d in (input_shape or info.input_shape))
     if len(shape) != len(info.input_shape):
         raise ConversionError(f"input_shape={shape} does not match the reference shape {info.input_shape}")
@@ -195,3 +198,13 @@ def _export(model: nn.Module, example: torch.Tensor, *, dynamic: bool, opset: in
             f"the {exporter} ONNX exporter failed at input {tuple(example.shape)}: {first_line(e, named=True)}"
             + ("; try exporter='torchscript'" if exporter == "dynamo" else "")
         ) from e
+
+
+def _refuse_beyond_protobuf(converted: nn.Module) -> None:
+    """Refuse, before exporting, a model whose weights alone exceed protobuf's 2 GiB: the exporter would fail
+    after minutes (regnet_y_128gf holds 2.6 GB)."""
+    weights = sum(t.numel() * t.element_size() for t in (*converted.parameters(), *converted.buffers()))
+    if weights >= PROTOBUF_LIMIT:
+        raise ConversionError(f"the model holds {weights / 2**30:.1f} GiB of weights, and an ONNX file is limited to "
+                              "2 GiB by protobuf: export_onnx writes single-file models only; save it with "
+                              "fc2conv.save (.pt2 or .safetensors) instead")
