@@ -87,6 +87,9 @@ def test_density_rows_compare_one_dilated_pass_with_stitching_and_naive_windows(
         dilated, stitch, naive = float(row[7]), float(row[8]), float(row[11])
         for speedup, slower in ((row[9], stitch), (row[12], naive)):
             shown = float(speedup.rstrip("×"))
+            if min(dilated, slower) < 0.1:  # a pass under 0.05 ms prints as 0.0: its quotient cannot be recomputed
+                assert shown > 0
+                continue
             assert abs(shown - slower / dilated) <= shown * (0.05 / dilated + 0.05 / slower) + 0.01
         stitch_flops, naive_flops = float(row[10].rstrip("×")), float(row[13].rstrip("×"))
         # r² passes repeat the first layers that one dilated pass shares, and every crop repeats all layers.
