@@ -151,11 +151,11 @@ def kernel_rows(files: dict[str, Path], threads: int, size: int) -> list[tuple[s
 
 
 def main_precision(args) -> int:
-    from fc2conv.runtime.backends import cpu_flags, mlas_kernels
+    from fc2conv.runtime.cpu import detect
 
-    flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx_vnni")))
-    print(f"CPU flags: {' '.join(flags) or 'none of avx512*/amx*/avx_vnni'}; onnxruntime MLAS would pick "
-          f"{mlas_kernels(set(flags) | cpu_flags())}")
+    cpu = detect()
+    print(f"CPU class {cpu.kind} (flags {' '.join(cpu.shown_flags()) or 'below avx2'}, from {cpu.source}); "
+          f"onnxruntime MLAS would pick {cpu.mlas_kernels()}")
     if importlib.util.find_spec("openvino") is None:
         print("OpenVINO is not installed (pip install 'fc2conv[openvino]'): its paths are skipped")
     print(f"latency: median of {args.repeats} alternating rounds; speed-up and drift against onnxruntime fp32")

@@ -11,6 +11,8 @@ for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from fc2conv.runtime.cpu import CLASSES, PIN, detect  # noqa: E402 - after the path set-up
+
 # `scripts/test.sh` runs two pytest-xdist workers on CI's two cores: one torch thread each, as two threads
 # per worker would oversubscribe the cores (and most of the suite is Python-bound: tracing, small models). A child
 # process whose outputs a test compares bit for bit with its own runs as many: see helpers.same_threads_env.
@@ -24,6 +26,36 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 settings.register_profile("fc2conv", deadline=None, derandomize=True, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("fc2conv")
+
+
+# The CPU class fc2conv decides for (fc2conv.runtime.cpu): `pytest --cpu-class avx2` runs the suite as if on an AVX2
+# CPU (fc2conv's decisions and reports follow the pinned class; scripts/test_cpu.sh avx2 also emulates the CPU, so the
+# backends run as there). A test that holds only on some classes says which with @pytest.mark.cpu(<property of
+# fc2conv.runtime.cpu.Cpu>) and is skipped elsewhere, naming the class it met.
+
+
+def pytest_addoption(parser):
+    parser.addoption("--cpu-class", choices=sorted(CLASSES), default=None,
+                     help="run as if on this CPU class (pins FC2CONV_CPU_CLASS; see fc2conv.runtime.cpu)")
+
+
+def pytest_configure(config):
+    if config.getoption("--cpu-class"):
+        os.environ[PIN] = config.getoption("--cpu-class")
+
+
+def pytest_runtest_setup(item):
+    for marker in item.iter_markers("cpu"):
+        cpu = detect()
+        if not getattr(cpu, marker.args[0]):
+            pytest.skip(f"needs a CPU with {marker.args[0]} (this run: {cpu.kind}, from {cpu.source})")
+
+
+@pytest.fixture(params=list(CLASSES))
+def cpu_class(request, monkeypatch):
+    """fc2conv pinned to each CPU class in turn (fc2conv.runtime.cpu); the class's `Cpu`."""
+    monkeypatch.setenv(PIN, request.param)
+    return detect()
 
 
 # Fixtures more than one test module uses (each module's own fixtures stay in it).
@@ -94,3 +126,30 @@ def digits_onnx(tmp_path_factory):
     from scan_helpers import export
 
     return export("digits", tmp_path_factory.mktemp("models"))
+
+
+# The `fc2conv view` refusal tests (tests/test_view_*_refusals.py) corrupt copies of one real scan.
+
+
+@pytest.fixture(scope="session")
+def pristine(tmp_path_factory):
+    """A finished scan of a two-level slide by the digits CNN, with its detections (view_helpers.make_pristine)."""
+    from view_helpers import make_pristine
+
+    return make_pristine(tmp_path_factory)
+
+
+@pytest.fixture
+def copy(pristine, tmp_path):
+    """A copy of `pristine` to corrupt, its store recording the copy's paths (view_helpers.Copy)."""
+    from view_helpers import copy_of
+
+    return copy_of(pristine, tmp_path)
+
+
+@pytest.fixture
+def view(monkeypatch):
+    """`fc2conv view ARGS` in this process, with no display and napari unimportable, under a deadline."""
+    from view_helpers import view_runner
+
+    return view_runner(monkeypatch)

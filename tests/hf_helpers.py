@@ -1,12 +1,16 @@
 """Small Hugging Face `transformers` image classifiers of every CNN family, built from configs with random weights
-(nothing is downloaded), and `save_pretrained` directories of them (tests/test_transformers.py)."""
+(nothing is downloaded), `save_pretrained` directories of them, edited copies of those, and the check that the command
+refuses one cleanly (tests/test_transformers.py)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_clean_refusal, invoke
 from torch import nn
 
 transformers = pytest.importorskip("transformers")
@@ -90,3 +94,30 @@ def saved_hf_model(family: str, directory: Path, *, processor: bool = True) -> t
 def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(x).logits
+
+
+def edited(directory: Path, target: Path, file: str = "config.json", changes: dict | None = None, *,
+           text: str | bytes | None = None) -> Path:
+    """A copy at `target` of the save_pretrained `directory` whose `file` has `changes` merged into its JSON object,
+    or is `text` instead."""
+    shutil.copytree(directory, target)
+    path = target / file
+    if text is not None:
+        (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    else:
+        found = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**found, **(changes or {})}))
+    return target
+
+
+def assert_refused_untouched(directory: Path, out: Path, *fragments: str, args: tuple = (),
+                             command: str = "convert") -> str:
+    """`fc2conv COMMAND DIRECTORY` refuses cleanly (exit 2, a few lines, no traceback) naming every fragment, writes
+    nothing into the empty folder `out`, and leaves every file of `directory` as it was; gives the message."""
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    outputs = ["-o", out / "model.safetensors", "--onnx", out / "model.onnx"] if command == "convert" else []
+    result = invoke(command, directory, *outputs, *args)
+    assert_clean_refusal(result, *fragments)
+    assert not any(out.iterdir()), list(out.iterdir())
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    return result.stderr

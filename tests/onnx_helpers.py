@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import torch
+
+from fc2conv.runtime.cpu import PIN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,5 +52,7 @@ def run_without_torch(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     script = tmp_path / "no_torch.py"
     script.write_text(_BLOCK_TORCH + textwrap.dedent(code))
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    if PIN in os.environ:  # the CPU class a run is pinned to (pytest --cpu-class) holds in the child too
+        env[PIN] = os.environ[PIN]
     return subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)

@@ -246,7 +246,7 @@ REFUSALS = [
     (["convert", "{ck}", *SMALL], "give at least one output"),
     (["convert", "{ck}", *SMALL, "-o", "{tmp}/a.h5"], "unknown output format"),
     (["convert", "{ck}", *SMALL, "--onnx", "{tmp}/a.pt2"], "name the file .onnx"),
-    (["convert", "{ck}", *SMALL, "-o", "{tmp}/a.pt2", "-o", "{tmp}/a.pt2"], "given twice"),
+    (["convert", "{ck}", *SMALL, "-o", "{tmp}/a.pt2", "-o", "{tmp}/a.pt2"], "a.pt2 and -o #2 "),
     (["convert", "{ck}", *SMALL, "-o", "{tmp}/existing.pt2"], "already exists; pass --force"),
     (["convert", "{ck}", *SMALL, "-o", "{tmp}/folder.pt2"], "is a directory"),
     (["convert", "{ck}", *SMALL, "-o", "{tmp}/no/such/dir/a.pt2"], "does not exist"),

@@ -15,20 +15,21 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fc2conv"
 # files, and the commands that use only them.
 TORCH_FREE = ("fc2conv.runtime", "fc2conv.scan", "fc2conv.viewer", "fc2conv.onnx.convert", "fc2conv.onnx.rules",
               "fc2conv.onnx.graph", "fc2conv.onnx.pools", "fc2conv.onnx.check", "fc2conv.storage.atomic",
-              "fc2conv.errors", "fc2conv.shapes", "fc2conv.cli.app", "fc2conv.cli.deployed", "fc2conv.cli.precision",
-              "fc2conv.cli.view")
+              "fc2conv.storage.paths", "fc2conv.errors", "fc2conv.shapes", "fc2conv.cli.app", "fc2conv.cli.deployed",
+              "fc2conv.cli.precision", "fc2conv.cli.view")
 TORCH_PACKAGES = ("torch", "torchvision", "timm", "transformers", "safetensors")
 # Each layer and the fc2conv modules it may import, lowest first. An arrow points down the list, with two named
 # exceptions: `fc2conv.runtime` hands on `scan` (lazily, for its one public API), and the torch-free side writes files
-# through `fc2conv.storage.atomic`.
+# through `fc2conv.storage.atomic`, having kept its outputs apart from its inputs with `fc2conv.storage.paths`.
 LAYERS = {
     "fc2conv.errors": (), "fc2conv.shapes": (), "fc2conv.compat": (),
     # The modules fc2conv puts into networks: tracing, the analysis and the conversion all know them.
     "fc2conv.layers": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat"),
     "fc2conv.runtime": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.scan"),
-    "fc2conv.scan": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.runtime"),
-    "fc2conv.viewer": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.runtime",
-                       "fc2conv.scan"),
+    "fc2conv.scan": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.storage.paths",
+                     "fc2conv.runtime"),
+    "fc2conv.viewer": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.storage.paths",
+                       "fc2conv.runtime", "fc2conv.scan"),
     "fc2conv.analysis": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat", "fc2conv.layers"),
     "fc2conv.tracing": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat", "fc2conv.layers",
                         "fc2conv.analysis.ops"),

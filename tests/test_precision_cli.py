@@ -69,7 +69,7 @@ def test_quantize_command_refusals_exit_2_naming_the_cause(digits_int8_cli, tmp_
         (digits_int8_cli["fp32"], empty, f"{empty}: the calibration set is empty"),
         (digits_int8_cli["fp32"], bad, f"{bad / 'scan.png'}: cannot read it as an image"),
         (digits_int8_cli["fp32"], rgb,
-         f"{rgb}: the model takes 1×…×… inputs (channels first); got an array of shape (3, 40"),
+         f"{rgb}[0]: the model takes 1×…×… inputs (channels first); got an array of shape (3, 40"),
         (digits_int8_cli["int8"], digits_int8_cli["calibration"], f"{digits_int8_cli['int8']} is already quantized"),
     ]:
         done = invoke("quantize", model, "--calibration", data, "-o", out)

@@ -174,8 +174,22 @@ def _input_inside_output(d: Path):
     return write_tiff(d / "old.zarr" / "in.tif", IMAGE), {"out": "old.zarr", "force": True}
 
 
+def _folder_not_a_store(d: Path):
+    """An existing folder of someone's files named as --out: --force must not replace it."""
+    (d / "notes").mkdir()
+    (d / "notes" / "thesis.txt").write_text("years of work")
+    return write_tiff(d / "in.tif", IMAGE), {"out": "notes", "force": True}
+
+
+def _file_not_a_store(d: Path):
+    (d / "out.zarr").write_text("a file, not a store")
+    return write_tiff(d / "in.tif", IMAGE), {"force": True}
+
+
 # (name, input and options, what the message says)
 HOSTILE = [
+    ("--force on a folder that is no store", _folder_not_a_store, r"--out notes exists and is not the store of a scan"),
+    ("--force on a file that is no store", _file_not_a_store, r"--out out.zarr exists and is not the store of a scan"),
     ("OME path ..", _dataset_up, r"multiscales\[0\]\.datasets\[1\]\.path '\.\./elsewhere\.zarr' is not a path inside"),
     ("OME absolute path", _dataset_absolute, r"multiscales\[0\]\.datasets\[0\]\.path '/.*' is not a path inside"),
     ("OME dataset linked out", _dataset_linked_out, r"datasets\[1\]\.path '2' leads out of the store"),

@@ -21,7 +21,7 @@ from onnx_helpers import run_onnx
 import fc2conv
 from fc2conv import ConversionError
 from fc2conv.cli import EXIT_OK, EXIT_USAGE
-from fc2conv.storage.huggingface import default_input_shape, hints, read_config
+from fc2conv.storage.huggingface import check_config, default_input_shape, hints, read_config
 
 hf = pytest.importorskip("hf_helpers")  # skips this module when transformers is missing
 
@@ -135,11 +135,15 @@ def test_every_attention_model_is_refused_saying_why(family):
 # -- the command line on save_pretrained directories
 
 
-def test_a_directory_of_an_attention_model_is_refused_saying_why(tmp_path):
-    hf.build_hf_model("vit", attention=True).save_pretrained(tmp_path / "vit")
-    result = invoke("convert", tmp_path / "vit", "--onnx", tmp_path / "vit.onnx")
-    assert result.exit_code == EXIT_USAGE and re.search(ATTENTION, result.stderr), result.stderr
-    assert not (tmp_path / "vit.onnx").exists()
+@pytest.mark.parametrize("family", ["vit", "swin"])
+def test_a_directory_of_an_attention_model_is_refused_naming_its_model_type(family, tmp_path):
+    """A model that is not a CNN is config.json's model_type, not a trace to fix: no Python-API hint."""
+    hf.build_hf_model(family, attention=True).save_pretrained(tmp_path / family)
+    (tmp_path / "out").mkdir()
+    message = hf.assert_refused_untouched(tmp_path / family, tmp_path / "out", f"{tmp_path / family}/config.json",
+                                          f"model_type '{family}'")
+    assert "leaf_modules" not in message and "--input-shape" not in message
+    assert family != "vit" or re.search(ATTENTION, message), message
 
 
 def _convert_directory(family, tmp_path, *extra):
@@ -224,3 +228,141 @@ def test_the_reference_size_comes_from_the_processor(tmp_path, processor, config
         (tmp_path / "preprocessor_config.json").write_text(json.dumps(processor))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "resnet", **config}))
     assert default_input_shape(tmp_path, read_config(tmp_path)) == shape
+
+
+# -- hostile save_pretrained directories: a refusal names the file and the field (never a flag nobody passed, never a
+# Python-API hint), writes nothing and leaves the directory as it was
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Save_pretrained directories that tests copy and edit: a ResNet with its processor, a ConvNeXt without."""
+    root = tmp_path_factory.mktemp("hf")
+    return {family: hf.saved_hf_model(family, root / family, processor=family == "resnet")[1]
+            for family in ("resnet", "convnext")}
+
+
+@pytest.fixture
+def out(tmp_path):
+    (tmp_path / "out").mkdir()
+    return tmp_path / "out"
+
+
+def _labelled(bad, index: int = 2) -> dict:
+    """id2label of CLASSES with class `index` named `bad`."""
+    return {str(k): bad if k == index else label for k, label in enumerate(hf.CLASSES)}
+
+
+CONFIG_FIELDS = [  # every field fc2conv reads from config.json, each wrong in its type, range, size or text
+    ("image_size", 1_000_000), ("image_size", 0), ("image_size", [32, 5000]), ("image_size", "32"),
+    ("image_size", True), ("image_size", [32, 32, 3]),
+    ("num_channels", 0), ("num_channels", 10**6), ("num_channels", 3.0),
+    ("num_labels", 0), ("num_labels", 7), ("num_labels", "5"),
+    ("id2label", _labelled("cat\r\nforged,row")), ("id2label", _labelled("\x1b[31mred")),
+    ("id2label", _labelled("b\u202eackwards")), ("id2label", _labelled("x" * 1001)), ("id2label", _labelled(3)),
+    ("id2label", {"1": "a", "2": "b"}), ("id2label", {"0": "a", "00": "b"}), ("id2label", ["cat"]), ("id2label", {}),
+    ("label2id", {"cat": "zero"}), ("label2id", ["cat"]),
+    ("architectures", "ResNetForImageClassification"), ("architectures", ["Res\x1b[2JNet"]), ("architectures", [3]),
+    ("model_type", "res\nnet"), ("model_type", "x" * 100),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), CONFIG_FIELDS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(CONFIG_FIELDS)])
+def test_a_config_field_out_of_range_is_refused_naming_it(saved, tmp_path, out, field, value):
+    directory = hf.edited(saved["resnet"], tmp_path / "m", changes={field: value})
+    message = hf.assert_refused_untouched(directory, out, f"{directory}/config.json: field {field}")
+    assert "--input-shape" not in message
+
+
+PROCESSOR_FIELDS = [  # every field fc2conv reads from preprocessor_config.json, likewise
+    ({"crop_size": 1_000_000}, "field crop_size"), ({"crop_size": {"height": 32}}, "field crop_size"),
+    ({"crop_size": {"height": -1, "width": 32}}, "field crop_size"), ({"crop_size": "32"}, "field crop_size"),
+    ({"size": {"shortest_edge": 10**9}}, "field size"), ({"size": [0, 0]}, "field size"),
+    ({"image_mean": [0.5, 0.5]}, "field image_mean"), ({"image_mean": ["a"]}, "field image_mean"),
+    ({"image_std": [0, 1, 1]}, "field image_std"), ({"image_std": []}, "field image_std"),
+    ({"rescale_factor": 0}, "field rescale_factor"), ({"rescale_factor": "1/255"}, "field rescale_factor"),
+    ({"image_mean": [1e300], "rescale_factor": 1e-300}, "image_mean, image_std and rescale_factor"),
+    ({"do_normalize": "false"}, "field do_normalize"), ({"do_center_crop": 1}, "field do_center_crop"),
+    ({"do_rescale": None}, "field do_rescale"),
+]
+
+
+@pytest.mark.parametrize(("changes", "fragment"), PROCESSOR_FIELDS)
+def test_a_processor_field_out_of_range_is_refused_naming_it(saved, tmp_path, out, changes, fragment):
+    directory = hf.edited(saved["resnet"], tmp_path / "m", "preprocessor_config.json", changes)
+    hf.assert_refused_untouched(directory, out, f"{directory}/preprocessor_config.json: ", fragment)
+
+
+UNREADABLE = [  # files that are not the JSON objects they should be, or too large to be one
+    ("config.json", "[1, 2]", "is not a JSON object"),
+    ("config.json", '{"model_type": "resnet", "image_size": NaN}', "NaN is not a JSON number"),
+    ("config.json", '{"model_type": "resnet", "image_size": 1e400}', "too large for a number"),
+    ("config.json", '{"model_type": "resnet", "image_size": ' + "9" * 5000 + "}", "not readable JSON"),
+    ("config.json", "[" * 100_000, "not readable JSON"),
+    ("config.json", b'{"model_type": "\xff"}', "not readable JSON"),
+    ("config.json", '{"model_type": "resnet", "x": "' + "x" * 17 * 2**20 + '"}', "MiB"),
+    ("preprocessor_config.json", '{"image_std": [Infinity, 1, 1]}', "Infinity is not a JSON number"),
+]
+
+
+@pytest.mark.parametrize(("file", "text", "fragment"), UNREADABLE, ids=[f"{f}-{i}" for i, (f, _, _) in
+                                                                     enumerate(UNREADABLE)])
+def test_a_file_that_is_no_json_object_is_refused_naming_it(saved, tmp_path, out, file, text, fragment):
+    directory = hf.edited(saved["resnet"], tmp_path / "m", file, text=text)
+    hf.assert_refused_untouched(directory, out, f"{directory}/{file}", fragment)
+
+
+def _config_of(family: str, attention: bool = False) -> dict:
+    return json.loads(hf.config(family, attention).to_json_string())
+
+
+MISFITS = [  # config.json describes another model than the weights hold: (its fields, what the refusal names)
+    ("resnet", {"model_type": "vit"}, ["model_type 'vit'", "another model's weights"]),  # the issue's example
+    ("resnet", _config_of("convnext"), ["model_type 'convnext'", "another model's weights"]),
+    ("resnet", _config_of("mobilenet_v2"), ["model_type 'mobilenet_v2'", "another model's weights"]),
+    ("resnet", _config_of("swin", attention=True), ["model_type 'swin'", "another model's weights"]),
+    ("resnet", {"hidden_sizes": [8, 16, 24, 48]}, ["does not fit", "hidden_sizes"]),
+    ("resnet", {"depths": [1, 1, 1, 2]}, ["does not fit", "depths"]),
+    ("resnet", {"id2label": {"0": "a", "1": "b", "2": "c"}, "label2id": {}},
+     ["field id2label (or num_labels) gives 3 classes", "has 5 outputs"]),
+    ("convnext", {"num_channels": 1}, ["field num_channels is 1", "takes 3 channels"]),
+    ("resnet", {"hidden_sizes": "abc"}, ["field 'hidden_sizes'"]),
+    ("resnet", {"hidden_sizes": [8, 16, 24, 10**6]}, ["hidden_sizes", "GiB"]),  # refused before allocating
+    ("resnet", {"model_type": "bert"}, ["no image classifier for model_type 'bert'"]),
+]
+
+
+@pytest.mark.parametrize(("family", "changes", "fragments", "command"),
+                         [(*misfit, "convert") for misfit in MISFITS] + [(*MISFITS[0], "inspect")],
+                         ids=[f"misfit{i}" for i in range(len(MISFITS))] + ["inspect"])
+def test_a_config_that_does_not_describe_the_weights_is_refused_naming_its_field(saved, tmp_path, out, family,
+                                                                                 changes, fragments, command):
+    directory = hf.edited(saved[family], tmp_path / "m", changes=changes)
+    message = hf.assert_refused_untouched(directory, out, f"{directory}/config.json", *fragments, command=command)
+    assert "leaf_modules" not in message and "--input-shape" not in message
+
+
+SHAPES = [  # an input shape read from the directory's files on which the model does not run
+    ("config.json", {"image_size": 2}, "config.json: field image_size"),
+    ("preprocessor_config.json", {"crop_size": {"height": 2, "width": 2}}, "preprocessor_config.json: field crop_size"),
+    ("preprocessor_config.json", {"do_center_crop": False, "size": {"shortest_edge": 3}},
+     "preprocessor_config.json: field size"),
+]
+
+
+@pytest.mark.parametrize(("file", "changes", "fragment"), SHAPES)
+def test_an_input_shape_from_the_files_is_blamed_on_its_field_not_on_the_flag(saved, tmp_path, out, file, changes,
+                                                                              fragment):
+    directory = hf.edited(saved["convnext"], tmp_path / "m", file, changes)
+    message = hf.assert_refused_untouched(directory, out, f"{directory}/{fragment} gives the input shape")
+    assert "(--input-shape" not in message  # the flag is offered as the way out, not blamed
+    # Given, the flag is what the refusal names.
+    hf.assert_refused_untouched(directory, out, "--input-shape 3,2,2", args=("--input-shape", "3,2,2"))
+
+
+def test_a_config_from_to_dict_is_checked_as_its_json(tmp_path):
+    """`config.to_dict()` keys id2label by integers, its JSON by strings: both are the same config to fc2conv."""
+    config = hf.config("resnet").to_dict()
+    assert hints(tmp_path, check_config(config, source="x"))["labels"] == list(hf.CLASSES)
+    with pytest.raises(ConversionError, match=r"x: field id2label must number"):
+        check_config({**config, "id2label": {0: "a", "0": "b"}}, source="x")

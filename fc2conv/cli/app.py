@@ -7,21 +7,86 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from ..errors import ConversionError
 from ..storage.atomic import refuse_existing
+from ..storage.paths import check_apart
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Output", "app", "check_outputs", "parse_floats",
            "usage_errors"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_NONE: Mapping[str, Path | None] = MappingProxyType({})
+# Characters of one error message at most: a refusal stays a few lines, whatever the arguments were (a shell glob can
+# pass 100,000 paths, and click would list them all). fc2conv's own messages are one line; click's are shown under
+# two lines of usage, so they get one of their own.
+MAX_MESSAGE, MAX_USAGE_MESSAGE = 700, 160
 
-app = typer.Typer(
+
+def shortened(message: str, limit: int = MAX_MESSAGE) -> str:
+    """`message` cut to about `limit` characters in its middle, saying how much was left out: its start says what
+    is wrong and its end, often, what to do."""
+    if len(message) <= limit:
+        return message
+    head, tail = limit * 2 // 3, limit // 3
+    return f"{message[:head]} … ({len(message) - head - tail:,} characters) … {message[-tail:]}"
+
+
+# click's exceptions: typer 0.29 carries its own copy of click, older typers use click itself.
+_USAGE_ERROR = next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == "UsageError")
+_CLICK_ERROR = next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == "ClickException")
+
+
+class _ShortUsage:
+    """click's usage errors (extra arguments, bad values) cut short: they quote what was given."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _USAGE_ERROR as e:
+            e.message = shortened(e.message, MAX_USAGE_MESSAGE)
+            raise
+
+
+class _Command(_ShortUsage, TyperCommand):
+    pass
+
+
+class _Group(_ShortUsage, TyperGroup):
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """As click's `main`, but a usage error is shown in click's plain form, three lines and the message,
+        rather than typer's box, which takes six lines before the message."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _CLICK_ERROR as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class _Typer(typer.Typer):
+    """Commands registered with `@app.command(...)` refuse bad usage in a few lines (`_ShortUsage`)."""
+
+    def command(self, *args, cls: type[TyperCommand] | None = None, **kwargs):
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+app = _Typer(
+    cls=_Group,
     name="fc2conv",
     help="Turn the Linear heads of PyTorch CNN classifiers into convolutions, prove it, and run the result.",
     epilog=(
@@ -113,38 +178,25 @@ def usage_errors() -> Iterator[None]:
     try:
         yield
     except (ConversionError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {shortened(str(e))}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
 
 
 
-def check_outputs(paths: list[Path], force: bool, inputs: list[Path | None] = ()) -> None:
-    """Refuse outputs that would be overwritten or cannot be written, before any slow work; an output that is
-    one of the command's `inputs` (the same file under any name) is refused even with --force."""
-    seen = set()
-    for path in paths:
-        if path.resolve() in seen:
-            raise ConversionError(f"{path} is given twice as an output")
-        seen.add(path.resolve())
-        source = next((i for i in inputs if i is not None and _same_file(path, i)), None)
-        if source is not None:
-            raise ConversionError(f"{path} is the input {source}; writing it would destroy that input, even with "
-                                  "--force: name another output file")
+def check_outputs(outputs: Mapping[str, Path], force: bool, inputs: Mapping[str, Path | None] = _NONE) -> None:
+    """Refuse, before any slow work, outputs ({flag: path}) that would be overwritten (unless `force`), cannot be
+    written, or are not apart from each other and from the command's `inputs` ({flag: path}; None for one not given):
+    the same file under any name, one inside another (`fc2conv.storage.paths`), even with `force`."""
+    check_apart(dict(outputs), {flag: path for flag, path in inputs.items() if path is not None})
+    for flag, path in outputs.items():
         if path.is_dir():
-            raise ConversionError(f"{path} is a directory; give a file name to write")
+            raise ConversionError(f"{flag} {path} is a directory; give a file name to write")
         refuse_existing(path, force=force)
         parent = path.parent
         if not parent.is_dir():
-            raise ConversionError(f"cannot write {path}: directory {parent} does not exist")
+            raise ConversionError(f"cannot write {flag} {path}: directory {parent} does not exist")
         if not os.access(parent, os.W_OK | os.X_OK):
-            raise ConversionError(f"cannot write {path}: directory {parent} is not writable")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist
-        return a.resolve() == b.resolve()
+            raise ConversionError(f"cannot write {flag} {path}: directory {parent} is not writable")
 
 
 def parse_floats(value: str | None, flag: str) -> list[float] | None:

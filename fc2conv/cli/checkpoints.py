@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,94 +31,9 @@ from .app import (
     parse_floats,
     usage_errors,
 )
+from .originals import blame_for, named_by, original, recipe_of
 
 __all__ = ["convert", "inspect", "verify"]
-
-
-def _recipe(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density,
-            reduce):
-    from ..storage import huggingface
-    from ..storage.recipe import Recipe, default_input_shape, parse_input_shape
-
-    shape = parse_input_shape(input_shape) if input_shape is not None else None
-    options = {"mode": mode, "channels_last_linears": channels_last_linears, "density": density, "reduce": reduce}
-    if huggingface.is_pretrained_dir(checkpoint):
-        if arch is not None or model_def is not None or model_arg:
-            raise ConversionError(f"{checkpoint} is a Hugging Face save_pretrained directory: its config.json gives "
-                                  "the architecture, so drop --arch, --model-def and --model-arg")
-        config = huggingface.read_config(checkpoint)
-        return Recipe(hf_config=config, num_classes=num_classes,
-                      input_shape=shape or huggingface.default_input_shape(checkpoint, config), **options)
-    if arch is None and model_def is None:
-        raise ConversionError("say which architecture the checkpoint is for: --arch NAME (a torchvision model, or "
-                              "timm:NAME) or --model-def FILE.py:FACTORY; a Hugging Face save_pretrained directory "
-                              "given as the checkpoint needs neither")
-    args, kwargs = _parse_model_args(model_arg)
-    return Recipe(arch=arch, model_def=model_def, num_classes=num_classes,
-                  input_shape=shape or default_input_shape(arch), model_args=args, model_kwargs=kwargs, **options)
-
-
-def _parse_model_args(values: list[str]) -> tuple[list, dict]:
-    """--model-arg values: a JSON object of keyword arguments, NAME=VALUE, or a positional VALUE."""
-    args, kwargs = [], {}
-    for value in values:
-        if value.lstrip().startswith("{"):
-            try:
-                found = json.loads(value)
-            except json.JSONDecodeError as e:
-                raise ConversionError(f"--model-arg {value!r} is not a JSON object ({e})") from None
-            kwargs.update(found)
-        elif "=" in value and value.split("=", 1)[0].isidentifier():
-            name, text = value.split("=", 1)
-            kwargs[name] = _json_or_text(text)
-        else:
-            args.append(_json_or_text(value))
-    return args, kwargs
-
-
-def _json_or_text(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _original(recipe, checkpoint: Path, trust_pickle: bool, step):
-    """The recipe's architecture holding the checkpoint's weights (a file, or a save_pretrained directory's)."""
-    from ..storage import huggingface
-    from ..storage.checkpoint import load_into, load_state_dict
-
-    step(f"loading {checkpoint.name}")
-    if huggingface.is_pretrained_dir(checkpoint):
-        state_dict = huggingface.read_weights(checkpoint, trust_pickle=trust_pickle)
-    else:
-        state_dict = load_state_dict(checkpoint, trust_pickle=trust_pickle)
-    step(f"building {recipe.source}")
-    model = recipe.build()
-    try:
-        load_into(model, state_dict, source=str(checkpoint))
-    except ConversionError as e:
-        if recipe.hf_config is not None:
-            # An architecture fc2conv refuses says so: transformers renames an attention model's saved weights on
-            # load, so their names alone would say only that the file does not fit.
-            recipe.convert(model)
-            raise
-        classes = _head_size(model, state_dict)
-        if classes is None:
-            raise
-        raise ConversionError(f"{e}\nHint: the file's head has {classes} outputs; "
-                              f"pass --num-classes {classes}") from None
-    return model
-
-
-def _head_size(model, state_dict) -> int | None:
-    """The file's output count when it differs from the model's only in the last layer's weight."""
-    expected = model.state_dict()
-    last = [k for k, v in expected.items() if k.endswith("weight") and v.dim() >= 2][-1:]
-    if not last or last[0] not in state_dict or set(expected) != set(state_dict):
-        return None
-    found, wanted = state_dict[last[0]].shape, expected[last[0]].shape
-    return int(found[0]) if found[0] != wanted[0] and found[1:] == wanted[1:] else None
 
 
 def _describe_model(model, recipe, checkpoint: Path) -> str:
@@ -177,12 +91,13 @@ def _checkpoint_files(checkpoint: Path) -> list[Path]:
     return huggingface.input_files(checkpoint) if huggingface.is_pretrained_dir(checkpoint) else []
 
 
-def _model_def_file(model_def: str | None) -> Path | None:
-    return Path(model_def.rpartition(":")[0]) if model_def and ":" in model_def else None
-
-
-def _labels_file(value: str | None) -> Path | None:
-    return Path(value) if value is not None and Path(value).is_file() else None
+def _inputs(checkpoint: Path, model_def: str | None, labels: str | None) -> dict[str, Path | None]:
+    """The files `convert` reads, by flag: the checkpoint (the files fc2conv reads of a save_pretrained directory,
+    which may hold outputs beside them), the --model-def file, the --labels file."""
+    files = _checkpoint_files(checkpoint)
+    return {**({f"CHECKPOINT's {path.name}": path for path in files} if files else {"CHECKPOINT": checkpoint}),
+            "--model-def": Path(model_def.rpartition(":")[0]) if model_def and ":" in model_def else None,
+            "--labels": Path(labels) if labels is not None and Path(labels).is_file() else None}
 
 
 def _parse_labels(value: str | None) -> list[str] | None:
@@ -215,11 +130,13 @@ def inspect(
 
     out = Output(quiet=quiet, as_json=as_json)
     with usage_errors(), out.steps(3) as step:
-        recipe = _recipe(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears,
-                         density, reduce)
-        model = _original(recipe, checkpoint, trust_pickle, step)
+        recipe = recipe_of(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode,
+                           channels_last_linears, density, reduce)
+        blame = blame_for(recipe, checkpoint, input_shape)
+        model = original(recipe, checkpoint, trust_pickle, step, blame)
         step("converting")
-        converted = recipe.convert(model)
+        with named_by(blame, model):
+            converted = recipe.convert(model)
         geometry_text, geometry = _describe_geometry(converted)
         densities = allowed_densities(converted) if recipe.mode == "dense" and recipe.density == 1 else None
     out.say(_describe_model(model, recipe, checkpoint))
@@ -270,8 +187,8 @@ def convert(
     """
     out = Output(quiet=quiet, as_json=as_json)
     with usage_errors():
-        recipe = _recipe(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears,
-                         density, reduce)
+        recipe = recipe_of(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode,
+                           channels_last_linears, density, reduce)
         targets = [*output, *([onnx] if onnx else [])]
         if not targets:
             raise ConversionError("give at least one output: -o OUT.pt2, -o OUT.safetensors or --onnx OUT.onnx")
@@ -283,19 +200,23 @@ def convert(
             if path.suffix not in (EXPORT_SUFFIX, *STATE_SUFFIXES):
                 raise ConversionError(f"-o {path}: unknown output format; name it {EXPORT_SUFFIX} (torch.export), "
                                       f"{', '.join(STATE_SUFFIXES)} (weights + recipe), or use --onnx")
-        check_outputs(targets, force, inputs=[checkpoint, *_checkpoint_files(checkpoint), _model_def_file(model_def),
-                                              _labels_file(labels)])
+        flags = {("-o" if len(output) == 1 else f"-o #{k + 1}"): path for k, path in enumerate(output)}
+        check_outputs({**flags, **({"--onnx": onnx} if onnx else {})}, force, inputs=_inputs(checkpoint, model_def,
+                                                                                              labels))
         with out.steps(3 + (not no_verify) + len(targets)) as step:
-            model = _original(recipe, checkpoint, trust_pickle, step)
+            blame = blame_for(recipe, checkpoint, input_shape)
+            model = original(recipe, checkpoint, trust_pickle, step, blame)
             onnx_options = _onnx_metadata(checkpoint, recipe, labels, mean, std)  # the checkpoint read: it is sound
             step("converting")
-            converted = recipe.convert(model)
+            with named_by(blame, model):
+                converted = recipe.convert(model)
             report = None
             if not no_verify:
                 step("verifying")
                 from ..conversion.verification import verify
 
-                report = verify(model, converted)
+                with named_by(blame, model):
+                    report = verify(model, converted)
             if report is None or report.ok:
                 written = _write(converted, recipe, output, onnx, onnx_options, force, step)
         geometry_text, geometry = _describe_geometry(converted)
@@ -365,9 +286,11 @@ def verify(
                     f"{artifact} was converted from the model definition {recipe.model_def}; running it executes "
                     f"that file's code, so pass it explicitly: --model-def {recipe.model_def}")
             recipe = Recipe(**{**asdict(recipe), "model_def": model_def})
-        model = _original(recipe, checkpoint, trust_pickle, step)
+        blame = blame_for(recipe, checkpoint, None, artifact=artifact)
+        model = original(recipe, checkpoint, trust_pickle, step, blame)
         step("converting the original")
-        reference = recipe.convert(model)
+        with named_by(blame, model):
+            reference = recipe.convert(model)
         step(f"loading {artifact.name}")
         converted = load(artifact, model_def=model_def, trust_pickle=trust_pickle)
         if isinstance(converted, ExportedModule):  # a program knows no geometry: take the reference's

@@ -44,7 +44,7 @@ def run(
     out = Output(quiet=quiet, as_json=as_json)
     with usage_errors():
         if heatmap is not None:
-            check_outputs([heatmap], force, inputs=[model, image])
+            check_outputs({"--heatmap": heatmap}, force, inputs={"MODEL": model, "IMAGE": image})
         from ..runtime import DenseModel
         from ..runtime import heatmap as write_heatmap
         from ..runtime.images import MAX_PIXELS
@@ -170,8 +170,7 @@ def scan(
 
     # The libraries' logs and warnings stay back (pages of them on failure paths): the error says what matters.
     with usage_errors(), quiet_libraries() as caught:
-        extra = [p for p in (overview, detections, detections and detections.with_suffix(".geojson"), ome_tiff) if p]
-        check_outputs(extra, force, inputs=[model, image])
+        # Every output is checked by the scan itself, against the others and the inputs, before any work.
         from ..runtime import scan as scan_image
         from ..runtime.images import MAX_PIXELS
 

@@ -23,8 +23,8 @@ def quantize(
                                  show_default=False),
     calibration: Path = typer.Option(..., "--calibration", metavar="DATA", show_default=False,
                                      help="A directory of images, one image, or a .npy batch (N×C×H×W), read as "
-                                          "`fc2conv run` reads them, at any sizes; every fourth is held out to "
-                                          "measure the drift."),
+                                          "`fc2conv run` reads them, at any sizes; at most 300 are used, evenly "
+                                          "spaced by name, and every fourth is held out to measure the drift."),
     output: Path = typer.Option(..., "--output", "-o", metavar="OUT.onnx", show_default=False,
                                 help="The int8 model to write."),
     method: str = typer.Option("minmax", "--method", help="Calibration: minmax, entropy or percentile."),
@@ -41,14 +41,19 @@ def quantize(
     measure how far its scores drift from float32 on held-out images."""
     out = Output(quiet=quiet, as_json=as_json)
     with usage_errors():
-        check_outputs([output], force, inputs=[model, calibration])
+        # A calibration folder may hold the output beside the images: only a calibration file is one to keep apart.
+        check_outputs({"-o": output}, force, inputs={"MODEL": model,
+                                                     "--calibration": calibration if calibration.is_file() else None})
+        from ..runtime.calibration import MAX_INPUTS
         from ..runtime.images import MAX_PIXELS
         from ..runtime.quantization import quantize as quantize_model
 
         done = quantize_model(model, output, calibration, method=method, float_layers=float_layers, force=force,
                               max_pixels=max_pixels or MAX_PIXELS)
     summary = done.calibration
-    out.say(f"calibrated on {summary['images']} image(s) ({summary['method']}), sizes "
+    picked = (f" of {summary['found']:,} found (at most {MAX_INPUTS} used, evenly spaced in name order)"
+              if summary["found"] > summary["images"] + summary["held_out"] else "")
+    out.say(f"calibrated on {summary['images']} image(s){picked} ({summary['method']}), sizes "
             f"{', '.join(times(s) for s in summary['sizes'])}; drift measured on "
             + (f"{summary['held_out']} held-out image(s)" if summary["held_out"] else "the calibration image itself "
                "(one image: none to hold out)")

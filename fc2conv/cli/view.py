@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .app import FORCE, QUIET, Output, app, check_outputs, usage_errors
+from .app import FORCE, QUIET, Output, app, usage_errors
 
 __all__ = ["view"]
 
@@ -42,12 +42,11 @@ def view(
     with usage_errors():
         box = _numbers(region, "--region", 4) if region else None
         canvas = _numbers(size, "--size", 2)
-        if screenshot is not None:
-            check_outputs([screenshot], force, inputs=[store, slide, detections])
-        from ..viewer import show
+        from ..viewer import show  # checks the flags, the store, the slide, the detections and --screenshot first
 
-        written = show(store, slide=slide, classes=classes and classes.split(","), detections=detections,
-                       screenshot=screenshot, region=box, size=canvas, force=force)
+        chosen = None if classes is None else classes.split(",")
+        written = show(store, slide=slide, classes=chosen, detections=detections, screenshot=screenshot, region=box,
+                       size=canvas, force=force)
     if written is not None:
         out.say(f"wrote {written}")
 
@@ -59,6 +58,6 @@ def _numbers(text: str, flag: str, count: int) -> tuple[int, ...]:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != count or (flag == "--size" and min(values) < 1):
+    if len(values) != count:  # the ranges are checked by fc2conv.viewer, for the Python API too
         raise ConversionError(f"{flag} takes {count} comma-separated whole numbers; got {text!r}")
     return values

@@ -8,8 +8,9 @@ and which instruction sets and kernels did the work. No torch; OpenVINO is impor
                                                # MLAS kernels as its CPU flags select them
 
 Precisions: onnxruntime runs float32 (`fp32`) only; OpenVINO runs `fp32`, `bf16` or `fp16` through its
-`INFERENCE_PRECISION_HINT`, and a CPU without the units for one runs another: `session.executed` is what the
-compiled model reports it runs (this project's AVX512-BF16 CPU runs a `fp16` hint as bf16). An int8 file
+`INFERENCE_PRECISION_HINT`, and a CPU without the units for one runs another (`fc2conv.runtime.cpu.Cpu.runs`: bf16
+as fp32 on AVX2, fp16 as bf16 on AVX512-BF16), which is what it is asked for: `session.executed` is what the compiled
+model reports it runs. An int8 file
 (`fc2conv quantize`) runs on either backend; its float parts at the session's precision. Only `fp32` on a
 float32 file gives the exported numbers (`exact` in `numerics`); everything else is approximate, by the drift
 `fc2conv quantize` measures and the benchmark reports.
@@ -31,9 +32,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, first_line
+from .cpu import detect
+from .metadata_file import read_entries
 
-__all__ = ["BACKENDS", "OPENVINO_EXTRA", "PRECISIONS", "Session", "check_backend", "cpu_flags", "mlas_kernels",
-           "numerics", "open_session", "precision_label"]
+__all__ = ["BACKENDS", "OPENVINO_EXTRA", "PRECISIONS", "Session", "check_backend", "numerics", "open_session",
+           "precision_label"]
 
 BACKENDS = ("onnxruntime", "openvino")
 PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16", "fp16")}
@@ -81,7 +84,8 @@ def numerics(backend: str, label: str, model_exact: bool | None, requested: str 
 
 class Session:
     """A model open in one backend: `run(x)` gives its first output; `input_name`, `output_shape` (the first output's
-    dims, ints where static), `custom_metadata` (the file's metadata_props), `executed` (the float precision it
+    dims, ints where static), `custom_metadata` (the file's metadata_props as (key, value) entries, read from the
+    file by `fc2conv.runtime.metadata_file`, never from the backend's own map), `executed` (the float precision it
     runs), and `session`, the backend's own object (an `onnxruntime.InferenceSession` or an OpenVINO
     `CompiledModel`)."""
 
@@ -90,7 +94,7 @@ class Session:
     executed: str
     input_name: str
     output_shape: list
-    custom_metadata: dict[str, str]
+    custom_metadata: list[tuple[str, str]]
     session: Any
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -121,16 +125,16 @@ class OnnxRuntimeSession(Session):
         self.precision = self.executed = "fp32"
         self.input_name = self.session.get_inputs()[0].name
         self.output_shape = list(self.session.get_outputs()[0].shape)
-        self.custom_metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.custom_metadata = read_entries(path)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
 
     def kernels(self) -> dict[str, Any]:
-        flags = cpu_flags()
-        return {"backend": "onnxruntime", "source": "CPU flags (onnxruntime does not report the kernels it runs; "
-                "these are the MLAS kernels its dispatch picks for these flags)", "kernels": mlas_kernels(flags),
-                "cpu_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni", "avx2", "fma")))}
+        cpu = detect()
+        return {"backend": "onnxruntime", "source": f"CPU flags from {cpu.source} (onnxruntime does not report the "
+                "kernels it runs; these are the MLAS kernels its dispatch picks for these flags)",
+                "kernels": cpu.mlas_kernels(), "cpu_class": cpu.kind, "cpu_flags": cpu.shown_flags()}
 
 
 class OpenVINOSession(Session):
@@ -147,7 +151,10 @@ class OpenVINOSession(Session):
             model = core.read_model(str(path))
         except Exception as e:  # OpenVINO raises RuntimeError with pages of context
             raise ConversionError(f"{path}: OpenVINO cannot read it as an ONNX model ({first_line(e)})") from None
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_HINT[precision], "PERFORMANCE_HINT": "LATENCY"}
+        # Asked for what this CPU runs (`fc2conv.runtime.cpu`): OpenVINO would fall back by itself, but this way a
+        # pinned CPU class is honoured too; what it really ran is read back below.
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_HINT[detect().runs(precision)],
+                                  "PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
             config.update(INFERENCE_NUM_THREADS=threads, ENABLE_CPU_PINNING=False)
         try:
@@ -160,11 +167,7 @@ class OpenVINOSession(Session):
         self.input_name = model.inputs[0].get_any_name()
         dims = model.outputs[0].partial_shape
         self.output_shape = [d.get_length() if d.is_static else None for d in dims]
-        # The ONNX file's metadata_props, which OpenVINO's ONNX reader keeps under "framework".
-        framework = model.get_rt_info()["framework"] if model.has_rt_info("framework") else {}
-        framework = framework.astype(dict) if hasattr(framework, "astype") else framework
-        self.custom_metadata = {key: value.astype(str) if hasattr(value, "astype") else str(value)
-                                for key, value in framework.items()}
+        self.custom_metadata = read_entries(path)
         self._requests = threading.local()  # an infer request serves one thread at a time; the compiled model many
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -200,34 +203,3 @@ def open_session(path: str | os.PathLike, *, backend: str = "onnxruntime", preci
         raise ConversionError("providers and session_options are onnxruntime's; --backend openvino takes threads "
                               "and a precision")
     return OpenVINOSession(Path(path), precision=precision, threads=threads)
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def mlas_kernels(flags: set[str]) -> dict[str, str]:
-    """The GEMM kernels onnxruntime's MLAS dispatch selects on x86-64 for CPU `flags`: float32, and int8 (u8
-    activations × s8 weights, the QDQ files `fc2conv quantize` writes)."""
-    fp32 = "avx512f" if "avx512f" in flags else "avx2+fma" if {"avx2", "fma"} <= flags else "sse"
-    if {"amx_int8", "amx_tile"} <= flags:
-        int8 = "amx_int8"
-    elif "avx512_vnni" in flags:
-        int8 = "avx512_vnni"
-    elif "avx_vnni" in flags:
-        int8 = "avx_vnni"
-    elif {"avx512bw", "avx512vl"} <= flags:
-        int8 = "avx512bw (no VNNI: u8×s8 products saturate at 16 bits)"
-    elif "avx2" in flags:
-        int8 = "avx2 (no VNNI: u8×s8 products saturate at 16 bits)"
-    else:
-        int8 = "sse"
-    return {"fp32": fp32, "int8": int8}

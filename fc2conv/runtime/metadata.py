@@ -16,19 +16,28 @@ read by `fc2conv.runtime` and the scanner, and checked by the same rules on both
   `calibration` (an object: `method`, `images`, `held_out`, `mosaics`, `sizes`), `drift` (an object:
   `argmax_agreement` and `max_abs_probability` in [0, 1], `max_relative_score` ≥ 0, `cells`, `images`),
   `float_layers` (the node names kept in float).
+
+Every field is bounded before it is trusted: a key given twice is refused (readers would keep different copies),
+each JSON text is at most `MAX_TEXT` characters nested at most `MAX_DEPTH` deep before it is parsed, numbers are
+finite (no NaN, Infinity or 1e999) and in their ranges (integers up to `MAX_INT`, normalisation within
+`NORMALISATION`), and labels are plain text of at most `MAX_LABEL` characters with no control characters
+(`check_labels`). Files are read by `fc2conv.runtime.metadata_file`, the one reader for every backend.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
 from ..shapes import spatial_axes
 
-__all__ = ["HINTS", "MODES", "ONE_CELL", "PRECISIONS", "PREFIX", "REDUCES", "axis_names", "decode", "decode_hints",
-           "encode", "validate", "validate_hints"]
+__all__ = ["HINTS", "MAX_LABEL", "MODES", "ONE_CELL", "PRECISIONS", "PREFIX", "REDUCES", "axis_names", "check_labels",
+           "decode", "decode_hints", "encode", "forged_character", "validate", "validate_hints"]
 
 PREFIX = "fc2conv."
 MODES = ("dense", "global", "cam", "pool")
@@ -37,6 +46,19 @@ REDUCES = ("avg", "max", "avgmax")  # how mode "pool" reduces the dense map: mea
 REQUIRED = ("input_shape", "mode")
 HINTS = ("labels", "mean", "std")  # what a deployer needs beyond the model: also carried by checkpoints
 PRECISIONS = ("fp32", "int8")  # of the file's weights and activations: float32, or int8 from `fc2conv quantize`
+MAX_LABEL = 1000  # characters in one class name
+MAX_TEXT = 4 * 2**20  # characters of one field's JSON (fc2conv.runtime.metadata_file bounds the bytes alike)
+MAX_DEPTH = 8  # nesting of arrays and objects in one field (fc2conv writes at most 3: calibration's sizes)
+MAX_INT = 2**31 - 1  # sizes, strides, windows and counts
+# Ranges of |mean| and std: inputs are scaled to [0, 1] or raw 0…255 values; beyond these, float32 inputs overflow
+# or lose every digit after normalisation.
+NORMALISATION = {"mean": (0.0, 1e6), "std": (1e-6, 1e6)}
+_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+# Characters a label may not hold, because they would forge what a terminal, a CSV file or a viewer shows: control
+# characters (a CR/LF starts a fake table row, ESC a terminal escape), line and paragraph separators, and the
+# bidirectional overrides and isolates that reorder what is shown ("Trojan Source").
+_FORGING_CATEGORIES = ("Cc", "Zl", "Zp")
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 
 
 def axis_names(spatial: int) -> tuple[str, ...]:
@@ -49,20 +71,56 @@ def encode(values: Mapping[str, Any]) -> dict[str, str]:
     return {PREFIX + key: json.dumps(value) for key, value in values.items()}
 
 
-def decode(found: Mapping[str, str], *, source: str, classes: int | None = None) -> dict[str, Any]:
-    """The fc2conv values among a model's metadata_props, parsed and validated (see `validate`)."""
-    values = {}
-    for key, text in found.items():
+def decode(found: Mapping[str, str] | Iterable[tuple[str, str]], *, source: str,
+           classes: int | None = None) -> dict[str, Any]:
+    """The fc2conv values among a model's metadata_props (a mapping, or the (key, value) entries of
+    `fc2conv.runtime.metadata_file.read_entries`), parsed (`parse`) and validated (see `validate`). A key given twice
+    is refused: readers that keep different copies would disagree."""
+    values: dict[str, Any] = {}
+    for key, text in found.items() if isinstance(found, Mapping) else found:
         if not key.startswith(PREFIX):
             continue
-        try:
-            values[key.removeprefix(PREFIX)] = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConversionError(f"{source}: metadata field {key} is not valid JSON ({e})") from None
+        name = key.removeprefix(PREFIX)
+        if name in values:
+            raise ConversionError(f"{source}: metadata field {key} is given twice; readers would disagree on which "
+                                  "one holds, so the file is refused")
+        values[name] = parse(text, source=source, field=key)
     if not values:
         raise ConversionError(f"{source} has no fc2conv metadata: write it with fc2conv.export_onnx")
     validate(values, source=source, classes=classes)
     return values
+
+
+def parse(text: str, *, source: str, field: str) -> Any:
+    """The JSON value `text` of metadata `field`, its size and nesting bounded before it is parsed; `ConversionError`
+    naming the field for text that is too large, too deep, not JSON, or holds NaN or Infinity."""
+    if len(text) > MAX_TEXT:
+        raise ConversionError(f"{source}: metadata field {field} has {len(text):,} characters, more than {MAX_TEXT:,}")
+    if _nesting(text) > MAX_DEPTH:
+        raise ConversionError(f"{source}: metadata field {field} nests arrays or objects more than {MAX_DEPTH} deep")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as e:  # JSONDecodeError, NaN or Infinity, an integer of more digits than Python parses
+        raise ConversionError(f"{source}: metadata field {field} is not valid JSON ({first_line(e, limit=120)})") \
+            from None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON `text`, brackets inside strings ignored (an unterminated
+    string runs to the end, so the scan stays linear)."""
+    depth = deepest = 0
+    for token in _STRUCTURE.finditer(text):
+        bracket = token.group()
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif bracket in "]}":
+            depth -= 1
+    return deepest
 
 
 def validate(values: Mapping[str, Any], *, source: str, classes: int | None = None) -> None:
@@ -70,7 +128,7 @@ def validate(values: Mapping[str, Any], *, source: str, classes: int | None = No
     when known, is the number of scores per cell that `labels` must match."""
 
     def fail(key: str, why: str) -> ConversionError:
-        return ConversionError(f"{source}: metadata field {PREFIX}{key} {why}; got {values.get(key)!r}")
+        return ConversionError(f"{source}: metadata field {PREFIX}{key} {why}; got {_shown(values.get(key))}")
 
     for key in REQUIRED:
         if key not in values:
@@ -134,12 +192,13 @@ def validate_hints(values: Mapping[str, Any], *, source: str, channels: int, cla
     one number per input channel or one for all, `std` positive."""
 
     def fail(key: str, why: str) -> ConversionError:
-        return ConversionError(f"{source}: metadata field {PREFIX}{key} {why}; got {values.get(key)!r}")
+        return ConversionError(f"{source}: metadata field {PREFIX}{key} {why}; got {_shown(values.get(key))}")
 
     labels = values.get("labels")
     if labels is not None:
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
             raise fail("labels", "must be a list of strings")
+        check_labels(labels, source=f"{source}: metadata field {PREFIX}labels")
         if classes is not None and len(labels) != classes:
             raise fail("labels", f"must name each of the model's {classes} classes, not {len(labels)}")
     for key in ("mean", "std"):
@@ -148,9 +207,35 @@ def validate_hints(values: Mapping[str, Any], *, source: str, channels: int, cla
             continue
         numbers = isinstance(value, list) and all(_number(v) for v in value)
         if not numbers or len(value) not in (1, channels):
-            raise fail(key, f"must be 1 or {channels} numbers (one per input channel)")
-        if key == "std" and any(v <= 0 for v in value):
-            raise fail(key, "must be positive")
+            raise fail(key, f"must be 1 or {channels} numbers (one per input channel), each finite")
+        low, high = NORMALISATION[key]
+        if not all(low <= abs(v) <= high and (key == "mean" or v > 0) for v in value):
+            raise fail(key, f"must be in [-{high:g}, {high:g}]" if key == "mean" else
+                       f"must be positive, in [{low:g}, {high:g}]")
+
+
+def forged_character(text: str) -> str | None:
+    """The first character of `text` that would change how the text around it is shown (see `_FORGING_CATEGORIES`),
+    as "U+000D", or None when there is none."""
+    for character in text:
+        if unicodedata.category(character) in _FORGING_CATEGORIES or character in _BIDI_CONTROLS:
+            return f"U+{ord(character):04X}"
+    return None
+
+
+def check_labels(labels: Sequence[str], *, source: str) -> None:
+    """`ConversionError` naming `source` and the class for a label that is not a string, is longer than `MAX_LABEL`
+    characters, or holds a character that forges output (`forged_character`): labels are printed in tables and
+    written to CSV, GeoJSON and viewers, so they are refused where they are read rather than escaped in each."""
+    for index, label in enumerate(labels):
+        if not isinstance(label, str):
+            raise ConversionError(f"{source}: label {index} is not a string; got {type(label).__name__}")
+        if len(label) > MAX_LABEL:
+            raise ConversionError(f"{source}: label {index} has {len(label)} characters, more than {MAX_LABEL}")
+        character = forged_character(label)
+        if character is not None:
+            raise ConversionError(f"{source}: label {index} ({label[:40]!r}) holds the control character {character}, "
+                                  "which would forge lines in tables, CSV files and viewers; labels must be plain text")
 
 
 def decode_hints(found: Mapping[str, str], *, source: str, channels: int) -> dict[str, Any]:
@@ -169,9 +254,18 @@ def decode_hints(found: Mapping[str, str], *, source: str, channels: int) -> dic
 
 
 def _ints(value: Any, *, minimum: int) -> bool:
-    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and minimum <= v <= MAX_INT
                                            for v in value)
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # not NaN
+    """A finite number: JSON's 1e999 parses as infinity, and NaN or Infinity would turn every score into NaN."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) < 1e300 if isinstance(value, int) else math.isfinite(value)  # no float() of a huge int
+
+
+def _shown(value: Any) -> str:
+    """`value` for an error message: its repr, cut short (a field may be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:79] + "…"

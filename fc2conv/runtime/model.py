@@ -35,6 +35,7 @@ from PIL import Image
 from ..errors import ConversionError, first_line
 from ..shapes import VECTOR_MAP, is_vector_input, map_size, times
 from ..storage.atomic import atomic_output
+from .arrays import check_finite, open_npy, samples_within
 from .backends import numerics, open_session, precision_label
 from .images import MAX_PIXELS, ImageLike, load_image
 from .metadata import decode, validate
@@ -200,27 +201,34 @@ class DenseModel:
         image model is C×H×W. An MLP takes one D-vector or a D×H×W map of them (channels first), and an image
         file when D is its channel count (a pixel classifier). `.npy` files are read without pickle.
         """
+        source = str(data) if isinstance(data, str | os.PathLike) else "the input"
         if _is_npy(data):
-            x = _load_npy(Path(data))
+            x = open_npy(data)
+            samples_within(x, max_pixels and max_pixels * self.channels, source=source)
         elif isinstance(data, np.ndarray) and not self.is_image:
-            x = data.astype(np.float32)
+            x = data
         elif self.is_image or (self.takes_vectors and self.channels in (1, 3)):
             x = load_image(data, self.channels, max_pixels=max_pixels).transpose(2, 0, 1)
         else:
             raise ConversionError(f"this model takes {self._expected()} arrays, a .npy file or a numpy array, not "
                                   f"{type(data).__name__}")
-        return self.normalise(x)
+        return self.normalise(x, source=source)
 
-    def normalise(self, x: np.ndarray) -> np.ndarray:
+    def normalise(self, x: np.ndarray, *, source: str = "the input") -> np.ndarray:
         """The 1×C×(spatial) float32 input for the channels-first array `x` as a `.npy` file holds it: its shape
-        checked, then normalised with the metadata's mean and std."""
+        checked, its samples numbers and finite (`ConversionError` naming `source` otherwise), then normalised with
+        the metadata's mean and std."""
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise ConversionError(f"{source}: a {x.dtype} array is not numbers")
+        x = np.asarray(x, dtype=np.float32)
+        check_finite(x, source=source)
         if self.takes_vectors and x.ndim == 1:
             x = x.reshape(*x.shape, *VECTOR_MAP)  # one vector: a 1×1 map of it
         if x.ndim != len(self.reference) + 1 or x.shape[0] != self.channels:
             hint = (f"; N vectors as rows are the {self.channels}×N×1 map x.T[:, :, None]"
                     if self.takes_vectors and x.ndim == 2 and x.shape[1] == self.channels else "")
-            raise ConversionError(f"the model takes {self._expected()} inputs (channels first); got an array of "
-                                  f"shape {x.shape}{hint}")
+            raise ConversionError(f"{source}: the model takes {self._expected()} inputs (channels first); got an "
+                                  f"array of shape {x.shape}{hint}")
         view = (-1, *(1,) * len(self.reference))
         for key in ("mean", "std"):
             if key in self.metadata:
@@ -253,17 +261,6 @@ class DenseModel:
 
 def _is_npy(data: ImageLike) -> bool:
     return isinstance(data, str | os.PathLike) and Path(data).suffix == ".npy"
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    """A float32 array from a `.npy` file, read without pickle."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}: cannot read it as a .npy array ({first_line(e)})") from None
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ConversionError(f"{path}: a {array.dtype} array is not numbers")
-    return array.astype(np.float32)
 
 
 def heatmap(

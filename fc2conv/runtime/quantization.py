@@ -1,30 +1,38 @@
 """`fc2conv quantize`: an exported float32 model as static int8 (QDQ, per-channel weights), calibrated on images
-prepared as `fc2conv run` prepares them, with the drift from float32 measured on held-out images and stored in
-the file. onnxruntime's quantization tools, onnx and numpy; no torch.
+prepared as `fc2conv run` prepares them, with the drift from float32 measured on held-out images and stored in the
+file. onnxruntime's quantization tools, onnx and numpy; no torch.
 
     from fc2conv.runtime.quantization import quantize
     done = quantize("digits.onnx", "digits_int8.onnx", "calibration/")   # a directory, an image, or a .npy batch
     print(done.drift)              # argmax agreement with float32 per cell, max |Δprobability|, on held-out images
 
-How: the source's Identity nodes on constants (the exporter's way of sharing equal initializers, such as the
-zero biases of folded batch norms) are folded first, since a weight or bias reached through an Identity keeps
-onnxruntime from fusing its convolution into an int8 one (measured: ResNet18 at 896² ran its int8 file in 2.5 s with
-them, 0.5 s without). The calibration images (`fc2conv.runtime.calibration`; every fourth held out) run once through
-onnxruntime's calibrator (`minmax`, `entropy` or `percentile`), one image at a time so their sizes may differ; the
-ranges quantize every Conv (and the other ops onnxruntime quantizes) to QDQ with uint8 activations and int8 weights per
-output channel (u8×s8: onnxruntime's fast path on x86, measured 2.3× faster than s8×s8 here; OpenVINO runs both).
-`float_layers` keeps layers in float: "none", "first" (the first convolution), "last" (the last one, whose output
-is the scores), "first+last", or "auto": all int8 unless the held-out drift exceeds `AUTO_AGREEMENT` /
-`AUTO_PROBABILITY`, then "last", then "first+last", keeping the first that meets them (else the least drift);
-the file and the report say which layers stayed in float. The drift is measured on each held-out image and, for
-images of up to `MOSAIC_PIXELS`, on its 2×2 mosaic too: a dense map runs at sizes larger than calibration, where
-scores can leave the calibrated range of an int8 output (a random-weight ResNet18 calibrated at 224² kept 100% of
-its argmax at 224² and 0.2% at 896², until its last convolution stayed in float).
+How: the source's Identity nodes on constants (the exporter's way of sharing equal initializers, such as the zero
+biases of folded batch norms) are folded first, since a weight or bias reached through an Identity keeps onnxruntime
+from fusing its convolution into an int8 one (measured: ResNet18 at 896² ran its int8 file in 2.5 s with them, 0.5 s
+without). The calibration images (`fc2conv.runtime.calibration`: at most `MAX_INPUTS` of a set of any size, evenly
+spaced, every fourth held out) run once through onnxruntime's calibrator (`minmax`, `entropy` or `percentile`), one
+image at a time, so their sizes may differ and memory holds one of them; the ranges quantize every Conv (and the
+other ops onnxruntime quantizes) to QDQ with uint8 activations and int8 weights per output channel (u8×s8:
+onnxruntime's fast path on x86, measured 2.3× faster than s8×s8 here; OpenVINO runs both). The weights use 7 bits of
+their 8 (onnxruntime's `reduce_range`) on every CPU: without VNNI or AMX, onnxruntime sums u8×s8 pairs in 16 bits,
+which 8-bit weights can saturate (seen on an emulated AVX2 CPU: the digits CNN's largest probability change went
+from 0.08 to 0.28), and 7 bits cannot (2·255·64 < 2¹⁵). The file then drifts alike on every CPU class; with VNNI the
+drift measured no worse (0.079 against 0.075).
+
+`float_layers` keeps layers in float: "none", "first" (the first
+convolution), "last" (the last one, whose output is the scores), "first+last", or "auto": all int8 unless the
+held-out drift exceeds `AUTO_AGREEMENT` / `AUTO_PROBABILITY`, then "last", then "first+last", keeping the first that
+meets them (else the least drift); the file and the report say which layers stayed in float. The drift is measured
+on each held-out image and, for images of up to `MOSAIC_PIXELS`, on its 2×2 mosaic too: a dense map runs at sizes
+larger than calibration, where scores can leave the calibrated range of an int8 output (a random-weight ResNet18
+calibrated at 224² kept 100% of its argmax at 224² and 0.2% at 896², until its last convolution stayed in float).
 
 The output keeps dynamic batch and spatial axes and the source's `fc2conv.*` metadata, adds `precision: "int8"`,
-`calibration` (method, image counts and sizes), `drift` (`fc2conv.runtime.drift`, measured in onnxruntime) and
-`float_layers`, and is written atomically; the source file is never modified. Refused (`ConversionError`): a
-model already quantized, an empty or unreadable calibration set, images the model cannot take.
+`calibration` (method, inputs found, picked and held out, sizes, the weights' range, the CPU class it was measured
+on), `drift` (`fc2conv.runtime.drift`, measured in onnxruntime) and `float_layers`, and is written atomically; the
+source file is never modified. Refused (`ConversionError`): a model already quantized, an empty or unreadable
+calibration set, inputs the model cannot take (their file named: wrong channels, smaller than the window, NaN or
+infinite samples, a `.npy` header that does not match its file).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +51,8 @@ import numpy as np
 
 from ..errors import ConversionError, first_line
 from ..storage.atomic import atomic_output, refuse_existing
-from .calibration import Sample, read_calibration, split
+from .calibration import PICKED, CalibrationSet, Sample, read_calibration
+from .cpu import detect
 from .drift import Drift, measure
 from .images import MAX_PIXELS
 from .metadata import PREFIX
@@ -57,6 +66,7 @@ FLOAT_LAYERS = ("auto", "none", "first", "last", "first+last")
 # "auto" keeps layers in float while the held-out drift is worse than this.
 AUTO_AGREEMENT = 0.99
 AUTO_PROBABILITY = 0.1
+WEIGHTS = "int8 per channel, 7-bit range (no 16-bit saturation without VNNI)"
 MOSAIC_PIXELS = 2**20  # held-out images up to this size are also measured as a 2×2 mosaic of themselves
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
                  "ConvInteger", "MatMulInteger", "QLinearAdd", "QGemm"}
@@ -99,20 +109,17 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: str 
     if found or source.model_precision != "fp32":
         why = f"it has {', '.join(found)} nodes" if found else f"its metadata says precision {source.model_precision}"
         raise ConversionError(f"{model} is already quantized ({why}); quantize its float32 source instead")
-    samples = read_calibration(calibration, source, max_pixels=max_pixels)
-    calibrating, held = split(samples)
-    measured = [s.x for s in held] + [_mosaic(s.x) for s in held if s.x[0, 0].size <= MOSAIC_PIXELS]
-    references = [source.infer(x) for x in measured]
+    inputs = read_calibration(calibration, source, max_pixels=max_pixels)
     candidates = _candidates(graph, float_layers)
     tried = []
     with tempfile.TemporaryDirectory(prefix="fc2conv-quantize-") as tmp, _quiet():
         prepared = _fold_identities(graph, model, Path(tmp))
-        ranges = _calibrate(prepared, source.input_name, calibrating, method, Path(tmp))
+        ranges = _calibrate(prepared, source.input_name, inputs, method, Path(tmp))
         best = None
         for index, (name, nodes) in enumerate(candidates):
             path = Path(tmp) / f"candidate{index}.onnx"
-            _quantize_static(prepared, path, ranges, method, nodes, _Reader(source.input_name, calibrating))
-            drift = _drift(path, measured, references)
+            _quantize_static(prepared, path, ranges, method, nodes, _Reader(source.input_name, inputs.samples()))
+            drift = _drift(path, source, inputs)
             tried.append({"float_layers": name, "nodes": nodes, "drift": drift.to_dict()})
             if best is None or (drift.argmax_agreement, -drift.max_abs_probability) > \
                     (best[2].argmax_agreement, -best[2].max_abs_probability):
@@ -121,10 +128,11 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: str 
                 best = (path, nodes, drift)
                 break
         path, nodes, drift = best
-        summary = {"method": method, "images": len(calibrating),
-                   "held_out": len(held) if held is not calibrating else 0, "mosaics": len(measured) - len(held),
-                   "sizes": [list(size) for size in sorted({s.size for s in samples})],
-                   "activations": "uint8", "weights": "int8 per channel"}
+        summary = {"method": method, "found": inputs.found, "images": len(inputs.calibrating),
+                   "held_out": len(inputs.held_out) if inputs.held_separately else 0,
+                   "mosaics": drift.images - len(inputs.held_out), "picked": PICKED,
+                   "sizes": [list(size) for size in sorted(inputs.sizes)],
+                   "activations": "uint8", "weights": WEIGHTS, "cpu": detect().kind}
         result = _load(path)
         _check_dynamic(graph, result, model)
         _set_metadata(result, {"precision": "int8", "calibration": summary, "drift": drift.to_dict(),
@@ -164,16 +172,16 @@ def _candidates(graph, float_layers: str) -> list[tuple[str, list[str]]]:
 
 
 class _Reader:
-    """onnxruntime's calibration data reader over prepared samples."""
+    """onnxruntime's calibration data reader over prepared samples, read as it asks for them."""
 
-    def __init__(self, name: str, samples: list[Sample]) -> None:
-        self.inputs = iter([{name: s.x} for s in samples])
+    def __init__(self, name: str, samples: Iterable[Sample]) -> None:
+        self.inputs = ({name: s.x} for s in samples)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.inputs, None)
 
 
-def _calibrate(model: Path, name: str, samples: list[Sample], method: str, tmp: Path) -> Path | None:
+def _calibrate(model: Path, name: str, inputs: CalibrationSet, method: str, tmp: Path) -> Path | None:
     """The activation ranges of `samples` in onnxruntime's calibration cache file; one image at a time, so images of
     any size calibrate together and a histogram method holds one image's activations at once. None with an
     onnxruntime too old to take a cache (`quantize_static` then calibrates on its own)."""
@@ -187,9 +195,11 @@ def _calibrate(model: Path, name: str, samples: list[Sample], method: str, tmp: 
     calibrator = create_calibrator(model, augmented_model_path=str(tmp / "augmented.onnx"),
                                    calibrate_method=_method(method))
     try:
-        for sample in samples:
+        for sample in inputs.samples():
             calibrator.collect_data(_Reader(name, [sample]))
         ranges = calibrator.compute_data()
+    except ConversionError:  # an input that cannot be read, named by its file
+        raise
     except Exception as e:  # onnxruntime and numpy errors from deep inside the calibrator
         raise ConversionError(f"{model}: calibration failed ({first_line(e, named=True)})") from None
     cache = tmp / "ranges.json"
@@ -211,15 +221,25 @@ def _quantize_static(model: Path, out: Path, ranges: Path | None, method: str, e
     cached = {"calibration_cache_path": str(ranges)} if ranges is not None else {}
     try:
         quantize_static(str(model), str(out), None if cached else reader, quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
                         calibrate_method=_method(method), nodes_to_exclude=list(exclude), **cached)
     except Exception as e:
         raise ConversionError(f"{model}: onnxruntime could not quantize it ({first_line(e, named=True)})") from None
 
 
-def _drift(path: Path, inputs: list[np.ndarray], references: list[np.ndarray]) -> Drift:
+def _drift(path: Path, source: DenseModel, inputs: CalibrationSet) -> Drift:
+    """The drift of the quantized `path` from `source` on the held-out inputs and the mosaics of the small ones,
+    read one at a time (the float32 scores are recomputed rather than kept: memory holds one input's)."""
     model = DenseModel(path)
-    return measure((reference, model.infer(x)) for x, reference in zip(inputs, references, strict=True))
+
+    def measured() -> Iterator[np.ndarray]:
+        for sample in inputs.held_out_samples():
+            yield sample.x
+            if sample.x[0, 0].size <= MOSAIC_PIXELS:
+                yield _mosaic(sample.x)
+
+    return measure((source.infer(x), model.infer(x)) for x in measured())
 
 
 def _mosaic(x: np.ndarray) -> np.ndarray:

@@ -4,30 +4,30 @@
     result = scan("slide.tif", model="model.onnx", out="slide.zarr", tile=2048, workers=2,
                   overview="overview.png", detections="found.csv", ome_tiff="map.ome.tif")
 
-The flow, one module each: `arguments` checks the flags and outputs → `source` (with `readers`, `tiff` and
-`zarr_source`) reads a level of the input lazily → `tiles` plans tiles on the stride grid with the receptive
-field's halo → `infer` evaluates a tile in the model's session (one per process), `samples` checking what it
-read → `stitch` writes the owned cells into a chunked zarr store and records each finished tile → `dispatch`
-runs the tiles here or on Dask → `ngff` adds the OME-Zarr metadata and the probability pyramid, placed on the
-slide by `placement` → `outputs` draws the overview and finds the detections (GeoJSON for QuPath), `qupath` writes
-the map as a pyramidal OME-TIFF on the slide's level-0 grid. `quiet` holds back the libraries' logs. Nothing here
-imports torch.
+The flow, one module each: `arguments` checks the flags, and `paths` the outputs against each other and the inputs
+→ `source` (with `readers`, `tiff` and `zarr_source`) reads a level of the input lazily → `tiles` plans tiles on
+the stride grid with the receptive field's halo → `infer` evaluates a tile in the model's session (one per
+process), `samples` checking what it read → `stitch` writes the owned cells into a chunked zarr store and records
+each finished tile → `dispatch` runs the tiles here or on Dask → `finish` puts every output in place together:
+`ngff` adds the OME-Zarr metadata and the probability pyramid, placed on the slide by `placement`, `outputs` draws
+the overview and finds the detections (GeoJSON for QuPath), `qupath` writes the map as a pyramidal OME-TIFF on the
+slide's level-0 grid. `quiet` holds back the libraries' logs. Nothing here imports torch.
 
 Guarantees: the stitched map equals the one-pass map of the same model on the same image (float32: max
 |tiled − one pass| / max |one pass| ≤ 1e-5) for every model whose metadata gives a receptive field; at reduced
 precision (`backend`/`precision`, or an int8 file) it equals a one-pass run of the same backend and precision
 (measured bit for bit on the digits CNN, ResNet18 and ResNet50 in every path of `bench.py --precision`; tested to
 1e-5), and the store records `exact: false`. Memory is bounded by the tile, not the image; `OUT.zarr` appears only
-complete (built as `.OUT.zarr.partial`, then renamed); a killed worker's tiles are recomputed; `resume=True` skips
-the tiles already written and ends equal to an uninterrupted scan. Models whose cells see the whole input are
-refused unless `approximate=True`.
+complete (built as `.OUT.zarr.partial`, then renamed together with the other outputs, all or none: `finish`); a
+killed worker's tiles are recomputed; `resume=True` skips the tiles already written and ends equal to an
+uninterrupted scan. Models whose cells see the whole input are refused unless `approximate=True`.
 
 Hostile inputs: files are checked before they are trusted (a TIFF header against its data, OME-Zarr metadata
 field by field, dataset paths and links kept inside the store; see `tiff` and `zarr_source`); a tile is clamped
 to the image and refused when its buffers exceed `TILE_MEMORY_BUDGET` (so is a file whose own blocks do, and a
-plan of more than `tiles.MAX_TILES` tiles); no output may be or lie inside an input (or hold one); every sample
-a tile reads is checked (`samples`): NaN or infinity stops the scan with `BadInput` and leaves no store, float
-samples outside [0, 1] end in one `SampleRangeWarning`.
+plan of more than `tiles.MAX_TILES` tiles); no output may be another output or an input, lie inside one or hold
+one (`paths`); every sample a tile reads is checked (`samples`): NaN or infinity stops the scan with `BadInput`
+and leaves no store, float samples outside [0, 1] end in one `SampleRangeWarning`.
 """
 
 from __future__ import annotations
@@ -45,10 +45,9 @@ import numpy as np
 from ..errors import ConversionError
 from ..runtime.backends import check_backend
 from ..runtime.images import MAX_PIXELS
-from ..storage.atomic import staged_outputs
-from . import dispatch, ngff, outputs, qupath, samples, stitch, tiles
+from . import dispatch, outputs, qupath, samples, stitch, tiles
 from .arguments import check_arguments
-from .placement import Placement
+from .finish import finish
 from .samples import BadInput, SampleRangeWarning, TileReport
 from .source import open_source
 from .tiles import TILE_MEMORY_BUDGET
@@ -129,8 +128,10 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
 
     `ConversionError` for bad arguments and inputs, before anything is written; `BadInput` (a `ConversionError`)
     when a tile meets NaN or infinite samples mid-scan, and the unfinished store is removed (left, and named, when
-    tiles ran on a `scheduler`'s cluster, where running tasks may still write to it). `SampleRangeWarning` after
-    a scan that read float samples outside [0, 1].
+    tiles ran on a `scheduler`'s cluster, where running tasks may still write to it); `ConversionError` (or the
+    interrupt itself) when writing the outputs fails once the tiles are done, every output path then as it was
+    before the call (`fc2conv.scan.finish`). `SampleRangeWarning` after a scan that read float samples outside
+    [0, 1].
     """
     started = time.perf_counter()
     check_backend(backend, precision)
@@ -192,8 +193,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     # A store begun by an older fc2conv records no placement: this scan's source is the same level of the same file.
     attrs = {**attrs, "placement": attrs.get("placement") or placement.to_attrs(),
              "outputs": {name: str(path.resolve()) for name, path in targets.items()}}
-    stitch.mark_complete(store, attrs)
-    written = _finish(store, out, targets, chosen, attrs, threshold=threshold, iou=iou, force=force)
+    written = finish(store, out, targets, chosen, attrs, threshold=threshold, iou=iou, force=force,
+                     created=created[1] if created else None)
     warning = samples.range_warning(report, src.spec.path)
     if warning:
         warnings.warn(warning, SampleRangeWarning, stacklevel=2)
@@ -249,33 +250,3 @@ def _store(out: Path, *, resume: bool, force: bool, plan, dtype: str, attrs: dic
     token = stitch.create(partial, plan, classes=attrs["classes"], dtype=dtype, attrs=attrs)
     return partial, token, {**attrs, "token": token}, True
 
-
-def _finish(store: Path, out: Path, targets: dict[str, Path], chosen: list[int], attrs: dict, *,
-            threshold: float, iou: float, force: bool) -> dict[str, Any]:
-    """Write the OME-Zarr map into the store, the overview, detections and OME-TIFF beside it, then put them and the
-    store in place together."""
-    import zarr
-
-    placement = Placement.from_attrs(attrs)
-    ngff.write(store, attrs, placement)
-    scores = zarr.open_array(str(store / "scores"), mode="r")
-    written: dict[str, Any] = dict(targets)
-    with staged_outputs(list(targets.values()), force=force) as staged:
-        staging = dict(zip(targets, staged, strict=True))
-        if "overview" in targets:
-            outputs.overview(scores, chosen, staging["overview"])
-        if "detections" in targets:
-            found = outputs.detections(scores, chosen, attrs["labels"], stride=tuple(attrs["stride"]),
-                                       window=tuple(attrs["window"]), image=tuple(attrs["image_size"]),
-                                       threshold=threshold, iou=iou)
-            outputs.write_csv(found, staging["detections"])
-            outputs.write_geojson(found, staging["geojson"], attrs["labels"], placement.level_edges_to_base)
-            written["found"] = len(found)
-        if "ome_tiff" in targets:
-            group = zarr.open_group(str(store / ngff.PROBABILITIES), mode="r")
-            pyramid = [group[str(m)] for m in range(len(group.attrs["fc2conv"]["levels"]))]
-            qupath.write_ome_tiff(pyramid, placement, chosen, attrs["labels"], outputs.class_colors(attrs["labels"]),
-                                  staging["ome_tiff"])
-        if store != out:
-            stitch.publish(store, out)
-    return written

@@ -1,13 +1,15 @@
 """The arguments of `fc2conv.scan.scan` that need no file read, checked before any work: flags in range, and
-outputs that can be written without touching an input."""
+outputs that can be written without touching an input or each other."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from ..errors import ConversionError
 from ..storage.atomic import refuse_existing
+from ..storage.paths import check_apart
 from . import dispatch, stitch
 
 __all__ = ["DTYPES", "check_arguments"]
@@ -17,13 +19,27 @@ _FLAGS = {"overview": "--overview", "detections": "--detections", "geojson": "--
           "ome_tiff": "--ome-tiff"}
 
 
+def _is_store(path: Path) -> bool:
+    """Whether `path` is a folder holding a zarr group whose attributes are a scan's (read as JSON, without zarr)."""
+    try:
+        if (path / "zarr.json").stat().st_size > 2**26:  # a scan's is a few KB: this is no store of ours
+            return False
+        with open(path / "zarr.json", encoding="utf-8") as f:
+            found = json.load(f)
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deep to be ours
+        return False
+    return isinstance(found, dict) and isinstance(found.get("attributes"), dict) and \
+        isinstance(found["attributes"].get(stitch.ATTRS), dict)
+
+
 def check_arguments(out: Path, model: Path, source: Path, *, tile, workers, scheduler, overview, detections,
                      threshold, iou, dtype, resume, force, ome_tiff=None) -> dict[str, Path]:
     """Validate what needs no file read; returns the extra outputs by name (overview, detections, geojson,
     ome_tiff).
 
-    No output (nor `out`'s unfinished store) may be an input, lie inside one or hold one, after following
-    symbolic links."""
+    Every output (`out`'s unfinished store and the GeoJSON beside the detections included) is apart from every
+    other and from the inputs (`fc2conv.storage.paths`), its folder can be written, and it does not exist yet unless
+    `force` (or, for `out`, `resume`)."""
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype must be float32 or float16; got {dtype!r}")
     if not isinstance(tile, int) or tile < 1:
@@ -43,33 +59,22 @@ def check_arguments(out: Path, model: Path, source: Path, *, tile, workers, sche
     targets = {name: Path(path) for name, path in targets.items() if path is not None}
     flags = {"--out": out, "--out's unfinished store": stitch.partial_path(out),
              **{_FLAGS[name]: path for name, path in targets.items()}}
-    for flag, path in flags.items():
-        _check_apart(flag, path, source=source, model=model)
+    check_apart(flags, {"image": source, "--model": model})
+    for path in flags.values():
         if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
             raise ConversionError(f"cannot write {path}: directory {path.parent} does not exist or is not writable")
     if not resume:
         refuse_existing(out, force=force)
+    if out.exists() and not _is_store(out):  # even --force replaces only a scan's own store: a folder may hold anything
+        raise ConversionError(f"--out {out} exists and is not the store of a scan; fc2conv replaces only its own "
+                              "stores, even with --force: name another output")
     partial = stitch.partial_path(out)
     if partial.exists() and not (resume or force):
         raise ConversionError(f"an unfinished scan of {out} is at {partial}: pass --resume to continue it or --force "
                               "to start again")
-    for path in targets.values():
+    for name, path in targets.items():
+        if path.is_dir():  # even --force replaces only files here: a folder may hold anything
+            raise ConversionError(f"{_FLAGS[name]} {path} is a directory; give a file name to write")
         refuse_existing(path, force=force)
     return targets
 
-
-def _check_apart(flag: str, path: Path, *, source: Path, model: Path) -> None:
-    """`ConversionError` if the output `path` is an input, lies inside one, or holds one, after following symbolic
-    links (or is the same file under another name): writing it, or replacing it with --force, would destroy that
-    input."""
-    for given in (source, model):
-        output, data = Path(os.path.realpath(path)), Path(os.path.realpath(given))
-        if output == data or (path.exists() and given.exists() and path.samefile(given)):
-            raise ConversionError(f"{flag} {path} is the input {given}; writing it would destroy that input: name "
-                                  "another output")
-        if data in output.parents:
-            raise ConversionError(f"{flag} {path} lies inside the input {given}; fc2conv never writes into its "
-                                  "inputs: name an output outside it")
-        if output in data.parents:
-            raise ConversionError(f"{flag} {path} holds the input {given}; replacing it would destroy that input: "
-                                  "name another output")

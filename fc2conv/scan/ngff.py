@@ -31,7 +31,7 @@ import numpy as np
 
 from .placement import Placement
 
-__all__ = ["PROBABILITIES", "SMALLEST", "finished", "multiscale", "write"]
+__all__ = ["PROBABILITIES", "SMALLEST", "finished", "level_shapes", "multiscale", "write"]
 
 PROBABILITIES = "probabilities"
 SMALLEST = 256  # the pyramid stops at a level this many cells a side, or fewer
@@ -94,6 +94,15 @@ def multiscale(placement: Placement, levels: int, *, name: str, kind: str | None
     return {**entry, "type": kind} if kind else entry
 
 
+def level_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """The (rows, columns) of each level of the probability pyramid of a map of `shape` cells: halved (rounding up)
+    until the largest side is at most `SMALLEST`."""
+    shapes = [tuple(shape)]
+    while max(shapes[-1]) > SMALLEST:
+        shapes.append(tuple(math.ceil(n / 2) for n in shapes[-1]))
+    return shapes
+
+
 def _pyramid(group: Any, scores: Any, classes: int) -> list[tuple[int, int]]:
     """Write `probabilities/0`, `/1`, … into `group`; returns each level's (rows, columns).
 
@@ -102,10 +111,7 @@ def _pyramid(group: Any, scores: Any, classes: int) -> list[tuple[int, int]]:
     read touches concurrently), one chunk at a time by 2 MB."""
     from zarr.codecs import BloscCodec
 
-    rows, cols = scores.shape[1:]
-    shapes = [(rows, cols)]
-    while max(shapes[-1]) > SMALLEST:
-        shapes.append(tuple(math.ceil(n / 2) for n in shapes[-1]))
+    shapes = level_shapes(tuple(scores.shape[1:]))
     side = tuple(scores.chunks[1:])
     pyramid = group.create_group(PROBABILITIES, overwrite=True)
     # LZ4, as `scores`: zarr's default zstd holds a few MB per chunk it compresses concurrently.

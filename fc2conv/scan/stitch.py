@@ -1,5 +1,5 @@
-"""The score map's zarr store: owned cells written tile by tile, completion recorded per tile, resume, and the
-final rename.
+"""The score map's zarr store: owned cells written tile by tile, completion recorded per tile, and resume (the final
+rename, with the other outputs, is `fc2conv.scan.finish`'s).
 
 Layout of `OUT.zarr` (a zarr v3 group):
 
@@ -18,9 +18,7 @@ tile is done: `OUT.zarr` is complete or absent. `--resume` continues a partial s
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -29,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import ConversionError
 from .samples import TileReport
 from .source import SourceSpec
 from .tiles import Tile, TilePlan
 from .worker import ModelSpec, evaluate
 
 __all__ = ["ATTRS", "Job", "create", "discard", "done_mask", "mark_complete", "open_run", "partial_path",
-           "publish", "scan_tile"]
+           "scan_tile"]
 
 ATTRS = "fc2conv"
 _BEFORE_BACKENDS = {"backend": "onnxruntime", "precision": "fp32"}
@@ -150,23 +148,3 @@ def discard(path: Path, token: str) -> None:
         return
     if found == token:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def publish(partial: Path, out: Path) -> None:
-    """Rename the complete store `partial` to `out`, replacing an old `out` (kept until the new one is in place)."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.old"
-        os.replace(out, old)
-    try:
-        os.replace(partial, out)
-    except OSError as e:
-        if old is not None:
-            os.replace(old, out)
-        raise ConversionError(f"could not rename {partial} to {out}: {first_line(e)}") from e
-    if old is not None:
-        with contextlib.suppress(OSError):
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.unlink()

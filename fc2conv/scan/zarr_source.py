@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +26,11 @@ from ..errors import ConversionError, first_line
 from .placement import Placement
 from .readers import UNITS_UM, AxesView, Source, SourceSpec, downsample
 
-__all__ = ["ZarrSource"]
+__all__ = ["Levels", "ZarrSource", "check_contained", "read_levels"]
 
 
 @dataclass(frozen=True)
-class _Levels:
+class Levels:
     """A zarr input's arrays finest first, their axes (one letter each), pixel size in µm per level (or None), and
     how errors name each level."""
 
@@ -44,7 +45,7 @@ class _Levels:
 class ZarrSource(Source):
     def __init__(self, spec: SourceSpec):
         self.spec = spec
-        found = _zarr_levels(spec.path)
+        found = read_levels(spec.path)
         if not 0 <= spec.level < len(found.arrays):
             raise ConversionError(f"{spec.path} has levels 0 … {len(found.arrays) - 1}; got --level {spec.level}")
         array = found.arrays[spec.level]
@@ -67,7 +68,7 @@ class ZarrSource(Source):
 
     @staticmethod
     def levels(spec: SourceSpec, max_pixels: int | None) -> list:
-        found = _zarr_levels(spec.path)
+        found = read_levels(spec.path)
         return [(AxesView(array, found.axes, name).size, scale)
                 for array, scale, name in zip(found.arrays, found.scales, found.names, strict=True)]
 
@@ -75,7 +76,9 @@ class ZarrSource(Source):
         return self._view.read(top, left, bottom, right)
 
 
-def _zarr_levels(path: str) -> _Levels:
+def read_levels(path: str) -> Levels:
+    """The arrays of a zarr array or OME-Zarr group at `path`, every multiscales field checked (the module
+    docstring), with their axes, scales, names and transforms."""
     import zarr
 
     try:
@@ -84,7 +87,7 @@ def _zarr_levels(path: str) -> _Levels:
         raise ConversionError(f"{path}: cannot open it as a zarr array or group "
                               f"({first_line(e, named=True)})") from None
     if isinstance(node, zarr.Array):
-        return _Levels([node], _guess_axes(node.shape, path), [None], [path], [None])
+        return Levels([node], _guess_axes(node.shape, path), [None], [path], [None])
     field, first = _multiscale(node, path)
     axes, units = _axes(first, field, path)
     datasets = first.get("datasets")
@@ -105,7 +108,7 @@ def _zarr_levels(path: str) -> _Levels:
         names.append(f"{path} ({where})")
     overall = tuple(_scale(first, field, len(axes), path, kind=kind) for kind in ("scale", "translation"))
     unit, placed = _placed(transforms, overall, axes, units)
-    return _Levels(arrays, axes, scales, names, placed, unit)
+    return Levels(arrays, axes, scales, names, placed, unit)
 
 
 def _placed(transforms: list, overall: tuple, axes: str, units: list) -> tuple[str | None, list]:
@@ -202,21 +205,31 @@ def _check_inside(store: str, name: str, field: str) -> None:
     if name.startswith(("/", "\\")) or any(part in ("", ".", "..") for part in parts):
         raise ConversionError(f"{store}: {field} {name!r} is not a path inside the store (no '..', '.', empty or "
                               "absolute parts); fc2conv reads nothing outside the store it is given")
+    check_contained(store, os.path.join(os.path.realpath(store), *parts), f"{field} {name!r}")
+
+
+def check_contained(store: str | os.PathLike, start: str | os.PathLike, what: str, *, regular: bool = False) -> None:
+    """`ConversionError` naming `what` unless `start` and every entry below it resolve inside `store` after following
+    symbolic links (zarr would read through them; links to folders are checked, not descended into). With `regular`,
+    every entry must also be a folder or a regular file: no pipe, socket or device, no dangling link."""
     root = os.path.realpath(store)
-    target = os.path.join(root, *parts)
-    _check_link(root, target, store, name, field)
-    for folder, folders, files in os.walk(target):  # links below are not followed: each is checked
-        for entry in folders + files:
-            if os.path.islink(os.path.join(folder, entry)):
-                _check_link(root, os.path.join(folder, entry), store, name, field)
-
-
-def _check_link(root: str, link: str, store: str, name: str, field: str) -> None:
-    resolved = os.path.realpath(link)
-    if os.path.commonpath([root, resolved]) != root:
-        raise ConversionError(f"{store}: {field} {name!r} leads out of the store through a symbolic link "
-                              f"({os.path.relpath(link, root)} → {resolved}); fc2conv reads nothing outside the "
-                              "store it is given")
+    entries = [str(start)] + [os.path.join(folder, name) for folder, folders, files in os.walk(start)
+                              for name in folders + files]
+    for entry in entries:
+        resolved = os.path.realpath(entry)
+        shown = repr(os.path.relpath(entry, root))  # names in a store can hold anything, line breaks too
+        if os.path.commonpath([root, resolved]) != root:
+            raise ConversionError(f"{store}: {what} leads out of the store through a symbolic link ({shown} → "
+                                  f"{resolved!r}); fc2conv reads nothing outside the store it is given")
+        if not regular:
+            continue
+        try:
+            mode = os.stat(entry).st_mode
+        except OSError as e:  # a dangling link, or one in a loop
+            raise ConversionError(f"{store}: {shown} cannot be read ({first_line(e)})") from None
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            raise ConversionError(f"{store}: {shown} is neither a folder nor a regular file (a pipe, socket or "
+                                  "device); a scan's store holds only folders and files")
 
 
 def _scale(dataset: dict, where: str, dimensions: int, path: str, kind: str = "scale") -> list[float] | None:

@@ -90,8 +90,8 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
     """Copy `state_dict` into `model`, which is changed only if every key and shape matches.
 
     Raises `ConversionError` naming `source` with the missing keys, the unexpected keys and the shape
-    mismatches (the first ten of each, with counts). A missing `num_batches_tracked` is allowed: BatchNorm
-    fills it in, as `nn.Module.load_state_dict` does for old checkpoints.
+    mismatches, a line each (the first three of each, with counts: a refusal stays a few lines). A missing
+    `num_batches_tracked` is allowed: BatchNorm fills it in, as `nn.Module.load_state_dict` does for old checkpoints.
     """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
@@ -275,8 +275,8 @@ def _strip_wrapper_prefixes(state_dict: StateDict) -> StateDict:
 def _listing(title: str, items: list[str]) -> str:
     if not items:
         return ""
-    more = f"\n    ... and {len(items) - 10} more" if len(items) > 10 else ""
-    return f"  {title} ({len(items)}):\n" + "\n".join(f"    {item}" for item in items[:10]) + more
+    more = f"; and {len(items) - 3} more" if len(items) > 3 else ""
+    return f"  {title} ({len(items)}): " + "; ".join(items[:3]) + more
 
 
 def _own_storage(state_dict: Mapping[str, torch.Tensor]) -> StateDict:

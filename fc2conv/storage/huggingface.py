@@ -1,9 +1,10 @@
 """Hugging Face `transformers` image classifiers kept as `save_pretrained` directories.
 
     is_pretrained_dir("out/my-resnet")            # a directory with config.json
-    config = read_config("out/my-resnet")         # the architecture and the class names, as JSON
+    config = read_config("out/my-resnet")         # the architecture and the class names, as JSON, checked
     model = build(config)                         # transformers' own class for it, random weights, float32
     weights = read_weights("out/my-resnet")       # model.safetensors (or its shards), read without pickle
+    load_weights(model, weights, "out/my-resnet", blame, convert)  # they fit, or the field at fault is named
     hints("out/my-resnet", config)                # {"labels": id2label, "mean": ..., "std": ...}
     default_input_shape("out/my-resnet", config)  # (3, 224, 224) from preprocessor_config.json
 
@@ -11,23 +12,39 @@ Everything is read offline (`HF_HUB_OFFLINE`, `local_files_only`): nothing is do
 (`trust_remote_code` is never set, so only classes that ship with transformers are built), and weights come from
 safetensors files or a `pytorch_model.bin` read by the weights-only unpickler. transformers is optional
 (`pip install 'fc2conv[hf]'`) and imported only here, when a model is built.
+
+The directory is someone else's: every field fc2conv reads from its JSON files is checked (type, range, finite,
+bounded) before it is used (`hf_fields.py`), and a refusal that stems from one of them names the file and the field,
+never a flag the user did not pass (`Blame`).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConversionError, first_line
+from .hf_fields import (
+    CONFIG,
+    MAX_SIDE,
+    PREPROCESSOR,
+    check_config,
+    labels_of,
+    normalisation,
+    read_json,
+    reference_input,
+)
 
-__all__ = ["CONFIG", "build", "default_input_shape", "hints", "input_files", "is_pretrained_dir", "read_config",
-           "read_weights", "source_of"]
+__all__ = ["CONFIG", "MAX_SIDE", "PREPROCESSOR", "Blame", "build", "check_config", "default_input_shape", "hints",
+           "input_files", "is_pretrained_dir", "load_weights", "read_config", "read_weights", "shape_origin",
+           "source_of"]
 
-CONFIG, PREPROCESSOR = "config.json", "preprocessor_config.json"
 WEIGHTS, INDEX, LEGACY_WEIGHTS = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
-_DEFAULT_SIDE = 224
+_MESSAGE = 480  # characters: the command line shows at most 500 of a refusal, so a named cause must fit in them
 
 
 def is_pretrained_dir(path: str | os.PathLike) -> bool:
@@ -36,11 +53,9 @@ def is_pretrained_dir(path: str | os.PathLike) -> bool:
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """config.json as a JSON object with a `model_type`."""
-    config = _json(Path(directory) / CONFIG)
-    if not isinstance(config.get("model_type"), str):
-        raise ConversionError(f"{Path(directory) / CONFIG} has no \"model_type\": it is not a transformers config")
-    return config
+    """config.json as a JSON object with a `model_type`, every field fc2conv reads checked (`check_config`)."""
+    path = Path(directory) / CONFIG
+    return check_config(read_json(path), source=str(path))
 
 
 def source_of(config: dict[str, Any]) -> str:
@@ -49,26 +64,54 @@ def source_of(config: dict[str, Any]) -> str:
     return f"transformers:{architectures[0]}"
 
 
-def build(config: dict[str, Any]) -> Any:
+def build(config: dict[str, Any], *, source: str = CONFIG) -> Any:
     """The image classifier transformers builds for `config`, random weights, float32, in eval mode; its outputs are
-    dataclasses (`return_dict`), whose `logits` fc2conv takes as the scores."""
+    dataclasses (`return_dict`), whose `logits` fc2conv takes as the scores. It is first built on the meta device
+    (shapes, no memory), so a config whose sizes would not fit in memory is refused naming `source` rather than
+    allocated. `source` names where the config came from (config.json, or an artifact's recipe) in refusals."""
+    import torch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    check_config(config, source=source)
     transformers = _transformers()
-    model_type = config.get("model_type")
+    model_type = config["model_type"]
     if model_type not in transformers.CONFIG_MAPPING:
-        raise ConversionError(f"{CONFIG}: model_type {model_type!r} is not an architecture transformers "
+        raise ConversionError(f"{source}: model_type {model_type!r} is not an architecture transformers "
                               f"{transformers.__version__} ships (fc2conv never runs a model's remote code)")
     try:
         settings = transformers.CONFIG_MAPPING[model_type].from_dict(dict(config))
-        settings.return_dict = True
-        model = transformers.AutoModelForImageClassification.from_config(settings, trust_remote_code=False)
-    except ValueError as e:
-        raise ConversionError(f"{CONFIG}: transformers has no image classifier for model_type {model_type!r} "
-                              f"({first_line(e)})") from None
-    except Exception as e:
-        raise ConversionError(f"{CONFIG}: transformers could not build {source_of(config)}: "
-                              f"{first_line(e, named=True)}") from e
-    return model.float().eval()  # a checkpoint's float16 or bfloat16 weights load into float32 parameters
+    except Exception as e:  # transformers validates its fields strictly and names the one at fault
+        raise ConversionError(f"{source}: transformers refuses it as a {model_type!r} config: {_reason(e)}") from None
+    if type(settings) not in transformers.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
+        raise ConversionError(f"{source}: transformers has no image classifier for model_type {model_type!r}")
+    settings.return_dict = True
+
+    def instantiate() -> Any:
+        try:
+            return transformers.AutoModelForImageClassification.from_config(settings, trust_remote_code=False)
+        except Exception as e:
+            raise ConversionError(f"{source}: transformers could not build its {model_type!r} model: "
+                                  f"{_reason(e)}") from None
+
+    try:
+        with torch.device("meta"):
+            skeleton = instantiate()
+    except ConversionError:  # a model whose construction reads a value (`.item()`) builds only for real
+        skeleton = None
+    if skeleton is not None:
+        _refuse_beyond_memory(skeleton, source)
+    return instantiate().float().eval()  # a checkpoint's float16 or bfloat16 weights load into float32 parameters
+
+
+def _refuse_beyond_memory(skeleton: Any, source: str) -> None:
+    from ..tracing.trace import available_memory
+
+    count = sum(t.numel() for t in skeleton.state_dict().values())
+    needed, available = 4 * count, available_memory()  # float32
+    if available is not None and needed > available:
+        raise ConversionError(f"{source}: its size fields ({_size_fields(skeleton)}) make a "
+                              f"{type(skeleton).__name__} of {count:,} parameters ({needed / 2**30:,.1f} GiB), more "
+                              f"than the {available / 2**30:,.1f} GiB this machine has available")
 
 
 def read_weights(directory: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, Any]:
@@ -80,14 +123,14 @@ def read_weights(directory: str | os.PathLike, *, trust_pickle: bool = False) ->
     if (directory / WEIGHTS).is_file():
         return load_state_dict(directory / WEIGHTS)
     if (directory / INDEX).is_file():
-        weight_map = _json(directory / INDEX).get("weight_map")
+        weight_map = read_json(directory / INDEX).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ConversionError(f"{directory / INDEX} has no \"weight_map\" of tensor names to shard files")
         found: dict[str, Any] = {}
         for shard in sorted(set(weight_map.values())):
             path = directory / shard
             if Path(shard).name != shard or not path.is_file():
-                raise ConversionError(f"{directory / INDEX} lists the shard {shard!r}, which is not a file in "
+                raise ConversionError(f"{directory / INDEX} lists the shard {shard[:100]!r}, which is not a file in "
                                       f"{directory}")
             found.update({k: v for k, v in load_state_dict(path).items() if weight_map.get(k) == shard})
         return found
@@ -106,99 +149,159 @@ def input_files(directory: str | os.PathLike) -> list[Path]:
 
 def hints(directory: str | os.PathLike, config: dict[str, Any]) -> dict[str, Any]:
     """Class names (`id2label`, in class order) and the input normalisation of preprocessor_config.json, as mean
-    and std of inputs scaled to [0, 1] (how fc2conv's runtime reads images): the processor computes
-    ((pixel · rescale_factor − offset) − image_mean) / image_std from 0–255 pixels, which is
-    (x − (image_mean + offset) / (255 · rescale_factor)) / (image_std / (255 · rescale_factor)) for x = pixel / 255."""
-    found: dict[str, Any] = {"labels": _labels(directory, config)}
-    path = Path(directory) / PREPROCESSOR
-    if not path.is_file():
-        return found
-    processor = _json(path)
-    scale = 255 * (_number(processor, "rescale_factor", 1 / 255, path) if processor.get("do_rescale", True) else 1)
-    offset = 1.0 if processor.get("do_rescale", True) and processor.get("rescale_offset", False) else 0.0
-    if processor.get("do_normalize", True):
-        mean, std = _numbers(processor, "image_mean", path), _numbers(processor, "image_std", path)
-    else:
-        mean, std = [0.0], [1.0]
-    channels = config.get("num_channels", 3)
-    for key, values in (("image_mean", mean), ("image_std", std)):
-        if values is not None and len(values) not in (1, channels):
-            raise ConversionError(f"{path}: \"{key}\" has {len(values)} numbers; the model takes {channels} "
-                                  "channels")
-    if std is not None and any(v <= 0 for v in std):
-        raise ConversionError(f"{path}: \"image_std\" must be positive, not {std}")
-    if mean is not None and std is not None:
-        found["mean"] = [(m + offset) / scale for m in mean]
-        found["std"] = [s / scale for s in std]
+    and std of inputs scaled to [0, 1] (how fc2conv's runtime reads images); see `hf_fields.normalisation`."""
+    found: dict[str, Any] = {"labels": _labels(config)}
+    found.update(normalisation(directory, config.get("num_channels", 3)))
     return found
 
 
 def default_input_shape(directory: str | os.PathLike, config: dict[str, Any]) -> tuple[int, ...]:
     """(channels, height, width) the model sees: the processor's center crop when it crops, else its resize
     (`{"height", "width"}`, or a square of `shortest_edge`), else the config's `image_size`, else 224×224."""
-    channels = config.get("num_channels", 3)
-    path = Path(directory) / PREPROCESSOR
-    processor = _json(path) if path.is_file() else {}
-    crop = processor.get("crop_size") if processor.get("do_center_crop", "crop_size" in processor) else None
-    for size in (crop, processor.get("size"), config.get("image_size")):
-        side = _sides(size)
-        if side is not None:
-            return (channels, *side)
-    return (channels, _DEFAULT_SIDE, _DEFAULT_SIDE)
+    return reference_input(directory, config)[0]
 
 
-def _sides(size: Any) -> tuple[int, int] | None:
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-        return size, size
-    if isinstance(size, list | tuple) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size):
-        return tuple(size)
-    if isinstance(size, dict):
-        if isinstance(size.get("height"), int) and isinstance(size.get("width"), int):
-            return size["height"], size["width"]
-        if isinstance(size.get("shortest_edge"), int):
-            return size["shortest_edge"], size["shortest_edge"]
+def shape_origin(directory: str | os.PathLike, config: dict[str, Any]) -> str:
+    """The file and field `default_input_shape` read: "DIR/preprocessor_config.json: field crop_size"."""
+    return reference_input(directory, config)[1]
+
+
+def _labels(config: dict[str, Any]) -> list[str] | None:
+    id2label = config.get("id2label")  # checked by check_config: class numbers 0…n−1, plain text
+    return labels_of(id2label) if id2label else None
+
+
+# -- refusals named by the directory's files
+
+
+@dataclass(frozen=True)
+class Blame:
+    """What a refusal about a model built from a config names instead of a flag the user did not pass: where the
+    config came from (`config`: "DIR/config.json", or an artifact's recipe), and where the input shape came from
+    (`shape`: "DIR/preprocessor_config.json: field crop_size", None when --input-shape gave it); `options` are the
+    conversion flags that were not the defaults (" with --mode cam"), which a refusal may be about instead."""
+
+    config: str
+    model_type: str
+    shape: str | None = None
+    options: str = ""
+
+    @classmethod
+    def of(cls, recipe: Any, directory: str | os.PathLike, *, shape_given: bool, artifact: Any = None) -> Blame:
+        """For `recipe`'s model built from `directory`'s config.json (or from `artifact`'s recipe, a copy of it) with
+        the input shape given by --input-shape (`shape_given`), by the directory's files, or by the artifact."""
+        flags = [f"--mode {recipe.mode}" if recipe.mode != "dense" else "",
+                 f"--density {recipe.density}" if recipe.density != 1 else "",
+                 "--channels-last-linears" if recipe.channels_last_linears else "",
+                 f"--reduce {recipe.reduce}" if recipe.reduce != "avg" else ""]
+        options = " ".join(flag for flag in flags if flag)
+        if artifact is not None:
+            config, shape = f"{artifact}'s recipe (hf_config)", f"{artifact}'s recipe: field input_shape"
+        else:
+            config = str(Path(directory) / CONFIG)
+            shape = None if shape_given else shape_origin(directory, recipe.hf_config)
+        return cls(config=config, model_type=recipe.hf_config["model_type"], shape=shape,
+                   options=f" (with {options})" if options else "")
+
+    def refusal(self, error: ConversionError, model: Any) -> ConversionError:
+        """`error`, raised converting `model`, as the field it stems from: the input shape's file and field when the
+        error is about the shape and a file gave it, else config.json's model_type (the class it builds is what
+        fc2conv could not convert). An error that names the flag the user passed is left as it is."""
+        text = str(error)
+        if "--input-shape" in text or "input_shape" in text:
+            if self.shape is None:
+                return error
+            cause = re.sub(r" ?\(--input-shape[^)]*\)", "", text).replace("input_shape=", "input shape ")
+            cause = cause.replace("input_shape", "the input shape")
+            head = f"{self.shape} gives the input shape, which fails: "
+            hint = "\nHint: fix that field, or pass --input-shape C,H,W with the size the model was trained on"
+            return ConversionError(head + first_line(cause, limit=max(_MESSAGE - len(head) - len(hint), 160)) + hint)
+        head = f"{self.config}: model_type {self.model_type!r} builds {type(model).__name__}{self.options}: "
+        return ConversionError(head + first_line(text, limit=max(_MESSAGE - len(head), 160)))
+
+
+def load_weights(model: Any, weights: dict[str, Any], directory: str | os.PathLike, blame: Blame,
+                 convert: Callable[[Any], Any]) -> None:
+    """Copy the directory's `weights` into `model`, built from the config `blame.config` names. When they do not fit,
+    the refusal names the field that does not describe them: model_type when the file holds another model's tensors,
+    id2label or num_labels when only the classifier's outputs differ, num_channels when only the first convolution's
+    inputs do. Otherwise the model is converted (`convert`): transformers renames an attention model's saved weights
+    on load, so a directory of one is refused for what it is, not for names; a model that converts has sizes that
+    differ from the file's, and the refusal names the first tensors that differ."""
+    from .checkpoint import load_into
+
+    file = next((p for p in input_files(directory) if p.name in (WEIGHTS, INDEX, LEGACY_WEIGHTS)), Path(directory))
+    try:
+        load_into(model, weights, source=str(file))
+        return
+    except ConversionError:
+        pass
+    expected = model.state_dict()
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and any(k.startswith(f"{prefix}.") for k in expected) and not any(k.startswith(f"{prefix}.")
+                                                                                for k in weights):
+        ours = {k.split(".")[0] + "." for k in expected}
+        found = sorted({k.split(".")[0] + "." for k in weights} - ours)[:3]
+        raise ConversionError(f"{blame.config}: model_type {blame.model_type!r} builds {type(model).__name__}, but "
+                              f"{file} holds another model's weights (under {', '.join(map(repr, found))}, not "
+                              f"'{prefix}.'): model_type does not describe these weights")
+    differ = [k for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+    named = _field_at_fault(expected, weights, differ, model.config, file)
+    if named is not None:
+        raise ConversionError(f"{blame.config}: {named}")
+    try:
+        convert(model)
+    except ConversionError as e:
+        raise blame.refusal(e, model) from None
+    missing = [k for k in expected if k not in weights and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in weights if k not in expected]
+    first = (f"{differ[0]} is {tuple(expected[differ[0]].shape)} by the config, {tuple(weights[differ[0]].shape)} in "
+             "the file" if differ else f"{(missing or unexpected)[0]} is {'missing' if missing else 'unexpected'}")
+    raise ConversionError(
+        f"{file} does not fit the {type(model).__name__} that {blame.config} describes: {len(differ)} shapes differ, "
+        f"{len(missing)} tensors are missing and {len(unexpected)} unexpected; first, {first}\n"
+        f"Hint: its size fields ({_size_fields(model)}) must be those the weights were trained with")
+
+
+def _field_at_fault(expected: dict[str, Any], weights: dict[str, Any], differ: list[str], settings: Any,
+                    file: Path) -> str | None:
+    """The one config field a misfit points to when the file holds the model's tensors and all but one layer's fit:
+    the classes (the last layer's outputs) or the input channels (the first convolution's inputs); else None."""
+    counters = {k for k in [*expected, *weights] if k.endswith("num_batches_tracked")}
+    if not differ or set(expected) - counters != set(weights) - counters:
+        return None
+    layers = [k for k, v in expected.items() if v.dim() >= 2]
+    if not layers:
+        return None
+    last, first = layers[-1].rpartition(".")[0], next((k for k, v in expected.items() if v.dim() >= 3), None)
+    key = f"{last}.weight"
+    if (all(k.rpartition(".")[0] == last for k in differ) and key in weights
+            and weights[key].shape[1:] == expected[key].shape[1:]):
+        return (f"field id2label (or num_labels) gives {settings.num_labels} classes, but the classifier of {file} "
+                f"({key}) has {weights[key].shape[0]} outputs")
+    if differ == [first] and [weights[first].shape[i] for i in (0, *range(2, weights[first].dim()))] == [
+            expected[first].shape[i] for i in (0, *range(2, expected[first].dim()))]:
+        return (f"field num_channels is {settings.num_channels}, but the first convolution of {file} ({first}) "
+                f"takes {weights[first].shape[1]} channels")
     return None
 
 
-def _labels(directory: str | os.PathLike, config: dict[str, Any]) -> list[str] | None:
-    id2label = config.get("id2label")
-    if not isinstance(id2label, dict) or not id2label:
-        return None
-    try:
-        ordered = sorted((int(k), str(v)) for k, v in id2label.items())
-    except ValueError:
-        raise ConversionError(f"{Path(directory) / CONFIG}: \"id2label\" keys must be class numbers") from None
-    if [k for k, _ in ordered] != list(range(len(ordered))):
-        raise ConversionError(f"{Path(directory) / CONFIG}: \"id2label\" must number the classes 0 to "
-                              f"{len(ordered) - 1}")
-    return [label for _, label in ordered]
+def _size_fields(model: Any) -> str:
+    """The fields of the model's config that hold sizes (integers, or lists of them), those every config has aside."""
+    shared = {*_transformers().PretrainedConfig().to_dict(), "num_labels", "out_indices"}
+    sizes = [k for k, v in model.config.to_dict().items() if k not in shared and _is_size(v)]
+    return ", ".join(sorted(sizes)[:8])
 
 
-def _number(found: dict[str, Any], key: str, default: float, path: Path) -> float:
-    value = found.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConversionError(f"{path}: \"{key}\" must be a positive number, not {value!r}")
-    return float(value)
-
-
-def _numbers(found: dict[str, Any], key: str, path: Path) -> list[float] | None:
-    value = found.get(key)
-    if value is None:
-        return None
+def _is_size(value: Any) -> bool:
     values = value if isinstance(value, list) else [value]
-    if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-        raise ConversionError(f"{path}: \"{key}\" must be a number or a list of numbers, not {value!r}")
-    return [float(v) for v in values]
+    return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path} is not readable JSON ({first_line(e)})") from None
-    if not isinstance(found, dict):
-        raise ConversionError(f"{path} is not a JSON object")
-    return found
+def _reason(error: BaseException) -> str:
+    """The first two lines of a library's message, joined: transformers puts the field on the first, why on the next."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()][:2]
+    return first_line(" ".join(lines) or type(error).__name__, limit=300)
 
 
 def _transformers() -> Any:

@@ -87,7 +87,7 @@ class Recipe:
         if self.arch is not None:
             return build(self.arch, self.num_classes).eval()
         if self.hf_config is not None:
-            return huggingface.build(self.hf_config)
+            return huggingface.build(self.hf_config, source="the recipe's hf_config")
         return build_from_file(self.model_def, self.num_classes, self.model_args, self.model_kwargs).eval()
 
     def convert(self, model):

@@ -1,10 +1,15 @@
 """`fc2conv view`: a finished scan in napari, over the slide it was made from, everything placed by the scan's own
 `fc2conv.scan.placement` in the slide's physical coordinates (µm where it records a pixel size, else pixels).
 
-Layers, bottom to top: the slide, every level read lazily through the scan's readers (`viewer.scan.LevelArray`);
+Layers, bottom to top: the slide, every level read lazily through the scan's readers (`viewer.slide.LevelArray`);
 one heatmap per chosen class, the OME-Zarr probability pyramid (`probabilities/0`, `/1`, …) in the class's colour
 from transparent (0) to opaque (1); the detections, as rectangles in their class's colour with the label and
 probability as text. napari is an optional extra (`pip install 'fc2conv[view]'`); nothing here imports torch.
+
+The files are inputs that can lie, so everything is checked before napari is imported (`viewer.request.prepare`):
+the store field by field and link by link (`viewer.store`), the slide by the scanner's readers (`viewer.slide`), the
+detections row by row (`viewer.detections`), and the screenshot apart from all of them. The napari side below
+reaches the files only through the checked `Request`.
 
 napari shows a pyramid's coarser levels as if each pixel were centred on the first full-resolution pixel it covers,
 not on its block: when zoomed out far enough to show level m, a heatmap is drawn up to (2^m − 1)/2 cells up and
@@ -25,13 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, first_line
 from ..storage.atomic import atomic_output
-from .scan import Detections, Scan, open_scan, read_detections, slide_levels
+from .detections import Detections, read_detections
+from .request import MAX_LAYERS, Request, prepare
+from .store import Scan, open_scan
 
-__all__ = ["Detections", "Scan", "build", "open_scan", "show"]
+__all__ = ["MAX_LAYERS", "Detections", "Request", "Scan", "build", "open_scan", "prepare", "read_detections", "show"]
 
-MAX_LAYERS = 32
 _RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.uint16): (0, 65535)}
 
 
@@ -41,53 +47,57 @@ def show(store: Path, *, slide: Path | None = None, classes: list[str] | None = 
     """Open the scan `store` in napari (see the module docstring), or with `screenshot` draw it without a window
     (napari still needs a display: `xvfb-run` on a machine without one), save the canvas there and return its path.
     `slide`: default, the file the scan read, if it is still there. `detections`: a GeoJSON or CSV of the scan's
-    (default: the GeoJSON the scan wrote, if any). `region`: (top, left, bottom, right) in level-0 pixels to frame.
-    `ConversionError` for a store that is not a finished scan, a slide of another size, or no napari."""
-    scan = open_scan(Path(store))
-    from ..scan.outputs import choose_classes
-
-    chosen = choose_classes(classes, scan.labels)
-    if len(chosen) > MAX_LAYERS:
-        raise ConversionError(f"{store}: {len(chosen)} classes would make {len(chosen)} heatmap layers; choose at most "
-                              f"{MAX_LAYERS} with --classes")
-    recorded = Path(scan.attrs["source"]["path"])
-    levels = slide_levels(slide, scan) if slide is not None else \
-        slide_levels(recorded, scan) if recorded.exists() else None
-    found = (scan.attrs.get("outputs") or {}).get("geojson")
-    detections = detections or (Path(found) if found and Path(found).exists() else None)
-    boxes = read_detections(Path(detections), scan) if detections else None
-    if screenshot is not None and not force and Path(screenshot).exists():
-        raise ConversionError(f"{screenshot} already exists; pass --force to overwrite it")
+    (default: the GeoJSON the scan wrote, if it is still there). `region`: (top, left, bottom, right) in level-0
+    pixels to frame. Everything is checked before napari is imported (`fc2conv.viewer.request.prepare`): a store,
+    slide or detections file that does not hold up, a screenshot that is an input, bad flags, no napari or no
+    display raise `ConversionError` naming what is at fault, and nothing is written."""
+    request = prepare(store, slide=slide, classes=classes, detections=detections, screenshot=screenshot,
+                      region=region, size=size, force=force)
     napari = _napari()
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise ConversionError("fc2conv view needs a display, and there is none (DISPLAY is not set); on a machine "
                               "without one, run it under xvfb-run (Debian's xvfb) with --screenshot")
-    if screenshot is None:
-        viewer = napari.Viewer(title=f"fc2conv view {store}")
-        build(viewer, scan, levels, chosen, boxes)
-        _frame(viewer, scan, region)
+    try:
+        picture = _draw(napari, request)
+    except ConversionError:
+        raise
+    except Exception as e:  # Qt, OpenGL and napari fail in types of their own; the inputs were checked
+        raise ConversionError(f"napari could not draw {request.scan.path} ({first_line(e, named=True)})") from None
+    if picture is None:
+        return None
+    from PIL import Image
+
+    with atomic_output(request.screenshot, force=request.force) as tmp:
+        Image.fromarray(np.asarray(picture)[:, :, :3]).save(tmp, format="PNG")
+    return request.screenshot
+
+
+def _draw(napari: Any, request: Request) -> np.ndarray | None:
+    """Show the request in a napari window until it is closed (None), or draw it and return the canvas."""
+    title = f"fc2conv view {request.scan.path}"
+    if request.screenshot is None:
+        viewer = napari.Viewer(title=title)
+        build(viewer, request)
+        _frame(viewer, request)
         napari.run()
         return None
     with _batch_quiet():
-        viewer = napari.Viewer(title=f"fc2conv view {store}")  # shown: napari 0.9 draws nothing hidden
+        viewer = napari.Viewer(title=title)  # shown: napari 0.9 draws nothing hidden
         try:
-            build(viewer, scan, levels, chosen, boxes)
-            viewer.window._qt_viewer.canvas.size = size  # a private attribute, but the only way to size the canvas
-            _frame(viewer, scan, region)
-            picture = viewer.screenshot(canvas_only=True, flash=False)
+            build(viewer, request)
+            viewer.window._qt_viewer.canvas.size = request.size  # private, but the only way to size the canvas
+            _frame(viewer, request)
+            return viewer.screenshot(canvas_only=True, flash=False)
         finally:
             viewer.close()
-    from PIL import Image
-
-    with atomic_output(screenshot, force=force) as tmp:
-        Image.fromarray(np.asarray(picture)[:, :, :3]).save(tmp, format="PNG")
-    return Path(screenshot)
 
 
-def build(viewer: Any, scan: Scan, levels: list | None, chosen: list[int], boxes: Detections | None) -> None:
-    """Add the slide, the heatmaps of the `chosen` classes and the detections to a napari `viewer`."""
+def build(viewer: Any, request: Request) -> None:
+    """Add the slide, the heatmaps of the chosen classes and the detections of a checked `request` to a napari
+    `viewer`."""
     from napari.utils.colormaps import Colormap
 
+    scan, levels, chosen, boxes = request.scan, request.levels, request.chosen, request.detections
     placement = scan.placement
     if levels is not None:
         first = levels[0]
@@ -100,9 +110,9 @@ def build(viewer: Any, scan: Scan, levels: list | None, chosen: list[int], boxes
     for k in chosen:
         red, green, blue = (v / 255 for v in scan.colors[k])
         colormap = Colormap([[0, 0, 0, 0], [red, green, blue, 1]], name=f"fc2conv {scan.labels[k]}")
-        viewer.add_image([_Channel(array, k) for array in scan.pyramid], multiscale=True,
-                         name=f"p({scan.labels[k]})", scale=scale, translate=translation, colormap=colormap,
-                         contrast_limits=(0, 255), opacity=0.8, blending="translucent")
+        channels = [_Channel(array, k, f"{scan.path}/probabilities/{m}") for m, array in enumerate(scan.pyramid)]
+        viewer.add_image(channels, multiscale=True, name=f"p({scan.labels[k]})", scale=scale, translate=translation,
+                         colormap=colormap, contrast_limits=(0, 255), opacity=0.8, blending="translucent")
     if boxes is not None:
         keep = [i for i, k in enumerate(boxes.classes) if k in chosen]
         if keep:
@@ -119,26 +129,30 @@ def build(viewer: Any, scan: Scan, levels: list | None, chosen: list[int], boxes
 class _Channel:
     """Class `k` of a classes × rows × columns zarr array, as a lazy rows × columns array."""
 
-    def __init__(self, array: Any, k: int):
-        self.array, self.k = array, k
+    def __init__(self, array: Any, k: int, name: str):
+        self.array, self.k, self.name = array, k, name
         self.shape, self.dtype, self.ndim = tuple(array.shape[1:]), np.dtype(array.dtype), 2
         self.size = int(np.prod(self.shape))
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.array[(self.k, *(key if isinstance(key, tuple) else (key,)))])
+        try:
+            return np.asarray(self.array[(self.k, *(key if isinstance(key, tuple) else (key,)))])
+        except Exception as e:  # a chunk that does not decode: zarr and its codecs raise types of their own
+            raise ConversionError(f"{self.name}: cannot read class {self.k} "
+                                  f"({first_line(e, named=True)})") from None
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         whole = self[:, :]
         return whole.astype(dtype) if dtype is not None else whole
 
 
-def _frame(viewer: Any, scan: Scan, region: tuple[int, ...] | None) -> None:
-    """Fit the view to `region` (top, left, bottom, right in level-0 pixels), or to everything."""
+def _frame(viewer: Any, request: Request) -> None:
+    """Fit the view to the request's region (top, left, bottom, right in level-0 pixels), or to everything."""
     viewer.reset_view()
-    if region is None:
+    if request.region is None:
         return
-    placement = scan.placement
-    top, left, bottom, right = region
+    placement = request.scan.placement
+    top, left, bottom, right = request.region
     corners = [[(e - 0.5) * s + t for e, s, t in zip(point, placement.base_scale, placement.base_translation,
                                                       strict=True)] for point in ((top, left), (bottom, right))]
     (y0, x0), (y1, x1) = corners
