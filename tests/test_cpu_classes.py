@@ -12,12 +12,15 @@ import sys
 import textwrap
 
 import numpy as np
+import onnx
 import pytest
+from helpers import invoke
 from scan_helpers import export
 
 from fc2conv import ConversionError
 from fc2conv.runtime import DenseModel
 from fc2conv.runtime.cpu import CLASSES, PIN, detect
+from fc2conv.runtime.quantization import WEIGHTS_7, WEIGHTS_8, quantize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What each class runs for each OpenVINO precision, and the int8 kernel onnxruntime picks there.
@@ -70,6 +73,51 @@ def test_openvino_is_asked_for_what_the_pinned_class_runs_and_records_what_ran(d
             reference).max()
 
 
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from digits_precision import calibration_set
+
+    folder = tmp_path_factory.mktemp("cpu-calibration")
+    calibration_set(folder, count=4, size=192)
+    return folder
+
+
+def test_quantize_uses_8_bit_weights_only_where_int8_sums_are_exact(digits, calibration, cpu_class, tmp_path):
+    """7 bits where onnxruntime sums int8 products in 16 bits (AVX2, AVX-512 without VNNI), 8 with VNNI or AMX; the
+    file says which, and the digits CNN keeps no layer in float either way."""
+    done = quantize(digits, tmp_path / "int8.onnx", calibration)
+    result = onnx.load(str(done.path))
+    largest = max(int(np.abs(onnx.numpy_helper.to_array(t).astype(int)).max()) for t in result.graph.initializer
+                  if t.data_type == onnx.TensorProto.INT8)
+    assert largest == (127 if cpu_class.exact_int8_sums else 64)
+    assert done.calibration["weights"] == (WEIGHTS_8 if cpu_class.exact_int8_sums else WEIGHTS_7)
+    assert done.calibration["cpu"] == cpu_class.kind and done.float_layers == []
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_an_8_bit_file_is_cautioned_only_in_onnxruntime_without_exact_sums(digits, calibration, tmp_path, monkeypatch,
+                                                                          backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    monkeypatch.setenv(PIN, "amx")
+    full = quantize(digits, tmp_path / "int8.onnx", calibration).path
+    monkeypatch.setenv(PIN, "avx2")
+    reduced = quantize(digits, tmp_path / "int7.onnx", calibration).path
+    caution = DenseModel(full, backend=backend).caution
+    assert (caution is not None) is (backend == "onnxruntime")
+    assert DenseModel(reduced, backend=backend).caution is None and DenseModel(digits).caution is None
+    if caution:
+        assert "int8.onnx has 8-bit int8 weights" in caution and "this CPU (avx2)" in caution
+        image = tmp_path / "in.npy"  # an array: no warning about its normalisation
+        np.save(image, np.zeros((1, 40, 40), np.float32))
+        shown = invoke("run", full, image)
+        assert shown.exit_code == 0 and shown.stderr.splitlines() == [f"warning: {caution}"]
+        assert invoke("run", full, image, "--quiet").stderr == ""
+    monkeypatch.setenv(PIN, "avx512-vnni-bf16")
+    assert DenseModel(full, backend=backend).caution is None
+
+
 @pytest.mark.cpu("exact_int8_sums")
 def test_the_cpu_marker_runs_a_test_only_where_the_class_has_the_property():
     assert detect().exact_int8_sums
@@ -78,16 +126,23 @@ def test_the_cpu_marker_runs_a_test_only_where_the_class_has_the_property():
 # Run under the emulated CPU, without torch: quantize the digits CNN, then OpenVINO at bf16 and its capabilities.
 _ON_AVX2 = """
 import json, sys
+from pathlib import Path
 import numpy as np
 from fc2conv.runtime import DenseModel
+from fc2conv.runtime.drift import measure
 from fc2conv.runtime.quantization import quantize
 from fc2conv.runtime.cpu import detect
 import openvino
-fp32, calibration, out = sys.argv[1:4]
+fp32, calibration, out, full = sys.argv[1:5]
 done = quantize(fp32, out, calibration)
+reference = DenseModel(fp32)
+canvases = [reference.preprocess(path) for path in sorted(Path(calibration).glob("*.png"))]
+eight_bit = {backend: measure((reference.infer(x), DenseModel(full, backend=backend).infer(x)) for x in canvases)
+             .max_abs_probability for backend in ("onnxruntime", "openvino")}
 model = DenseModel(fp32, backend="openvino", precision="bf16", threads=1)
 model.run(np.zeros((40, 40), np.uint8))
 print(json.dumps({"class": detect().kind, "float_layers": done.float_layers, "drift": done.drift.to_dict(),
+                  "eight_bit": eight_bit, "caution": DenseModel(full).caution,
                   "calibration": done.calibration, "bf16": model.numerics,
                   "capabilities": list(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
                   "kernels": model.engine.kernels()["kernels"]}))
@@ -107,8 +162,9 @@ def test_on_an_emulated_avx2_cpu_int8_does_not_saturate_and_bf16_runs_as_fp32(di
     from digits_precision import calibration_set
 
     calibration_set(tmp_path / "calibration", count=4, size=192)
+    full = quantize(digits, tmp_path / "full.onnx", tmp_path / "calibration").path  # 8-bit weights here, with VNNI
     done = subprocess.run([emulator, "-cpu", "Haswell", sys.executable, "-c", textwrap.dedent(_ON_AVX2), str(digits),
-                           str(tmp_path / "calibration"), str(tmp_path / "int8.onnx")],
+                           str(tmp_path / "calibration"), str(tmp_path / "int8.onnx"), str(full)],
                           env={**os.environ, PIN: "avx2"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
@@ -118,3 +174,7 @@ def test_on_an_emulated_avx2_cpu_int8_does_not_saturate_and_bf16_runs_as_fp32(di
     assert found["drift"]["max_abs_probability"] <= 0.15
     assert found["bf16"] == {"backend": "openvino", "precision": "fp32", "exact": True, "requested_precision": "bf16"}
     assert all("avx2" in kernel for kernel in found["kernels"])
+    # The 8-bit file saturates onnxruntime's 16-bit sums there (measured: its largest probability change 0.35 against
+    # 0.08 in OpenVINO, whose kernels do not saturate), and it is cautioned.
+    assert found["eight_bit"]["onnxruntime"] > 2 * found["eight_bit"]["openvino"], found["eight_bit"]
+    assert found["caution"] and "this CPU (avx2)" in found["caution"]

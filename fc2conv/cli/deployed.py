@@ -51,6 +51,8 @@ def run(
 
         dense = DenseModel(model, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
                            backend=backend, precision=precision)
+        if dense.caution and not quiet:
+            typer.echo(f"warning: {dense.caution}", err=True)
         read_as_image = image.suffix != ".npy"  # arrays go in as they are; image files are scaled to [0, 1]
         if read_as_image and not ({"mean", "std"} & set(dense.metadata) or quiet):
             typer.echo(f"warning: neither {model}'s metadata nor --mean/--std give an input normalisation, so inputs "
@@ -165,6 +167,7 @@ def scan(
     """Scan an image of any size in tiles: the same dense map as one pass, in a zarr store that is also an OME-Zarr
     image placed on the slide (no torch needed)."""
     shown = Output(quiet=quiet, as_json=as_json)
+    from ..runtime.cpu import PrecisionWarning
     from ..scan import SampleRangeWarning
     from ..scan.quiet import quiet_libraries
 
@@ -181,7 +184,7 @@ def scan(
                             progress=False if quiet or as_json else None, max_pixels=max_pixels or MAX_PIXELS,
                             backend=backend, precision=precision, ome_tiff=ome_tiff)
     for warning in caught:
-        if issubclass(warning.category, SampleRangeWarning) and not quiet:
+        if issubclass(warning.category, SampleRangeWarning | PrecisionWarning) and not quiet:
             typer.echo(f"warning: {warning.message}", err=True)
     meta = result.metadata
     classes_count, rows, cols = meta["classes"], *result.map_size

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ..errors import ConversionError
 
-__all__ = ["CLASSES", "PIN", "Cpu", "detect"]
+__all__ = ["CLASSES", "PIN", "Cpu", "PrecisionWarning", "detect", "int8_caution"]
 
 PIN = "FC2CONV_CPU_CLASS"
 _AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})
@@ -63,7 +63,7 @@ class Cpu:
     @property
     def exact_int8_sums(self) -> bool:
         """Whether int8 products are summed in 32 bits (VNNI or AMX); without them onnxruntime sums u8×s8 pairs in
-        16 bits, which saturates on weights beyond 7 bits (hence `fc2conv quantize`'s 7-bit weights)."""
+        16 bits, which saturates on weights beyond 7 bits (so `fc2conv quantize` uses 7 bits there, 8 here)."""
         return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & self.flags)
 
     @property
@@ -104,6 +104,24 @@ class Cpu:
 
     def shown_flags(self) -> list[str]:
         return [flag for flag in _SHOWN if flag in self.flags]
+
+
+class PrecisionWarning(UserWarning):
+    """A reduced-precision file will not compute here as it did where its drift was measured."""
+
+
+def int8_caution(metadata: dict, backend: str, source: str, cpu: Cpu | None = None) -> str | None:
+    """Why the int8 file `source` (its fc2conv `metadata`) may drift beyond its recorded drift in `backend` on `cpu`
+    (default: this one), or None: a file with 8-bit weights in onnxruntime on a CPU that sums int8 products in 16 bits
+    can saturate them (OpenVINO's kernels do not: measured on an emulated AVX2 CPU)."""
+    cpu = cpu or detect()
+    calibration = metadata.get("calibration") or {}
+    if metadata.get("precision") != "int8" or backend != "onnxruntime" or cpu.exact_int8_sums \
+            or calibration.get("weights") != "int8 per channel":  # 7-bit weights cannot saturate
+        return None
+    return (f"{source} has 8-bit int8 weights, quantized for CPUs with VNNI or AMX; this CPU ({cpu.kind}) sums int8 "
+            "products in 16 bits in onnxruntime, where they can saturate, so its recorded drift does not hold here: "
+            "run it with --backend openvino, or quantize it again on this CPU (7-bit weights)")
 
 
 def detect() -> Cpu:

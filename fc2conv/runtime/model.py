@@ -37,6 +37,7 @@ from ..shapes import VECTOR_MAP, is_vector_input, map_size, times
 from ..storage.atomic import atomic_output
 from .arrays import check_finite, open_npy, samples_within
 from .backends import numerics, open_session, precision_label
+from .cpu import int8_caution
 from .images import MAX_PIXELS, ImageLike, load_image
 from .metadata import decode, validate
 
@@ -167,6 +168,12 @@ class DenseModel:
     def model_precision(self) -> str:
         """The file's own precision: "int8" for a file `fc2conv quantize` wrote, else "fp32"."""
         return self.metadata.get("precision", "fp32")
+
+    @property
+    def caution(self) -> str | None:
+        """Why this file may drift beyond its recorded drift on this CPU and backend (an int8 file with 8-bit weights
+        in onnxruntime on a CPU without VNNI or AMX: `fc2conv.runtime.cpu.int8_caution`), or None."""
+        return int8_caution(self.metadata, self.backend, str(self.path))
 
     @property
     def numerics(self) -> dict[str, Any]:

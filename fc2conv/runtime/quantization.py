@@ -13,11 +13,14 @@ without). The calibration images (`fc2conv.runtime.calibration`: at most `MAX_IN
 spaced, every fourth held out) run once through onnxruntime's calibrator (`minmax`, `entropy` or `percentile`), one
 image at a time, so their sizes may differ and memory holds one of them; the ranges quantize every Conv (and the
 other ops onnxruntime quantizes) to QDQ with uint8 activations and int8 weights per output channel (u8×s8:
-onnxruntime's fast path on x86, measured 2.3× faster than s8×s8 here; OpenVINO runs both). The weights use 7 bits of
-their 8 (onnxruntime's `reduce_range`) on every CPU: without VNNI or AMX, onnxruntime sums u8×s8 pairs in 16 bits,
-which 8-bit weights can saturate (seen on an emulated AVX2 CPU: the digits CNN's largest probability change went
-from 0.08 to 0.28), and 7 bits cannot (2·255·64 < 2¹⁵). The file then drifts alike on every CPU class; with VNNI the
-drift measured no worse (0.079 against 0.075).
+onnxruntime's fast path on x86, measured 2.3× faster than s8×s8 here; OpenVINO runs both). How many bits of the
+weights are used depends on the CPU (`fc2conv.runtime.cpu`): with VNNI or AMX, int8 products are summed exactly and
+all 8 bits are used; without them, onnxruntime sums u8×s8 pairs in 16 bits, which 8-bit weights can saturate (seen
+on an emulated AVX2 CPU: the digits CNN's largest probability change went from 0.08 to 0.28, and two layers had to
+stay in float), so the weights use 7 bits (onnxruntime's `reduce_range`: 2·255·64 < 2¹⁵), which cost accuracy
+elsewhere (a random ResNet50's largest score change doubled, 2.0% to 4.4%). The file records which
+(`calibration.weights`), and `DenseModel.caution` warns when an 8-bit file runs in onnxruntime on a CPU without
+exact sums (OpenVINO's kernels do not saturate there: measured on the same emulated CPU).
 
 `float_layers` keeps layers in float: "none", "first" (the first
 convolution), "last" (the last one, whose output is the scores), "first+last", or "auto": all int8 unless the
@@ -66,7 +69,8 @@ FLOAT_LAYERS = ("auto", "none", "first", "last", "first+last")
 # "auto" keeps layers in float while the held-out drift is worse than this.
 AUTO_AGREEMENT = 0.99
 AUTO_PROBABILITY = 0.1
-WEIGHTS = "int8 per channel, 7-bit range (no 16-bit saturation without VNNI)"
+# `calibration.weights` of the two kinds of file (the first is what files before 7-bit weights said too).
+WEIGHTS_8, WEIGHTS_7 = "int8 per channel", "int8 per channel, 7-bit range (no 16-bit saturation without VNNI)"
 MOSAIC_PIXELS = 2**20  # held-out images up to this size are also measured as a 2×2 mosaic of themselves
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
                  "ConvInteger", "MatMulInteger", "QLinearAdd", "QGemm"}
@@ -111,6 +115,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: str 
         raise ConversionError(f"{model} is already quantized ({why}); quantize its float32 source instead")
     inputs = read_calibration(calibration, source, max_pixels=max_pixels)
     candidates = _candidates(graph, float_layers)
+    full_range = detect().exact_int8_sums  # 8-bit weights where int8 products are summed exactly (module docstring)
     tried = []
     with tempfile.TemporaryDirectory(prefix="fc2conv-quantize-") as tmp, _quiet():
         prepared = _fold_identities(graph, model, Path(tmp))
@@ -118,7 +123,8 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: str 
         best = None
         for index, (name, nodes) in enumerate(candidates):
             path = Path(tmp) / f"candidate{index}.onnx"
-            _quantize_static(prepared, path, ranges, method, nodes, _Reader(source.input_name, inputs.samples()))
+            _quantize_static(prepared, path, ranges, method, nodes, _Reader(source.input_name, inputs.samples()),
+                             full_range)
             drift = _drift(path, source, inputs)
             tried.append({"float_layers": name, "nodes": nodes, "drift": drift.to_dict()})
             if best is None or (drift.argmax_agreement, -drift.max_abs_probability) > \
@@ -132,7 +138,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: str 
                    "held_out": len(inputs.held_out) if inputs.held_separately else 0,
                    "mosaics": drift.images - len(inputs.held_out), "picked": PICKED,
                    "sizes": [list(size) for size in sorted(inputs.sizes)],
-                   "activations": "uint8", "weights": WEIGHTS, "cpu": detect().kind}
+                   "activations": "uint8", "weights": WEIGHTS_8 if full_range else WEIGHTS_7, "cpu": detect().kind}
         result = _load(path)
         _check_dynamic(graph, result, model)
         _set_metadata(result, {"precision": "int8", "calibration": summary, "drift": drift.to_dict(),
@@ -215,13 +221,13 @@ def _method(method: str):
 
 
 def _quantize_static(model: Path, out: Path, ranges: Path | None, method: str, exclude: list[str],
-                     reader: _Reader) -> None:
+                     reader: _Reader, full_range: bool) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     cached = {"calibration_cache_path": str(ranges)} if ranges is not None else {}
     try:
         quantize_static(str(model), str(out), None if cached else reader, quant_format=QuantFormat.QDQ,
-                        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
+                        per_channel=True, reduce_range=not full_range, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8,
                         calibrate_method=_method(method), nodes_to_exclude=list(exclude), **cached)
     except Exception as e:

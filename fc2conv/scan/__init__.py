@@ -44,6 +44,7 @@ import numpy as np
 
 from ..errors import ConversionError
 from ..runtime.backends import check_backend
+from ..runtime.cpu import PrecisionWarning
 from ..runtime.images import MAX_PIXELS
 from . import dispatch, outputs, qupath, samples, stitch, tiles
 from .arguments import check_arguments
@@ -144,6 +145,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     spec = ModelSpec(str(model.resolve()), file_sha256(model), threads if threads is not None or here else 1,
                      backend, precision)
     dense = load(spec)
+    if dense.caution:
+        warnings.warn(dense.caution, PrecisionWarning, stacklevel=2)
     halo, field, approximate = _halo(dense.metadata, str(model), approximate)
     src = open_source(source, channels=dense.channels, reader=reader, level=level, mpp=mpp, max_pixels=max_pixels)
     dense.preprocess(src.read(0, 0, 1, 1))  # the model takes these samples (channels, type), or ConversionError
