@@ -9,9 +9,14 @@ cd "$(dirname "$0")/.."
 classes="avx2, avx512, avx512-vnni-bf16, amx"
 class=${1:?"usage: scripts/test_cpu.sh CLASS [pytest arguments]; CLASS is one of $classes"}
 shift
+# Test files or node ids among the arguments replace the default ones; other arguments are pytest options.
 tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=(tests/test_precision.py tests/test_precision_cli.py tests/test_precision_inputs.py
-                                  tests/test_cpu_classes.py)
+named=false
+for argument in "$@"; do
+    [ -e "${argument%%::*}" ] && named=true
+done
+$named || tests=(tests/test_precision.py tests/test_precision_cli.py tests/test_precision_inputs.py
+                 tests/test_cpu_classes.py "$@")
 bash scripts/setup.sh
 if [ "$class" = avx2 ]; then
     if ! command -v qemu-x86_64 >/dev/null; then

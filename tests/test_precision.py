@@ -24,7 +24,7 @@ from fc2conv.runtime.backends import check_backend
 from fc2conv.runtime.calibration import MAX_INPUTS, read_calibration
 from fc2conv.runtime.cpu import detect
 from fc2conv.runtime.metadata import validate
-from fc2conv.runtime.quantization import WEIGHTS_7, WEIGHTS_8, quantize
+from fc2conv.runtime.quantization import WEIGHTS_7, WEIGHTS_8, BudgetError, quantize
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -119,7 +119,8 @@ def test_quantized_file_keeps_dynamic_sizes_and_metadata_and_records_calibration
     assert calibration == {"method": "minmax", "found": 8, "images": 6, "held_out": 2, "mosaics": 2,
                            "picked": f"at most {MAX_INPUTS}, evenly spaced in name order; every fourth held out",
                            "sizes": [[288, 288]], "activations": "uint8",
-                           "weights": WEIGHTS_8 if detect().exact_int8_sums else WEIGHTS_7, "cpu": detect().kind}
+                           "weights": WEIGHTS_8 if detect().exact_int8_sums else WEIGHTS_7, "cpu": detect().kind,
+                           "min_agreement": 0.99}
     assert json.loads(after["fc2conv.precision"]) == "int8"
     # The digits CNN needs none kept in float, on every CPU class: measured here (AVX512-VNNI) and on an emulated AVX2
     # CPU, where 8-bit weights saturated onnxruntime's 16-bit sums and kept two layers in float (it gets 7-bit ones).
@@ -296,22 +297,21 @@ def test_without_openvino_its_backend_names_the_extra_and_the_rest_works(digits_
     assert "pip install 'fc2conv[openvino]'" in done.stderr
 
 
-def test_auto_keeps_the_last_convolution_in_float_when_int8_scores_drift_and_folds_identities(tmp_path):
+def test_last_keeps_the_scores_in_float_where_int8_loses_them_and_identities_are_folded(tmp_path):
     """A random-weight ResNet18 (converted at 64²) calibrated on random images: with its scores in int8 the held-out
-    maps keep 20% of their argmax (measured), so "auto" tries the last convolution in float (85%) and the first too
-    (80%), and keeps the best. The exporter shares its zero biases through Identity nodes, which would keep
-    onnxruntime from fusing those convolutions into int8 ones: they are folded."""
+    maps keep about 20% of their argmax (measured), with its last convolution in float about 85%. The exporter shares
+    its zero biases through Identity nodes, which would keep onnxruntime from fusing those convolutions into int8
+    ones: they are folded."""
     source = export("resnet18", tmp_path)
     assert op_counts(source)["Identity"] > 0
     calibration = tmp_path / "calibration"
     calibration.mkdir()
     for index in range(8):
         np.save(calibration / f"r{index}.npy", np.random.default_rng(index).random((3, 64, 64), dtype=np.float32))
-    done = quantize(source, tmp_path / "int8.onnx", calibration)
-    assert [t["float_layers"] for t in done.tried] == ["none", "last", "first+last"]
-    assert done.tried[0]["drift"]["argmax_agreement"] < 0.5
-    best = max(done.tried, key=lambda t: (t["drift"]["argmax_agreement"], -t["drift"]["max_abs_probability"]))
-    assert done.float_layers == best["nodes"] and "/fc/Conv" in done.float_layers
+    with pytest.raises(BudgetError, match="--float-layers none gives"):
+        quantize(source, tmp_path / "none.onnx", calibration, float_layers="none", min_agreement=0.7)
+    done = quantize(source, tmp_path / "int8.onnx", calibration, float_layers="last", min_agreement=0.7)
+    assert done.float_layers == ["/fc/Conv"] and done.drift.argmax_agreement >= 0.7
     result = onnx.load(str(done.path))
     assert op_counts(result)["Identity"] == 0
     dequantized = {node.output[0] for node in result.graph.node if node.op_type == "DequantizeLinear"}
@@ -319,3 +319,4 @@ def test_auto_keeps_the_last_convolution_in_float_when_int8_scores_drift_and_fol
         if node.op_type == "Conv" and node.name not in done.float_layers:
             assert all(name in dequantized for name in node.input), node.name  # int8 in, int8 weights, int32 bias
     assert json.loads({p.key: p.value for p in result.metadata_props}["fc2conv.float_layers"]) == done.float_layers
+    assert not (tmp_path / "none.onnx").exists()

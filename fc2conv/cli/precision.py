@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..shapes import times
-from .app import FORCE, JSON, QUIET, Output, app, check_outputs, usage_errors
+from .app import EXIT_FAILED, FORCE, JSON, QUIET, Output, app, check_outputs, usage_errors
 
 __all__ = ["quantize"]
 
@@ -29,8 +29,11 @@ def quantize(
                                 help="The int8 model to write."),
     method: str = typer.Option("minmax", "--method", help="Calibration: minmax, entropy or percentile."),
     float_layers: str = typer.Option("auto", "--float-layers",
-                                     help="Layers kept in float: auto (only if int8 drifts too far), none, first, "
-                                          "last or first+last."),
+                                     help="Layers kept in float: auto (the fewest that meet --min-agreement, most "
+                                          "sensitive first), none, first, last or first+last."),
+    min_agreement: float = typer.Option(0.99, "--min-agreement", metavar="SHARE",
+                                        help="The budget: the share of held-out cells whose best class must be "
+                                             "float32's, in (0, 1]; below it nothing is written (exit 1)."),
     max_pixels: int | None = typer.Option(None, "--max-pixels", min=1, show_default=False,
                                           help="Refuse larger calibration images (default: 2^25 pixels)."),
     force: bool = FORCE,
@@ -45,11 +48,21 @@ def quantize(
         check_outputs({"-o": output}, force, inputs={"MODEL": model,
                                                      "--calibration": calibration if calibration.is_file() else None})
         from ..runtime.calibration import MAX_INPUTS
+        from ..runtime.cpu import detect
         from ..runtime.images import MAX_PIXELS
+        from ..runtime.quantization import BudgetError
         from ..runtime.quantization import quantize as quantize_model
 
-        done = quantize_model(model, output, calibration, method=method, float_layers=float_layers, force=force,
-                              max_pixels=max_pixels or MAX_PIXELS)
+        cpu = detect()
+        out.say(f"weights in {8 if cpu.exact_int8_sums else 7} bits: this CPU ({cpu.kind}) sums int8 products "
+                + ("exactly (VNNI or AMX)" if cpu.exact_int8_sums else "in 16 bits in onnxruntime, which 8 bits "
+                   "could saturate"))
+        try:
+            done = quantize_model(model, output, calibration, method=method, float_layers=float_layers,
+                                  min_agreement=min_agreement, force=force, max_pixels=max_pixels or MAX_PIXELS)
+        except BudgetError as e:  # a result that fails its check, as a failed verification: exit 1
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
     summary = done.calibration
     picked = (f" of {summary['found']:,} found (at most {MAX_INPUTS} used, evenly spaced in name order)"
               if summary["found"] > summary["images"] + summary["held_out"] else "")
@@ -59,11 +72,24 @@ def quantize(
                "(one image: none to hold out)")
             + (f" and {summary['mosaics']} 2×2 mosaic(s) of them (larger inputs)" if summary.get("mosaics") else ""))
     for attempt in done.tried:
-        kept = ", ".join(attempt["nodes"]) or "none"
-        out.say(f"  tried float layers {attempt['float_layers']} ({kept}): argmax agreement "
+        out.say(f"  tried {_layers(attempt['float_layers'])} in float: argmax agreement "
                 f"{attempt['drift']['argmax_agreement']:.3%}, max |Δprobability| "
                 f"{attempt['drift']['max_abs_probability']:.4f}")
-    out.say(f"drift from float32: {done.drift}")
-    out.say(f"kept in float: {', '.join(done.float_layers) or 'nothing (every quantizable layer is int8)'}")
+    out.say(f"drift from float32: {done.drift} (budget: {done.min_agreement:.2%} agreement)")
+    out.say(f"kept in float: {_layers(done.float_layers, 8) if done.float_layers else 'nothing (every layer is int8)'}"
+            + (" (all of them in --json and the file's fc2conv.float_layers)" if len(done.float_layers) > 8 else ""))
+    if done.cost:
+        cost = done.cost
+        out.say(f"  on a held-out image it runs in {cost['chosen_ms']:.1f} ms, against {cost['int8_ms']:.1f} ms with "
+                f"every layer in int8 and {cost['fp32_ms']:.1f} ms in float32"
+                + ("" if cost["chosen_ms"] < cost["fp32_ms"] else ": no faster than float32, which is exact"))
     out.say(f"wrote {done.path} (int8, not exact: its scores are approximate, by the drift above)")
     out.result({"model": str(model), **done.to_dict()})
+
+
+def _layers(nodes: list[str], shown: int = 3) -> str:
+    """`nodes` kept in float, for a line of text: none, or how many and the first `shown`."""
+    if not nodes:
+        return "no layer"
+    shown = ", ".join(nodes[:shown]) + (", …" if len(nodes) > shown else "")
+    return f"{len(nodes)} layer{'s' if len(nodes) > 1 else ''} ({shown})"
