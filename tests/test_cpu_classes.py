@@ -26,7 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What each class runs for each OpenVINO precision, and the int8 kernel onnxruntime picks there.
 EXPECTED = {
     "avx2": ({"fp32": "fp32", "bf16": "fp32", "fp16": "fp32"}, "avx2 (no VNNI", False),
+    "avx2-vnni": ({"fp32": "fp32", "bf16": "fp32", "fp16": "fp32"}, "avx_vnni", True),
     "avx512": ({"fp32": "fp32", "bf16": "fp32", "fp16": "fp32"}, "avx512bw (no VNNI", False),
+    "avx512-vnni": ({"fp32": "fp32", "bf16": "fp32", "fp16": "fp32"}, "avx512_vnni", True),
     "avx512-vnni-bf16": ({"fp32": "fp32", "bf16": "bf16", "fp16": "bf16"}, "avx512_vnni", True),
     "amx": ({"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}, "amx_int8", True),
 }
@@ -42,7 +44,7 @@ def test_each_class_is_what_its_pin_says_and_decides_as_that_cpu(cpu_class):
 
 def test_an_unknown_pin_is_refused_naming_the_variable(monkeypatch):
     monkeypatch.setenv(PIN, "avx1024")
-    with pytest.raises(ConversionError, match=f"{PIN}='avx1024' is not a CPU class; use one of avx2, avx512"):
+    with pytest.raises(ConversionError, match=f"{PIN}=.avx1024. is not a CPU class; use one of avx2, avx2-vnni"):
         detect()
 
 

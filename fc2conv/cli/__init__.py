@@ -1,6 +1,6 @@
 """The `fc2conv` command: inspect, convert and verify saved checkpoints (`checkpoints.py`, with PyTorch), and run and
-scan converted ONNX models (`deployed.py`, without it), and quantize them (`precision.py`, without it), and show a
-scan in napari (`view.py`, without it).
+scan converted ONNX models (`deployed.py`, without it), quantize them and say what this CPU runs each precision as
+(`precision.py`: quantize, doctor; without it), and show a scan in napari (`view.py`, without it).
 
 Exit codes: 0 success, 1 verification failed (nothing is written), 2 bad usage or input (the message on
 stderr names the file or flag at fault). Outputs are written atomically and an existing file is replaced

@@ -49,6 +49,7 @@ def run(
         from ..runtime import heatmap as write_heatmap
         from ..runtime.images import MAX_PIXELS
 
+        _say_what_runs(backend, precision, quiet)
         dense = DenseModel(model, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
                            backend=backend, precision=precision)
         if dense.caution and not quiet:
@@ -73,6 +74,18 @@ def run(
         out.say(f"wrote {written}")
     out.result({"model": str(model), "image": str(image), "result": result.to_dict(),
                 "top_classes": [_prediction(p) for p in top], "heatmap": str(written) if written else None})
+
+
+def _say_what_runs(backend: str, precision: str, quiet: bool) -> None:
+    """One line on stderr, before the work, when this CPU runs the precision asked for as another (bf16 as fp32)."""
+    from ..runtime.cpu import detect
+
+    cpu = detect()
+    runs = cpu.runs(precision) if backend == "openvino" else precision
+    if runs != precision and not quiet:
+        typer.echo(f"note: this CPU ({cpu.kind}) has no {precision} units: OpenVINO runs {precision} as {runs}"
+                   + (", exact and no faster than fp32" if runs == "fp32" else "") + " (fc2conv doctor says more)",
+                   err=True)
 
 
 def _numerics(record: dict) -> str:
@@ -177,6 +190,7 @@ def scan(
         from ..runtime import scan as scan_image
         from ..runtime.images import MAX_PIXELS
 
+        _say_what_runs(backend, precision, quiet or as_json)
         result = scan_image(image, model=model, out=out, tile=tile, workers=workers, scheduler=scheduler,
                             level=level, mpp=mpp, reader=reader, classes=classes and classes.split(","),
                             overview=overview, detections=detections, threshold=threshold, iou=iou, resume=resume,

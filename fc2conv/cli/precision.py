@@ -93,3 +93,34 @@ def _layers(nodes: list[str], shown: int = 3) -> str:
         return "no layer"
     shown = ", ".join(nodes[:shown]) + (", …" if len(nodes) > shown else "")
     return f"{len(nodes)} layer{'s' if len(nodes) > 1 else ''} ({shown})"
+
+
+@app.command(epilog="Example: fc2conv doctor --json")
+def doctor(as_json: bool = JSON) -> None:
+    """Say what this CPU will do with each precision before anything runs: its units, the backends installed, and for
+    each path what it runs as and the speed-up measured on a CPU of its class (no torch needed)."""
+    out = Output(quiet=False, as_json=as_json)
+    with usage_errors():
+        from ..runtime.doctor import report
+
+        found = report()
+    cpu = found["cpu"]
+    out.say(f"CPU: {cpu['name'] or 'unknown'}, class {cpu['class']} (from {cpu['source']})")
+    out.say("  " + "   ".join(f"{unit} {'yes' if present else 'no'}" for unit, present in cpu["units"].items()))
+    out.say("backends: " + ", ".join(f"{name} {version}" if version else
+                                     f"{name} not installed (pip install 'fc2conv[{name}]')"
+                                     for name, version in found["backends"].items()))
+    out.say(f"{'path':<24} {'runs as':<8} {'speed-up':>8}  notes")
+    for path in found["paths"]:
+        what = f"{path['backend']} {path['precision']}" + (" file" if path["precision"] == "int8" else "")
+        speedup = f"{path['speedup']:.1f}×" if path["speedup"] else "?"
+        notes = "; ".join(filter(None, ["exact" if path["exact"] and path["backend"] == "onnxruntime" else "",
+                                        path["why"], "" if path["installed"] else "not installed"]))
+        out.say(f"{what:<24} {path['runs']:<8} {speedup:>8}  {notes}".rstrip())
+    out.say("speed-up: dense ResNet50 at 896², 2 threads, over onnxruntime fp32, measured on "
+            + (found["measured_on"] or f"no CPU of class {cpu['class']} yet (? above): scripts/bench.py --precision "
+               "measures this one"))
+    bits = found["quantize"]["weight_bits"]
+    out.say(f"fc2conv quantize here: weights in {bits} bits"
+            + (" (int8 sums are exact)" if bits == 8 else " (int8 sums are 16-bit: 8 bits could saturate them)"))
+    out.result(found)

@@ -2,14 +2,16 @@
 report that depends on it (which precision OpenVINO will run, which kernels onnxruntime picks) follows one answer,
 and so that the answer can be pinned to a class of CPU to see, and test, what fc2conv does there.
 
-Three classes of x86-64 CPU matter, because reduced precision is a different thing on each:
+The classes of x86-64 CPU, because reduced precision is a different thing on each:
 
-| class              | example                     | bf16 runs as | int8 dot products                                 |
-|--------------------|-----------------------------|--------------|---------------------------------------------------|
-| `avx2`             | Haswell … Zen 3, Skylake-S  | fp32         | u8×s8 pairs summed in 16 bits: can saturate        |
-| `avx512`           | Skylake-SP                  | fp32         | as avx2, twice as wide                             |
-| `avx512-vnni-bf16` | Cooper Lake, Zen 4          | bf16         | VNNI: exact 32-bit sums                            |
-| `amx`              | Sapphire Rapids and later   | bf16 (tiles) | AMX tiles: exact 32-bit sums                       |
+| class              | example                       | bf16 runs as | int8 dot products                              |
+|--------------------|-------------------------------|--------------|------------------------------------------------|
+| `avx2`             | Haswell … Zen 3, Skylake-S    | fp32         | u8×s8 pairs summed in 16 bits: can saturate     |
+| `avx2-vnni`        | Alder Lake, Meteor Lake       | fp32         | AVX-VNNI: exact 32-bit sums                     |
+| `avx512`           | Skylake-SP                    | fp32         | as avx2, twice as wide                          |
+| `avx512-vnni`      | Cascade Lake, Ice Lake        | fp32         | VNNI: exact 32-bit sums                         |
+| `avx512-vnni-bf16` | Cooper Lake, Zen 4            | bf16         | VNNI: exact 32-bit sums                         |
+| `amx`              | Sapphire Rapids and later     | bf16 (tiles) | AMX tiles: exact 32-bit sums                    |
 
 `FC2CONV_CPU_CLASS=<class>` pins the answer to a class's flags (the tests' `--cpu-class` option and `cpu_class`
 fixture do this): fc2conv then decides and reports as it would on that class, and asks OpenVINO for no precision
@@ -33,7 +35,9 @@ _AVX512 = _AVX2 | {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 _VNNI_BF16 = _AVX512 | {"avx512_vnni", "avx512_bf16"}
 CLASSES: dict[str, frozenset[str]] = {
     "avx2": _AVX2,
+    "avx2-vnni": _AVX2 | {"avx_vnni"},
     "avx512": _AVX512,
+    "avx512-vnni": _AVX512 | {"avx512_vnni"},
     "avx512-vnni-bf16": _VNNI_BF16,
     "amx": _VNNI_BF16 | {"avx512_fp16", "amx_tile", "amx_int8", "amx_bf16"},
 }
@@ -48,17 +52,28 @@ class Cpu:
 
     flags: frozenset[str]
     source: str  # "/proc/cpuinfo", or "pinned by FC2CONV_CPU_CLASS=avx2"
+    name: str = ""  # the model name /proc/cpuinfo gives ("AMD EPYC 9R14"), "" when unknown or pinned
+
+    @classmethod
+    def from_cpuinfo(cls, text: str, source: str = "/proc/cpuinfo") -> Cpu:
+        """The first processor of a /proc/cpuinfo text: its `flags` and `model name` lines."""
+        fields: dict[str, str] = {}
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        return cls(frozenset(fields.get("flags", "").split()), source, fields.get("model name", ""))
 
     @property
     def kind(self) -> str:
         """The class of the table in the module docstring this CPU falls in ("other" below AVX2)."""
         if {"amx_tile", "amx_int8"} <= self.flags:
             return "amx"
-        if {"avx512_vnni", "avx512_bf16"} <= self.flags:
-            return "avx512-vnni-bf16"
         if "avx512f" in self.flags:
-            return "avx512"
-        return "avx2" if {"avx2", "fma"} <= self.flags else "other"
+            vnni = "avx512_vnni" in self.flags
+            return "avx512-vnni-bf16" if vnni and "avx512_bf16" in self.flags else "avx512-vnni" if vnni else "avx512"
+        if {"avx2", "fma"} <= self.flags:
+            return "avx2-vnni" if "avx_vnni" in self.flags else "avx2"
+        return "other"
 
     @property
     def exact_int8_sums(self) -> bool:
@@ -131,16 +146,8 @@ def detect() -> Cpu:
         if pinned not in CLASSES:
             raise ConversionError(f"{PIN}={pinned!r} is not a CPU class; use one of {', '.join(CLASSES)}")
         return Cpu(CLASSES[pinned], f"pinned by {PIN}={pinned}")
-    return Cpu(frozenset(_proc_flags()), "/proc/cpuinfo")
-
-
-def _proc_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+            return Cpu.from_cpuinfo(f.read(2**20))  # the first processors' lines are enough
     except OSError:
-        pass
-    return set()
+        return Cpu(frozenset(), "no /proc/cpuinfo")
