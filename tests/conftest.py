@@ -40,6 +40,11 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    # --precision auto caches its choices; the tests' go to a folder of their own, never the user's ~/.cache.
+    if "FC2CONV_CACHE_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["FC2CONV_CACHE_DIR"] = tempfile.mkdtemp(prefix="fc2conv-test-cache-")
     if config.getoption("--cpu-class"):
         os.environ[PIN] = config.getoption("--cpu-class")
 

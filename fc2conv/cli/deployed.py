@@ -90,11 +90,16 @@ def _say_what_runs(backend: str, precision: str, quiet: bool) -> None:
 
 def _numerics(record: dict) -> str:
     """Nothing for the exact default; else the backend and the precision that ran, which are not exact."""
-    if record["backend"] == "onnxruntime" and record["precision"] == "fp32":
+    if record["backend"] == "onnxruntime" and record["precision"] == "fp32" and "chosen_by" not in record:
         return ""
     asked = f", asked for {record['requested_precision']}" if "requested_precision" in record else ""
     exact = "" if record["precision"] == "fp32" else ", not exact: scores drift from float32"
-    return f" ({record['backend']}, {record['precision']}{asked}{exact})"
+    auto = ""
+    if record.get("chosen_by") == "auto":
+        timed = len(record.get("timings_ms", {}))
+        auto = (f", chosen by --precision auto: the fastest of {timed} path{'s' if timed != 1 else ''}"
+                + (" (cached)" if record.get("cached") else ""))
+    return f" ({record['backend']}, {record['precision']}{asked}{exact}{auto})"
 
 
 def _what_was_scored(dense, result) -> str:

@@ -35,11 +35,12 @@ from ..errors import ConversionError, first_line
 from .cpu import detect
 from .metadata_file import read_entries
 
-__all__ = ["BACKENDS", "OPENVINO_EXTRA", "PRECISIONS", "Session", "check_backend", "numerics", "open_session",
+__all__ = ["AUTO", "BACKENDS", "OPENVINO_EXTRA", "PRECISIONS", "Session", "check_backend", "numerics", "open_session",
            "precision_label"]
 
 BACKENDS = ("onnxruntime", "openvino")
 PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16", "fp16")}
+AUTO = "auto"  # --precision auto: the fastest path within the drift budget (`fc2conv.runtime.auto`)
 OPENVINO_EXTRA = "pip install 'fc2conv[openvino]'"
 _OV_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _OV_NAME = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
@@ -51,6 +52,8 @@ def check_backend(backend: str, precision: str) -> None:
     """`ConversionError` naming `--backend` or `--precision` for a backend or a precision the backend does not run."""
     if backend not in BACKENDS:
         raise ConversionError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if precision == AUTO:  # `fc2conv.runtime.auto` picks the backend and precision
+        return
     if precision == "int8":
         raise ConversionError("--precision int8 is not a setting of a backend: int8 is a file, written by fc2conv "
                               "quantize, that runs on either backend with --precision fp32 (or bf16 for its float "

@@ -11,7 +11,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Drift", "measure", "softmax"]
+__all__ = ["BUDGET", "Drift", "measure", "softmax"]
+
+# The default drift budget: the share of cells whose best class must be float32's, for `fc2conv quantize`'s int8 files
+# and for the reduced precisions `--precision auto` may choose.
+BUDGET = 0.99
 
 
 def softmax(scores: np.ndarray, axis: int = 0) -> np.ndarray:

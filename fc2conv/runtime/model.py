@@ -36,8 +36,9 @@ from ..errors import ConversionError, first_line
 from ..shapes import VECTOR_MAP, is_vector_input, map_size, times
 from ..storage.atomic import atomic_output
 from .arrays import check_finite, open_npy, samples_within
-from .backends import numerics, open_session, precision_label
+from .backends import AUTO, check_backend, numerics, open_session, precision_label
 from .cpu import int8_caution
+from .drift import BUDGET
 from .images import MAX_PIXELS, ImageLike, load_image
 from .metadata import decode, validate
 
@@ -139,12 +140,24 @@ class DenseModel:
         """Open `path` in `backend` ("onnxruntime" or "openvino") at `precision` ("fp32"; "bf16" or "fp16" with
         OpenVINO; see `fc2conv.runtime.backends`) with `threads` (None: the backend's default) and validate its
         metadata; `mean` and `std`, when given, replace the file's input normalisation. `providers` and
-        `session_options` are onnxruntime's (its own threads and spinning, then)."""
+        `session_options` are onnxruntime's (its own threads and spinning, then). `precision="auto"` runs each input
+        size on the fastest path within the drift budget (`fc2conv.runtime.auto`; with `backend="openvino"`, among
+        OpenVINO's), chosen at its first input of that size; the file is opened in onnxruntime float32 to check it
+        and to measure the others' drift against."""
         self.path = Path(path)
         if not self.path.is_file():
             raise ConversionError(f"{self.path}: no such model file")
-        self.engine = open_session(self.path, backend=backend, precision=precision, threads=threads,
+        check_backend(backend, precision)
+        self.chooser = self.choice = None
+        if precision == AUTO:
+            from .auto import Chooser
+
+            self.chooser = Chooser(self.path, openvino_only=backend == "openvino", threads=threads,
+                                   min_agreement=BUDGET)
+        self.engine = open_session(self.path, backend="onnxruntime" if self.chooser else backend,
+                                   precision="fp32" if self.chooser else precision, threads=threads,
                                    providers=providers, session_options=session_options)
+        self.running = self.engine  # the session that computes: `engine`, or the one `chooser` chose
         self.session = self.engine.session
         self.backend, self.precision = backend, precision
         found = self.engine.custom_metadata
@@ -179,13 +192,20 @@ class DenseModel:
     def numerics(self) -> dict[str, Any]:
         """What this session's results record: `backend`, `precision` (as executed: fp32, bf16, fp16, int8, int8+bf16
         …) and `exact` (the metadata's `exact` in float32 on a float32 file, false otherwise)."""
-        label = precision_label(self.model_precision, self.engine.executed)
-        return numerics(self.backend, label, self.metadata.get("exact"), self.precision)
+        if self.choice is None:
+            label = precision_label(self.model_precision, self.engine.executed)
+            return numerics(self.backend if self.chooser is None else "onnxruntime", label,
+                            self.metadata.get("exact"), None if self.chooser else self.precision)
+        label = precision_label(self.model_precision, self.running.executed)
+        chosen = numerics(self.choice.backend, label, self.metadata.get("exact"), self.choice.precision)
+        return {**chosen, **self.choice.record()}
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         """The model's raw output for the prepared N×C×(spatial) float32 batch `x` (see `preprocess`)."""
+        if self.chooser is not None:
+            self.choice, self.running = self.chooser.choose(x, self)
         try:
-            return self.engine.run(x)
+            return self.running.run(x)
         except Exception as e:  # each backend raises its own error types for an input it cannot take
             shown = times(x.shape[2:])
             raise ConversionError(f"{self.path}: {self.backend} failed on a {shown} input: {first_line(e)}") from None

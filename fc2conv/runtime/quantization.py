@@ -56,7 +56,7 @@ from ..errors import ConversionError
 from ..storage.atomic import atomic_output, refuse_existing
 from .calibration import PICKED, CalibrationSet, read_calibration
 from .cpu import detect
-from .drift import Drift, measure
+from .drift import BUDGET, Drift, measure
 from .float_layers import CHOICES, Attempt, Search, chosen_layers, rank_by_sensitivity, search
 from .images import MAX_PIXELS
 from .model import DenseModel
@@ -65,7 +65,7 @@ from .qdq import Reader, calibrate, check_dynamic, fold_identities, load, quiet,
 __all__ = ["METHODS", "MIN_AGREEMENT", "QUANTIZED_OPS", "BudgetError", "Quantized", "quantize"]
 
 METHODS = ("minmax", "entropy", "percentile")
-MIN_AGREEMENT = 0.99  # the default budget: the best class of 99% of held-out cells is float32's
+MIN_AGREEMENT = BUDGET  # the default budget: the best class of 99% of held-out cells is float32's
 MOSAIC_PIXELS = 2**20  # held-out images up to this size are also measured as a 2×2 mosaic of themselves
 # `calibration.weights` of the two kinds of file (the first is what files before 7-bit weights said too).
 WEIGHTS_8, WEIGHTS_7 = "int8 per channel", "int8 per channel, 7-bit range (no 16-bit saturation without VNNI)"

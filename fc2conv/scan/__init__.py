@@ -32,6 +32,7 @@ and leaves no store, float samples outside [0, 1] end in one `SampleRangeWarning
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import time
@@ -43,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError
-from ..runtime.backends import check_backend
+from ..runtime.backends import AUTO, check_backend
 from ..runtime.cpu import PrecisionWarning
 from ..runtime.images import MAX_PIXELS
 from . import dispatch, outputs, qupath, samples, stitch, tiles
@@ -159,13 +160,15 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     shown = f"{asked} (the image's longer side, {tile})" if asked > tile else f"{tile}"
     tiles.check_memory(plan, shown, samples=src.samples, sample_bytes=src.dtype.itemsize, channels=dense.channels,
                        classes=len(labels), score_bytes=np.dtype(dtype).itemsize, decode_bytes=src.chunk_bytes)
+    if precision == AUTO:  # chosen on the first tile, in this process; every worker then runs the chosen path
+        spec = _choose_path(dense, spec, src, plan)
     chosen = outputs.choose_classes(classes, labels)
     if ome_tiff is not None and len(chosen) > qupath.MAX_CHANNELS:  # each channel is a plane of the slide's size
         raise ConversionError(f"--ome-tiff {ome_tiff}: {len(chosen)} classes would make {len(chosen)} channels of the "
                               f"slide's full size; choose at most {qupath.MAX_CHANNELS} with --classes")
     run = {"model_sha256": spec.sha256, "source": src.spec.path, "reader": src.spec.reader, "level": src.spec.level,
            "source_size_and_mtime": list(src.spec.stamp), "tile": tile, "dtype": dtype, "approximate": approximate,
-           "backend": backend, "precision": precision}
+           "backend": spec.backend, "precision": spec.precision}
     # How the scores are computed; `exact` (the float32 map, tiles equal to one pass) only in float32.
     numbers = {**dense.numerics, "exact": dense.numerics["precision"] == "fp32" and not approximate}
     attrs = {"version": 1, "classes": len(labels), "labels": labels, "mode": dense.metadata["mode"],
@@ -204,6 +207,16 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     return ScanResult(out, cells, src.size, len(plan.tiles()), len(todo), report.pixels / 1e6,
                       time.perf_counter() - started, attrs, **written, outside_unit_range=report.outside,
                       sample_range=report.sample_range)
+
+
+def _choose_path(dense, spec: ModelSpec, src, plan) -> ModelSpec:
+    """`spec` on the path `--precision auto` chooses for the scan's first tile (`fc2conv.runtime.auto`): a tile's
+    input is the size every path is timed at, and its samples are checked first (`BadInput` before any output)."""
+    first = next(iter(plan.tiles()))
+    pixels = src.read(*first.read)
+    samples.check(pixels, first, src.spec.path)
+    dense.infer(dense.preprocess(pixels, max_pixels=None))
+    return dataclasses.replace(spec, backend=dense.choice.backend, precision=dense.choice.precision)
 
 
 def _require(*modules: str) -> None:

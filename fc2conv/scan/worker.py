@@ -11,7 +11,6 @@ the spec names, so every tile is computed alike.
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..errors import ConversionError, first_line
 from ..runtime.model import DenseModel
+from ..storage.paths import file_sha256
 from . import samples
 from .samples import TileReport
 from .source import SourceSpec, reopen
@@ -37,14 +37,6 @@ class ModelSpec:
     threads: int | None = None
     backend: str = "onnxruntime"
     precision: str = "fp32"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=2)

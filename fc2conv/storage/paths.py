@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import ConversionError
 
-__all__ = ["check_apart"]
+__all__ = ["check_apart", "file_sha256"]
 
 _SAME, _INSIDE, _HOLDS = "same", "inside", "holds"
 
@@ -109,3 +109,14 @@ def _ignores_case(folder: Path) -> bool:
         if place.name.isascii() and place.name.swapcase() != place.name:
             return _same_existing(place, place.with_name(place.name.swapcase()))
     return sys.platform in ("darwin", "win32")  # nothing to ask: these ignore case unless set up otherwise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content, read a MiB at a time: which file a model is, whatever its name."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
