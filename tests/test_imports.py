@@ -25,7 +25,8 @@ LAYERS = {
     "fc2conv.errors": (), "fc2conv.shapes": (), "fc2conv.compat": (),
     # The modules fc2conv puts into networks: tracing, the analysis and the conversion all know them.
     "fc2conv.layers": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat"),
-    "fc2conv.runtime": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.scan"),
+    "fc2conv.runtime": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.storage.paths",
+                        "fc2conv.scan"),
     "fc2conv.scan": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.storage.paths",
                      "fc2conv.runtime"),
     "fc2conv.viewer": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.storage.paths",
