@@ -16,6 +16,7 @@ for argument in "$@"; do
     [ -e "${argument%%::*}" ] && named=true
 done
 $named || tests=(tests/test_precision.py tests/test_precision_cli.py tests/test_precision_inputs.py
+                 tests/test_precision_budget.py tests/test_precision_auto.py tests/test_doctor.py
                  tests/test_cpu_classes.py "$@")
 bash scripts/setup.sh
 if [ "$class" = avx2 ]; then
