@@ -151,7 +151,7 @@ print(json.dumps({"class": detect().kind, "float_layers": done.float_layers, "dr
 """
 
 
-def test_on_an_emulated_avx2_cpu_int8_does_not_saturate_and_bf16_runs_as_fp32(digits, tmp_path):
+def test_on_an_emulated_avx2_cpu_int8_does_not_saturate_and_bf16_runs_as_fp32(digits, tmp_path, monkeypatch):
     """On a real AVX2 CPU (emulated: Haswell), where onnxruntime sums u8×s8 pairs in 16 bits and there are no bf16
     units: the digits CNN quantizes with no layer kept in float and within the drift of the other classes (8-bit
     weights kept two layers in float there), and OpenVINO runs bf16 in fp32 with AVX2 kernels, recorded as asked for
@@ -164,7 +164,9 @@ def test_on_an_emulated_avx2_cpu_int8_does_not_saturate_and_bf16_runs_as_fp32(di
     from digits_precision import calibration_set
 
     calibration_set(tmp_path / "calibration", count=4, size=192)
-    full = quantize(digits, tmp_path / "full.onnx", tmp_path / "calibration").path  # 8-bit weights here, with VNNI
+    monkeypatch.setenv(PIN, "amx")  # 8-bit weights, as a CPU with exact int8 sums writes them, wherever this runs
+    full = quantize(digits, tmp_path / "full.onnx", tmp_path / "calibration").path
+    monkeypatch.delenv(PIN)
     done = subprocess.run([emulator, "-cpu", "Haswell", sys.executable, "-c", textwrap.dedent(_ON_AVX2), str(digits),
                            str(tmp_path / "calibration"), str(tmp_path / "int8.onnx"), str(full)],
                           env={**os.environ, PIN: "avx2"}, capture_output=True, text=True, timeout=600)
