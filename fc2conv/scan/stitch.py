@@ -115,13 +115,13 @@ def mark_complete(path: Path, attrs: dict[str, Any]) -> None:
     zarr.open_group(str(path), mode="r+").attrs[ATTRS] = {**attrs, "complete": True}
 
 
-def scan_tile(job: Job, tile: Tile) -> TileReport:
+def scan_tile(job: Job, tile: Tile, read: tuple[np.ndarray, TileReport] | None = None) -> TileReport:
     """Compute `tile`'s owned cells, write them into their chunk, then set its done flag. Returns the report of
     the samples it read (pixels for throughput, float samples outside [0, 1]). Safe to run twice: the second run
-    writes the same values."""
+    writes the same values. `read`: the tile's samples read ahead (`fc2conv.scan.worker.read_tile`), if they were."""
     scores, done = _arrays(job.store, job.token)
     top, left, bottom, right = tile.cells
-    owned, report = evaluate(job.model, job.source, tile)
+    owned, report = evaluate(job.model, job.source, tile, read)
     scores[:, top:bottom, left:right] = owned.astype(scores.dtype)
     done[tile.index] = 1
     return report

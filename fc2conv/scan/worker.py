@@ -24,7 +24,7 @@ from .samples import TileReport
 from .source import SourceSpec, reopen
 from .tiles import Tile
 
-__all__ = ["ModelSpec", "evaluate", "file_sha256", "load", "map_length"]
+__all__ = ["ModelSpec", "evaluate", "file_sha256", "load", "map_length", "read_tile"]
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,21 @@ def map_length(model: DenseModel, axis: int, length: int) -> int:
     return int(scores.shape[2 + axis])
 
 
-def evaluate(model: ModelSpec, source: SourceSpec, tile: Tile) -> tuple[np.ndarray, TileReport]:
-    """The classes × rows × columns float32 scores of the cells `tile` owns, and the report of the samples it read
-    (`BadInput` for NaN or infinite ones; see `fc2conv.scan.samples`)."""
+def read_tile(source: SourceSpec, tile: Tile) -> tuple[np.ndarray, TileReport]:
+    """The samples `tile` reads (its owned cells' windows and the halo) and their report (`BadInput` for NaN or
+    infinite ones; see `fc2conv.scan.samples`)."""
+    pixels = reopen(source).read(*tile.read)
+    return pixels, samples.check(pixels, tile, source.path)
+
+
+def evaluate(model: ModelSpec, source: SourceSpec, tile: Tile,
+             read: tuple[np.ndarray, TileReport] | None = None) -> tuple[np.ndarray, TileReport]:
+    """The classes × rows × columns float32 scores of the cells `tile` owns, and the report of the samples it read;
+    `read`: what `read_tile` gave for it already (read ahead while the tile before computed), else it is read here."""
     dense = load(model)
     top, left, bottom, right = tile.cells
     rows, cols = bottom - top, right - left
-    pixels = reopen(source).read(*tile.read)
-    report = samples.check(pixels, tile, source.path)
+    pixels, report = read if read is not None else read_tile(source, tile)
     scores = dense.run(pixels, max_pixels=None).scores
     (dy, dx), (have_rows, have_cols) = tile.offset, scores.shape[1:]
     if dy + rows > have_rows or dx + cols > have_cols:
