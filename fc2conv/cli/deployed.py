@@ -131,8 +131,16 @@ def _class_index(value: str | None, result, top) -> int:
     return index
 
 
+def _mask_shown(found: dict, given: str | None) -> str:
+    """The mask as the scan's output names it: `auto` with what it found, or the file."""
+    if found.get("kind", "").startswith("auto"):
+        return f"{given} ({found['polarity']} foreground on a {'×'.join(map(str, found['thumbnail']))} thumbnail)"
+    return str(given)
+
+
 @app.command(epilog=(
     "Examples:\n\n"
+    "  fc2conv scan slide.tif --model out/model.onnx --out out/slide.zarr --mask auto --workers 2\n\n"
     "  fc2conv scan slide.tif --model out/model.onnx --out out/slide.zarr --workers 2 --overview out/slide.png\n\n"
     "  fc2conv scan canvas.tif --model out/digits.onnx --out out/canvas.zarr --detections out/found.csv --resume\n\n"
     "  fc2conv scan slide.tif --model out/model.onnx --out out/slide.zarr --detections out/found.csv "
@@ -166,6 +174,10 @@ def scan(
     ome_tiff: Path | None = typer.Option(None, "--ome-tiff", metavar="OUT.ome.tif",
                                          help="Write the chosen classes' probabilities as a pyramidal OME-TIFF on the "
                                               "slide's level-0 pixel grid, for QuPath."),
+    mask: str | None = typer.Option(None, "--mask", metavar="auto|FILE",
+                                    help="Scan only the foreground: auto (or auto-dark, auto-bright) finds it on a "
+                                         "thumbnail; or a GeoJSON of regions (QuPath annotations), a binary image or "
+                                         "a zarr label image. Cells outside are missing."),
     threshold: float = typer.Option(0.5, "--threshold", help="Smallest probability of a detection."),
     iou: float = typer.Option(0.3, "--iou", help="Drop a detection whose window overlaps a better one more."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan of OUT, skipping done tiles."),
@@ -201,7 +213,7 @@ def scan(
                             overview=overview, detections=detections, threshold=threshold, iou=iou, resume=resume,
                             force=force, dtype=dtype, approximate=approximate, threads=threads,
                             progress=False if quiet or as_json else None, max_pixels=max_pixels or MAX_PIXELS,
-                            backend=backend, precision=precision, ome_tiff=ome_tiff)
+                            backend=backend, precision=precision, ome_tiff=ome_tiff, mask=mask)
     for warning in caught:
         if issubclass(warning.category, SampleRangeWarning | PrecisionWarning) and not quiet:
             typer.echo(f"warning: {warning.message}", err=True)
@@ -211,7 +223,11 @@ def scan(
     shown.say(f"{image} (level {source['level']}, {result.image_size[0]}×{result.image_size[1]}) with {model}: a "
               f"{classes_count}×{rows}×{cols} map in {out}" + (" (approximate)" if meta["approximate"] else "")
               + (_numerics(meta) if "backend" in meta else ""))
-    shown.say(f"{result.tiles} tiles, {result.computed} computed ({result.tiles - result.computed} already done), "
+    before = result.tiles - result.computed - result.skipped
+    if "mask" in meta:
+        shown.say(f"mask {_mask_shown(meta['mask'], mask)}: {meta['mask']['cell_fraction']:.1%} of the map's cells; "
+                  f"{result.skipped} of {result.tiles} tiles skipped (never read or computed)")
+    shown.say(f"{result.tiles} tiles, {result.computed} computed ({before} already done), "
               f"{result.megapixels:.1f} MP in {result.seconds:.1f} s, {result.megapixels_per_second:.2f} MP/s")
     if result.overview:
         shown.say(f"wrote {result.overview}")

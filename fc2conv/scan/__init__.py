@@ -50,6 +50,7 @@ from ..runtime.images import MAX_PIXELS
 from . import dispatch, outputs, qupath, samples, stitch, tiles
 from .arguments import check_arguments
 from .finish import finish
+from .masks import selection
 from .samples import BadInput, SampleRangeWarning, TileReport
 from .source import open_source
 from .tiles import TILE_MEMORY_BUDGET
@@ -76,6 +77,7 @@ class ScanResult:
     ome_tiff: Path | None = None
     found: int | None = None
     outside_unit_range: int = 0  # float samples read by this call outside [0, 1] (see `fc2conv.scan.samples`)
+    skipped: int = 0  # tiles with no cell in the mask: never read or computed
     sample_range: tuple[float, float] | None = None  # smallest and largest float sample read by this call
 
     @property
@@ -98,7 +100,7 @@ class ScanResult:
                 "overview": self.overview and str(self.overview),
                 "detections": self.detections and str(self.detections),
                 "geojson": self.geojson and str(self.geojson), "ome_tiff": self.ome_tiff and str(self.ome_tiff),
-                "found": self.found,
+                "found": self.found, "skipped": self.skipped, "mask": self.metadata.get("mask"),
                 "outside_unit_range": self.outside_unit_range,
                 "sample_range": list(self.sample_range) if self.sample_range else None}
 
@@ -110,7 +112,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
          threshold: float = 0.5, iou: float = 0.3, resume: bool = False, force: bool = False,
          dtype: str = "float32", approximate: bool = False, threads: int | None = None,
          progress: bool | None = None, max_pixels: int | None = MAX_PIXELS, backend: str = "onnxruntime",
-         precision: str = "fp32", ome_tiff: str | os.PathLike | None = None) -> ScanResult:
+         precision: str = "fp32", ome_tiff: str | os.PathLike | None = None,
+         mask: str | os.PathLike | None = None) -> ScanResult:
     """Scan `source` with the ONNX `model` into the zarr store `out` (see the module docstring).
 
     `tile`: input pixels per tile side, without the halo (rounded down to whole strides; at least one window; a
@@ -126,7 +129,10 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     process, 1 on workers). `max_pixels`: the budget for PNG/JPEG inputs, which are decoded whole. `backend` /
     `precision`: onnxruntime (fp32) or OpenVINO (fp32, bf16, fp16), the same in every process
     (`fc2conv.runtime.backends`); the store records them, and `exact: false` for anything but float32 (`resume` refuses
-    other settings).
+    other settings). `mask`: "auto" (or "auto-dark", "auto-bright": the foreground of a thumbnail), a GeoJSON of
+    polygons in level-0 pixels, or a binary image or zarr label image scaled to the slide: only tiles with cells whose
+    window centre is inside are read and computed, the other cells are missing (NaN), and the cells' mask is stored
+    (`fc2conv.scan.masks`; `resume` refuses another mask).
 
     `ConversionError` for bad arguments and inputs, before anything is written; `BadInput` (a `ConversionError`)
     when a tile meets NaN or infinite samples mid-scan, and the unfinished store is removed (left, and named, when
@@ -141,7 +147,7 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     out, model = Path(out), Path(model)
     targets = check_arguments(out, model, Path(source), tile=tile, workers=workers, scheduler=scheduler,
                               overview=overview, detections=detections, threshold=threshold, iou=iou, dtype=dtype,
-                              resume=resume, force=force, ome_tiff=ome_tiff)
+                              resume=resume, force=force, ome_tiff=ome_tiff, mask=mask)
     here = workers is None and scheduler is None
     spec = ModelSpec(str(model.resolve()), file_sha256(model), threads if threads is not None or here else 1,
                      backend, precision)
@@ -160,15 +166,17 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     shown = f"{asked} (the image's longer side, {tile})" if asked > tile else f"{tile}"
     tiles.check_memory(plan, shown, samples=src.samples, sample_bytes=src.dtype.itemsize, channels=dense.channels,
                        classes=len(labels), score_bytes=np.dtype(dtype).itemsize, decode_bytes=src.chunk_bytes)
+    masked = _masked(mask, src, placement, plan, stride, window, max_pixels)
+    chosen_tiles = masked[1].tiles if masked else plan.tiles()
     if precision == AUTO:  # chosen on the first tile, in this process; every worker then runs the chosen path
-        spec = _choose_path(dense, spec, src, plan)
+        spec = _choose_path(dense, spec, src, chosen_tiles[0])
     chosen = outputs.choose_classes(classes, labels)
     if ome_tiff is not None and len(chosen) > qupath.MAX_CHANNELS:  # each channel is a plane of the slide's size
         raise ConversionError(f"--ome-tiff {ome_tiff}: {len(chosen)} classes would make {len(chosen)} channels of the "
                               f"slide's full size; choose at most {qupath.MAX_CHANNELS} with --classes")
     run = {"model_sha256": spec.sha256, "source": src.spec.path, "reader": src.spec.reader, "level": src.spec.level,
            "source_size_and_mtime": list(src.spec.stamp), "tile": tile, "dtype": dtype, "approximate": approximate,
-           "backend": spec.backend, "precision": spec.precision}
+           "backend": spec.backend, "precision": spec.precision, "mask": masked[1].sha256 if masked else None}
     # How the scores are computed; `exact` (the float32 map, tiles equal to one pass) only in float32.
     numbers = {**dense.numerics, "exact": dense.numerics["precision"] == "fp32" and not approximate}
     attrs = {"version": 1, "classes": len(labels), "labels": labels, "mode": dense.metadata["mode"],
@@ -177,14 +185,18 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
              "image_size": list(src.size), "map_size": list(cells), "tile": tile, "tile_cells": list(plan.tile_cells),
              "source": src.describe(), "model": {"path": spec.path, "sha256": spec.sha256}, "dtype": dtype,
              "cell_size_um": src.pixel_size and [p * s for p, s in zip(src.pixel_size, stride, strict=True)],
-             "placement": placement.to_attrs(), **numbers, "run": run}
+             "placement": placement.to_attrs(), **numbers, "run": run,
+             **({"mask": _mask_attrs(*masked, cells)} if masked else {})}
     created = None  # (store, token) of the store this call creates, which a `BadInput` removes
     try:
         with dispatch.executor(workers=workers, scheduler=scheduler) as run_tiles:
-            store, token, attrs, new = _store(out, resume=resume, force=force, plan=plan, dtype=dtype, attrs=attrs)
+            store, token, attrs, new = _store(out, resume=resume, force=force, plan=plan, dtype=dtype, attrs=attrs,
+                                              masked=bool(masked))
             created = (store, token) if new else None
+            if new and masked:
+                selection.write(store, *masked)
             done = stitch.done_mask(store)
-            todo = [t for t in plan.tiles() if not done[t.index]]
+            todo = [t for t in chosen_tiles if not done[t.index]]
             report = run_tiles(stitch.Job(spec, src.spec, str(store), token), todo, progress=progress) if todo \
                 else TileReport()
     except BadInput as e:  # resuming would meet the same samples: the store this call created goes
@@ -206,13 +218,13 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
         warnings.warn(warning, SampleRangeWarning, stacklevel=2)
     return ScanResult(out, cells, src.size, len(plan.tiles()), len(todo), report.pixels / 1e6,
                       time.perf_counter() - started, attrs, **written, outside_unit_range=report.outside,
-                      sample_range=report.sample_range)
+                      sample_range=report.sample_range, skipped=len(masked[1].skipped) if masked else 0)
 
 
-def _choose_path(dense, spec: ModelSpec, src, plan) -> ModelSpec:
-    """`spec` on the path `--precision auto` chooses for the scan's first tile (`fc2conv.runtime.auto`): a tile's
-    input is the size every path is timed at, and its samples are checked first (`BadInput` before any output)."""
-    first = next(iter(plan.tiles()))
+def _choose_path(dense, spec: ModelSpec, src, first) -> ModelSpec:
+    """`spec` on the path `--precision auto` chooses for the scan's first tile `first` (`fc2conv.runtime.auto`): a
+    tile's input is the size every path is timed at, and its samples are checked first (`BadInput` before any
+    output)."""
     pixels = src.read(*first.read)
     samples.check(pixels, first, src.spec.path)
     dense.infer(dense.preprocess(pixels, max_pixels=None))
@@ -254,7 +266,30 @@ def _map_length(dense, axis: int, length: int, stride: tuple, window: tuple, hal
     return start // stride[axis] + map_length(dense, axis, length - start)
 
 
-def _store(out: Path, *, resume: bool, force: bool, plan, dtype: str, attrs: dict) -> tuple[Path, str, dict, bool]:
+def _masked(mask, src, placement, plan, stride, window, max_pixels) -> tuple | None:
+    """(mask, selection) of a masked scan (`fc2conv.scan.masks`), or None without `mask`; `ConversionError` for a
+    mask that covers no cell of the map."""
+    if mask is None:
+        return None
+    from .masks import CellGrid, open_mask
+
+    opened = open_mask(mask, source=src, placement=placement, grid=CellGrid(stride, window), max_pixels=max_pixels)
+    chosen = selection.select(plan, opened)
+    if not chosen.tiles:
+        raise ConversionError(f"--mask {mask} covers no cell of the {plan.cells[0]}×{plan.cells[1]} map (no window "
+                              "centre lies inside it): there is nothing to scan")
+    return opened, chosen
+
+
+def _mask_attrs(opened, chosen, cells: tuple[int, int]) -> dict[str, Any]:
+    """What the store records of its mask: the mask's own description, and the cells and tiles it kept."""
+    fraction = round(chosen.cells / (cells[0] * cells[1]), 6)
+    return {**opened.description, "cells": chosen.cells, "cell_fraction": fraction,
+            "tiles_computed": len(chosen.tiles), "tiles_skipped": len(chosen.skipped), "sha256_cells": chosen.sha256}
+
+
+def _store(out: Path, *, resume: bool, force: bool, plan, dtype: str, attrs: dict,
+           masked: bool = False) -> tuple[Path, str, dict, bool]:
     """(store to write, its token, its attributes, whether this call created it): the finished or partial store to
     resume, or a new partial."""
     partial = stitch.partial_path(out)
@@ -263,6 +298,6 @@ def _store(out: Path, *, resume: bool, force: bool, plan, dtype: str, attrs: dic
             if existing.exists():
                 token, found = stitch.open_run(existing, attrs["run"], plan, attrs["classes"])
                 return existing, token, found, False
-    token = stitch.create(partial, plan, classes=attrs["classes"], dtype=dtype, attrs=attrs)
+    token = stitch.create(partial, plan, classes=attrs["classes"], dtype=dtype, attrs=attrs, masked=masked)
     return partial, token, {**attrs, "token": token}, True
 

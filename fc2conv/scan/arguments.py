@@ -11,6 +11,7 @@ from ..errors import ConversionError
 from ..storage.atomic import refuse_existing
 from ..storage.paths import check_apart
 from . import dispatch, stitch
+from .masks import AUTO
 
 __all__ = ["DTYPES", "check_arguments"]
 
@@ -33,7 +34,7 @@ def _is_store(path: Path) -> bool:
 
 
 def check_arguments(out: Path, model: Path, source: Path, *, tile, workers, scheduler, overview, detections,
-                     threshold, iou, dtype, resume, force, ome_tiff=None) -> dict[str, Path]:
+                     threshold, iou, dtype, resume, force, ome_tiff=None, mask=None) -> dict[str, Path]:
     """Validate what needs no file read; returns the extra outputs by name (overview, detections, geojson,
     ome_tiff).
 
@@ -59,7 +60,10 @@ def check_arguments(out: Path, model: Path, source: Path, *, tile, workers, sche
     targets = {name: Path(path) for name, path in targets.items() if path is not None}
     flags = {"--out": out, "--out's unfinished store": stitch.partial_path(out),
              **{_FLAGS[name]: path for name, path in targets.items()}}
-    check_apart(flags, {"image": source, "--model": model})
+    inputs = {"image": source, "--model": model}
+    if mask is not None and str(mask) not in AUTO:  # a mask file is an input no output may touch
+        inputs["--mask"] = Path(mask)
+    check_apart(flags, inputs)
     for path in flags.values():
         if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
             raise ConversionError(f"cannot write {path}: directory {path.parent} does not exist or is not writable")

@@ -9,7 +9,9 @@ Layout of `OUT.zarr` once a scan is finished (`fc2conv.scan.stitch` holds the re
   2 × 2 pixels of dataset m, down to 256 cells a side or fewer. `omero` names each channel by its label, with a
   colour and the window 0–255; its attribute `fc2conv.complete` is set last;
 - each dataset's `coordinateTransformations` (a scale, then a translation) put its pixel centres on the centres of
-  the windows they stand for, in the slide's physical coordinates: `fc2conv.scan.placement` derives them.
+  the windows they stand for, in the slide's physical coordinates: `fc2conv.scan.placement` derives them;
+- in a masked scan, `labels/mask` is an NGFF label image of the scores image (1: the cell is in the mask and
+  computed; 0: missing, NaN in `scores` and 0 in `probabilities`).
 
 uint8, not float32: a quarter of the size, and what every viewer shows without contrast settings (QuPath's
 alignment overlay refuses float32); 1/255 is finer than any colour map shows, and the exact numbers stay in
@@ -34,6 +36,7 @@ from .placement import Placement
 __all__ = ["PROBABILITIES", "SMALLEST", "finished", "level_shapes", "multiscale", "write"]
 
 PROBABILITIES = "probabilities"
+MASK_LABEL = "labels/mask"
 SMALLEST = 256  # the pyramid stops at a level this many cells a side, or fewer
 AXES = ("c", "y", "x")
 VERSION = "0.5"
@@ -73,9 +76,27 @@ def write(store: Path, attrs: dict[str, Any], placement: Placement) -> None:
         metadata={"description": "softmax over the classes of each cell, as round(255 · p); each level the "
                                  "maximum over 2×2 pixels of the one before", "scale_factor": 2})]},
         "fc2conv": {"complete": True, "encoding": "probability = value / 255", "levels": [list(s) for s in shapes]}})
+    if MASK_LABEL in group:
+        _label_mask(group, placement)
     group.attrs["ome"] = {"version": VERSION, "multiscales": [multiscale(
         placement, 1, name="scores", paths=["scores"],
-        metadata={"description": "raw class scores (logits), exactly as the model computed them"})]}
+        metadata={"description": "raw class scores (logits), exactly as the model computed them; NaN where a "
+                                 "cell is missing (outside the scan's mask)"})]}
+
+
+def _label_mask(group: Any, placement: Placement) -> None:
+    """Make a masked scan's cells' mask (`labels/mask/0`, 1 inside) an NGFF label image of the scores image: the
+    same grid and placement, value 1 drawn translucent green, 0 (missing cells) transparent."""
+    labels = group["labels"]
+    labels.attrs["ome"] = {"version": VERSION, "labels": ["mask"]}
+    labels["mask"].attrs["ome"] = {
+        "version": VERSION, "multiscales": [multiscale(placement, 1, name="mask", paths=["0"], metadata={
+            "description": "1: the cell's window centre is inside the scan's mask (computed); 0: missing"})],
+        "image-label": {"version": VERSION, "source": {"image": "../../"},
+                        "colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]},
+                                   {"label-value": 1, "rgba": [0, 160, 0, 64]}],
+                        "properties": [{"label-value": 0, "name": "missing"},
+                                       {"label-value": 1, "name": "scanned"}]}}
 
 
 def multiscale(placement: Placement, levels: int, *, name: str, kind: str | None = None,
@@ -135,12 +156,14 @@ def _pyramid(group: Any, scores: Any, classes: int) -> list[tuple[int, int]]:
 
 
 def _softmax_uint8(logits: Any) -> np.ndarray:
-    """round(255 · softmax over the first axis), computed in place: one float32 copy of the block, not five."""
+    """round(255 · softmax over the first axis), computed in place: one float32 copy of the block, not five. A
+    missing cell (NaN: outside a scan's mask) is 0, and the mask label image says it is missing."""
     values = np.array(logits, dtype=np.float32)
     values -= values.max(axis=0, keepdims=True)
     np.exp(values, out=values)
     values /= values.sum(axis=0, keepdims=True)
     values *= 255
+    np.nan_to_num(values, copy=False, nan=0.0)
     return np.rint(values, out=values).astype(np.uint8)
 
 

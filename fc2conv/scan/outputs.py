@@ -5,10 +5,11 @@ Both read the store one chunk at a time, so their memory is bounded by a chunk (
 
 - Overview: the largest probability among the chosen classes, each overview pixel the maximum over a block of
   f×f cells (f chosen so the longer side is at most `size` pixels; small peaks stay visible), coloured blue
-  (0) → red (1) on an absolute scale.
+  (0) → red (1) on an absolute scale; white where every cell of the block is missing (outside a scan's mask).
 - Detections: a peak is a cell where a chosen class has probability ≥ `threshold` and no neighbour in its chunk
-  has more. Peaks are then taken best first, and one is dropped when its window overlaps a window already
-  taken, of any class (one class per window, as the softmax says), by an intersection over union above `iou`.
+  has more (a missing cell, outside a scan's mask, is never one and never hides one). Peaks are then taken best
+  first, and one is dropped when its window overlaps a window already taken, of any class (one class per window,
+  as the softmax says), by an intersection over union above `iou`.
   This removes the duplicates a peak leaves on both sides of a chunk border (neighbouring cells' windows
   overlap by (W − S) / (W + S), 0.78 for the digits model). Boxes are the cells' windows in input pixels of
   the scanned level, clipped to the image; the CSV gives them so. The GeoJSON gives them in level-0 pixels (the
@@ -41,6 +42,7 @@ BACKGROUND = "background"
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (188, 189, 34), (23, 190, 207), (255, 221, 0)]
 GREY = (128, 128, 128)
+MISSING = (255, 255, 255)  # the overview's colour for cells outside a scan's mask (white, as glass)
 
 
 @dataclass(frozen=True)
@@ -93,17 +95,20 @@ def overview(scores: Any, classes: list[int], path: Path, *, size: int = 2048) -
     """Write the overview PNG of `classes` to `path`; returns its (height, width) in pixels."""
     _, rows, cols = scores.shape
     factor = max(1, math.ceil(max(rows, cols) / size))
-    heat = np.zeros((math.ceil(rows / factor), math.ceil(cols / factor)), np.float32)
+    heat = np.full((math.ceil(rows / factor), math.ceil(cols / factor)), np.nan, np.float32)
     for top, left, probabilities in _chunks(scores):
         value = probabilities[classes].max(axis=0)
         for axis, first in ((0, top), (1, left)):
             end = first + value.shape[axis]
             starts = [max(b * factor, first) - first for b in range(first // factor, (end - 1) // factor + 1)]
-            value = np.maximum.reduceat(value, starts, axis=axis)
+            value = np.fmax.reduceat(value, starts, axis=axis)  # fmax: a missing cell (NaN) gives way to any other
         r, c = top // factor, left // factor
         block = heat[r:r + value.shape[0], c:c + value.shape[1]]
-        np.maximum(block, value, out=block)
-    Image.fromarray(colormap(np.clip(heat, 0, 1))).save(path, format="PNG")
+        np.fmax(block, value, out=block)
+    missing = np.isnan(heat)
+    picture = colormap(np.clip(np.nan_to_num(heat), 0, 1))
+    picture[missing] = MISSING  # cells outside a scan's mask: not computed, not "probability 0"
+    Image.fromarray(picture).save(path, format="PNG")
     return heat.shape
 
 
@@ -114,7 +119,7 @@ def detections(scores: Any, classes: list[int], labels: list[str], *, stride: tu
     peaks = []
     for top, left, probabilities in _chunks(scores):
         for k in classes:
-            value = probabilities[k]
+            value = np.nan_to_num(probabilities[k], nan=-np.inf)  # a missing cell is no peak, nor higher than one
             padded = np.pad(value, 1, constant_values=-np.inf)
             highest = np.ones(value.shape, bool)
             for dy in (0, 1, 2):

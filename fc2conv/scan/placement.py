@@ -76,6 +76,13 @@ class Placement:
                       zip(self.level_scale, edges, self.level_translation, strict=True))
         return self.to_base_edges(point)
 
+    def base_edges_to_level(self, edges: Pair) -> Pair:
+        """Level-0 pixel-edge coordinates (QuPath's, GeoJSON's) in pixel-edge coordinates of the scanned level: the
+        inverse of `level_edges_to_base`."""
+        point = tuple(s * (e - 0.5) + t for s, e, t in zip(self.base_scale, edges, self.base_translation, strict=True))
+        return tuple((p - t) / s + 0.5 for p, t, s in zip(point, self.level_translation, self.level_scale,
+                                                            strict=True))
+
     def cell_squares(self) -> tuple[Pair, Pair]:
         """(start, side) per axis, in level-0 pixel-edge coordinates, of the square cell 0 is drawn as: cell i's
         square is [start + i·side, start + (i + 1)·side)."""

@@ -29,7 +29,7 @@ from .tiff import TiffSource
 from .tiles import TILE_MEMORY_BUDGET
 from .zarr_source import ZarrSource
 
-__all__ = ["OPENERS", "READERS", "Source", "SourceSpec", "open_source", "reopen"]
+__all__ = ["OPENERS", "READERS", "Source", "SourceSpec", "detect_reader", "open_source", "reopen"]
 
 OPENERS: dict[str, type[Source]] = {"tiff": TiffSource, "zarr": ZarrSource, "openslide": SlideSource,
                                     "image": ImageSource}
@@ -54,7 +54,7 @@ def open_source(path: str | os.PathLike, *, channels: int, reader: str = "auto",
     path = Path(path)
     if not path.exists():
         raise ConversionError(f"{path}: no such file or directory")
-    kind = _detect(path) if reader == "auto" else reader
+    kind = detect_reader(path) if reader == "auto" else reader
     stat = path.stat()
     spec = SourceSpec(str(path.resolve()), kind, 0, channels, (stat.st_size, stat.st_mtime_ns))
     opener = OPENERS[kind]
@@ -78,7 +78,9 @@ def reopen(spec: SourceSpec) -> Source:
     return OPENERS[spec.reader](spec)
 
 
-def _detect(path: Path) -> str:
+def detect_reader(path: Path) -> str:
+    """The reader for `path`: zarr for a folder or `.zarr`, tiff by its first bytes, openslide for what OpenSlide
+    recognises, else image (Pillow)."""
     if path.is_dir() or path.suffix == ".zarr":
         return "zarr"
     with open(path, "rb") as f:

@@ -5,7 +5,10 @@ Layout of `OUT.zarr` (a zarr v3 group):
 
 - `scores`: classes × H' × W' (float32 or float16), chunked (classes, tile cells, tile cells; no more than the
   map's cells), so each tile writes exactly one chunk and concurrent writers never share one;
-- `done`: tile rows × tile columns uint8, chunked 1×1: a tile's flag is set only after its scores are written;
+- `done`: tile rows × tile columns uint8, chunked 1×1: a tile's flag is set only after its scores are written
+  (2: skipped, no cell of it in the mask);
+- `labels/mask/0` in a masked scan: 1 × H' × W' uint8, 1 where a cell is in the mask (computed), 0 where it is
+  missing (`fc2conv.scan.masks.selection`);
 - `attrs["fc2conv"]`: what the map is (geometry, labels, source, model hash…; see `fc2conv.scan.scan`) and
   `run`, the settings a resumed scan must share;
 - once every tile is done, the OME-Zarr (NGFF) metadata and the `probabilities` pyramid (`fc2conv.scan.ngff`).
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError
+from .masks.selection import MASK
 from .samples import TileReport
 from .source import SourceSpec
 from .tiles import Tile, TilePlan
@@ -55,8 +59,9 @@ def partial_path(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
-def create(path: Path, plan: TilePlan, *, classes: int, dtype: str, attrs: dict[str, Any]) -> str:
-    """A new store at `path` (replacing any there) for `plan`; returns its token."""
+def create(path: Path, plan: TilePlan, *, classes: int, dtype: str, attrs: dict[str, Any], masked: bool = False) -> str:
+    """A new store at `path` (replacing any there) for `plan`, with room for the cells' mask when `masked`
+    (`fc2conv.scan.masks.selection`); returns its token."""
     import zarr
     from zarr.codecs import BloscCodec
 
@@ -69,6 +74,10 @@ def create(path: Path, plan: TilePlan, *, classes: int, dtype: str, attrs: dict[
                        fill_value=np.nan, compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
                        dimension_names=("c", "y", "x"))  # the OME-Zarr axes (`fc2conv.scan.ngff`)
     group.create_array("done", shape=plan.grid, chunks=(1, 1), dtype="uint8", fill_value=0, compressors=None)
+    if masked:
+        group.create_array(MASK, shape=(1, *plan.cells), chunks=(1, *plan.chunk_cells), dtype="uint8", fill_value=0,
+                           compressors=BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),
+                           dimension_names=("c", "y", "x"))
     group.attrs[ATTRS] = {**attrs, "token": token, "complete": False}
     return token
 
@@ -119,23 +128,28 @@ def scan_tile(job: Job, tile: Tile, read: tuple[np.ndarray, TileReport] | None =
     """Compute `tile`'s owned cells, write them into their chunk, then set its done flag. Returns the report of
     the samples it read (pixels for throughput, float samples outside [0, 1]). Safe to run twice: the second run
     writes the same values. `read`: the tile's samples read ahead (`fc2conv.scan.worker.read_tile`), if they were."""
-    scores, done = _arrays(job.store, job.token)
+    scores, done, mask = _arrays(job.store, job.token)
     top, left, bottom, right = tile.cells
     owned, report = evaluate(job.model, job.source, tile, read)
-    scores[:, top:bottom, left:right] = owned.astype(scores.dtype)
+    owned = owned.astype(scores.dtype)  # a copy: the session's own buffer is not changed
+    if mask is not None:  # a masked scan: cells whose window centre is outside the mask are missing
+        owned[:, mask[0, top:bottom, left:right] == 0] = np.nan
+    scores[:, top:bottom, left:right] = owned
     done[tile.index] = 1
     return report
 
 
 @functools.lru_cache(maxsize=2)
-def _arrays(store: str, token: str) -> tuple[Any, Any]:
-    """The `scores` and `done` arrays of the store, opened once per process and store."""
+def _arrays(store: str, token: str) -> tuple[Any, Any, Any]:
+    """The `scores`, `done` and (in a masked scan, else None) cells' mask arrays of the store, opened once per
+    process and store."""
     import zarr
 
     group = zarr.open_group(store, mode="r+")
-    if group.attrs.asdict().get(ATTRS, {}).get("token") != token:
+    attrs = group.attrs.asdict().get(ATTRS, {})
+    if attrs.get("token") != token:
         raise ConversionError(f"{store} was replaced by another scan while this one ran")
-    return group["scores"], group["done"]
+    return group["scores"], group["done"], group[MASK] if attrs.get("run", {}).get("mask") else None
 
 
 def discard(path: Path, token: str) -> None:

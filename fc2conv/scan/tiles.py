@@ -92,6 +92,14 @@ class TilePlan:
         (c0, c1, r0, r1, o0, a0, a1), (d0, d1, q0, q1, o1, b0, b1) = spans
         return Tile((row, col), (c0, d0, c1, d1), (r0, q0, r1, q1), (o0, o1), (a0, b0, a1, b1))
 
+    def cropped(self, tile: Tile, cells: tuple[int, int, int, int]) -> Tile:
+        """`tile` owning only `cells` (top, left, bottom, right; a box inside its own), reading only their windows
+        and halo: a masked scan computes just the box around a tile's masked cells. Its first cell is still on the
+        stride grid, so the cells equal one pass as every tile's do."""
+        spans = [self._span(axis, tile.index[axis], (cells[axis], cells[axis + 2])) for axis in range(2)]
+        (c0, c1, r0, r1, o0, a0, a1), (d0, d1, q0, q1, o1, b0, b1) = spans
+        return Tile(tile.index, (c0, d0, c1, d1), (r0, q0, r1, q1), (o0, o1), (a0, b0, a1, b1))
+
     def tiles(self) -> list[Tile]:
         rows, cols = self.grid
         return [self.tile(r, c) for r in range(rows) for c in range(cols)]
@@ -108,13 +116,15 @@ class TilePlan:
         return tuple(min(size, (cells - 1 + before + after) * stride + window) for size, cells, (before, after), stride,
                      window in zip(self.image, self.chunk_cells, self.halo, self.stride, self.window, strict=True))
 
-    def _span(self, axis: int, index: int) -> tuple[int, int, int, int, int, int, int]:
+    def _span(self, axis: int, index: int, box: Pair | None = None) -> tuple[int, int, int, int, int, int, int]:
         """(first cell, end cell, first pixel read, end pixel read, offset of the first cell, first and end pixel
-        owned)."""
+        owned) of tile `index` along `axis`, or of the cells `box` (first, end) inside it."""
         size, stride, window = self.image[axis], self.stride[axis], self.window[axis]
         before, after = self.halo[axis]
         first = index * self.tile_cells[axis]
         end = min(first + self.tile_cells[axis], self.cells[axis])
+        if box is not None:
+            first, end = box
         start = max(0, (first - before) * stride)
         start = min(start, max(0, (size - window) // stride * stride))  # read at least one window
         stop = min(size, (end - 1 + after) * stride + window)

@@ -113,6 +113,11 @@ def build(viewer: Any, request: Request) -> None:
         channels = [_Channel(array, k, f"{scan.path}/probabilities/{m}") for m, array in enumerate(scan.pyramid)]
         viewer.add_image(channels, multiscale=True, name=f"p({scan.labels[k]})", scale=scale, translate=translation,
                          colormap=colormap, contrast_limits=(0, 255), opacity=0.8, blending="translucent")
+    if scan.mask is not None:  # cells outside the scan's mask were not computed: shaded grey, not "probability 0"
+        shade = Colormap([[0.5, 0.5, 0.5, 0.6], [0, 0, 0, 0]], name="fc2conv not scanned")
+        viewer.add_image([_Channel(scan.mask, 0, f"{scan.path}/labels/mask/0")], multiscale=True, name="not scanned",
+                         scale=scale, translate=translation, colormap=shade, contrast_limits=(0, 1),
+                         blending="translucent")
     if boxes is not None:
         keep = [i for i, k in enumerate(boxes.classes) if k in chosen]
         if keep:

@@ -17,7 +17,8 @@ field (`fc2conv.stride`, `probabilities: ome.multiscales[0].datasets[1].path`):
   down to 256 cells a side; its NGFF metadata read by the scanner's own OME-Zarr reader
   (`fc2conv.scan.zarr_source`: datasets inside the store, transforms positive and finite, one dimension per axis),
   with axes c, y, x in the placement's unit, one dataset per level, each a uint8 array of one channel per label
-  and that level's shape, placed where `placement` puts that level (`fc2conv.scan.placement`).
+  and that level's shape, placed where `placement` puts that level (`fc2conv.scan.placement`);
+- a masked scan's (`fc2conv.mask` present) `labels/mask/0`: uint8, one channel of the map's shape.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Scan:
     slide: Path
     reader: str
     geojson: Path | None
+    mask: Any | None = None  # a masked scan's cells' mask (uint8, 1 × rows × columns, 1: computed), else None
 
 
 def open_scan(path: Path) -> Scan:
@@ -96,7 +98,23 @@ def open_scan(path: Path) -> Scan:
     geojson = None if found is None else _absolute(path, "fc2conv.outputs.geojson", found)
     placement = _placement(path, fields)
     pyramid = _pyramid(path, labels, placement)
-    return Scan(path, labels, class_colors(labels), placement, pyramid, slide, reader, geojson)
+    mask = _mask(path, fields, tuple(pyramid[0].shape[1:])) if "mask" in fields else None
+    return Scan(path, labels, class_colors(labels), placement, pyramid, slide, reader, geojson, mask)
+
+
+def _mask(store: Path, fields: dict, shape: tuple[int, int]) -> Any:
+    """The cells' mask of a masked scan (`fc2conv.mask` recorded): `labels/mask/0`, uint8, 1 × the map's shape."""
+    import zarr
+
+    try:
+        array = zarr.open_array(str(store / ngff.MASK_LABEL / "0"), mode="r")
+    except Exception:  # missing or not an array: whatever zarr raises, the answer is the same
+        raise ConversionError(f"{store}: fc2conv.mask says the scan was masked, but labels/mask/0 is not an "
+                              "array") from None
+    if array.dtype != np.uint8 or tuple(array.shape) != (1, *shape):
+        raise ConversionError(f"{store}: labels/mask/0 is {array.dtype} of shape {tuple(array.shape)}; a scan's "
+                              f"cells' mask is uint8 of shape {(1, *shape)}")
+    return array
 
 
 def _placement(store: Path, fields: dict) -> Placement:

@@ -1,0 +1,106 @@
+"""Tile tasks: a scan's tiles cut into batches, and one batch run in one process, the next tile's samples read
+while the current one computes.
+
+Batches (`batches`): the tiles, in plan order (so a batch's tiles are neighbours in the image), in runs of
+⌈tiles / (`TASKS_PER_SLOT` × slots)⌉ and at most `MAX_BATCH` tiles, where a slot is a task running at once (a
+worker thread). So every slot gets about four tasks: enough for the scheduler to balance a slow worker against a
+fast one, few enough that dask's own work per task (a few ms) is spread over several tiles, and a batch is at most
+`MAX_BATCH` tiles, so the progress bar, which moves per batch, moves often on a large slide.
+
+Running a batch (`run_batch`): its tiles one after another (`fc2conv.scan.stitch.scan_tile`, called through the
+module, so a test can replace it), and, in one background thread, the next tile's samples read and checked
+(`fc2conv.scan.worker.read_tile`) and its done flag read while the current tile computes. What the background
+thread meets is kept with its tile: a `BadInput` in tile k is raised when tile k's turn comes, after every tile
+before it is written, as if nothing were read ahead. A batch holds at most two tiles' samples at once (the one
+computing and the next). A tile whose done flag is already set (a batch run again after its worker died) is not
+computed again; its samples are still read and checked, so a batch's report covers all its tiles whichever
+worker wrote them.
+
+Threads (`session_threads`): on a cluster, each model session gets the cores its worker's machine has, divided
+among the task slots of that machine's workers (at least one); the explicit `threads` of a scan wins.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from . import stitch, worker
+from .samples import TileReport
+from .stitch import Job
+from .tiles import Tile
+
+__all__ = ["MAX_BATCH", "TASKS_PER_SLOT", "batches", "run_batch", "session_threads", "usable_cores"]
+
+TASKS_PER_SLOT = 4
+MAX_BATCH = 16
+
+
+def batches(tiles: list[Tile], slots: int) -> list[list[Tile]]:
+    """`tiles` cut, in order, into batches for `slots` task slots (see the module docstring); every tile is in
+    exactly one batch."""
+    size = max(1, min(MAX_BATCH, math.ceil(len(tiles) / (TASKS_PER_SLOT * max(slots, 1)))))
+    return [tiles[start:start + size] for start in range(0, len(tiles), size)]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one, else every core)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+def session_threads(cores: int, slots: int) -> int:
+    """Threads for each model session when `slots` tasks share `cores` cores at once."""
+    return max(1, cores // max(slots, 1))
+
+
+def run_batch(job: Job, tiles: list[Tile], *, threads: dict[str, int] | None = None,
+              advance: Callable[[TileReport], None] | None = None) -> TileReport:
+    """Compute and write `tiles` (see the module docstring); returns their reports added up, and calls `advance`
+    with each tile's report as it is written. `threads`: threads per session by host, for a job whose model names
+    none; looked up for the Dask worker this runs on (a host it does not name: one thread)."""
+    if job.model.threads is None and threads is not None:
+        job = replace(job, model=replace(job.model, threads=threads.get(_worker_host(), 1)))
+    total = TileReport()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fc2conv-read-ahead") as reader:
+        ahead = reader.submit(_prepare, job, tiles[0]) if tiles else None
+        for k, tile in enumerate(tiles):
+            done, read = ahead.result()  # this tile's own error (BadInput…), raised at its turn
+            ahead = reader.submit(_prepare, job, tiles[k + 1]) if k + 1 < len(tiles) else None
+            report = read[1] if done else stitch.scan_tile(job, tile, read=read)
+            total += report
+            if advance is not None:
+                advance(report)
+    return total
+
+
+def _prepare(job: Job, tile: Tile) -> tuple[bool, Any]:
+    """(whether `tile`'s done flag is set, its samples and their report): what the background thread reads."""
+    done = bool(_done(job.store, job.token)[tile.index])
+    return done, worker.read_tile(job.source, tile)
+
+
+@functools.lru_cache(maxsize=2)
+def _done(store: str, token: str) -> Any:
+    """The store's `done` array, opened read-only once per process and store (`token` keeps one scan's handle
+    from serving another's store at the same path)."""
+    import zarr
+
+    return zarr.open_array(f"{store}/done", mode="r")
+
+
+def _worker_host() -> str | None:
+    from distributed import get_worker
+    from distributed.comm import get_address_host
+
+    try:
+        return get_address_host(get_worker().address)
+    except ValueError:  # not on a worker
+        return None
