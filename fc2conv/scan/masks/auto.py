@@ -8,9 +8,10 @@ TIAToolbox or CLAM finds it.
    more saturated than glass, max(1 − grey, saturation); fluorescence and greyscale (`auto` on one channel, or
    `auto-bright`) for foreground brighter than the background, the intensity stretched between its 0.5th and 99.5th
    percentiles. Smoothed by a Gaussian of one thumbnail pixel.
-3. Otsu's threshold, with a floor: brightfield foreground is at least `DARK_FLOOR` above white glass (so clean
-   glass alone is no foreground), bright foreground stands `SEPARATION` standard deviations of the background
-   above it (so noise alone is none).
+3. Otsu's threshold, with a floor: brightfield foreground is at least `DARK_FLOOR` above the glass, the feature's
+   1st percentile (at most `GLASS_AT_MOST`, for a slide that is all tissue), so clean glass alone is no
+   foreground; bright foreground stands `SEPARATION` standard deviations of the background above it (so noise
+   alone is none).
 4. Cleaned: closed by a disk of 2 pixels, holes under `HOLES` of the thumbnail's area filled, specks under `SPECKS`
    removed, then grown by one thumbnail pixel so the tissue's edge is scanned.
 
@@ -30,11 +31,12 @@ from ..readers import Source
 from . import CellGrid
 from .raster import RasterMask
 
-__all__ = ["DARK_FLOOR", "MIN_SIDE", "SEPARATION", "TARGET", "auto_mask", "foreground"]
+__all__ = ["DARK_FLOOR", "GLASS_AT_MOST", "MIN_SIDE", "SEPARATION", "TARGET", "auto_mask", "foreground"]
 
 MIN_SIDE = 1024
 TARGET = 2048
 DARK_FLOOR = 0.08
+GLASS_AT_MOST = 0.15
 SEPARATION = 3.0
 SPECKS = 1e-4
 HOLES = 1e-3
@@ -78,8 +80,8 @@ def foreground(thumbnail: np.ndarray, polarity: str) -> tuple[np.ndarray, float]
     if np.ptp(feature) == 0:
         return np.zeros(feature.shape, bool), float(feature.flat[0])
     threshold = float(filters.threshold_otsu(feature))
-    if polarity == "dark":
-        threshold = max(threshold, DARK_FLOOR)
+    if polarity == "dark":  # above the glass: the whitest pixels (or, on a slide all tissue, near-white)
+        threshold = max(threshold, min(float(np.percentile(feature, 1)), GLASS_AT_MOST) + DARK_FLOOR)
     found = feature > threshold
     if polarity == "bright" and found.any() and not found.all():
         background = feature[~found]
