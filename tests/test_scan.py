@@ -252,19 +252,19 @@ def test_classes_by_label_or_index():
 PAUSED_SCAN = """
 import sys, time
 from fc2conv.runtime import scan
-from fc2conv.scan import dispatch
+from fc2conv.scan import stitch
 
-scan_tile, done = dispatch.scan_tile, []
+scan_tile, done = stitch.scan_tile, []
 
-def scan_then_pause(job, tile):
-    pixels = scan_tile(job, tile)
+def scan_then_pause(job, tile, read=None):
+    pixels = scan_tile(job, tile, read=read)
     done.append(tile.index)
     if len(done) == 20:
         print(len(done), flush=True)
         time.sleep(600)
     return pixels
 
-dispatch.scan_tile = scan_then_pause
+stitch.scan_tile = scan_then_pause
 scan(sys.argv[1], model=sys.argv[2], out=sys.argv[3], tile=32, threads=1)
 """
 

@@ -36,20 +36,21 @@ def test_local_cluster_map_equals_one_pass(digits_onnx, tmp_path):
 
 
 # Run on one worker (by `exec`, so nothing of this module is pickled): its third tile creates `marker`, naming the
-# tile, and blocks until the worker process is killed. Tasks call `fc2conv.scan.stitch.scan_tile` by name.
+# tile, and blocks until the worker process is killed. Tasks (`fc2conv.scan.tasks.run_batch`) call
+# `fc2conv.scan.stitch.scan_tile` by name.
 BLOCK_IN_A_TILE = """
 import os, pathlib, time
 import fc2conv.scan.stitch as stitch
 
 scan_tile, started = stitch.scan_tile, []
 
-def block_in_the_third(job, tile):
+def block_in_the_third(job, tile, read=None):
     started.append(tile.index)
     if len(started) == 3:
         pathlib.Path(marker + ".tmp").write_text("%d %d" % tile.index)
         os.replace(marker + ".tmp", marker)  # whole when it appears
         time.sleep(3600)
-    return scan_tile(job, tile)
+    return scan_tile(job, tile, read=read)
 
 stitch.scan_tile = block_in_the_third
 """
@@ -80,8 +81,7 @@ def test_worker_killed_mid_run_loses_nothing(digits_onnx, tmp_path, cluster):
         time.sleep(0.01)
     assert marker.exists(), outcome.get("error", "the worker never reached its third tile")
     row, column = map(int, marker.read_text().split())
-    blocked = f"-{row}-{column}"
-    assert any(key.endswith(blocked) for key in client.processing()[address]), "not the victim's tile"
+    assert any(_in_batch(key, (row, column)) for key in client.processing()[address]), "not the victim's tile"
     killed_at = done_tiles(tmp_path / ".out.zarr.partial")
     os.kill(victim, signal.SIGKILL)
     thread.join(timeout=300)
@@ -91,3 +91,10 @@ def test_worker_killed_mid_run_loses_nothing(digits_onnx, tmp_path, cluster):
     assert zarr.open_array(str(out / "done"), mode="r")[row, column] == 1  # the blocked tile, computed elsewhere
     assert_close(result.scores()[...], one_pass(digits_onnx, image))
     assert victim not in client.run(os.getpid).values()  # the nanny started a new worker process
+
+
+def _in_batch(key: str, index: tuple[int, int]) -> bool:
+    """Whether the task `key` (fc2conv-TOKEN-R0-C0-to-R1-C1: its first and last tiles in plan order) holds the tile
+    at `index`."""
+    first, last = key.split("-")[2:4], key.split("-")[5:7]
+    return tuple(map(int, first)) <= index <= tuple(map(int, last))

@@ -126,7 +126,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     classes' probabilities as a pyramidal OME-TIFF on the slide's level-0 grid (`fc2conv.scan.qupath`). Every scan
     also writes the map as OME-Zarr into `out` (`fc2conv.scan.ngff`). `resume`: continue a partial (or finished)
     store; `force`: replace existing outputs. `threads`: the backend's threads per process (default: its own in this
-    process, 1 on workers). `max_pixels`: the budget for PNG/JPEG inputs, which are decoded whole. `backend` /
+    process; on a cluster, the cores of each worker's machine over its workers' task slots: `fc2conv.scan.dispatch`).
+    `max_pixels`: the budget for PNG/JPEG inputs, which are decoded whole. `backend` /
     `precision`: onnxruntime (fp32) or OpenVINO (fp32, bf16, fp16), the same in every process
     (`fc2conv.runtime.backends`); the store records them, and `exact: false` for anything but float32 (`resume` refuses
     other settings). `mask`: "auto" (or "auto-dark", "auto-bright": the foreground of a thumbnail), a GeoJSON of
@@ -149,7 +150,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
                               overview=overview, detections=detections, threshold=threshold, iou=iou, dtype=dtype,
                               resume=resume, force=force, ome_tiff=ome_tiff, mask=mask)
     here = workers is None and scheduler is None
-    spec = ModelSpec(str(model.resolve()), file_sha256(model), threads if threads is not None or here else 1,
+    spec = ModelSpec(str(model.resolve()), file_sha256(model), threads if threads is not None or here else
+                     dispatch.worker_threads(workers),
                      backend, precision)
     dense = load(spec)
     if dense.caution:

@@ -1,13 +1,17 @@
 """Run a scan's tile tasks: in this process one after another, or on Dask distributed.
 
-`workers=N` starts a local cluster of N processes with one thread each, listening on the loopback interface
+`workers=N` starts a local cluster of N processes with one task slot each, listening on the loopback interface
 only, and closes it afterwards; `scheduler="tcp://HOST:PORT"` joins a running cluster (reached within
-`CONNECT_TIMEOUT` seconds, or `ConversionError`). Each task computes one tile and writes it into the store
-itself (`fc2conv.scan.stitch.scan_tile`): the client receives only the tile's small report (pixels, float
-samples outside [0, 1]). A task whose worker dies is run again by the scheduler on another worker (Dask's own
-guarantee; a task that kills three workers fails the scan with a `ConversionError` naming the tile). The local
-cluster logs nothing below CRITICAL: a failing task's error comes back to the caller, which reports it in a line.
-A progress bar on stderr shows tiles done, megapixels per second and the time left.
+`CONNECT_TIMEOUT` seconds, or `ConversionError`). A task computes a batch of neighbouring tiles, about four tasks
+per slot and at most 16 tiles each, and writes them into the store itself (`fc2conv.scan.tasks.run_batch`, the next
+tile read while one computes; this process runs all its tiles as one batch): the client receives only their
+small report (pixels, float samples outside [0, 1]). A task whose worker dies is run again by the scheduler on
+another worker (Dask's own guarantee), where the tiles already written are not computed again; a task that kills
+three workers fails the scan with a `ConversionError`. Each model session on a cluster gets the cores of its
+worker's machine divided among the task slots there (`worker_threads`: on a local cluster of N workers,
+max(1, cores // N)), unless the scan names its `threads`. The local cluster logs nothing below CRITICAL: a failing
+task's error comes back to the caller, which reports it in a line. A progress bar on stderr shows tiles done,
+megapixels per second and the time left.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import time
 from collections.abc import Callable, Iterator
 
 from ..errors import ConversionError, first_line
+from . import tasks
 from .samples import TileReport
-from .stitch import Job, scan_tile
+from .stitch import Job
 from .tiles import Tile
 
-__all__ = ["CONNECT_TIMEOUT", "check_scheduler", "executor"]
+__all__ = ["CONNECT_TIMEOUT", "check_scheduler", "executor", "worker_threads"]
 
 CONNECT_TIMEOUT = 5
 _ADDRESS = re.compile(r"^(tcp|tls)://(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+/?$")  # host name, IPv4 or [IPv6]
@@ -33,6 +38,12 @@ _ADDRESS = re.compile(r"^(tcp|tls)://(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+/?$") 
 def check_scheduler(address: str) -> None:
     if not _ADDRESS.match(address):
         raise ConversionError(f"--scheduler must be tcp://HOST:PORT (or tls://); got {address!r}")
+
+
+def worker_threads(workers: int | None) -> int | None:
+    """Threads per model session on a local cluster of `workers` processes (one task slot each) on this machine's
+    cores; None without one (a `scheduler`'s cluster: chosen per machine when the tiles run)."""
+    return None if workers is None else tasks.session_threads(tasks.usable_cores(), workers)
 
 
 @contextlib.contextmanager
@@ -44,8 +55,7 @@ def executor(*, workers: int | None, scheduler: str | None) -> Iterator[Callable
 
         def run_here(job: Job, tiles: list[Tile], progress: bool | None = None) -> TileReport:
             with _progress(len(tiles), progress) as advance:
-                for tile in tiles:
-                    advance(scan_tile(job, tile))
+                tasks.run_batch(job, tiles, advance=advance)
                 return advance.total
 
         yield run_here
@@ -60,21 +70,45 @@ def executor(*, workers: int | None, scheduler: str | None) -> Iterator[Callable
         yield run_there
 
 
-def _submit_all(client, job: Job, tiles: list[Tile], advance: Callable[[TileReport], None]) -> None:
+def _submit_all(client, job: Job, tiles: list[Tile], advance: Callable[..., None]) -> None:
     from dask.distributed import as_completed
     from distributed import KilledWorker
 
-    futures = [client.submit(scan_tile, job, tile, key=f"fc2conv-{job.token}-{tile.index[0]}-{tile.index[1]}")
-               for tile in tiles]
+    threads = _threads_by_host(client) if job.model.threads is None else None
+    batches = tasks.batches(tiles, sum(client.nthreads().values()))
+    futures = {client.submit(tasks.run_batch, job, batch, threads=threads, key=_key(job, batch)): len(batch)
+               for batch in batches}
     try:
         for future in as_completed(futures, loop=client.loop):
-            advance(future.result())
+            advance(future.result(), tiles=futures[future])
     except KilledWorker as e:
-        raise ConversionError(f"a tile's task killed one worker after another ({first_line(e, limit=120)}): a "
-                              "tile may need more memory than a worker has; try a smaller --tile (with --force to "
-                              "start again)") from None
+        raise ConversionError(f"a task killed one worker after another ({first_line(e, limit=120)}): a tile may "
+                              "need more memory than a worker has; try a smaller --tile (with --force to start "
+                              "again)") from None
     finally:
-        client.cancel(futures)
+        client.cancel(list(futures))
+
+
+def _key(job: Job, batch: list[Tile]) -> str:
+    """The task's key: the scan's token and the batch's first and last tiles (row-column, in plan order)."""
+    (r0, c0), (r1, c1) = batch[0].index, batch[-1].index
+    return f"fc2conv-{job.token}-{r0}-{c0}-to-{r1}-{c1}"
+
+
+def _threads_by_host(client) -> dict[str, int]:
+    """Threads per model session on each machine of the cluster: its cores over its workers' task slots."""
+    from distributed.comm import get_address_host
+
+    cores = client.run(tasks.usable_cores, on_error="return")
+    cores_by_host: dict[str, int] = {}
+    slots_by_host: dict[str, int] = {}
+    for address, slots in client.nthreads().items():
+        host = get_address_host(address)
+        slots_by_host[host] = slots_by_host.get(host, 0) + slots
+        if isinstance(cores.get(address), int):
+            cores_by_host[host] = max(cores_by_host.get(host, 0), cores[address])
+    return {host: tasks.session_threads(cores_by_host[host], slots)
+            for host, slots in slots_by_host.items() if host in cores_by_host}
 
 
 @contextlib.contextmanager
@@ -98,16 +132,16 @@ def _client(workers: int | None, scheduler: str | None) -> Iterator:
 
 
 class _Progress:
-    """`advance(report)` after each tile: adds it to `total` and moves the bar."""
+    """`advance(report, tiles=1)` after each tile or batch: adds its report to `total` and moves the bar."""
 
     def __init__(self, bar):
         self.bar, self.total, self.start = bar, TileReport(), time.perf_counter()
 
-    def __call__(self, report: TileReport) -> None:
+    def __call__(self, report: TileReport, tiles: int = 1) -> None:
         self.total += report
         rate = self.total.pixels / 1e6 / max(time.perf_counter() - self.start, 1e-9)
         self.bar.set_postfix_str(f"{rate:.1f} MP/s", refresh=False)
-        self.bar.update(1)
+        self.bar.update(tiles)
 
 
 @contextlib.contextmanager

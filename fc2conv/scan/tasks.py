@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from ..errors import ConversionError
 from . import stitch, worker
 from .samples import TileReport
 from .stitch import Job
@@ -89,11 +90,14 @@ def _prepare(job: Job, tile: Tile) -> tuple[bool, Any]:
 
 @functools.lru_cache(maxsize=2)
 def _done(store: str, token: str) -> Any:
-    """The store's `done` array, opened read-only once per process and store (`token` keeps one scan's handle
-    from serving another's store at the same path)."""
+    """The store's `done` array, opened read-only once per process and store (its token checked, as
+    `fc2conv.scan.stitch.scan_tile` checks the store it writes)."""
     import zarr
 
-    return zarr.open_array(f"{store}/done", mode="r")
+    group = zarr.open_group(store, mode="r")
+    if group.attrs.asdict().get(stitch.ATTRS, {}).get("token") != token:
+        raise ConversionError(f"{store} was replaced by another scan while this one ran")
+    return group["done"]
 
 
 def _worker_host() -> str | None:
