@@ -2,8 +2,10 @@
 # The README's second main job: scan an image far larger than one pass should hold, tile by tile on a local
 # Dask cluster, and check what it found. Sets up .venv first if needed.
 #   1. fc2conv convert   models/digits_cnn.safetensors → out/scan_demo/digits.onnx (verified)
-#   2. compose           all 450 test-split digits at known places on an 8192×8192 tiled BigTIFF
-#   3. fc2conv scan      1024-pixel tiles on two local workers → score map (zarr, also an OME-Zarr image with a
+#   2. compose           all 450 test-split digits at known places on an 8192×8192 tiled BigTIFF, in blobs covering
+#                        about half of it, and the blobs' outlines as a GeoJSON of annotations (as QuPath exports)
+#   3. fc2conv scan      only inside those regions (--mask): tiles with none of them are neither read nor computed;
+#                        1024-pixel tiles on two local workers → score map (zarr, also an OME-Zarr image with a
 #                        probability pyramid), overview PNG, detections (CSV, and GeoJSON QuPath imports), and the
 #                        probability map as a pyramidal OME-TIFF on the slide's level-0 grid (for QuPath)
 #   4. report            recall and precision against the placed digits, and stitched vs one pass on a region;
@@ -40,11 +42,12 @@ fi
 
 echo
 echo "== 2. compose a slide of test-split digits (never seen in training)"
-.venv/bin/python scripts/digits_slide.py compose "$out/slide.tif" "$out/placed.json"
+.venv/bin/python scripts/digits_slide.py compose "$out/slide.tif" "$out/placed.json" --regions "$out/regions.geojson"
 
 echo
-echo "== 3. scan it in 1024-pixel tiles on a local Dask cluster of two workers"
+echo "== 3. scan its regions in 1024-pixel tiles on a local Dask cluster of two workers"
 "$fc2conv" scan "$out/slide.tif" --model "$model" --out "$out/slide.zarr" --tile 1024 --workers 2 \
+    --mask "$out/regions.geojson" \
     --overview "$out/overview.png" --detections "$out/found.csv" --ome-tiff "$out/map.ome.tif" --force \
     ${flags[@]+"${flags[@]}"}
 
@@ -58,9 +61,10 @@ echo "== 5. where to look at it"
 echo "OME-Zarr (napari, vizarr, any NGFF viewer): $out/slide.zarr (raw scores) and $out/slide.zarr/probabilities"
 echo "QuPath: import $out/found.geojson over $out/slide.tif; add $out/map.ome.tif to the project to overlay it"
 echo "napari: .venv/bin/fc2conv view $out/slide.zarr"
-# The screenshot of the README (docs/images/scan_view.png): five digits of five classes, 240×360 pixels at 2.5×.
+# The screenshot of the README (docs/images/scan_view.png): the 240×360 box holding the most digits, at 2.5×.
 if .venv/bin/python -c "import napari" 2>/dev/null && command -v xvfb-run >/dev/null; then
-    xvfb-run -a -s "-screen 0 1600x1200x24" "$fc2conv" view "$out/slide.zarr" --region 2009,1846,2249,2206 \
+    region=$(.venv/bin/python scripts/digits_slide.py view-region "$out/placed.json")
+    xvfb-run -a -s "-screen 0 1600x1200x24" "$fc2conv" view "$out/slide.zarr" --region "$region" \
         --size 600,900 --screenshot "$out/view.png" --force
 else
     echo "(no napari screenshot: it needs pip install 'fc2conv[view]' and Debian's xvfb; see docs/scanning.md)"
