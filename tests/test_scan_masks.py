@@ -185,3 +185,20 @@ def test_resume_refuses_another_mask_and_finishes_with_the_same(slides, small_on
         scan(path, model=small_onnx, out=store, tile=TILE, mask=picture, resume=True)
     with pytest.raises(ConversionError, match="mask"):
         scan(path, model=small_onnx, out=store, tile=TILE, resume=True)  # nor none
+
+
+def test_a_zarr_array_or_an_ome_zarr_label_image_is_a_mask(slides, small_onnx, tmp_path):
+    path, _, _ = slides["brightfield"]
+    array = zarr.create_array(str(tmp_path / "mask.zarr"), shape=(64, 64), chunks=(16, 16), dtype="uint8")
+    picture = np.zeros((64, 64), np.uint8)
+    picture[8:24, 40:60] = 7  # any nonzero label is inside
+    array[...] = picture
+    result = scan(path, model=small_onnx, out=tmp_path / "map.zarr", tile=TILE, mask=tmp_path / "mask.zarr")
+    inside = zarr.open_array(str(tmp_path / "map.zarr" / "labels/mask/0"))[0].astype(bool)
+    rows, cols = cell_centres(result.map_size, result.metadata["stride"][0], result.metadata["window"][0])
+    expected = ((rows >= 128) & (rows < 384))[:, None] & ((cols >= 640) & (cols < 960))[None, :]
+    assert (inside == expected).all() and result.metadata["mask"]["kind"] == "zarr"
+    # A scan's own mask label image (an OME-Zarr multiscale, one cell a pixel) masks the next scan alike.
+    again = scan(path, model=small_onnx, out=tmp_path / "again.zarr", tile=TILE,
+                 mask=tmp_path / "map.zarr" / "labels" / "mask")
+    assert abs(again.metadata["mask"]["cells"] - result.metadata["mask"]["cells"]) <= 0.1 * inside.sum()
