@@ -185,7 +185,8 @@ def scan(
     approximate: bool = typer.Option(False, "--approximate",
                                      help="Scan a model whose cells see the whole input; marked approximate."),
     threads: int | None = typer.Option(None, "--threads", min=1,
-                                       help="The backend's threads per process [default: all here, 1 per worker]."),
+                                       help="The backend's threads per process [default: all here; on workers, "
+                                            "each machine's cores over its workers]."),
     max_pixels: int | None = typer.Option(None, "--max-pixels", min=1, show_default=False,
                                           help="Budget for PNG/JPEG inputs, decoded whole [default: 2^25]."),
     backend: str = BACKEND,
