@@ -83,3 +83,31 @@ def test_the_bundled_digits_checkpoint_carries_its_labels_and_unit_range():
 
     carried = decode_hints(read_metadata("models/digits_cnn.safetensors"), source="digits", channels=1)
     assert carried == {"labels": DIGIT_LABELS, "mean": [0.0], "std": [1.0]}
+
+
+@pytest.mark.parametrize(("num_classes", "labelled"), [(None, True), (10, False)])
+def test_a_torchvision_architecture_brings_its_weights_names_and_normalisation(tmp_path, num_classes, labelled):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(**({"num_classes": num_classes} if num_classes else {}))
+    checkpoint = tmp_path / "mnv3.pth"
+    torch.save(model.state_dict(), checkpoint)
+    extra = ["--num-classes", str(num_classes)] if num_classes else []
+    done = invoke("convert", checkpoint, "--arch", "mobilenet_v3_small", *extra, "--onnx", tmp_path / "m.onnx")
+    assert done.exit_code == EXIT_OK, done.output
+    metadata = DenseModel(tmp_path / "m.onnx").metadata
+    weights = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
+    assert metadata["mean"] == pytest.approx([0.485, 0.456, 0.406]) and metadata["std"] == pytest.approx(
+        [0.229, 0.224, 0.225])
+    source = "torchvision's MobileNet_V3_Small_Weights.IMAGENET1K_V1"
+    if labelled:  # only as many names as classes: a resized head keeps class indices
+        assert metadata["labels"] == weights.meta["categories"]
+        assert f"labels: 1000 from {source}; mean" in done.output
+    else:
+        assert "labels" not in metadata and "labels: none (class indices)" in done.output
+    assert f"std [0.229, 0.224, 0.225] from {source}" in done.output
+    flagged = invoke("convert", checkpoint, "--arch", "mobilenet_v3_small", *extra, "--onnx", tmp_path / "f.onnx",
+                     "--labels", ",".join(f"k{i}" for i in range(num_classes or 1000)), "--mean", "0.5")
+    assert flagged.exit_code == EXIT_OK and DenseModel(tmp_path / "f.onnx").metadata["mean"] == [0.5]
+    assert "from --labels" in flagged.output and "from --mean/--std" in flagged.output

@@ -100,6 +100,7 @@ app = _Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help is plain text: rich markup would eat "[default: …]" and "fc2conv[openvino]"
 )
 
 # Options shared by the commands that build the original model.
@@ -130,8 +131,10 @@ JSON = typer.Option(False, "--json", help="Print one machine-readable JSON objec
 FORCE = typer.Option(False, "--force", help="Replace existing output files.")
 # Options of the commands that run an exported model (run, scan): where and at which precision
 # (fc2conv.runtime.backends).
-BACKEND = typer.Option("onnxruntime", "--backend",
-                       help="onnxruntime, or openvino (pip install 'fc2conv[openvino]'), in every worker too.")
+BACKEND = typer.Option("onnxruntime", "--backend", help="onnxruntime, or openvino (pip install 'fc2conv[openvino]').")
+SCAN_BACKEND = typer.Option("onnxruntime", "--backend",
+                            help="onnxruntime, or openvino (pip install 'fc2conv[openvino]'), the same in every "
+                                 "worker.")
 PRECISION = typer.Option("fp32", "--precision",
                          help="fp32 (exact); bf16 or fp16 with --backend openvino (approximate, recorded as "
                               "exact: false); auto: the fastest path on this CPU whose best classes agree with "

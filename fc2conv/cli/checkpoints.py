@@ -64,24 +64,56 @@ def _describe_geometry(converted) -> tuple[str, dict | None]:
 def _onnx_metadata(checkpoint: Path, recipe, labels: str | None, mean: str | None, std: str | None) -> dict:
     """Labels and input normalisation for the ONNX metadata: the flags, else what the checkpoint carries: a
     .safetensors file under the same `fc2conv.*` keys, a save_pretrained directory in its config.json (id2label) and
-    preprocessor_config.json (image_mean, image_std) (the normalisation as a pair: --mean or --std replaces both)."""
+    preprocessor_config.json (image_mean, image_std), else what a torchvision architecture's weights enum says
+    offline (its categories, when the classes are as many, and its transforms' mean and std) (the normalisation as a
+    pair: --mean or --std replaces both). `sources` says where each came from, for the output."""
     from ..runtime.metadata import decode_hints
     from ..storage import huggingface
+    from ..storage.architectures import weights_hints
     from ..storage.checkpoint import read_metadata
 
     if recipe.hf_config is not None:
-        carried = huggingface.hints(checkpoint, recipe.hf_config)
+        carried, origin = huggingface.hints(checkpoint, recipe.hf_config), f"{checkpoint}"
     elif checkpoint.suffix == ".safetensors":
         carried = decode_hints(read_metadata(checkpoint), source=str(checkpoint), channels=recipe.input_shape[0])
+        origin = f"{checkpoint}"
     else:
-        carried = {}
+        carried, origin = {}, ""
+    known = weights_hints(recipe.arch, recipe.num_classes)
     given = _parse_labels(labels)
-    chosen = {"labels": carried.get("labels") if given is None else given}
+    chosen: dict = {"labels": given, "sources": {}}
+    if given is not None:
+        chosen["sources"]["labels"] = "--labels"
+    else:
+        chosen["labels"], chosen["sources"]["labels"] = _first(("labels", carried, origin), ("labels", known,
+                                                                                               known.get("source")))
     if mean is None and std is None:
-        chosen.update(mean=carried.get("mean"), std=carried.get("std"))
+        pair = ("mean", carried, origin) if carried.get("mean") is not None else ("mean", known, known.get("source"))
+        chosen.update(mean=pair[1].get("mean"), std=pair[1].get("std"))
+        chosen["sources"]["normalisation"] = pair[2] if pair[1].get("mean") is not None else None
     else:
         chosen.update(mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"))
+        chosen["sources"]["normalisation"] = "--mean/--std"
     return chosen
+
+
+def _first(*candidates: tuple[str, dict, str | None]) -> tuple:
+    """(value, source) of the first candidate (key, hints, source) whose hints hold the key, else (None, None)."""
+    for key, hints, source in candidates:
+        if hints.get(key) is not None:
+            return hints[key], source
+    return None, None
+
+
+def _describe_hints(options: dict) -> str:
+    """Where the ONNX file's labels and normalisation came from, in a line."""
+    labels, sources = options.get("labels"), options["sources"]
+    said = [f"labels: {len(labels)} from {sources['labels']}" if labels else "labels: none (class indices)"]
+    if options.get("mean") is not None:
+        said.append(f"mean {options['mean']} and std {options['std']} from {sources['normalisation']}")
+    else:
+        said.append("normalisation: none (samples scaled to [0, 1] only)")
+    return "ONNX metadata: " + "; ".join(said)
 
 
 def _checkpoint_files(checkpoint: Path) -> list[Path]:
@@ -97,16 +129,26 @@ def _inputs(checkpoint: Path, model_def: str | None, labels: str | None) -> dict
     files = _checkpoint_files(checkpoint)
     return {**({f"CHECKPOINT's {path.name}": path for path in files} if files else {"CHECKPOINT": checkpoint}),
             "--model-def": Path(model_def.rpartition(":")[0]) if model_def and ":" in model_def else None,
-            "--labels": Path(labels) if labels is not None and Path(labels).is_file() else None}
+            "--labels": _labels_file(labels)}
 
 
 def _parse_labels(value: str | None) -> list[str] | None:
     """A text file with one label per line, or a comma-separated list."""
     if value is None:
         return None
-    path = Path(value)
-    labels = path.read_text().splitlines() if path.is_file() else value.split(",")
+    path = _labels_file(value)
+    labels = path.read_text().splitlines() if path is not None else value.split(",")
     return [label.strip() for label in labels if label.strip()]
+
+
+def _labels_file(value: str | None) -> Path | None:
+    """The file --labels names, or None when it is a list (a thousand names are no file name: the OS says so)."""
+    if value is None:
+        return None
+    try:
+        return Path(value) if Path(value).is_file() else None
+    except OSError:  # a name too long for the file system
+        return None
 
 
 @app.command(epilog="Example: fc2conv inspect resnet18.pth --arch resnet18")
@@ -172,7 +214,10 @@ def convert(
         [], "--output", "-o", metavar="OUT",
         help="OUT.pt2 (torch.export, dynamic N/H/W) or OUT.safetensors / OUT.pt (weights + recipe); repeatable."),
     onnx: Path | None = typer.Option(None, "--onnx", metavar="OUT.onnx", help="Also export ONNX (dynamic N/H/W)."),
-    labels: str | None = typer.Option(None, "--labels", help="Class names for the ONNX metadata: a,b,c or a file."),
+    labels: str | None = typer.Option(None, "--labels",
+                                      help="Class names for the ONNX metadata, in class-index order: a,b,c, or a text "
+                                           "file with one name per line (UTF-8; blank lines skipped) [default: what "
+                                           "the checkpoint carries, or torchvision's names for its weights]."),
     mean: str | None = typer.Option(None, "--mean", help="Per-channel input mean for the ONNX metadata."),
     std: str | None = typer.Option(None, "--std", help="Per-channel input std for the ONNX metadata."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the numerical check (not recommended)."),
@@ -226,13 +271,16 @@ def convert(
     out.say(geometry_text)
     out.say(str(report) if report is not None else "verification skipped (--no-verify)")
     if ok:
+        if onnx is not None:
+            out.say(_describe_hints(onnx_options))
         for path in written:
             out.say(f"wrote {path}")
     else:
         typer.echo("error: verification failed; nothing was written", err=True)
     out.result({"ok": ok, "recipe": asdict(recipe), "plan": [asdict(d) for d in converted.fc2conv.plan],
                 "geometry": geometry, "verification": report.to_dict() if report is not None else None,
-                "outputs": [str(p) for p in written] if ok else []})
+                "outputs": [str(p) for p in written] if ok else [],
+                "onnx_metadata_from": onnx_options["sources"] if onnx is not None else None})
     if not ok:
         raise typer.Exit(EXIT_FAILED)
 
@@ -251,7 +299,7 @@ def _write(converted, recipe, outputs, onnx, onnx_options, force, step) -> list[
             step(f"exporting {onnx.name}")
             from ..onnx.export import export_onnx
 
-            export_onnx(converted, staged[-1], **onnx_options)
+            export_onnx(converted, staged[-1], **{k: v for k, v in onnx_options.items() if k != "sources"})
     return targets
 
 

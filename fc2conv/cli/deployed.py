@@ -9,7 +9,19 @@ import typer
 
 from ..errors import ConversionError
 from ..shapes import VECTOR_MAP, times
-from .app import BACKEND, FORCE, JSON, PRECISION, QUIET, Output, app, check_outputs, parse_floats, usage_errors
+from .app import (
+    BACKEND,
+    FORCE,
+    JSON,
+    PRECISION,
+    QUIET,
+    SCAN_BACKEND,
+    Output,
+    app,
+    check_outputs,
+    parse_floats,
+    usage_errors,
+)
 
 __all__ = ["run", "scan"]
 
@@ -189,7 +201,7 @@ def scan(
                                             "each machine's cores over its workers]."),
     max_pixels: int | None = typer.Option(None, "--max-pixels", min=1, show_default=False,
                                           help="Budget for PNG/JPEG inputs, decoded whole [default: 2^25]."),
-    backend: str = BACKEND,
+    backend: str = SCAN_BACKEND,
     precision: str = PRECISION,
     force: bool = FORCE,
     quiet: bool = QUIET,

@@ -58,6 +58,26 @@ def default_input_shape(arch: str | None) -> tuple[int, ...]:
     return (3, *((VIDEO_FRAMES,) if video else ()), crop[0], crop[-1])
 
 
+def weights_hints(arch: str | None, num_classes: int | None) -> dict[str, Any]:
+    """What a torchvision architecture's default weights enum says offline: the class names (`meta["categories"]`,
+    only when the model has as many classes) and the normalisation of its transforms (mean, std), with `source`
+    naming the enum (e.g. "torchvision's ResNet18_Weights.IMAGENET1K_V1"). Empty for other architectures."""
+    if arch is None or arch.startswith(TIMM_PREFIX):
+        return {}
+    import torchvision
+
+    _check_torchvision(arch)
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    transforms = weights.transforms()
+    hints: dict[str, Any] = {"source": f"torchvision's {type(weights).__name__}.{weights.name}"}
+    categories = list(weights.meta.get("categories") or [])
+    if categories and (num_classes is None or num_classes == len(categories)):
+        hints["labels"] = categories
+    if getattr(transforms, "mean", None) is not None and getattr(transforms, "std", None) is not None:
+        hints.update(mean=[float(v) for v in transforms.mean], std=[float(v) for v in transforms.std])
+    return hints
+
+
 def build_from_file(model_def: str, num_classes: int | None = None, args: Sequence[Any] = (),
                     kwargs: Mapping[str, Any] | None = None) -> Any:
     """Import FILE.py and call FACTORY(*args, **kwargs) from ``FILE.py:FACTORY`` (with ``num_classes=`` when
