@@ -207,8 +207,13 @@ def test_detections_and_overview(exported_models, tmp_path):
     ring = features[0]["geometry"]["coordinates"][0]
     top, left, bottom, right = map(int, rows[1].split(",")[5:9])
     assert ring == [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]]
-    with Image.open(tmp_path / "o.png") as png:
-        assert png.size == (result.map_size[1], result.map_size[0]) and png.mode == "RGB"
+    with Image.open(tmp_path / "o.png") as png:  # the 260×300 canvas at the smallest readable size, and a legend
+        assert png.size[0] == 1024 and png.size[1] > round(260 * 1024 / 300) and png.mode == "RGB"
+        picture = np.asarray(png)
+    for digit, top, left in placed:  # each digit's centre is painted in its class's colour over the slide
+        y, x = (round((v + DIGIT / 2) * 1024 / 300) for v in (top, left))
+        colour = outputs.class_colors(LABELS)[LABELS.index(digit)]
+        assert np.abs(picture[y - 2:y + 3, x - 2:x + 3].astype(int) - colour).sum(axis=-1).min() < 60, digit
 
 
 def test_suppression_keeps_one_peak_across_a_chunk_border():
@@ -224,20 +229,24 @@ def test_suppression_keeps_one_peak_across_a_chunk_border():
                               iou=0.9)[1].cell == (5, 5)
 
 
-def test_overview_is_the_block_maximum_across_chunk_borders(tmp_path):
-    """Each overview pixel is the largest probability of the chosen classes over its 3×3 block of cells, also
-    where blocks straddle chunks (5×5 here)."""
-    from fc2conv.runtime import colormap
+def test_overview_map_is_the_block_maximum_across_chunk_borders(tmp_path):
+    """Each block of 3×3 cells keeps the largest probability of the chosen classes and its class, also where blocks
+    straddle chunks (5×5 here); the picture has the readable size and a legend."""
+    from fc2conv.scan.overview import class_map, overview
 
     logits = np.random.default_rng(0).normal(size=(3, 12, 11)).astype(np.float32)
     scores = zarr.create_array(store={}, shape=logits.shape, chunks=(3, 5, 5), dtype="float32")
     scores[...] = logits
-    assert outputs.overview(scores, [0, 2], tmp_path / "o.png", size=4) == (4, 4)
+    best, which = class_map(scores, [0, 2], 3)
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=0)
-    best = np.pad(probabilities[[0, 2]].max(axis=0), ((0, 0), (0, 1)))  # 12×12: blocks of 3 cells
-    expected = best.reshape(4, 3, 4, 3).max(axis=(1, 3))
+    chosen = np.pad(probabilities[[0, 2]], ((0, 0), (0, 0), (0, 1)))  # 12×12: blocks of 3 cells
+    blocks = chosen.reshape(2, 4, 3, 4, 3).max(axis=(2, 4))
+    np.testing.assert_allclose(best, blocks.max(axis=0), rtol=1e-6)
+    np.testing.assert_array_equal(which, blocks.argmax(axis=0))
+    shape = overview(scores, [0, 2], tmp_path / "o.png", labels=["a", "b", "c"],
+                     colors=[(255, 0, 0), (0, 255, 0), (0, 0, 255)], stride=(4, 4), window=(8, 8), image=(52, 48))
     with Image.open(tmp_path / "o.png") as png:
-        np.testing.assert_array_equal(np.asarray(png), colormap(expected))
+        assert png.size == (shape[1], shape[0]) and shape[1] == round(48 * 1024 / 52)
 
 
 def test_classes_by_label_or_index():

@@ -33,6 +33,7 @@ and leaves no store, float samples outside [0, 1] end in one `SampleRangeWarning
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import os
 import time
@@ -53,6 +54,7 @@ from .finish import finish
 from .masks import selection
 from .samples import BadInput, SampleRangeWarning, TileReport
 from .source import open_source
+from .thumbnail import picture
 from .tiles import TILE_MEMORY_BUDGET
 from .worker import ModelSpec, file_sha256, load, map_length
 
@@ -214,7 +216,7 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     attrs = {**attrs, "placement": attrs.get("placement") or placement.to_attrs(),
              "outputs": {name: str(path.resolve()) for name, path in targets.items()}}
     written = finish(store, out, targets, chosen, attrs, threshold=threshold, iou=iou, force=force,
-                     created=created[1] if created else None)
+                     created=created[1] if created else None, thumbnail=functools.partial(picture, src))
     warning = samples.range_warning(report, src.spec.path)
     if warning:
         warnings.warn(warning, SampleRangeWarning, stacklevel=2)

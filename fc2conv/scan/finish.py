@@ -16,22 +16,26 @@ are, as always, unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConversionError, first_line
 from ..storage.atomic import staged_outputs
 from . import ngff, outputs, qupath, stitch
+from .overview import overview
 from .placement import Placement
 
 __all__ = ["finish"]
 
 
 def finish(store: Path, out: Path, targets: dict[str, Path], chosen: list[int], attrs: dict[str, Any], *,
-           threshold: float, iou: float, force: bool, created: str | None) -> dict[str, Any]:
+           threshold: float, iou: float, force: bool, created: str | None,
+           thumbnail: Callable[[tuple[int, int]], Any] | None = None) -> dict[str, Any]:
     """Finish the complete `store` (see the module docstring) and put it at `out` with the `targets` ({name: path}:
     overview, detections, geojson, ome_tiff); returns them and the detections' count as `ScanResult` fields.
-    `created`: the token of the store if this call created it (removed on failure), else None (kept)."""
+    `created`: the token of the store if this call created it (removed on failure), else None (kept).
+    `thumbnail(shape)`: the slide as an RGB picture, under the overview's map."""
     try:
         stitch.mark_complete(store, attrs)
         placement = Placement.from_attrs(attrs)
@@ -39,7 +43,7 @@ def finish(store: Path, out: Path, targets: dict[str, Path], chosen: list[int], 
         with staged_outputs(list(targets.values()), force=force, prepared={store: out} if store != out else {}) \
                 as staged:
             return {**targets, **_write(store, dict(zip(targets, staged, strict=True)), chosen, attrs, placement,
-                                        threshold=threshold, iou=iou)}
+                                        threshold=threshold, iou=iou, thumbnail=thumbnail)}
     except BaseException as e:
         if created is not None:
             stitch.discard(store, created)
@@ -52,14 +56,16 @@ def finish(store: Path, out: Path, targets: dict[str, Path], chosen: list[int], 
 
 
 def _write(store: Path, staging: dict[str, Path], chosen: list[int], attrs: dict[str, Any], placement: Placement, *,
-           threshold: float, iou: float) -> dict[str, Any]:
+           threshold: float, iou: float, thumbnail: Callable[[tuple[int, int]], Any] | None) -> dict[str, Any]:
     """Write each asked-for output to its staging path; returns {"found": count} when detections were asked for."""
     import zarr
 
     scores = zarr.open_array(str(store / "scores"), mode="r")
     written: dict[str, Any] = {}
     if "overview" in staging:
-        outputs.overview(scores, chosen, staging["overview"])
+        overview(scores, chosen, staging["overview"], labels=attrs["labels"],
+                 colors=outputs.class_colors(attrs["labels"]), stride=tuple(attrs["stride"]),
+                 window=tuple(attrs["window"]), image=tuple(attrs["image_size"]), thumbnail=thumbnail)
     if "detections" in staging:
         found = outputs.detections(scores, chosen, attrs["labels"], stride=tuple(attrs["stride"]),
                                    window=tuple(attrs["window"]), image=tuple(attrs["image_size"]),

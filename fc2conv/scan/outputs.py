@@ -1,11 +1,10 @@
-"""What a finished score map gives its reader: an overview heatmap PNG and detections (CSV and GeoJSON).
+"""What a finished score map gives its reader: detections (CSV and GeoJSON), and the probabilities they and the
+overview read.
 
 Both read the store one chunk at a time, so their memory is bounded by a chunk (and the overview's
 `size`×`size` pixels), not by the map. Probabilities are the softmax over all classes of each cell.
 
-- Overview: the largest probability among the chosen classes, each overview pixel the maximum over a block of
-  f×f cells (f chosen so the longer side is at most `size` pixels; small peaks stay visible), coloured blue
-  (0) → red (1) on an absolute scale; white where every cell of the block is missing (outside a scan's mask).
+- Overview: `fc2conv.scan.overview`, the map over the slide's thumbnail, with a legend.
 - Detections: a peak is a cell where a chosen class has probability ≥ `threshold` and no neighbour in its chunk
   has more (a missing cell, outside a scan's mask, is never one and never hides one). Peaks are then taken best
   first, and one is dropped when its window overlaps a window already taken, of any class (one class per window,
@@ -22,19 +21,17 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..errors import ConversionError
-from ..runtime.model import colormap
 
-__all__ = ["Detection", "choose_classes", "class_colors", "detections", "overview", "write_csv", "write_geojson"]
+__all__ = ["Detection", "choose_classes", "class_colors", "detections", "probability_chunks", "write_csv",
+           "write_geojson"]
 
 BACKGROUND = "background"
 # One colour per class, the same in the GeoJSON, the OME-Zarr channels, the OME-TIFF and `fc2conv view`: matplotlib's
@@ -42,7 +39,6 @@ BACKGROUND = "background"
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (188, 189, 34), (23, 190, 207), (255, 221, 0)]
 GREY = (128, 128, 128)
-MISSING = (255, 255, 255)  # the overview's colour for cells outside a scan's mask (white, as glass)
 
 
 @dataclass(frozen=True)
@@ -80,7 +76,7 @@ def class_colors(labels: list[str]) -> list[tuple[int, int, int]]:
     return colors
 
 
-def _chunks(scores: Any) -> Iterator[tuple[int, int, np.ndarray]]:
+def probability_chunks(scores: Any) -> Iterator[tuple[int, int, np.ndarray]]:
     """(first row, first column, probabilities) of every chunk of the map, in row-major order."""
     _, rows, cols = scores.shape
     _, step_r, step_c = scores.chunks
@@ -91,33 +87,12 @@ def _chunks(scores: Any) -> Iterator[tuple[int, int, np.ndarray]]:
             yield top, left, shifted / shifted.sum(axis=0, keepdims=True)
 
 
-def overview(scores: Any, classes: list[int], path: Path, *, size: int = 2048) -> tuple[int, int]:
-    """Write the overview PNG of `classes` to `path`; returns its (height, width) in pixels."""
-    _, rows, cols = scores.shape
-    factor = max(1, math.ceil(max(rows, cols) / size))
-    heat = np.full((math.ceil(rows / factor), math.ceil(cols / factor)), np.nan, np.float32)
-    for top, left, probabilities in _chunks(scores):
-        value = probabilities[classes].max(axis=0)
-        for axis, first in ((0, top), (1, left)):
-            end = first + value.shape[axis]
-            starts = [max(b * factor, first) - first for b in range(first // factor, (end - 1) // factor + 1)]
-            value = np.fmax.reduceat(value, starts, axis=axis)  # fmax: a missing cell (NaN) gives way to any other
-        r, c = top // factor, left // factor
-        block = heat[r:r + value.shape[0], c:c + value.shape[1]]
-        np.fmax(block, value, out=block)
-    missing = np.isnan(heat)
-    picture = colormap(np.clip(np.nan_to_num(heat), 0, 1))
-    picture[missing] = MISSING  # cells outside a scan's mask: not computed, not "probability 0"
-    Image.fromarray(picture).save(path, format="PNG")
-    return heat.shape
-
-
 def detections(scores: Any, classes: list[int], labels: list[str], *, stride: tuple[int, int],
                window: tuple[int, int], image: tuple[int, int], threshold: float = 0.5,
                iou: float = 0.3) -> list[Detection]:
     """Peaks of `classes` at or above `threshold`, best first, after suppression (see the module docstring)."""
     peaks = []
-    for top, left, probabilities in _chunks(scores):
+    for top, left, probabilities in probability_chunks(scores):
         for k in classes:
             value = np.nan_to_num(probabilities[k], nan=-np.inf)  # a missing cell is no peak, nor higher than one
             padded = np.pad(value, 1, constant_values=-np.inf)

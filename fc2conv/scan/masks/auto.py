@@ -1,9 +1,9 @@
 """`--mask auto`: the slide's foreground, found on a thumbnail with scikit-image, as tissue detection in QuPath,
 TIAToolbox or CLAM finds it.
 
-1. The thumbnail: the coarsest pyramid level at or below the scanned one whose longer side is at least
-   `MIN_SIDE` pixels (or the scanned level, if smaller), averaged over k × k blocks to at most `TARGET` pixels a
-   side. A slide without a pyramid is read whole for it, strip by strip (memory stays a strip's).
+1. The thumbnail (`fc2conv.scan.thumbnail`): the coarsest pyramid level at or below the scanned one whose longer
+   side is at least `MIN_SIDE` pixels (or the scanned level, if smaller), averaged over k × k blocks to at most
+   `TARGET` pixels a side. A slide without a pyramid is read whole for it, strip by strip.
 2. A feature where the foreground is high: brightfield (`auto` on RGB, or `auto-dark`) looks for tissue darker or
    more saturated than glass, max(1 − grey, saturation); fluorescence and greyscale (`auto` on one channel, or
    `auto-bright`) for foreground brighter than the background, the intensity stretched between its 0.5th and 99.5th
@@ -21,13 +21,11 @@ polarity is the likelier cause (`auto-dark` / `auto-bright` choose it).
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
 import numpy as np
 
 from ...errors import ConversionError
 from ..readers import Source
+from ..thumbnail import read_thumbnail
 from . import CellGrid
 from .raster import RasterMask
 
@@ -40,14 +38,11 @@ GLASS_AT_MOST = 0.15
 SEPARATION = 3.0
 SPECKS = 1e-4
 HOLES = 1e-3
-_STRIP_BYTES = 2**26
 
 
 def auto_mask(kind: str, source: Source, grid: CellGrid) -> RasterMask:
     """The foreground of `source`'s slide as a mask over its scanned level (see the module docstring)."""
-    level, image = _thumbnail_level(source)
-    block = max(1, math.ceil(max(image.size) / TARGET))
-    thumbnail = _thumbnail(image, block)
+    thumbnail, level, block, size = read_thumbnail(source, minimum=MIN_SIDE, target=TARGET)
     polarity = ("dark" if source.samples >= 3 else "bright") if kind == "auto" else kind.removeprefix("auto-")
     found, threshold = foreground(thumbnail, polarity)
     if not found.any():
@@ -55,7 +50,7 @@ def auto_mask(kind: str, source: Source, grid: CellGrid) -> RasterMask:
             f"--mask {kind} found no foreground in {source.spec.path} (level {level}, a {thumbnail.shape[0]}×"
             f"{thumbnail.shape[1]} thumbnail, {polarity} foreground): the slide looks empty. Scan it without --mask, "
             f"or give the polarity ({'auto-bright' if polarity == 'dark' else 'auto-dark'}) or a mask file")
-    scale = tuple(m / block / n for m, n in zip(image.size, source.size, strict=True))
+    scale = tuple(m / block / n for m, n in zip(size, source.size, strict=True))
     description = {"kind": kind, "polarity": polarity, "level": level, "block": block,
                    "thumbnail": list(found.shape), "threshold": round(float(threshold), 6),
                    "coverage": round(float(found.mean()), 6)}
@@ -92,41 +87,3 @@ def foreground(thumbnail: np.ndarray, polarity: str) -> tuple[np.ndarray, float]
     found = morphology.remove_small_holes(found, max_size=max(16, int(HOLES * area)))
     found = morphology.remove_small_objects(found, max_size=max(4, int(SPECKS * area)))
     return morphology.dilation(found, morphology.disk(1)), threshold
-
-
-def _thumbnail_level(source: Source) -> tuple[int, Source]:
-    """(level, its source): the coarsest level at or below the scanned one with a side of at least `MIN_SIDE`."""
-    from ..source import OPENERS
-
-    opener = OPENERS[source.spec.reader]
-    sizes = [size for size, _ in opener.levels(source.spec, None)]
-    scanned = source.spec.level
-    enough = min(MIN_SIDE, max(source.size))
-    candidates = [i for i in range(scanned, len(sizes)) if max(sizes[i]) >= enough]
-    level = max(candidates) if candidates else scanned
-    return level, source if level == scanned else opener(dataclasses.replace(source.spec, level=level))
-
-
-def _thumbnail(image: Source, block: int) -> np.ndarray:
-    """The level `image` averaged over `block` × `block` pixels, as float32 H×W×C in [0, 1], read in strips."""
-    from skimage.measure import block_reduce
-
-    height, width = image.size
-    row_bytes = width * image.samples * 4
-    rows = max(block, _STRIP_BYTES // max(row_bytes, 1) // block * block)
-    strips = []
-    for top in range(0, height, rows):
-        strip = _unit(image.read(top, 0, min(top + rows, height), width))
-        # Blocks past the image's end are padded with NaN, which nanmean leaves out: each is its pixels' mean.
-        strips.append(block_reduce(strip, (block, block, 1), np.nanmean, cval=np.nan) if block > 1 else strip)
-    return np.concatenate(strips, axis=0)
-
-
-def _unit(samples: np.ndarray) -> np.ndarray:
-    """Samples as float32 values in [0, 1] (integers by their type's range, bool as 0 or 1)."""
-    samples = samples if samples.ndim == 3 else samples[..., None]
-    if samples.dtype == np.bool_:
-        return samples.astype(np.float32)
-    if np.issubdtype(samples.dtype, np.integer):
-        return samples.astype(np.float32) / np.iinfo(samples.dtype).max
-    return np.clip(np.nan_to_num(samples.astype(np.float32)), 0, 1)
