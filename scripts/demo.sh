@@ -10,7 +10,7 @@
 #                        heatmap PNGs, and one digit's stride-4 and stride-1 maps side by side as text
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh demo
 out=out/demo
 mkdir -p "$out"
 fc2conv=.venv/bin/fc2conv

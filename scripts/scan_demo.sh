@@ -10,7 +10,8 @@
 #                        probability map as a pyramidal OME-TIFF on the slide's level-0 grid (for QuPath)
 #   4. report            recall and precision against the placed digits, and stitched vs one pass on a region;
 #                        exits 1 below 97% recall or precision, or if the region differs
-#   5. fc2conv view      a napari screenshot of a region (only where napari and xvfb-run are installed)
+#   5. where to look     the files for napari, QuPath and any NGFF viewer
+#   6. fc2conv view      a napari screenshot of a region (scripts/setup.sh view installs napari, and xvfb as root)
 # At reduced precision (the README's "Reduced precision"): extra flags go to `fc2conv scan` and the report, and
 # --int8 first quantizes the model on canvases of training-split digits (scripts/digits_precision.py), e.g.
 #   bash scripts/scan_demo.sh --backend openvino --precision bf16
@@ -22,7 +23,7 @@ for arg in "$@"; do
     if [ "$arg" = "--int8" ]; then int8=1; else flags+=("$arg"); fi
 done
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+if printf '%s\n' "$@" | grep -qx openvino; then bash scripts/setup.sh dev; else bash scripts/setup.sh scan; fi
 out=${SCAN_DEMO_OUT:-out/scan_demo}
 mkdir -p "$out"
 fc2conv=.venv/bin/fc2conv
@@ -61,7 +62,12 @@ echo "== 5. where to look at it"
 echo "OME-Zarr (napari, vizarr, any NGFF viewer): $out/slide.zarr (raw scores) and $out/slide.zarr/probabilities"
 echo "QuPath: import $out/found.geojson over $out/slide.tif; add $out/map.ome.tif to the project to overlay it"
 echo "napari: .venv/bin/fc2conv view $out/slide.zarr"
-# The screenshot of the README (docs/images/scan_view.png): the 240×360 box holding the most digits, at 2.5×.
+echo "overview: $out/overview.png"
+# The screenshot of the README (docs/images/scan_view.png): the 240×360 box holding the most digits, at 2.5×. napari
+# is installed here, after the results (scripts/setup.sh view; as root on Debian also xvfb and the GL/X libraries).
+echo
+echo "== 6. a napari screenshot (installs the view extra the first time)"
+bash scripts/setup.sh view || true
 if .venv/bin/python -c "import napari" 2>/dev/null && command -v xvfb-run >/dev/null; then
     region=$(.venv/bin/python scripts/digits_slide.py view-region "$out/placed.json")
     xvfb-run -a -s "-screen 0 1600x1200x24" "$fc2conv" view "$out/slide.zarr" --region "$region" \

@@ -3,6 +3,6 @@
 # Two pytest-xdist workers (CI has two cores); extra arguments go to pytest, e.g. `scripts/test.sh -m slow`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh dev
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -n 2 "$@"

@@ -18,7 +18,7 @@ done
 $named || tests=(tests/test_precision.py tests/test_precision_cli.py tests/test_precision_inputs.py
                  tests/test_precision_budget.py tests/test_precision_auto.py tests/test_doctor.py
                  tests/test_cpu_classes.py "$@")
-bash scripts/setup.sh
+bash scripts/setup.sh dev
 if [ "$class" = avx2 ]; then
     if ! command -v qemu-x86_64 >/dev/null; then
         echo "emulating avx2 needs qemu-x86_64 (Debian's qemu-user: scripts/setup.sh installs it as root)" >&2
