@@ -50,9 +50,9 @@ case "$profile" in
 esac
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 log=.venv/pip.log
-if ! { .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip &&
-       .venv/bin/python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt \
-           -e ".[$extras]"; } >"$log" 2>&1; then
+# --no-compile: PyTorch alone has thousands of modules; Python compiles the few a job imports when it first does.
+if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile \
+        -c scripts/constraints.txt -e ".[$extras]" >"$log" 2>&1; then
     cat "$log" >&2
     echo "error: pip could not install fc2conv[$extras] (its output is above and in $log)" >&2
     exit 1
