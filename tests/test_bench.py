@@ -43,26 +43,33 @@ def test_sliding_rows_compare_both_runtimes_on_the_issue_setting():
 
 
 def test_tiled_rows_compare_tiles_workers_and_memory():
-    """`--tiled` on small sizes: each section prints its rows; ratios are the quotients of the times beside them."""
+    """`--tiled` on small sizes: the CPU first, then each section's rows; ratios are the quotients of the times beside
+    them."""
     pytest.importorskip("zarr")  # the scan extra: Python 3.11 or later
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiled", "--models", "digits",
                            "--image", "384", "--tile", "256", "--workers-image", "512", "--rss-sizes", "256", "512",
                            "--repeats", "1"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    tiled = lines[lines.index("tiled against one pass") + 2].split()
-    assert tiled[:3] == ["digits", "384×384", "0+0"]
-    once, here, worker = map(float, tiled[3:6])
-    for shown, seconds in ((tiled[6], here), (tiled[7], worker)):  # within the rounding of the printed seconds
-        ratio = float(shown.rstrip("×"))
-        assert abs(ratio - seconds / once) <= ratio * (0.005 / once + 0.005 / seconds) + 0.01
-    assert float(tiled[8].rstrip("×")) >= 1  # tiles read at least the image
-    workers = [line.split() for line in lines[lines.index("workers (digits, 512×512)") + 2:][:2]]
-    assert [row[0] for row in workers] == ["1", "2"] and workers[0][3] == "1.00×"
+    assert lines[0].startswith("CPU: ") and "cores usable" in lines[0]
+    start = next(i for i, line in enumerate(lines) if line.startswith("tiled against one pass")) + 2
+    rows = [line.split() for line in lines[start:start + 3]]
+    assert [row[:4] for row in rows] == [["digits", "384×384", "0+0", threads] for threads in ("1", "1", rows[2][3])]
+    assert [" ".join(row[4:6]) for row in rows] == ["this process", "one worker", "one worker"]
+    for row in rows:
+        once, tiles, whole = map(float, row[6:9])
+        for shown, seconds in ((row[9], tiles), (row[10], whole)):  # within the rounding of the printed seconds
+            ratio = float(shown.rstrip("×"))
+            assert abs(ratio - seconds / once) <= ratio * (0.005 / once + 0.005 / seconds) + 0.01
+        assert tiles <= whole and float(row[11].rstrip("×")) > 0  # CPU seconds over one pass's
+        assert float(row[12].rstrip("×")) >= 1  # tiles read at least the image
+    start = next(i for i, line in enumerate(lines) if line.startswith("workers (digits, 512×512")) + 2
+    workers = [line.split() for line in lines[start:start + 3]]
+    assert [row[:2] for row in workers] == [["1", "1"], ["2", "1"], ["1", workers[2][1]]] and workers[0][-1] == "1.00×"
     memory = lines[lines.index("peak memory (digits, one process)") + 2:][:2]
     assert [row.split()[0] for row in memory] == ["256×256", "512×512"]
     assert all(float(row.split()[1]) > 50 for row in memory)  # MB: Python, numpy, onnxruntime and zarr at least
-    assert lines[-1].startswith("growth 512² / 256²:")
+    assert any(line.startswith("growth 512² / 256²:") for line in lines) and lines[-1].startswith("load average")
 
 
 def test_density_rows_compare_one_dilated_pass_with_stitching_and_naive_windows():
