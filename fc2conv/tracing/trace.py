@@ -24,6 +24,7 @@ from torch.fx.immutable_collections import immutable_list
 from ..compat import tensor_metadata
 from ..errors import ConversionError, first_line, out_of_memory
 from ..shapes import times
+from .arguments import positional_arguments
 from .diagnose import node_line, shape_failure, suggest_input_shape
 from .options import TraceOptions
 from .padding import substitute_same_padding
@@ -167,6 +168,7 @@ def trace(model: nn.Module, input_shape: Sequence[int], options: TraceOptions = 
     try:
         traced = trace_graph(model, options, input_shape, BATCH)
         gm = fx.GraphModule(model, traced.graph, class_name=f"{name}Converted")
+        positional_arguments(gm)  # one spelling of every call: the analysis reads arguments by position
         _return_scores(gm)
         traced = replace(traced, notes=(*traced.notes, *substitute_same_padding(gm)))
         gm.meta[_TRACED] = replace(traced, graph=None)
