@@ -33,12 +33,13 @@ from .values import (
     GlobalToWindowPool,
     LayerNormToChannels,
     LinearToConv,
+    MoveChannelsFirst,
     SoftmaxOverChannels,
     Vector,
 )
 
 __all__ = [
     "MODES", "Alias", "Analysis", "BatchNormToMaps", "ChannelsLast", "ConcatOverChannels", "Decision",
-    "GlobalPoolKeepDims", "GlobalToWindowPool", "LayerNormToChannels", "LinearToConv", "Plan", "SoftmaxOverChannels",
-    "Vector", "analyze",
+    "GlobalPoolKeepDims", "GlobalToWindowPool", "LayerNormToChannels", "LinearToConv", "MoveChannelsFirst", "Plan",
+    "SoftmaxOverChannels", "Vector", "analyze",
 ]

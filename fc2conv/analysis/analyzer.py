@@ -44,6 +44,7 @@ class _Analyzer(PoolVisits, HeadVisits, ChannelsLastVisits):
         self.decisions: list[Decision] = []
         self.cuts: dict[fx.Node, tuple[int, ...]] = {}
         self.head: set[fx.Node] = set()  # nodes downstream of where the head starts
+        self.positions_last: set[fx.Node] = set()  # N×(positions)×C maps of the backbone (`note_positions_last`)
         self.lost: dict[fx.Node, str] = {}  # nodes that read the head's channels-last tensor in a way it cannot carry
         self.pool_origins: dict[fx.Node, fx.Node] = {}  # global pool → the origin its vectors get
         self.context: dict[fx.Node, fx.Node] = {}  # node computed from a global-context pool alone → that pool
@@ -98,6 +99,8 @@ class _Analyzer(PoolVisits, HeadVisits, ChannelsLastVisits):
                     self.visit_channels_last(node, callee)
                 else:
                     self.visit_kept(node, callee)
+                    if node not in self.values:
+                        self.note_positions_last(node, callee)
             except ConversionError:
                 raise
             except Exception as e:  # a pattern fc2conv did not foresee: name the node, never a raw crash
@@ -112,7 +115,7 @@ class _Analyzer(PoolVisits, HeadVisits, ChannelsLastVisits):
             notes.append("Global pools that feed the backbone stay global: dense cells see image-level context.")
         (cut, window), = self.cuts.items() if len(self.cuts) == 1 else ((None, None),)
         return Analysis(self.mode, self.values, self.actions, Plan(self.decisions, notes), cut, window,
-                        self.global_context, self.widened)
+                        self.global_context, self.widened, cut in self.positions_last)
 
     def visit_placeholder(self, node: fx.Node) -> None:
         if is_vector_input(self.input_shape):  # an MLP: its input vector becomes a map of vectors
@@ -170,6 +173,11 @@ class _Analyzer(PoolVisits, HeadVisits, ChannelsLastVisits):
             self.values[node] = Vector(features, channels, tuple(spatial),
                                        origin=self.pool_origins.get(features, node))
             self.start_head(node, features)
+        elif node.args and (kind := self.pool_over_positions(node, callee, of=self.positions_last)) is not None:
+            # The global pool of a backbone that works channels-last (MambaOut): over the positions of its map.
+            self.start_head(node, node.args[0])
+            self.cuts[self.resolve(node.args[0])] = tuple(shape_of(node.args[0])[1:-1])
+            self.visit_pool_over_positions(node, callee, None, kind)
         elif is_linear(callee):
             shape = shape_of(node.args[0])
             op = linear_op(node, callee)[0]

@@ -10,19 +10,22 @@ Shapes met in public code: torchaudio's M5 (`F.avg_pool1d(x, x.shape[-1])`, `per
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
-from torch import fx, nn
+from torch import fx
 
 from .ops import (
     BINARY_FUNCTIONS,
     BINARY_METHODS,
+    CONCAT_FUNCTIONS,
     PERMUTES,
     POINTWISE_FUNCTIONS,
     POINTWISE_METHODS,
     POINTWISE_MODULES,
     REDUCTIONS,
+    SPLITS,
     arg,
     callee_of,
     channels_first_order,
@@ -32,6 +35,7 @@ from .ops import (
     is_op,
     is_reshape,
     kind_in,
+    layer_norm_size,
     linear_op,
     op_name,
     permutation,
@@ -48,6 +52,7 @@ from .values import (
     GlobalToWindowPool,
     LayerNormToChannels,
     LinearToConv,
+    MoveChannelsFirst,
     SoftmaxOverChannels,
     Vector,
 )
@@ -85,7 +90,7 @@ class LinearOverChannels(Rule[ChannelsLastAt]):
 
 class LayerNormOverChannels(Rule[ChannelsLastAt]):
     def match(self, at: ChannelsLastAt) -> bool:
-        return isinstance(at.callee, nn.LayerNorm) and tuple(at.callee.normalized_shape) == (at.channels,)
+        return layer_norm_size(at.node, at.callee) == at.channels
 
     def rewrite(self, at: ChannelsLastAt) -> None:
         at.state.actions[at.node] = LayerNormToChannels(at.node.args[0])
@@ -190,8 +195,9 @@ class ChannelsLastVisits(AnalyzerState):
                 continue
             callee = callee_of(user, self.modules)
             constants = all(n not in self.variable for n in user.all_input_nodes if n not in seen and n is not permute)
-            carried = (is_linear(callee) or isinstance(callee, nn.LayerNorm) or softmax_kind(callee) is not None
-                       or kind_in(REDUCTIONS, callee) is not None or is_reshape(callee)
+            carried = (is_linear(callee) or layer_norm_size(user, callee) is not None
+                       or softmax_kind(callee) is not None or kind_in(REDUCTIONS, callee) is not None
+                       or is_reshape(callee)
                        or is_op(callee, POINTWISE_MODULES, POINTWISE_FUNCTIONS, POINTWISE_METHODS)
                        or (is_op(callee, (), BINARY_FUNCTIONS, BINARY_METHODS) and constants))
             if not carried:
@@ -211,19 +217,46 @@ class ChannelsLastVisits(AnalyzerState):
         return (node.args[0] in self.head and shape_in is not None and shape_out is not None and len(shape_in) >= 3
                 and shape_out == (shape_in[0], shape_in[-1]) and all(s == 1 for s in shape_in[1:-1]))
 
-    def pool_over_positions(self, node: fx.Node, callee: Any) -> str | None:
-        """"avg" or "max" for a mean or amax over every position of the head's channels-last tensor."""
+    def pool_over_positions(self, node: fx.Node, callee: Any, of: set[fx.Node] | None = None) -> str | None:
+        """"avg" or "max" for a mean or amax over every position of a channels-last tensor in `of` (default: the
+        head's)."""
         kind, rank = kind_in(REDUCTIONS, callee), len(shape_of(node.args[0]) or ())
         dims = arg(node, 1, "dim")
         dims = (dims,) if isinstance(dims, int) else dims
-        if kind is None or node.args[0] not in self.head or not isinstance(dims, list | tuple) or rank < 3:
+        if kind is None or node.args[0] not in (self.head if of is None else of) or not isinstance(dims, list | tuple) \
+                or rank < 3:
             return None
         return kind if {d % rank for d in dims} == set(range(1, rank - 1)) else None
 
-    def visit_pool_over_positions(self, node: fx.Node, callee: Any, value: ChannelsLast, kind: str) -> None:
-        """The head's pool, over the channels-last positions of `value.source`: as `fc2conv.analysis.pools` makes a
-        pool of a map, a window of its reference size in dense mode, kept global in global mode, removed in cam."""
+    def note_positions_last(self, node: fx.Node, callee: Any) -> None:
+        """Remember `node` if it is an N×(positions)×C map of the backbone (MambaOut's blocks work so): a permute
+        that moves a map's channels last, or an op that keeps that layout on such maps alone: a Linear or a
+        LayerNorm over the channels, an element-wise op, a binary op of such maps, a split or concatenation of the
+        channels. A pool over its positions is then the model's global pool (`visit_pool_over_positions`)."""
+        rank, shape = len(self.input_shape) + 1, shape_of(node)
+        if node not in self.variable or shape is None or len(shape) != rank:
+            return
+        if self.moves_channels_last(node, callee):
+            self.positions_last.add(node)
+            return
+        inputs = [n for n in node.all_input_nodes if n in self.variable]
+        if not inputs or any(n not in self.positions_last or (shape_of(n) or ())[1:-1] != shape[1:-1] for n in inputs):
+            return
+        on_channels = arg(node, 1, "dim", 0) in (-1, rank - 1)
+        if (is_linear(callee) or layer_norm_size(node, callee) == shape[-1]
+                or is_op(callee, POINTWISE_MODULES, POINTWISE_FUNCTIONS, POINTWISE_METHODS)
+                or is_op(callee, (), BINARY_FUNCTIONS, BINARY_METHODS) or callee is operator.getitem
+                or (is_op(callee, (), SPLITS, SPLITS) and arg(node, 2, "dim", 0) in (-1, rank - 1))
+                or (is_op(callee, (), CONCAT_FUNCTIONS) and on_channels)):
+            self.positions_last.add(node)
+
+    def visit_pool_over_positions(self, node: fx.Node, callee: Any, value: ChannelsLast | None, kind: str) -> None:
+        """The head's pool, over the channels-last positions of `value.source` (None: of the backbone's
+        N×(positions)×C map `node.args[0]` itself): as `fc2conv.analysis.pools` makes a pool of a map, a window of
+        its reference size in dense mode, kept global in global mode, removed in cam."""
         _, *size, channels = shape_of(node.args[0])  # the original's layout: N×(positions)×C
+        last = value is None  # the map is channels-last itself: its channels move first in the converted graph
+        source = node.args[0] if last else value.source
         size = tuple(size)
         keepdim = bool(arg(node, 2, "keepdim", False))
         op = op_name(callee)
@@ -233,14 +266,15 @@ class ChannelsLastVisits(AnalyzerState):
         if self.mode == "cam":
             if kind != "avg" or keepdim:
                 raise self.fail(node, callee, "class activation maps need a global *average* pool to N×K")
-            self.actions[node] = Alias(value.source)
-            self.values[node] = Vector(value.source, channels, ones, origin=value.source, mean=True)
+            self.actions[node] = MoveChannelsFirst(source) if last else Alias(source)
+            mapped = node if last else source
+            self.values[node] = Vector(mapped, channels, ones, origin=mapped, mean=True)
             record("removed", "cam: the head runs at every location before averaging")
             return
         if self.mode == "dense":
-            self.actions[node] = GlobalToWindowPool(value.source, kind, size)
+            self.actions[node] = GlobalToWindowPool(source, kind, size, channels_last=last)
             record(f"window {kind} pool", "stride 1: slides over larger inputs (over channels-last positions)")
         else:
-            self.actions[node] = GlobalPoolKeepDims(value.source, kind)
+            self.actions[node] = GlobalPoolKeepDims(source, kind, channels_last=last)
             record("kept global", "mode='global': the output stays one cell for every input size")
         self.values[node] = ChannelsLast(node) if keepdim else Vector(node, channels, ones, origin=node)

@@ -32,6 +32,7 @@ from .ops import (
     is_linear,
     is_op,
     is_reshape,
+    layer_norm_size,
     linear_op,
     shape_of,
     softmax_dim,
@@ -245,8 +246,7 @@ class LayerNormOfVectors(Rule[VectorAt]):
     """LayerNorm over the features of N×C vectors: a LayerNorm over the channels of each cell."""
 
     def match(self, at: VectorAt) -> bool:
-        return (isinstance(at.callee, nn.LayerNorm) and at.vector.is_plain
-                and tuple(at.callee.normalized_shape) == (at.vector.channels,))
+        return at.vector.is_plain and layer_norm_size(at.node, at.callee) == at.vector.channels
 
     def rewrite(self, at: VectorAt) -> None:
         vec, state = at.vector, at.state

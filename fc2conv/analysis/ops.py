@@ -41,6 +41,7 @@ LINEAR_IN_MEAN = {operator.add, operator.sub, torch.add, torch.sub, "add", "sub"
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
 RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "unsqueeze"}
 CONCAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
+SPLITS = {torch.split, torch.chunk, torch.tensor_split, "split", "chunk", "tensor_split"}
 SOFTMAX_FUNCTIONS = {F.softmax: False, torch.softmax: False, F.log_softmax: True, torch.log_softmax: True}
 SOFTMAX_METHODS = {"softmax": False, "log_softmax": True}
 ADAPTIVE_POOLS = {
@@ -83,6 +84,19 @@ def is_op(callee: Any, modules: tuple[type, ...], functions=(), methods=()) -> b
         return callee in functions
     except TypeError:  # an unhashable callable
         return False
+
+
+def layer_norm_size(node: fx.Node, callee: Any) -> int | None:
+    """The size a LayerNorm normalizes over, when it is one dimension (the last): `nn.LayerNorm(C)` or
+    `F.layer_norm(x, (C,), …)` (timm's); None for anything else."""
+    if isinstance(callee, nn.LayerNorm):
+        shape = tuple(callee.normalized_shape)
+    elif callee in (F.layer_norm, torch.layer_norm):
+        shape = arg(node, 1, "normalized_shape")
+        shape = (shape,) if isinstance(shape, int) else tuple(shape) if isinstance(shape, list | tuple) else ()
+    else:
+        return None
+    return shape[0] if len(shape) == 1 and isinstance(shape[0], int) else None
 
 
 def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:

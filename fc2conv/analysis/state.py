@@ -35,6 +35,7 @@ class AnalyzerState:
     actions: dict[fx.Node, Action]  # what the rewrite emits for a node (none: a copy)
     decisions: list[Decision]  # the plan's rows
     head: set[fx.Node]  # nodes downstream of where the head starts
+    positions_last: set[fx.Node]  # N×(positions)×C maps of the backbone
     lost: dict[fx.Node, str]  # nodes that read the head's channels-last tensor in a way it cannot carry
     pool_origins: dict[fx.Node, fx.Node]  # global pool → the origin its vectors get
     context: dict[fx.Node, fx.Node]  # node computed from a global-context pool alone → that pool

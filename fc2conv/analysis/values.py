@@ -23,7 +23,7 @@ from .plan import Plan
 
 __all__ = [
     "Action", "Alias", "Analysis", "BatchNormToMaps", "ChannelsLast", "ConcatOverChannels", "GlobalPoolKeepDims",
-    "GlobalToWindowPool", "LayerNormToChannels", "LinearToConv", "SoftmaxOverChannels", "Vector",
+    "GlobalToWindowPool", "LayerNormToChannels", "LinearToConv", "MoveChannelsFirst", "SoftmaxOverChannels", "Vector",
 ]
 
 
@@ -86,12 +86,21 @@ class GlobalToWindowPool:
     input: fx.Node
     kind: str
     size: tuple[int, ...]
+    channels_last: bool = False  # the input is N×(positions)×C: its channels move first, then the window slides
 
 
 @dataclass(frozen=True)
 class GlobalPoolKeepDims:
     input: fx.Node
     kind: str
+    channels_last: bool = False  # the input is N×(positions)×C: its channels move first
+
+
+@dataclass(frozen=True)
+class MoveChannelsFirst:
+    """An N×(positions)×C tensor as the N×C×(positions) map it is (cam: the map the class maps are made from)."""
+
+    input: fx.Node
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ class ConcatOverChannels:
 
 
 Action = Alias | LinearToConv | BatchNormToMaps | LayerNormToChannels | SoftmaxOverChannels | GlobalToWindowPool
-Action = Action | GlobalPoolKeepDims | ConcatOverChannels
+Action = Action | GlobalPoolKeepDims | ConcatOverChannels | MoveChannelsFirst
 
 
 @dataclass
@@ -115,3 +124,4 @@ class Analysis:
     window: tuple[int, ...] | None  # its size at the reference input
     global_context: bool  # dense: some global pool feeds the backbone, so cells see image-level context
     widened: bool  # global/cam: a fixed pool that covered the map at the reference size now pools any size
+    cut_channels_last: bool = False  # the cut is N×(positions)×C (a backbone that works channels-last)

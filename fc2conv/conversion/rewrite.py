@@ -28,6 +28,7 @@ from ..analysis import (
     GlobalToWindowPool,
     LayerNormToChannels,
     LinearToConv,
+    MoveChannelsFirst,
     Plan,
     SoftmaxOverChannels,
     analyze,
@@ -57,6 +58,7 @@ class ConversionInfo:
     widened: bool = False  # a fixed pool of the original pools the whole map at every size here
     density: int = 1  # cells per original stride along each axis (fc2conv.conversion.density)
     reduce: str | None = None  # mode "pool": how the dense map is reduced
+    cut_channels_last: bool = False  # the cut is N×(positions)×C: a backbone that works channels-last
 
 
 def _fetch(module: nn.Module, target: str) -> Any:
@@ -82,9 +84,11 @@ class _Emitter:
             return self.channels_last[node]
         return self.env[node]
 
-    def call(self, name: str, module: nn.Module, source: fx.Node) -> fx.Node:
+    def call(self, name: str, module: nn.Module, source: fx.Node, *, emitted: bool = False) -> fx.Node:
+        """Call `module`, registered as `name`, on `source` (a node of the original graph, or of the new one when
+        `emitted`)."""
         self.root[name] = module
-        return self.graph.call_module(name, (self.env[source],))
+        return self.graph.call_module(name, (source if emitted else self.env[source],))
 
     def run(self) -> fx.GraphModule:
         for node in self.gm.graph.nodes:
@@ -143,7 +147,15 @@ class _Emitter:
 
     @emit.register
     def _(self, action: LayerNormToChannels, node: fx.Node) -> fx.Node:
-        return self.call(node.target, maths.layernorm_to_channels(self.gm.get_submodule(node.target)), action.input)
+        if node.op == "call_module":
+            return self.call(node.target, maths.layernorm_to_channels(self.gm.get_submodule(node.target)),
+                             action.input)
+        # F.layer_norm(x, (C,), weight, bias, eps) as written, on the channels moved last and back.
+        last = self.graph.call_function(torch.movedim, (self.env[action.input], 1, -1))
+        rest = tuple(self.env[a] if isinstance(a, fx.Node) else a for a in node.args[1:])
+        kwargs = {k: self.env[v] if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()}
+        normed = self.graph.call_function(node.target, (last, *rest), kwargs)
+        return self.graph.call_function(torch.movedim, (normed, -1, 1))
 
     @emit.register
     def _(self, action: ConcatOverChannels, node: fx.Node) -> fx.Node:
@@ -157,13 +169,32 @@ class _Emitter:
     @emit.register
     def _(self, action: GlobalToWindowPool, node: fx.Node) -> fx.Node:
         name = node.target if node.op == "call_module" else f"{node.name}_window"
+        if action.channels_last:  # a pool over the positions of an N×(positions)×C map: over N×C×(positions)
+            return self.call(name, maths.window_pool(action.kind, action.size), self._channels_first(action.input),
+                             emitted=True)
         return self.call(name, maths.window_pool(action.kind, action.size), action.input)
 
     @emit.register
     def _(self, action: GlobalPoolKeepDims, node: fx.Node) -> fx.Node:
         reduce = torch.mean if action.kind == "avg" else torch.amax
         dims = tuple(range(2, len(action.input.meta["tensor_meta"].shape)))
-        return self.graph.call_function(reduce, (self.env[action.input], dims), {"keepdim": True})
+        source = self._channels_first(action.input) if action.channels_last else self.env[action.input]
+        return self.graph.call_function(reduce, (source, dims), {"keepdim": True})
+
+    @emit.register
+    def _(self, action: MoveChannelsFirst, node: fx.Node) -> fx.Node:
+        return self._channels_first(action.input)
+
+    def _channels_first(self, source: fx.Node) -> fx.Node:
+        """The converted N×(positions)×C `source` permuted to N×C×(positions)."""
+        rank = len(source.meta["tensor_meta"].shape)
+        return self.graph.call_method("permute", (self.env[source], (0, rank - 1, *range(1, rank - 1))))
+
+
+def _pools_channels_last(analysis: Analysis) -> bool:
+    """Whether a pool of the analysis is over the positions of an N×(positions)×C map of the backbone."""
+    return any(getattr(action, "channels_last", False) or isinstance(action, MoveChannelsFirst)
+               for action in analysis.actions.values())
 
 
 def _untouched_modules(gm: fx.GraphModule, analysis: Analysis) -> frozenset[str]:
@@ -284,7 +315,8 @@ def convert(
     analysis = analyze(gm, shape, cells, channels_last_linears=channels_last_linears)
     full = analysis  # its plan lists what calling modules whole hides: squeeze-excitation pools kept global
     full.plan.notes.extend(traced_with(gm).notes)
-    untouched = _untouched_modules(gm, analysis) if density == 1 else frozenset()
+    # A backbone that works channels-last is recognised node by node up to its pool: it is traced through.
+    untouched = _untouched_modules(gm, analysis) if density == 1 and not _pools_channels_last(analysis) else frozenset()
     if untouched:  # trace again with them whole: every node with an action is still there, so are the actions
         options = replace(options, leaf_names=untouched)
         gm = trace(model, shape, options)
@@ -302,6 +334,7 @@ def convert(
     converted.fc2conv = ConversionInfo(
         shape, mode, options, analysis.cut.name if analysis.cut is not None else None, analysis.window,
         full.global_context, full.plan, full.widened, density, reduce if mode == "pool" else None,
+        analysis.cut_channels_last,
     )
     return converted
 

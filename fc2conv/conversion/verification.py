@@ -136,10 +136,18 @@ def _dense_windows(original: nn.Module, info: Any, x: torch.Tensor) -> torch.Ten
     """The original head on every window of the original features: the dense map as it must be, N×K×(cells)."""
     parts = _head_parts(original, info)
     features = parts.backbone(x)
+    last = getattr(info, "cut_channels_last", False)  # N×(positions)×C: windows cut from the channels-first map
+    rank = features.dim()
+    if last:
+        features = features.permute(0, rank - 1, *range(1, rank - 1))
     cells = tuple(s - w + 1 for s, w in zip(features.shape[2:], info.window, strict=True))
     windows = im2col(features, info.window)  # N × (C·window) × L
     n, _, count = windows.shape
-    scores = parts(windows.transpose(1, 2).reshape(n * count, *parts.cut_shape[1:])).reshape(n, count, -1)
+    channels_first = (parts.cut_shape[-1], *parts.cut_shape[1:-1]) if last else parts.cut_shape[1:]
+    windows = windows.transpose(1, 2).reshape(n * count, *channels_first)
+    if last:
+        windows = windows.permute(0, *range(2, rank), 1)
+    scores = parts(windows).reshape(n, count, -1)
     return scores.transpose(1, 2).reshape(n, -1, *cells)
 
 
