@@ -132,3 +132,12 @@ def test_a_clusters_threads_are_its_machines_cores_over_their_slots(monkeypatch)
         job = stitch.Job(ModelSpec("model.onnx", "0" * 64, named), None, "store.zarr", "token")
         tasks.run_batch(job, TILES[:2], threads={"10.0.0.1": 4, "10.0.0.2": 4})
         assert {j.model.threads for j in fake.jobs} == {expected}  # the scan's own `threads` wins
+
+
+def test_a_scan_in_this_process_reads_ahead_too(monkeypatch):
+    """With no cluster, the executor runs every tile as one batch: read ahead, the progress per tile."""
+    fake = FakeRun(monkeypatch, TILES[:5])
+    with dispatch.executor(workers=None, scheduler=None) as run:
+        total = run(JOB, TILES[:5], progress=False)
+    assert fake.written() == [tile.index for tile in TILES[:5]]
+    assert total.pixels == sum(tile.pixels for tile in TILES[:5])
