@@ -150,6 +150,16 @@ def _mask_shown(found: dict, given: str | None) -> str:
     return str(given)
 
 
+def _seam_shown(seam: dict) -> str:
+    """The seams an approximate scan measured (`fc2conv.scan.seams`), and how to make them smaller."""
+    if seam.get("value") is None:
+        return f"seams: not measured ({seam.get('reason')})"
+    rows, cols, percent = *seam["tiles"], seam["value"] * 100
+    return (f"seams: stitched cells differ from one pass over a {rows}×{cols}-tile region by up to "
+            f"{f'{percent:.0f}' if percent >= 10 else f'{percent:.2g}'}% of the largest score; a wider --context "
+            "makes them smaller")
+
+
 @app.command(epilog=(
     "Examples:\n\n"
     "  fc2conv scan slide.tif --model out/model.onnx --out out/slide.zarr --mask auto --workers 2\n\n"
@@ -195,7 +205,11 @@ def scan(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan of OUT, skipping done tiles."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 (exact) or float16 (half the size)."),
     approximate: bool = typer.Option(False, "--approximate",
-                                     help="Scan a model whose cells see the whole input; marked approximate."),
+                                     help="Scan a model whose cells see the whole input; marked approximate, its "
+                                          "seams measured."),
+    context: int | None = typer.Option(None, "--context", min=0, metavar="PIXELS", show_default=False,
+                                       help="With --approximate: widen each tile's halo of one window by this many "
+                                            "pixels a side, making the seams smaller [default: 0]."),
     threads: int | None = typer.Option(None, "--threads", min=1,
                                        help="The backend's threads per process [default: all here; on workers, "
                                             "each machine's cores over its workers]."),
@@ -226,7 +240,8 @@ def scan(
                             overview=overview, detections=detections, threshold=threshold, iou=iou, resume=resume,
                             force=force, dtype=dtype, approximate=approximate, threads=threads,
                             progress=False if quiet or as_json else None, max_pixels=max_pixels or MAX_PIXELS,
-                            backend=backend, precision=precision, ome_tiff=ome_tiff, mask=mask)
+                            backend=backend, precision=precision, ome_tiff=ome_tiff, mask=mask,
+                            context=context)
     for warning in caught:
         if issubclass(warning.category, SampleRangeWarning | PrecisionWarning) and not quiet:
             typer.echo(f"warning: {warning.message}", err=True)
@@ -240,8 +255,14 @@ def scan(
     if "mask" in meta:
         shown.say(f"mask {_mask_shown(meta['mask'], mask)}: {meta['mask']['cell_fraction']:.1%} of the map's cells; "
                   f"{result.skipped} of {result.tiles} tiles skipped (never read or computed)")
-    shown.say(f"{result.tiles} tiles, {result.computed} computed ({before} already done), "
-              f"{result.megapixels:.1f} MP in {result.seconds:.1f} s, {result.megapixels_per_second:.2f} MP/s")
+    if result.computed:
+        shown.say(f"{result.tiles} tiles, {result.computed} computed ({before} already done), "
+                  f"{result.megapixels:.1f} MP in {result.seconds:.1f} s, {result.megapixels_per_second:.2f} MP/s")
+    else:  # --resume of a finished scan: no rate to give
+        shown.say(f"{result.tiles} tiles, 0 computed ({before} already done): nothing was left to compute; "
+                  f"{result.seconds:.1f} s in all, for the outputs")
+    if result.seam is not None:
+        shown.say(_seam_shown(result.seam))
     if result.overview:
         shown.say(f"wrote {result.overview}")
     if result.detections:

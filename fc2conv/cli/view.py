@@ -23,8 +23,9 @@ def view(
     slide: Path | None = typer.Option(None, "--slide", metavar="IMG",
                                       help="The scanned slide [default: the file the scan read, if it is there]."),
     classes: str | None = typer.Option(None, "--classes", metavar="A,B,...",
-                                       help="Labels or indices to show as heatmaps [default: every class but "
-                                            "background]."),
+                                       help="Labels or indices to show as heatmaps, at most 32 [default: the "
+                                            "classes that occur, at most 10: those with the most detections, else "
+                                            "the most probable over the most cells; background left out]."),
     detections: Path | None = typer.Option(None, "--detections", metavar="FOUND.geojson",
                                            help="Detections to draw, GeoJSON or CSV of `fc2conv scan` [default: the "
                                                 "GeoJSON the scan wrote, if it is there]."),
@@ -46,9 +47,13 @@ def view(
 
         chosen = None if classes is None else classes.split(",")
         written = show(store, slide=slide, classes=chosen, detections=detections, screenshot=screenshot, region=box,
-                       size=canvas, force=force)
+                       size=canvas, force=force, say=None if quiet else _note)
     if written is not None:
         out.say(f"wrote {written}")
+
+
+def _note(text: str) -> None:
+    typer.echo(f"note: {text}", err=True)
 
 
 def _numbers(text: str, flag: str, count: int) -> tuple[int, ...]:

@@ -6,7 +6,8 @@
 
 The flow, one module each: `arguments` checks the flags, and `paths` the outputs against each other and the inputs
 → `source` (with `readers`, `tiff` and `zarr_source`) reads a level of the input lazily → `tiles` plans tiles on
-the stride grid with the receptive field's halo → `infer` evaluates a tile in the model's session (one per
+the stride grid with the receptive field's halo (`seams`: or an approximate scan's, whose seams it measures at the
+end) → `infer` evaluates a tile in the model's session (one per
 process), `samples` checking what it read → `stitch` writes the owned cells into a chunked zarr store and records
 each finished tile → `dispatch` runs the tiles here or on Dask → `finish` puts every output in place together:
 `ngff` adds the OME-Zarr metadata and the probability pyramid, placed on the slide by `placement`, `outputs` draws
@@ -20,7 +21,8 @@ precision (`backend`/`precision`, or an int8 file) it equals a one-pass run of t
 1e-5), and the store records `exact: false`. Memory is bounded by the tile, not the image; `OUT.zarr` appears only
 complete (built as `.OUT.zarr.partial`, then renamed together with the other outputs, all or none: `finish`); a
 killed worker's tiles are recomputed; `resume=True` skips the tiles already written and ends equal to an
-uninterrupted scan. Models whose cells see the whole input are refused unless `approximate=True`.
+uninterrupted scan. Models whose cells see the whole input are refused unless `approximate=True`; such a scan
+measures its seams and `context` makes them smaller (`seams`).
 
 Hostile inputs: files are checked before they are trusted (a TIFF header against its data, OME-Zarr metadata
 field by field, dataset paths and links kept inside the store; see `tiff` and `zarr_source`); a tile is clamped
@@ -48,7 +50,7 @@ from ..errors import ConversionError
 from ..runtime.backends import AUTO, check_backend
 from ..runtime.cpu import PrecisionWarning
 from ..runtime.images import MAX_PIXELS
-from . import dispatch, outputs, qupath, samples, stitch, tiles
+from . import dispatch, outputs, qupath, samples, seams, stitch, tiles
 from .arguments import check_arguments
 from .finish import finish
 from .masks import selection
@@ -81,6 +83,7 @@ class ScanResult:
     outside_unit_range: int = 0  # float samples read by this call outside [0, 1] (see `fc2conv.scan.samples`)
     skipped: int = 0  # tiles with no cell in the mask: never read or computed
     sample_range: tuple[float, float] | None = None  # smallest and largest float sample read by this call
+    seam: dict[str, Any] | None = None  # an approximate scan's seams, measured (`fc2conv.scan.seams.measure`)
 
     @property
     def megapixels_per_second(self) -> float:
@@ -103,7 +106,7 @@ class ScanResult:
                 "detections": self.detections and str(self.detections),
                 "geojson": self.geojson and str(self.geojson), "ome_tiff": self.ome_tiff and str(self.ome_tiff),
                 "found": self.found, "skipped": self.skipped, "mask": self.metadata.get("mask"),
-                "outside_unit_range": self.outside_unit_range,
+                "outside_unit_range": self.outside_unit_range, "approximate_seam": self.seam,
                 "sample_range": list(self.sample_range) if self.sample_range else None}
 
 
@@ -115,7 +118,7 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
          dtype: str = "float32", approximate: bool = False, threads: int | None = None,
          progress: bool | None = None, max_pixels: int | None = MAX_PIXELS, backend: str = "onnxruntime",
          precision: str = "fp32", ome_tiff: str | os.PathLike | None = None,
-         mask: str | os.PathLike | None = None) -> ScanResult:
+         mask: str | os.PathLike | None = None, context: int | None = None) -> ScanResult:
     """Scan `source` with the ONNX `model` into the zarr store `out` (see the module docstring).
 
     `tile`: input pixels per tile side, without the halo (rounded down to whole strides; at least one window; a
@@ -135,7 +138,9 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     other settings). `mask`: "auto" (or "auto-dark", "auto-bright": the foreground of a thumbnail), a GeoJSON of
     polygons in level-0 pixels, or a binary image or zarr label image scaled to the slide: only tiles with cells whose
     window centre is inside are read and computed, the other cells are missing (NaN), and the cells' mask is stored
-    (`fc2conv.scan.masks`; `resume` refuses another mask).
+    (`fc2conv.scan.masks`; `resume` refuses another mask). `context`: with `approximate`, pixels added to each side of
+    the halo of one window (rounded up to whole strides); an approximate scan measures its seams against one pass
+    over the tiles around a tile corner and records them as `approximate_seam` (`fc2conv.scan.seams`).
 
     `ConversionError` for bad arguments and inputs, before anything is written; `BadInput` (a `ConversionError`)
     when a tile meets NaN or infinite samples mid-scan, and the unfinished store is removed (left, and named, when
@@ -150,7 +155,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     out, model = Path(out), Path(model)
     targets = check_arguments(out, model, Path(source), tile=tile, workers=workers, scheduler=scheduler,
                               overview=overview, detections=detections, threshold=threshold, iou=iou, dtype=dtype,
-                              resume=resume, force=force, ome_tiff=ome_tiff, mask=mask)
+                              resume=resume, force=force, ome_tiff=ome_tiff, mask=mask, context=context,
+                              approximate=approximate)
     here = workers is None and scheduler is None
     spec = ModelSpec(str(model.resolve()), file_sha256(model), threads if threads is not None or here else
                      dispatch.worker_threads(workers),
@@ -158,7 +164,7 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     dense = load(spec)
     if dense.caution:
         warnings.warn(dense.caution, PrecisionWarning, stacklevel=2)
-    halo, field, approximate = _halo(dense.metadata, str(model), approximate)
+    halo, field, approximate = seams.halo(dense.metadata, str(model), approximate, context)
     src = open_source(source, channels=dense.channels, reader=reader, level=level, mpp=mpp, max_pixels=max_pixels)
     dense.preprocess(src.read(0, 0, 1, 1))  # the model takes these samples (channels, type), or ConversionError
     stride, window = tuple(dense.metadata["stride"]), tuple(dense.metadata["window"])
@@ -168,8 +174,9 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     plan = tiles.make_plan(src.size, stride=stride, window=window, halo=halo, tile=tile, cells=cells)
     labels = dense.metadata.get("labels") or [str(k) for k in range(dense.classes)]
     shown = f"{asked} (the image's longer side, {tile})" if asked > tile else f"{tile}"
-    tiles.check_memory(plan, shown, samples=src.samples, sample_bytes=src.dtype.itemsize, channels=dense.channels,
-                       classes=len(labels), score_bytes=np.dtype(dtype).itemsize, decode_bytes=src.chunk_bytes)
+    sizes = {"samples": src.samples, "sample_bytes": src.dtype.itemsize, "channels": dense.channels,
+             "classes": len(labels), "score_bytes": np.dtype(dtype).itemsize, "decode_bytes": src.chunk_bytes}
+    tiles.check_memory(plan, shown, **sizes)
     masked = _masked(mask, src, placement, plan, stride, window, max_pixels)
     chosen_tiles = masked[1].tiles if masked else plan.tiles()
     if precision == AUTO:  # chosen on the first tile, in this process; every worker then runs the chosen path
@@ -180,7 +187,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
                               f"slide's full size; choose at most {qupath.MAX_CHANNELS} with --classes")
     run = {"model_sha256": spec.sha256, "source": src.spec.path, "reader": src.spec.reader, "level": src.spec.level,
            "source_size_and_mtime": list(src.spec.stamp), "tile": tile, "dtype": dtype, "approximate": approximate,
-           "backend": spec.backend, "precision": spec.precision, "mask": masked[1].sha256 if masked else None}
+           "context": context or None, "backend": spec.backend, "precision": spec.precision,
+           "mask": masked[1].sha256 if masked else None}
     # How the scores are computed; `exact` (the float32 map, tiles equal to one pass) only in float32.
     numbers = {**dense.numerics, "exact": dense.numerics["precision"] == "fp32" and not approximate}
     attrs = {"version": 1, "classes": len(labels), "labels": labels, "mode": dense.metadata["mode"],
@@ -215,6 +223,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     # A store begun by an older fc2conv records no placement: this scan's source is the same level of the same file.
     attrs = {**attrs, "placement": attrs.get("placement") or placement.to_attrs(),
              "outputs": {name: str(path.resolve()) for name, path in targets.items()}}
+    if approximate and (todo or "approximate_seam" not in attrs):  # measured once the map is whole
+        attrs["approximate_seam"] = seams.measure(plan, chosen_tiles, spec, src.spec, store, **sizes)
     written = finish(store, out, targets, chosen, attrs, threshold=threshold, iou=iou, force=force,
                      created=created[1] if created else None, thumbnail=functools.partial(picture, src))
     warning = samples.range_warning(report, src.spec.path)
@@ -222,7 +232,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
         warnings.warn(warning, SampleRangeWarning, stacklevel=2)
     return ScanResult(out, cells, src.size, len(plan.tiles()), len(todo), report.pixels / 1e6,
                       time.perf_counter() - started, attrs, **written, outside_unit_range=report.outside,
-                      sample_range=report.sample_range, skipped=len(masked[1].skipped) if masked else 0)
+                      sample_range=report.sample_range, skipped=len(masked[1].skipped) if masked else 0,
+                      seam=attrs.get("approximate_seam"))
 
 
 def _choose_path(dense, spec: ModelSpec, src, first) -> ModelSpec:
@@ -240,26 +251,6 @@ def _require(*modules: str) -> None:
     if missing:
         raise ConversionError(f"fc2conv scan needs {', '.join(missing)}: pip install 'fc2conv[scan]' (on Python 3.11 "
                               "or later, which zarr 3 requires)")
-
-
-def _halo(metadata: dict[str, Any], model: str, approximate: bool) -> tuple[tuple, Any, bool]:
-    """(halo in cells per axis, receptive field, whether the map is approximate): the receptive field's halo when
-    the metadata has one, else a window's halo if `approximate`, else `ConversionError` saying why."""
-    if metadata["mode"] == "global" or len(metadata["input_shape"]) != 3:
-        raise ConversionError(f"{model} is not a dense map of images (mode {metadata['mode']}, input "
-                              f"{metadata['input_shape']}); export a 2-D model in dense mode to scan")
-    field, context = metadata.get("receptive_field"), metadata.get("context")
-    why = (f"its cells see the whole input (global context: {context or 'e.g. squeeze-excitation pools'})"
-           if metadata.get("exact", True) is False else
-           f"its metadata records no receptive field ({context or 'fc2conv could not follow the graph'}), so no "
-           "halo is known" if field is None else None)
-    if why is None:
-        return tiles.halo_cells(field, metadata["stride"]), field, False
-    if not approximate:
-        raise ConversionError(f"{model} cannot be scanned in tiles exactly: {why}. Pass --approximate "
-                              "(approximate=True) to scan with a halo of one window; the output is marked approximate")
-    window = [[w, w] for w in metadata["window"]]
-    return tiles.halo_cells(window, metadata["stride"]), field, True
 
 
 def _map_length(dense, axis: int, length: int, stride: tuple, window: tuple, halo: tuple) -> int:

@@ -34,7 +34,8 @@ def _is_store(path: Path) -> bool:
 
 
 def check_arguments(out: Path, model: Path, source: Path, *, tile, workers, scheduler, overview, detections,
-                     threshold, iou, dtype, resume, force, ome_tiff=None, mask=None) -> dict[str, Path]:
+                     threshold, iou, dtype, resume, force, ome_tiff=None, mask=None, context=None,
+                     approximate=False) -> dict[str, Path]:
     """Validate what needs no file read; returns the extra outputs by name (overview, detections, geojson,
     ome_tiff).
 
@@ -45,6 +46,11 @@ def check_arguments(out: Path, model: Path, source: Path, *, tile, workers, sche
         raise ConversionError(f"--dtype must be float32 or float16; got {dtype!r}")
     if not isinstance(tile, int) or tile < 1:
         raise ConversionError(f"--tile must be a positive number of pixels; got {tile!r}")
+    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 0):
+        raise ConversionError(f"--context must be a whole number of pixels, 0 or more; got {context!r}")
+    if context is not None and not approximate:
+        raise ConversionError(f"--context {context} widens the halo of an --approximate scan; without --approximate "
+                              "each tile's halo is the model's receptive field: drop --context or pass --approximate")
     if workers is not None and scheduler is not None:
         raise ConversionError("give --workers (a local cluster) or --scheduler (a running one), not both")
     if workers is not None and workers < 1:

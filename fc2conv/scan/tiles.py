@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ..errors import ConversionError
 
 __all__ = ["MAX_TILES", "TILE_MEMORY_BUDGET", "Tile", "TilePlan", "check_memory", "halo_cells", "make_plan",
-           "probe_start"]
+           "probe_start", "tile_bytes"]
 
 Pair = tuple[int, int]
 
@@ -99,6 +99,11 @@ class TilePlan:
         spans = [self._span(axis, tile.index[axis], (cells[axis], cells[axis + 2])) for axis in range(2)]
         (c0, c1, r0, r1, o0, a0, a1), (d0, d1, q0, q1, o1, b0, b1) = spans
         return Tile(tile.index, (c0, d0, c1, d1), (r0, q0, r1, q1), (o0, o1), (a0, b0, a1, b1))
+
+    def covering(self, cells: tuple[int, int, int, int]) -> Tile:
+        """A tile of no index owning the box `cells` of the map (any box, across tiles), reading their windows and
+        halo as the plan's tiles do: one pass over it is what an approximate scan's seams are measured against."""
+        return self.cropped(Tile((-1, -1), cells, cells, (0, 0), cells), cells)
 
     def tiles(self) -> list[Tile]:
         rows, cols = self.grid
@@ -171,11 +176,20 @@ def check_memory(plan: TilePlan, tile: int | str, *, samples: int, sample_bytes:
     model's), its float32 map of `classes` scores, its owned cells as stored (`score_bytes` each), and a block of
     the file being decoded (`decode_bytes`)."""
     rows, cols = plan.largest_read()
-    read_cells = (rows // plan.stride[0] + 1) * (cols // plan.stride[1] + 1)
-    need = (rows * cols * (samples * sample_bytes + 2 * 4 * channels) + read_cells * classes * 4
-            + plan.chunk_cells[0] * plan.chunk_cells[1] * classes * (4 + score_bytes) + decode_bytes)
+    need = tile_bytes((rows, cols), plan.stride, plan.chunk_cells, samples=samples, sample_bytes=sample_bytes,
+                      channels=channels, classes=classes, score_bytes=score_bytes, decode_bytes=decode_bytes)
     if need > budget:
         raise ConversionError(f"--tile {tile} needs about {need / 2**30:.1f} GiB for one tile ({rows:,}×{cols:,} "
                               f"pixels read with the halo, {classes} scores per cell), more than the budget of "
                               f"{budget / 2**30:g} GiB (fc2conv.scan.TILE_MEMORY_BUDGET); give a smaller --tile "
                               "(2048 is the default)")
+
+
+def tile_bytes(read: Pair, stride: Pair, owned: Pair, *, samples: int, sample_bytes: int, channels: int, classes: int,
+               score_bytes: int, decode_bytes: int = 0) -> int:
+    """The bytes of one tile's own buffers (see `check_memory`) when it reads `read` pixels and owns `owned` cells
+    (rows, columns each)."""
+    rows, cols = read
+    read_cells = (rows // stride[0] + 1) * (cols // stride[1] + 1)
+    return (rows * cols * (samples * sample_bytes + 2 * 4 * channels) + read_cells * classes * 4
+            + owned[0] * owned[1] * classes * (4 + score_bytes) + decode_bytes)

@@ -24,7 +24,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +43,25 @@ _RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.uint16): (0, 65535)}
 
 def show(store: Path, *, slide: Path | None = None, classes: list[str] | None = None,
          detections: Path | None = None, screenshot: Path | None = None, region: tuple[int, ...] | None = None,
-         size: tuple[int, int] = (800, 1200), force: bool = False) -> Path | None:
+         size: tuple[int, int] = (800, 1200), force: bool = False,
+         say: Callable[[str], None] | None = None) -> Path | None:
     """Open the scan `store` in napari (see the module docstring), or with `screenshot` draw it without a window
     (napari still needs a display: `xvfb-run` on a machine without one), save the canvas there and return its path.
     `slide`: default, the file the scan read, if it is still there. `detections`: a GeoJSON or CSV of the scan's
     (default: the GeoJSON the scan wrote, if it is still there). `region`: (top, left, bottom, right) in level-0
-    pixels to frame. Everything is checked before napari is imported (`fc2conv.viewer.request.prepare`): a store,
-    slide or detections file that does not hold up, a screenshot that is an input, bad flags, no napari or no
-    display raise `ConversionError` naming what is at fault, and nothing is written."""
+    pixels to frame. Without `classes`, the classes that occur are shown (`fc2conv.viewer.choice`), and `say` is
+    given the line saying which, once napari and a display are found. Everything is checked before napari is
+    imported (`fc2conv.viewer.request.prepare`): a store, slide or detections file that does not hold up, a
+    screenshot that is an input, bad flags, no napari or no display raise `ConversionError` naming what is at fault,
+    and nothing is written."""
     request = prepare(store, slide=slide, classes=classes, detections=detections, screenshot=screenshot,
                       region=region, size=size, force=force)
     napari = _napari()
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise ConversionError("fc2conv view needs a display, and there is none (DISPLAY is not set); on a machine "
                               "without one, run it under xvfb-run (Debian's xvfb) with --screenshot")
+    if request.note and say is not None:
+        say(request.note)
     try:
         picture = _draw(napari, request)
     except ConversionError:

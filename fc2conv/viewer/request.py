@@ -2,8 +2,9 @@
 store, slide, detections file or flag is named the same on a machine with a display and on one without.
 
 Order: the flags that need no file (`--classes` as text, `--region` and `--size` as numbers), the store
-(`fc2conv.viewer.store`), the classes, the region against the slide, the slide (`fc2conv.viewer.slide`), the
-detections (`fc2conv.viewer.detections`), then `--screenshot`: never an input (the store or anything inside it, the
+(`fc2conv.viewer.store`), the classes given, the region against the slide, the slide (`fc2conv.viewer.slide`), the
+detections (`fc2conv.viewer.detections`), the classes shown by default (`fc2conv.viewer.choice`: those that occur),
+then `--screenshot`: never an input (the store or anything inside it, the
 slide and the detections, given or the defaults the store names), nor inside one, nor holding one, even with
 `--force` (`fc2conv.storage.paths.check_apart`); not a folder; not an existing file without `--force`; in a folder that
 can be written."""
@@ -18,6 +19,7 @@ from ..errors import ConversionError
 from ..scan.outputs import choose_classes
 from ..storage.atomic import refuse_existing
 from ..storage.paths import check_apart
+from .choice import occurring
 from .detections import Detections, scan_detections
 from .slide import LevelArray, slide_levels
 from .store import Scan, open_scan
@@ -32,7 +34,8 @@ MAX_CANVAS = 8192  # pixels a side of --screenshot: an OpenGL canvas beyond this
 class Request:
     """A checked request: the scan, the classes to show as heatmaps, the slide's levels and the detections (None
     when there are none to show), the box of level-0 pixels to frame (top, left, bottom, right; None: everything),
-    the canvas size of a screenshot, and where to save it (None: a window)."""
+    the canvas size of a screenshot, and where to save it (None: a window); `note`, without --classes, which classes
+    were chosen and how, when not every class but background is shown (`fc2conv.viewer.choice`)."""
 
     scan: Scan
     chosen: list[int]
@@ -42,6 +45,7 @@ class Request:
     size: tuple[int, int]
     screenshot: Path | None
     force: bool
+    note: str | None = None
 
 
 def prepare(store: Path, *, slide: Path | None = None, classes: list[str] | None = None,
@@ -55,21 +59,25 @@ def prepare(store: Path, *, slide: Path | None = None, classes: list[str] | None
     _check_numbers(region, "--region", 4, minimum=0)
     _check_numbers(size, "--size", 2, minimum=1, maximum=MAX_CANVAS)
     scan = open_scan(Path(store))
-    chosen = choose_classes(None if classes is None else list(classes), scan.labels)
-    if len(chosen) > MAX_LAYERS:
-        raise ConversionError(f"{store}: {len(chosen)} classes would make {len(chosen)} heatmap layers; choose at most "
-                              f"{MAX_LAYERS} with --classes")
+    chosen = None if classes is None else choose_classes(list(classes), scan.labels)
+    if chosen is not None and len(chosen) > MAX_LAYERS:
+        raise ConversionError(f"--classes: {len(chosen)} classes would make {len(chosen)} heatmap layers; choose at "
+                              f"most {MAX_LAYERS}")
     if region is not None:
         _check_region(tuple(region), scan)
     levels = slide_levels(scan, None if slide is None else Path(slide))
     boxes = scan_detections(scan, None if detections is None else Path(detections))
+    note = None
+    if chosen is None:  # the classes that occur, ranked, at most DEFAULT_LAYERS (≤ MAX_LAYERS)
+        choice = occurring(scan, boxes)
+        chosen, note = choice.chosen, choice.note
     if screenshot is not None:
         screenshot = Path(screenshot)
         inputs = {"OUT.zarr": scan.path, "--slide": slide, "fc2conv.source.path": scan.slide,
                   "--detections": detections, "fc2conv.outputs.geojson": scan.geojson}
         _check_screenshot(screenshot, {what: Path(p) for what, p in inputs.items() if p is not None}, force=force)
     return Request(scan, chosen, levels, boxes, None if region is None else tuple(region), tuple(size), screenshot,
-                   force)
+                   force, note)
 
 
 def _check_screenshot(screenshot: Path, inputs: dict[str, Path], *, force: bool) -> None:
