@@ -24,11 +24,17 @@ TILES = PLAN.tiles()  # 9 × 8
 def test_batches_hold_every_tile_once_in_order(count, slots):
     tiles = (TILES * 14)[:count]
     cut = tasks.batches(tiles, slots)
+    sizes = [len(batch) for batch in cut]
     assert [tile for batch in cut for tile in batch] == tiles
-    assert all(1 <= len(batch) <= tasks.MAX_BATCH for batch in cut)
-    if count:  # about TASKS_PER_SLOT tasks per slot, unless a batch would exceed MAX_BATCH or hold no tile
-        assert len(cut) >= min(count, tasks.TASKS_PER_SLOT * max(slots, 1), -(-count // tasks.MAX_BATCH))
-        assert len(cut) <= max(-(-count // tasks.MAX_BATCH), tasks.TASKS_PER_SLOT * max(slots, 1))
+    assert all(1 <= size <= tasks.MAX_BATCH for size in sizes)
+    assert sizes == sorted(sizes, reverse=True)  # shrinking as the scan goes ...
+    assert not sizes or sizes[-1] == 1  # ... to single tiles at the end
+    assert len(cut) >= min(count, tasks.SHARES * max(slots, 1))  # enough tasks for every slot
+
+
+def test_batches_follow_the_tiles_left():
+    assert [len(b) for b in tasks.batches(TILES[:16], 1)] == [8, 4, 2, 1, 1]
+    assert [len(b) for b in tasks.batches(TILES[:64], 2)] == [16, 12, 9, 7, 5, 4, 3, 2, 2, 1, 1, 1, 1]
 
 
 class FakeRun:

@@ -1,11 +1,13 @@
 """Tile tasks: a scan's tiles cut into batches, and one batch run in one process, the next tile's samples read
 while the current one computes.
 
-Batches (`batches`): the tiles, in plan order (so a batch's tiles are neighbours in the image), in runs of
-⌈tiles / (`TASKS_PER_SLOT` × slots)⌉ and at most `MAX_BATCH` tiles, where a slot is a task running at once (a
-worker thread). So every slot gets about four tasks: enough for the scheduler to balance a slow worker against a
-fast one, few enough that dask's own work per task (a few ms) is spread over several tiles, and a batch is at most
-`MAX_BATCH` tiles, so the progress bar, which moves per batch, moves often on a large slide.
+Batches (`batches`): the tiles in plan order (so a batch's tiles are neighbours in the image), cut by guided
+self-scheduling: each batch takes 1 / (`SHARES` × slots) of the tiles still left, at least one and at most
+`MAX_BATCH`, where a slot is a task running at once (a worker thread). So batches shrink as the scan goes: the
+first are large, which spreads dask's own work per task (a few ms) over many tiles, and the last are single
+tiles, so no worker waits long for another's last batch; the progress bar, which moves per batch, moves at least
+every `MAX_BATCH` tiles. 16 tiles on one slot are tasks of 8, 4, 2, 1 and 1 tiles; 64 on two slots, of 16, 12, 9,
+7, 5, 4, 3, 2, 2, 1, 1, 1 and 1.
 
 Running a batch (`run_batch`): its tiles one after another (`fc2conv.scan.stitch.scan_tile`, called through the
 module, so a test can replace it), and, in one background thread, the next tile's samples read and checked
@@ -36,17 +38,21 @@ from .samples import TileReport
 from .stitch import Job
 from .tiles import Tile
 
-__all__ = ["MAX_BATCH", "TASKS_PER_SLOT", "batches", "run_batch", "session_threads", "usable_cores"]
+__all__ = ["MAX_BATCH", "SHARES", "batches", "run_batch", "session_threads", "usable_cores"]
 
-TASKS_PER_SLOT = 4
+SHARES = 2
 MAX_BATCH = 16
 
 
 def batches(tiles: list[Tile], slots: int) -> list[list[Tile]]:
-    """`tiles` cut, in order, into batches for `slots` task slots (see the module docstring); every tile is in
-    exactly one batch."""
-    size = max(1, min(MAX_BATCH, math.ceil(len(tiles) / (TASKS_PER_SLOT * max(slots, 1)))))
-    return [tiles[start:start + size] for start in range(0, len(tiles), size)]
+    """`tiles` cut, in order, into batches for `slots` task slots, shrinking as they go (see the module docstring);
+    every tile is in exactly one batch."""
+    cut, start = [], 0
+    while start < len(tiles):
+        size = max(1, min(MAX_BATCH, math.ceil((len(tiles) - start) / (SHARES * max(slots, 1)))))
+        cut.append(tiles[start:start + size])
+        start += size
+    return cut
 
 
 def usable_cores() -> int:
