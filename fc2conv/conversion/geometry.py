@@ -1,15 +1,15 @@
 """Where each cell of a converted model's output map comes from in the input, along every spatial axis.
 
-In dense mode cell i (one index per spatial axis) is the original classifier applied to the reference-size window
-whose first corner is i·stride. `stride` is measured, not assumed: the model is run on meta tensors (shapes only,
-no arithmetic) at growing input sizes, and the stride is the distance between the sizes at which the output
-gains its second and its third cell along that axis. The first step may be shorter, when the reference size
-leaves pixels the original never looks at.
+In dense mode cell i (one index per spatial axis) is the original's head applied to the reference-size window,
+whose first corner is i·stride, of the original's features of the whole input. `stride` is measured, not assumed:
+the model is run on meta tensors (shapes only, no arithmetic) at growing input sizes, and the stride is the distance
+between the sizes at which the output gains its second and its third cell along that axis. The first step may be
+shorter, when the reference size leaves pixels the original never looks at.
 
 The receptive field is derived from the graph (`fc2conv.analysis.reach`): how far beyond its window the input still
 changes a cell, before and after it along each axis. Padding makes it larger than the window: a padded
 layer's border cells see zeros where a larger input has pixels. Tiles read with that margin around the cells
-they own stitch into exactly the one-pass map.
+they own stitch into exactly the one-pass map; `Geometry.influence` is a cell's window with that margin.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import nn
 from ..analysis.reach import Everywhere, Reach, Unknown, Value, reach_of
 from ..errors import ConversionError, reported
 from ..runtime.metadata import ONE_CELL
-from ..shapes import map_size
+from ..shapes import influence_box, map_size, window_box
 from ..tracing.trace import META_FAILURES, TraceOptions, meta_state, trace
 
 __all__ = ["Geometry", "geometry"]
@@ -33,13 +33,18 @@ _SCAN_LIMIT = 257  # sizes tried one by one for a model that runs only at some: 
 
 @dataclass(frozen=True)
 class Geometry:
-    """Cell i covers input positions i·stride … i·stride + window − 1 along each spatial axis.
+    """Cell i covers input positions i·stride … i·stride + window − 1 along each spatial axis: its window (`box`),
+    the input the cell stands for. `receptive_field` holds one (before, after) pair per axis: how far beyond its
+    window the input still changes a cell (`influence` gives that box); None when a cell sees the whole input or
+    fc2conv cannot follow an op.
 
-    `exact` is False when something inside the backbone sees the whole input (global pools of
-    squeeze-excitation, norms over the map, attention), so a cell is not the original on its window alone, and
-    None when fc2conv cannot tell (an op it cannot follow); `context` then names the layer. `receptive_field`
-    holds one (before, after) pair per axis: how far beyond its window the input still changes a cell; None
-    when a cell sees the whole input or fc2conv cannot follow an op.
+    What `exact` promises. True: every cell is the original's head on the reference-size window of the original's
+    features computed on the whole input, and depends on nothing outside its `influence` box. It is the original
+    model run on the window's crop alone only when the receptive field is zero on every side (no padding): with
+    padding, the pixels around the window, up to the influence box, change the cell (the crop would see the
+    padding's zeros there). False: something inside the backbone sees the whole input (global pools of
+    squeeze-excitation, norms over the map, attention), so every pixel changes every cell; None: fc2conv cannot
+    tell (an op it cannot follow). `context` then names the layer.
     """
 
     stride: tuple[int, ...]
@@ -49,12 +54,22 @@ class Geometry:
     context: str = ""
 
     def box(self, *cell: int) -> tuple[int, ...]:
-        """The input box of `cell` (one index per axis): its first positions, then its ends (exclusive); for a
-        2-D map (top, left, bottom, right)."""
+        """The window of `cell` (one index per axis), the input the cell stands for: its first positions, then its
+        ends (exclusive); for a 2-D map (top, left, bottom, right). Not every input it depends on: see `influence`."""
+        return window_box(cell, self.stride, self.window)
+
+    def influence(self, *cell: int, size: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """The box of input positions that can change `cell`, laid out as `box`'s: the window widened by the
+        receptive field (padding reaches beyond the window). Unclipped, it may start below 0 or end past the input;
+        given the input's spatial `size`, it is clipped to the input. When `exact` is not True, or there is no
+        receptive field, any pixel may change any cell: the box is the whole input, which needs `size`."""
+        field = self.receptive_field if self.exact else None
         if len(cell) != len(self.stride):
             raise ValueError(f"a cell has {len(self.stride)} indices here, got {cell}")
-        starts = tuple(i * s for i, s in zip(cell, self.stride, strict=True))
-        return (*starts, *(b + w for b, w in zip(starts, self.window, strict=True)))
+        if field is None and size is None:
+            raise ValueError(f"any input position may change a cell here ({self.context or 'no receptive field'}): "
+                             "give the input's size for the box of the whole input")
+        return influence_box(cell, self.stride, self.window, field, size)
 
     def to_dict(self) -> dict:
         return asdict(self)

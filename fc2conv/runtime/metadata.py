@@ -8,8 +8,8 @@ read by `fc2conv.runtime` and the scanner, and checked by the same rules on both
   global mode);
 - `receptive_field`: one [before, after] pair per spatial axis, how far beyond its window the input still
   changes a cell (null when a cell sees the whole input);
-- `exact`: whether every cell is the classifier on its window alone (false with global context, null when
-  fc2conv cannot tell);
+- `exact`: whether every cell depends on its window and receptive field only, as the original's output for its
+  window in the context of the whole input (false with global context, null when fc2conv cannot tell);
 - `context`: why not, or why there is no receptive field, naming the layer ("" when there is nothing to say);
 - `labels`: one name per class; `mean`, `std`: input normalisation, one number per channel or one for all;
 - optional, written by `fc2conv quantize` (`fc2conv.runtime.quantization`): `precision` ("fp32" or "int8"),

@@ -18,8 +18,9 @@ them before normalisation.
 
 Geometry: cell (i, j) of the score map covers input rows i·sh … i·sh + h − 1 and columns j·sw … j·sw + w − 1
 (stride and window from the file's metadata, measured on the PyTorch model at export), and likewise along the
-one or three axes of a signal or volume; in global mode the one cell covers the whole input. This module never
-imports PyTorch (tested with torch blocked).
+one or three axes of a signal or volume; in global mode the one cell covers the whole input. That window is what
+a cell stands for (`Result.box`); the input that can change it reaches further by the receptive field where the
+backbone pads (`Result.influence`). This module never imports PyTorch (tested with torch blocked).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConversionError, first_line
-from ..shapes import VECTOR_MAP, is_vector_input, map_size, times
+from ..shapes import VECTOR_MAP, influence_box, is_vector_input, map_size, times, window_box
 from ..storage.atomic import atomic_output
 from .arrays import check_finite, open_npy, samples_within
 from .backends import AUTO, check_backend, numerics, open_session, precision_label
@@ -83,15 +84,29 @@ class Result:
         return labels[class_index] if labels else str(class_index)
 
     def box(self, *cell: int) -> tuple[int, ...]:
-        """The input box of `cell` (one index per spatial axis): first positions, then ends (exclusive)."""
-        shape = self.scores.shape[1:]
-        if len(cell) != len(shape) or not all(0 <= i < n for i, n in zip(cell, shape, strict=True)):
-            raise ConversionError(f"cell {cell} is outside the {times(shape)} score map")
+        """The window of `cell` (one index per spatial axis), the input it stands for: first positions, then ends
+        (exclusive). Not every input it depends on: see `influence`."""
+        self._check_cell(cell)
         stride, window = self.metadata.get("stride"), self.metadata.get("window")
         if stride is None:  # global mode: one cell, the whole input
             return (0,) * len(cell) + tuple(self.input_size)
-        starts = tuple(i * s for i, s in zip(cell, stride, strict=True))
-        return (*starts, *(b + w for b, w in zip(starts, window, strict=True)))
+        return window_box(cell, stride, window)
+
+    def influence(self, *cell: int) -> tuple[int, ...]:
+        """The input positions that can change `cell`, clipped to this input, laid out as `box`'s: its window
+        widened by the file's receptive field (padding reaches beyond the window); the whole input when the file's
+        `exact` is not true (a cell may see all of it) or in global mode."""
+        self._check_cell(cell)
+        stride, field = self.metadata.get("stride"), self.metadata.get("receptive_field")
+        if stride is None or not self.metadata.get("exact"):
+            field = None
+        return influence_box(cell, stride or (1,) * len(cell), self.metadata.get("window") or self.input_size,
+                             field, self.input_size)
+
+    def _check_cell(self, cell: tuple[int, ...]) -> None:
+        shape = self.scores.shape[1:]
+        if len(cell) != len(shape) or not all(0 <= i < n for i, n in zip(cell, shape, strict=True)):
+            raise ConversionError(f"cell {cell} is outside the {times(shape)} score map")
 
     def _prediction(self, probabilities: np.ndarray, k: int, cell: tuple[int, ...]) -> Prediction:
         cell = tuple(int(i) for i in cell)
