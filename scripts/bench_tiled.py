@@ -7,8 +7,10 @@ The CPU comes first: lscpu's model name, the flags of its vector units, and the 
    (padding-free: each tile reads only its windows' extra W − S pixels) and ResNet18 with random weights, converted
    at 224×224 (padded: each tile also reads its receptive-field halo). Each of `--repeats` rounds runs, in turn,
    one pass over the in-memory image, a scan in this process (`threads=1`), a scan on a running one-worker cluster
-   (`threads=1`), then one pass and a one-worker scan both on every core (the worker's threads from its cores, the
-   scan's default); the table gives medians and their ratios. "tiles" is the scan's tile phase alone (every tile
+   (`threads=1`; started as `workers=1` starts one, `fc2conv.scan.dispatch.local_cluster`, once, so its start-up
+   is not timed), then one pass and a one-worker scan both on every core (the worker's threads from its cores, the
+   scan's default); the table gives medians and their ratios, and the tile phase's CPU seconds (this process's,
+   and the workers') over one pass's. "tiles" is the scan's tile phase alone (every tile
    read, computed and written: `fc2conv.scan.dispatch`'s run, timed around it), "scan" the whole call (also
    planning, the NGFF pyramid and the outputs, which one pass does not make). "read share" is what the halo
    predicts: the pixels all tiles read over the image's pixels (exact, from the tile plan; ((tile + halo) / tile)²
@@ -112,10 +114,8 @@ def _slide(size: int, directory: Path) -> tuple[Path, np.ndarray]:
 
 
 def _cluster(workers: int):
-    from dask.distributed import LocalCluster
-
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                        dashboard_address=None, silence_logs=40)
+    """A running cluster as `scan(workers=N)` starts one (`fc2conv.scan.dispatch.local_cluster`)."""
+    return dispatch.local_cluster(workers)
 
 
 def _rounds(runs: dict, repeats: int, phase: TilePhase) -> dict[str, tuple[float, float, float]]:
