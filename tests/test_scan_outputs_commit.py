@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import json
 import os
 import shutil
@@ -30,6 +31,9 @@ from fc2conv.errors import ConversionError
 from fc2conv.runtime import scan
 from fc2conv.scan import ngff, outputs, qupath, stitch
 from fc2conv.storage.atomic import staged_outputs
+
+# The module, not the function fc2conv.scan re-exports under the same name.
+finishing = importlib.import_module("fc2conv.scan.finish")
 
 zarr = pytest.importorskip("zarr")  # the scan extra: Python 3.11 or later
 pytest.importorskip("tifffile")
@@ -101,7 +105,7 @@ def _inject(monkeypatch, step: str, kind: str) -> None:
     """Make the end of the scan fail at `step`: a writer (after it wrote: its staging file is whole), or the commit's
     rename onto a target ("→ d.csv"), or its setting aside of an older target ("aside d.csv")."""
     writers = {"marking the store complete": (stitch, "mark_complete"), "the OME-Zarr pyramid": (ngff, "write"),
-               "the overview": (outputs, "overview"), "the CSV": (outputs, "write_csv"),
+               "the overview": (finishing, "overview"), "the CSV": (outputs, "write_csv"),
                "the GeoJSON": (outputs, "write_geojson"), "the OME-TIFF": (qupath, "write_ome_tiff")}
     if step in writers:
         module, name = writers[step]

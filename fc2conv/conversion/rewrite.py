@@ -68,8 +68,9 @@ def _fetch(module: nn.Module, target: str) -> Any:
 
 
 class _Emitter:
-    def __init__(self, gm: fx.GraphModule, analysis: Analysis):
+    def __init__(self, gm: fx.GraphModule, analysis: Analysis, rank: int):
         self.gm, self.analysis = gm, analysis
+        self.rank = rank  # of the converted maps, N×C×(spatial axes), whatever rank the original's tensor had
         self.graph = fx.Graph()
         self.env: dict[fx.Node, fx.Node] = {}
         self.root: dict[str, Any] = {}
@@ -151,11 +152,14 @@ class _Emitter:
             return self.call(node.target, maths.layernorm_to_channels(self.gm.get_submodule(node.target)),
                              action.input)
         # F.layer_norm(x, (C,), weight, bias, eps) as written, on the channels moved last and back.
-        last = self.graph.call_function(torch.movedim, (self.env[action.input], 1, -1))
+        # A permute, not movedim: the grid analysis (fc2conv.analysis.reach) follows permutes, and the TorchScript
+        # ONNX exporter writes non-negative axes only when given them.
+        rank = self.rank
+        last = self.graph.call_method("permute", (self.env[action.input], (0, *range(2, rank), 1)))
         rest = tuple(self.env[a] if isinstance(a, fx.Node) else a for a in node.args[1:])
         kwargs = {k: self.env[v] if isinstance(v, fx.Node) else v for k, v in node.kwargs.items()}
         normed = self.graph.call_function(node.target, (last, *rest), kwargs)
-        return self.graph.call_function(torch.movedim, (normed, -1, 1))
+        return self.graph.call_method("permute", (normed, (0, rank - 1, *range(1, rank - 1))))
 
     @emit.register
     def _(self, action: ConcatOverChannels, node: fx.Node) -> fx.Node:
@@ -321,7 +325,7 @@ def convert(
         options = replace(options, leaf_names=untouched)
         gm = trace(model, shape, options)
         analysis = analyze(gm, shape, cells, channels_last_linears=channels_last_linears)
-    converted = _Emitter(gm, analysis).run().eval()
+    converted = _Emitter(gm, analysis, 2 + spatial_axes(shape)).run().eval()
     if density != 1:
         converted, rarefied = densify(converted, density, shape, options)
         converted.eval()
