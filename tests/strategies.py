@@ -80,8 +80,10 @@ class Arch:
 
     @property
     def stride(self) -> int:
-        """Input pixels per feature cell: the product of conv strides and pool strides."""
-        return math.prod(s.stride * (2 if s.pool else 1) for s in self.stages)
+        """Input pixels per cell of the dense map: the product of conv strides and pool strides, but for a covering
+        pool's, which slides with stride 1 as the global pool it is."""
+        strides = [s.stride * (2 if s.pool and i != self.covering_stage else 1) for i, s in enumerate(self.stages)]
+        return math.prod(strides)
 
     @property
     def padded(self) -> bool:
@@ -93,20 +95,35 @@ class Arch:
         return self.pool == "mean" or (self.pool is not None and self.pool_size == (1, 1))
 
     @property
-    def covering_average(self) -> bool:
-        """The last stage ends in a 2×2 average pool of a 2×2 map and nothing pools after it: at the reference size
-        that pool averages the whole map, so fc2conv takes it for the model's global pool."""
-        last, (_, h, w) = self.stages[-1], self.features
-        return self.pool is None and last.pool == "avg" and (h, w) == (1, 1) and self.map_before_last_pool == (2, 2)
+    def covering_stage(self) -> int | None:
+        """The stage whose 2×2 pool covers the whole 2×2 map at the reference size, when no pool comes after the
+        stages: fc2conv takes that pool for the model's global pool and slides it with stride 1 (the stages after
+        it, on its 1×1 map, are part of the head). None when there is no such stage."""
+        if self.pool is not None:
+            return None
+        _, h, w = self.input_shape
+        for i, stage in enumerate(self.stages):
+            conv = replace(stage, pool=None)
+            h, w = conv.output_size(h), conv.output_size(w)
+            if stage.pool and (h, w) == (2, 2):
+                return i  # its output is 1×1: no later stage can pool it
+            h, w = (h // 2, w // 2) if stage.pool else (h, w)
+        return None
 
     @property
-    def map_before_last_pool(self) -> tuple[int, int]:
-        """The last stage's map between its convolution and its pool."""
-        _, h, w = self.input_shape
-        for stage in self.stages[:-1]:
-            h, w = stage.output_size(h), stage.output_size(w)
-        conv = replace(self.stages[-1], pool=None)
-        return conv.output_size(h), conv.output_size(w)
+    def covering_pool(self) -> bool:
+        """Some stage's pool covers the whole map (see `covering_stage`)."""
+        return self.covering_stage is not None
+
+    @property
+    def covering_average(self) -> bool:
+        """The last stage's pool covers the whole map and averages it: the model's global average pool."""
+        return self.covering_stage == len(self.stages) - 1 and self.stages[-1].pool == "avg"
+
+    @property
+    def map_before_covering_pool(self) -> tuple[int, int]:
+        """The map a covering pool pools at the reference size."""
+        return (2, 2)
 
     @property
     def cam(self) -> bool:

@@ -94,11 +94,18 @@ def check_dense_cells(model, out: torch.Tensor, image: torch.Tensor, crops) -> N
     original's features at that cell (the meaning of a dense cell, padded or not), and with `crops` (the
     geometry, for padding-free models) the original model run on the image crop `crops.box(i, j)`."""
     arch = model.arch
-    _, fh, fw = arch.features
     assert out.shape == (image.shape[0], arch.classes, 3, 2)  # two stride steps down, one across
-    features = model.features(image)
+    features, (_, fh, fw), head = model.features(image), arch.features, model.classify
+    if arch.covering_pool:  # the head's pool is a stage's, slid with stride 1: windows of the map it covered
+        pools = [i for i, layer in enumerate(model.features) if isinstance(layer, nn.MaxPool2d | nn.AvgPool2d)]
+        at = pools[sum(1 for s in arch.stages[: arch.covering_stage] if s.pool)]
+        features, (fh, fw) = model.features[:at](image), arch.map_before_covering_pool
+
+        def head(window: torch.Tensor) -> torch.Tensor:
+            return model.classify(model.features[at:](window))
+
     summands = Summands(model)
-    windows = [[summands.run(model.classify, features[:, :, i : i + fh, j : j + fw].contiguous())
+    windows = [[summands.run(head, features[:, :, i : i + fh, j : j + fw].contiguous())
                 for j in range(2)] for i in range(3)]
     expected = torch.stack([torch.stack(row, -1) for row in windows], -2)
     assert_close(out, expected, limit=summands.limit(expected))
@@ -130,7 +137,7 @@ def check_conversion(arch: Arch) -> None:
             assert not any(isinstance(m, nn.Linear | nn.BatchNorm1d) for m in net.modules()), mode
             out = net(x)
             # cam keeps the map the global average pool saw: the features, or the 2×2 map a covering pool averaged.
-            cam_map = arch.map_before_last_pool if arch.covering_average else (fh, fw)
+            cam_map = arch.map_before_covering_pool if arch.covering_average else (fh, fw)
             assert out.shape == ((2, arch.classes, *cam_map) if mode == "cam" else (2, arch.classes, 1, 1))
             assert_close(out.mean((2, 3)), logits, limit=summands.limit(logits))
             if mode != "dense" and arch.pool:  # pools are kept: the same function at any size

@@ -5,7 +5,8 @@ the analyzer, `fc2conv.analysis.analyzer`), one rule per case (`fc2conv.analysis
 A squeeze-excitation pool rescales the features it was computed from: it is global context, not the head, and
 sliding it would change what every cell of the backbone computes. It stays as it is, and so does everything
 computed from it alone. A head pool becomes, in dense mode, the stride-1 window pool of the size it covered at the
-reference size; in global mode it stays global; in cam mode the head runs before it.
+reference size (a fixed kernel that covered the whole map too, as `convert_onnx` slides it in a static export); in
+global mode it stays global; in cam mode the head runs before it.
 """
 
 from __future__ import annotations
@@ -142,28 +143,22 @@ class GlobalContext(Rule[PoolAt]):
             at.state.actions[at.node] = GlobalPoolKeepDims(at.features, at.pool.kind)
 
 
-class FixedWindowSlides(Rule[PoolAt]):
-    """dense: a fixed window slides with its own stride, as in the original: kept as it is."""
-
-    def match(self, at: PoolAt) -> bool:
-        return at.state.mode == "dense" and at.pool.fixed
-
-    def rewrite(self, at: PoolAt) -> None:
-        pass
-
-
 class WindowPool(Rule[PoolAt]):
-    """dense: the head's global pool becomes a stride-1 window pool of the size it covered."""
+    """dense: the head's global pool becomes a stride-1 window pool of the size it covered. A pool whose fixed
+    kernel covered the whole map at the reference size (`F.avg_pool2d(out, 4)` on a 4×4 map) is the head's global
+    pool too, and slides with stride 1 as well, not with its own stride: the same map `convert_onnx` makes of a
+    static export, where the kernel is all that is left of how the pool was written."""
 
     def match(self, at: PoolAt) -> bool:
         return at.state.mode == "dense"
 
     def rewrite(self, at: PoolAt) -> None:
         pool, state = at.pool, at.state
-        state.widened = pool.fixed
         state.start_head(at.node, at.features)
         state.actions[at.node] = GlobalToWindowPool(at.features, pool.kind, pool.size_in)
-        at.record(f"window {pool.kind} pool", "stride 1: slides over larger inputs")
+        at.record(f"window {pool.kind} pool", "stride 1: slides over larger inputs" + (
+            " (its fixed kernel covered the whole map at the reference size: it slides as a global pool does, "
+            "not with its own stride)" if pool.fixed else ""))
         if not pool.keepdim:
             at.vectors(at.node)
 
@@ -207,7 +202,7 @@ class GlobalKept(Rule[PoolAt]):
 # In order: the first rule that matches decides.
 POOL_RULES: tuple[Rule[PoolAt], ...] = (
     AdaptiveOutsideTheHead(), AdaptiveIdentity(), AdaptiveAverageFolded(), AdaptiveMax(), GlobalContext(),
-    FixedWindowSlides(), WindowPool(), CamRemoved(), GlobalKept(),
+    WindowPool(), CamRemoved(), GlobalKept(),
 )
 
 
