@@ -103,7 +103,7 @@ def test_a_model_whose_classes_all_occur_shows_them_all_without_a_note(pristine,
 
 def test_the_command_says_which_classes_it_chose(stores, tmp_path, monkeypatch):
     """With napari replaced by a stand-in that draws a black canvas: the note on stderr, the screenshot written."""
-    import fc2conv.viewer as viewer
+    import fc2conv.viewer.scene as viewer
 
     monkeypatch.setitem(sys.modules, "napari", types.ModuleType("napari"))
     monkeypatch.setenv("DISPLAY", ":99")
