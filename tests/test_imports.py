@@ -31,7 +31,8 @@ LAYERS = {
                      "fc2conv.runtime"),
     "fc2conv.viewer": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.storage.paths",
                        "fc2conv.runtime", "fc2conv.scan"),
-    "fc2conv.analysis": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat", "fc2conv.layers"),
+    "fc2conv.analysis": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat", "fc2conv.layers",
+                         "fc2conv.runtime.metadata"),  # the one vocabulary of modes
     "fc2conv.tracing": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat", "fc2conv.layers",
                         "fc2conv.analysis.ops"),
     "fc2conv.conversion": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat", "fc2conv.layers", "fc2conv.tracing",

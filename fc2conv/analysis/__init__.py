@@ -21,7 +21,7 @@ value (a flatten or an identity pool disappears), or one of the replacements bel
 and every pool the mode touches, also gets a `Decision`, the printable row of `plan()`.
 """
 
-from .analyzer import MODES, analyze
+from .analyzer import ANALYSED_MODES, analyze
 from .plan import Decision, Plan
 from .values import (
     Alias,
@@ -39,7 +39,7 @@ from .values import (
 )
 
 __all__ = [
-    "MODES", "Alias", "Analysis", "BatchNormToMaps", "ChannelsLast", "ConcatOverChannels", "Decision",
+    "ANALYSED_MODES", "Alias", "Analysis", "BatchNormToMaps", "ChannelsLast", "ConcatOverChannels", "Decision",
     "GlobalPoolKeepDims", "GlobalToWindowPool", "LayerNormToChannels", "LinearToConv", "MoveChannelsFirst", "Plan",
     "SoftmaxOverChannels", "Vector", "analyze",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 from torch import fx
 
 from ..errors import ConversionError, first_line
+from ..runtime.metadata import MODES
 from ..shapes import VECTOR_MAP, is_vector_input, times
 from .channels_last import ChannelsLastVisits
 from .head import HeadVisits
@@ -27,9 +28,10 @@ from .plan import Decision, Plan
 from .pools import PoolVisits, pooled_nodes
 from .values import Action, Alias, Analysis, ChannelsLast, Vector
 
-__all__ = ["MODES", "analyze"]
+__all__ = ["ANALYSED_MODES", "analyze"]
 
-MODES: tuple[str, ...] = ("dense", "global", "cam")
+# The modes of fc2conv.runtime.metadata.MODES the analysis plans: "pool" is "dense", reduced after the rewrite.
+ANALYSED_MODES: tuple[str, ...] = tuple(mode for mode in MODES if mode != "pool")
 
 
 class _Analyzer(PoolVisits, HeadVisits, ChannelsLastVisits):
@@ -218,6 +220,6 @@ def _ancestors(node: fx.Node) -> list[fx.Node]:
 def analyze(gm: fx.GraphModule, input_shape: tuple[int, ...], mode: str = "dense", *,
             channels_last_linears: bool = False) -> Analysis:
     """Values, actions and the plan for converting a traced, shape-propagated model (see `trace`)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode not in ANALYSED_MODES:
+        raise ValueError(f"mode must be one of {', '.join(ANALYSED_MODES)}, not {mode!r}")
     return _Analyzer(gm, tuple(input_shape), mode, channels_last_linears).run()

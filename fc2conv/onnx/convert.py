@@ -12,16 +12,17 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import ConversionError, first_line, reported
-from ..runtime.metadata import axis_names
+from ..runtime.metadata import MODES, axis_names
 from ..shapes import as_map, is_vector_input, map_size, spatial_axes, times
 from ..storage.atomic import atomic_output, refuse_existing
 from .check import assert_same_scores, input_dtype, probe, random_input, session
 from .graph import Graph, Shape, describe, infer_shapes, topological_order
 from .rules import Rule, rules_for
 
-__all__ = ["MODES", "convert_onnx"]
+__all__ = ["ONNX_MODES", "convert_onnx"]
 
-MODES = ("dense", "global")
+# The modes of fc2conv.runtime.metadata.MODES that convert_onnx writes: a graph has no pools to move a head before.
+ONNX_MODES = tuple(mode for mode in MODES if mode in ("dense", "global"))
 # The probe input is this many pixels taller and wider than the reference, enough for any stride-32 network
 # to grow its last feature map; a map that does not grow has the reference size baked in.
 _PROBE_GROWTH = 32
@@ -58,8 +59,8 @@ def convert_onnx(
     Raises ConversionError, naming the file or the ONNX node and the reason, for an unreadable or invalid
     model, one onnxruntime cannot run, and for any pattern it cannot convert exactly; then no file is written.
     """
-    if mode not in MODES:
-        raise ConversionError(f"mode must be one of {MODES}, not {mode!r}")
+    if mode not in ONNX_MODES:
+        raise ConversionError(f"mode must be one of {ONNX_MODES}, not {mode!r}")
     if dst is not None:
         refuse_existing(dst, force=force)  # before the work; atomic_output checks again
         if not isinstance(src, onnx.ModelProto) and all(map(os.path.exists, (src, dst))) and os.path.samefile(src, dst):

@@ -35,11 +35,20 @@ from ..errors import ConversionError, first_line
 from .cpu import detect
 from .metadata_file import read_entries
 
-__all__ = ["AUTO", "BACKENDS", "OPENVINO_EXTRA", "PRECISIONS", "Session", "check_backend", "numerics", "open_session",
-           "precision_label"]
+__all__ = [
+    "AUTO",
+    "BACKENDS",
+    "BACKEND_PRECISIONS",
+    "OPENVINO_EXTRA",
+    "Session",
+    "check_backend",
+    "numerics",
+    "open_session",
+    "precision_label",
+]
 
 BACKENDS = ("onnxruntime", "openvino")
-PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16", "fp16")}
+BACKEND_PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16", "fp16")}
 AUTO = "auto"  # --precision auto: the fastest path within the drift budget (`fc2conv.runtime.auto`)
 OPENVINO_EXTRA = "pip install 'fc2conv[openvino]'"
 _OV_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -58,11 +67,11 @@ def check_backend(backend: str, precision: str) -> None:
         raise ConversionError("--precision int8 is not a setting of a backend: int8 is a file, written by fc2conv "
                               "quantize, that runs on either backend with --precision fp32 (or bf16 for its float "
                               "layers on openvino)")
-    if precision not in PRECISIONS[backend]:
-        known = {p for values in PRECISIONS.values() for p in values}
+    if precision not in BACKEND_PRECISIONS[backend]:
+        known = {p for values in BACKEND_PRECISIONS.values() for p in values}
         what = f"--precision {precision}" if precision in known else f"--precision {precision!r} (unknown)"
         raise ConversionError(
-            f"{what} is not available with --backend {backend}, which runs {', '.join(PRECISIONS[backend])}; "
+            f"{what} is not available with --backend {backend}, which runs {', '.join(BACKEND_PRECISIONS[backend])}; "
             "bf16 and fp16 run with --backend openvino, and int8 comes from a quantized file (fc2conv quantize)")
 
 
