@@ -21,7 +21,7 @@ from scan_helpers import write_tiff
 from scan_output_helpers import IMAGE, TILE, as_flags, state
 from typer.testing import CliRunner
 
-import fc2conv.scan as scanner
+import fc2conv.scan.driver as scanner  # where scan() looks its helpers up
 from fc2conv.cli import EXIT_USAGE, app
 from fc2conv.errors import ConversionError
 from fc2conv.runtime import scan

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import json
 import os
 import shutil
@@ -24,16 +23,13 @@ from scan_helpers import ROOT, write_tiff
 from scan_output_helpers import IMAGE, TILE, as_flags, state
 from typer.testing import CliRunner
 
-import fc2conv.scan as scanner
+import fc2conv.scan.driver as scanner  # where scan() looks its helpers up
 import fc2conv.storage.atomic as atomic
 from fc2conv.cli import EXIT_USAGE, app
 from fc2conv.errors import ConversionError
 from fc2conv.runtime import scan
-from fc2conv.scan import ngff, outputs, qupath, stitch
+from fc2conv.scan import finish, ngff, outputs, qupath, stitch
 from fc2conv.storage.atomic import staged_outputs
-
-# The module, not the function fc2conv.scan re-exports under the same name.
-finishing = importlib.import_module("fc2conv.scan.finish")
 
 zarr = pytest.importorskip("zarr")  # the scan extra: Python 3.11 or later
 pytest.importorskip("tifffile")
@@ -105,7 +101,7 @@ def _inject(monkeypatch, step: str, kind: str) -> None:
     """Make the end of the scan fail at `step`: a writer (after it wrote: its staging file is whole), or the commit's
     rename onto a target ("→ d.csv"), or its setting aside of an older target ("aside d.csv")."""
     writers = {"marking the store complete": (stitch, "mark_complete"), "the OME-Zarr pyramid": (ngff, "write"),
-               "the overview": (finishing, "overview"), "the CSV": (outputs, "write_csv"),
+               "the overview": (finish, "overview"), "the CSV": (outputs, "write_csv"),
                "the GeoJSON": (outputs, "write_geojson"), "the OME-TIFF": (qupath, "write_ome_tiff")}
     if step in writers:
         module, name = writers[step]
