@@ -7,6 +7,7 @@
     python scripts/bench.py --tiled             # tiled scanning vs one pass, one vs two workers, peak memory
     python scripts/bench.py --density           # a denser map in one dilated pass vs shift-and-stitch vs naive
     python scripts/bench.py --precision         # bf16 and int8 (onnxruntime, OpenVINO) against float32, and scans
+    python scripts/bench.py --projection        # MP/s of a ResNet18 scan at growing slide sizes; a 100k² slide's time
 
 Original and converted run alternately, `--repeats` times each after warm-up, so machine noise hits
 both alike; the table gives each median and their ratio (converted / original). With `--check` the
@@ -40,6 +41,12 @@ backends, on the digits CNN, ResNet18 and ResNet50 at `--dense-size`² (default 
 alternating rounds (`median_rounds`, default 5), with the drift of each from float32; then scan throughput per path
 and whether a tiled scan equals one pass of the same backend and precision; then the kernels each path ran
 (`scripts/bench_precision.py`). `--quick` shrinks it to a smoke test.
+
+`--projection`: scans of synthetic brightfield slides at `--sizes` (default 4096 8192 12288) with 100% tissue and
+with 40% tissue and `mask="auto"`, at float32 and at the fastest reduced precision within the drift budget, each in
+this process or on workers, whichever was faster; then the time of a 100,000 × 100,000 slide projected from the
+largest size (`scripts/bench_projection.py`). `--models small` takes a small CNN instead of ResNet18; `--quick`
+(sizes 512 1024, tile 256, one round) is the smoke test's size.
 """
 
 from __future__ import annotations
@@ -314,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--density-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="--density: one image size for every model (default: each model's own)")
     parser.add_argument("--onnxruntime", action="store_true", help="--density: onnxruntime rows too")
-    parser.add_argument("--tile", type=int, default=1024, help="--tiled: tile size in pixels (default 1024)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="--tiled: tile size in pixels (default 1024); --projection: default 2048")
     parser.add_argument("--image", type=int, default=4096, help="--tiled: digits image side (default 4096)")
     parser.add_argument("--resnet-image", type=int, default=2048, help="--tiled: ResNet18 image side (default 2048)")
     parser.add_argument("--workers-image", type=int, default=8192,
@@ -329,9 +337,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="--precision: ResNet scan image side (digits: twice this; default 2048)")
     parser.add_argument("--scan-tile", type=int, default=1024, help="--precision: scan tile (default 1024)")
     parser.add_argument("--scan-rounds", type=int, default=3, help="--precision: scans per path (default 3)")
+    parser.add_argument("--projection", action="store_true",
+                        help="scan throughput at growing slide sizes and a 100,000² slide's projected time, instead")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="--projection: slide sides (default 4096 8192 12288)")
+    parser.add_argument("--rounds", type=int, default=1, help="--projection: scans per slide row (default 1)")
+    parser.add_argument("--choose-rounds", type=int, default=2,
+                        help="--projection: rounds choosing the path and the placement (default 2)")
     parser.add_argument("--quick", action="store_true",
-                        help="--precision: one round, small images, one thread (a smoke test: timings mean little)")
+                        help="--precision, --projection: one round, small images (a smoke test: timings mean little)")
     args = parser.parse_args(argv)
+    if args.projection:
+        from bench_projection import SIZES, main_projection
+
+        args.model = (args.models or ["resnet18"])[0]
+        if args.model not in ("resnet18", "small"):
+            parser.error("--projection: --models is resnet18 (the default) or small")
+        if args.quick:
+            args.sizes, args.tile, args.rounds, args.choose_rounds = args.sizes or [512, 1024], args.tile or 256, 1, 1
+        args.sizes, args.tile = args.sizes or SIZES, args.tile or 2048
+        return main_projection(args)
     if args.precision:
         from bench_precision import PRECISION_MODELS, main_precision
 
@@ -345,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench_tiled import TILED, main_tiled
 
         args.models = args.models or TILED
+        args.tile = args.tile or 1024
         args.repeats = args.repeats or 3
         return main_tiled(args)
     if args.density:
