@@ -10,15 +10,20 @@ metadata and the runtime all ask it.
 A cell's place in the input has two boxes, one rule for `fc2conv.geometry` and the torch-free runtime: its window
 (`window_box`), the input the cell stands for, and its influence (`influence_box`), every input position that can
 change the cell: the window widened by the receptive field, which padding makes larger than the window.
+
+Some models run only at some sizes: a window-partition model (MaxViT, HaloNet) reshapes its map into fixed windows,
+so it runs only where the map divides into them. `Sizes` says which, along one axis, as `fc2conv.geometry`
+measures it and the ONNX metadata carries it; `size_refusal` names them for an input of another size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-__all__ = ["VECTOR_MAP", "as_map", "influence_box", "is_vector_input", "map_size", "spatial_axes", "times",
-           "window_box"]
+__all__ = ["VECTOR_MAP", "Sizes", "as_map", "axis_names", "influence_box", "is_vector_input", "map_size",
+           "size_refusal", "sizes_from_json", "sizes_taken", "spatial_axes", "times", "window_box"]
 
 VECTOR_MAP = (1, 1)  # an MLP's (D,) input at the reference size: one vector, a 1×1 map
 Array = TypeVar("Array")  # a torch tensor or a numpy array: both have .ndim, .shape and .reshape
@@ -79,3 +84,110 @@ def influence_box(cell: Sequence[int], stride: Sequence[int], window: Sequence[i
         starts = [min(max(b, 0), n) for b, n in zip(starts, size, strict=True)]
         ends = [min(max(e, 0), n) for e, n in zip(ends, size, strict=True)]
     return (*starts, *ends)
+
+
+def axis_names(spatial: int) -> tuple[str, ...]:
+    """The names of the spatial axes, for dynamic dimensions and messages: length; height, width; depth, height,
+    width."""
+    return {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}[spatial]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The input sizes along one spatial axis at which a model runs: n with n mod `period` inside one of the
+    inclusive `residues` ranges (lo, hi), 0 ≤ lo ≤ hi < period, in order. A model that partitions a map of stride s
+    into windows of w cells runs at multiples of s·w: period s·w, residues ((0, 0),)."""
+
+    period: int
+    residues: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        ends = [v for pair in self.residues for v in pair]
+        if self.period < 1 or not self.residues or ends != sorted(ends) or ends[0] < 0 or ends[-1] >= self.period:
+            raise ValueError(f"not a set of sizes: period {self.period}, residues {self.residues}")
+
+    def allows(self, n: int) -> bool:
+        """Whether the model runs at size `n` along this axis."""
+        r = n % self.period
+        return any(lo <= r <= hi for lo, hi in self.residues)
+
+    def at_least(self, n: int) -> int:
+        """The smallest size ≥ `n` the model runs at."""
+        return next(m for m in range(n, n + self.period) if self.allows(m))
+
+    def at_most(self, n: int) -> int:
+        """The largest size ≤ `n` the model runs at (it may be below 1)."""
+        return next(m for m in range(n, n - self.period, -1) if self.allows(m))
+
+    def __str__(self) -> str:
+        """'multiples of 256', '64·k + 3', '256·k − 15 … 256·k': the rule, k any whole number."""
+        p, ranges = self.period, list(self.residues)
+        if len(ranges) > 1 and ranges[0][0] == 0 and ranges[-1][1] == p - 1:  # one range across the multiples
+            ranges = [(ranges[-1][0] - p, ranges[0][1]), *ranges[1:-1]]
+        if ranges == [(0, 0)]:
+            return f"multiples of {p}"
+
+        def term(v: int) -> str:
+            return f"{p}·k" if v == 0 else f"{p}·k + {v}" if v > 0 else f"{p}·k − {-v}"
+
+        return " or ".join(term(lo) if lo == hi else f"{term(lo)} … {term(hi)}" for lo, hi in ranges)
+
+    def examples(self, start: int, count: int = 3) -> str:
+        """The first `count` runs of sizes from `start` up: '256, 512, 768, …' or '256, 497–512, 753–768, …'."""
+        shown, n = [], self.at_least(start)
+        while len(shown) < count:
+            end = n
+            while self.allows(end + 1) and end + 1 - n < self.period:
+                end += 1
+            shown.append(str(n) if end == n else f"{n}–{end}")
+            n = self.at_least(end + 2)
+        return ", ".join(shown) + ", …"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"period": self.period, "residues": [list(pair) for pair in self.residues]}
+
+
+def sizes_from_json(value: Any) -> tuple[Sizes | None, ...] | None:
+    """The metadata's `sizes` (null, or one entry per axis: null for every size, or {"period", "residues"}) as
+    `Sizes`; ValueError for anything else."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValueError("not a list")
+    axes = []
+    for entry in value:
+        if entry is None:
+            axes.append(None)
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"period", "residues"}:
+            raise ValueError("each axis must be null or an object with period and residues")
+        period, residues = entry["period"], entry["residues"]
+        pairs = residues if isinstance(residues, list) else None
+        if not _whole(period) or not pairs or not all(isinstance(r, list) and len(r) == 2 and all(map(_whole, r))
+                                                      for r in pairs):
+            raise ValueError("period must be a whole number and residues a list of [lo, hi] pairs")
+        axes.append(Sizes(period, tuple((lo, hi) for lo, hi in pairs)))
+    return tuple(axes)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
+
+
+def sizes_taken(sizes: Sequence[Sizes | None], window: Sequence[int]) -> str:
+    """The sizes a model takes along the axes where it runs only at some, from its `window` up: 'height 256, 512,
+    768, … (multiples of 256) and width 256, 512, 768, … (multiples of 256)'."""
+    names = axis_names(len(sizes))
+    return " and ".join(f"{name} {s.examples(w)} ({s})" for name, s, w in zip(names, sizes, window, strict=True) if s)
+
+
+def size_refusal(size: Sequence[int], sizes: Sequence[Sizes | None] | None, window: Sequence[int]) -> str | None:
+    """Why a model that runs only at `sizes` (one entry per axis, None for every size) cannot take an input of
+    spatial `size`, naming the sizes it takes and the nearest ones at least `window`; None when it can."""
+    if sizes is None or all(s is None or s.allows(n) for s, n in zip(sizes, size, strict=True)):
+        return None
+    below = [n if s is None else s.at_most(n) for s, n in zip(sizes, size, strict=True)]
+    above = [n if s is None else s.at_least(n) for s, n in zip(sizes, size, strict=True)]
+    nearest = ([times(below)] if all(b >= w for b, w in zip(below, window, strict=True)) else []) + [times(above)]
+    return (f"the model runs only at {sizes_taken(sizes, window)}; the nearest sizes it takes are "
+            f"{' and '.join(nearest)}: crop or pad the input to one of them")

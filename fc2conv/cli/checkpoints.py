@@ -44,12 +44,18 @@ def _describe_model(model, recipe, checkpoint: Path) -> str:
 
 def _describe_geometry(converted) -> tuple[str, dict | None]:
     from ..conversion.geometry import geometry
-    from ..shapes import times
+    from ..shapes import sizes_taken, times
 
     if converted.fc2conv.mode in ("global", "pool"):
         return f"output: one score vector per input at every input size (mode {converted.fc2conv.mode})", None
-    geo = geometry(converted)
+    try:
+        geo = geometry(converted)
+    except ConversionError as e:  # the model is converted; only its cells cannot be placed
+        return (f"output: a map of score vectors with no geometry, so ONNX export, run and scan refuse it: {e}",
+                None)
     text = f"output: a map of score vectors, one per {times(geo.window)} window every {times(geo.stride)} pixels"
+    if geo.sizes is not None:
+        text += f", at the input sizes it takes only: {sizes_taken(geo.sizes, geo.window)}"
     if geo.exact is False:
         text += f" (not exact windows: {geo.context})"
     elif geo.exact is None:

@@ -1,10 +1,11 @@
 """Where each cell of a converted model's output map comes from in the input, along every spatial axis.
 
 In dense mode cell i (one index per spatial axis) is the original's head applied to the reference-size window,
-whose first corner is i·stride, of the original's features of the whole input. `stride` is measured, not assumed:
-the model is run on meta tensors (shapes only, no arithmetic) at growing input sizes, and the stride is the distance
-between the sizes at which the output gains its second and its third cell along that axis. The first step may be
-shorter, when the reference size leaves pixels the original never looks at.
+whose first corner is i·stride, of the original's features of the whole input. `stride` is measured, not assumed
+(`fc2conv.conversion.stride`): the model is run on meta tensors (shapes only, no arithmetic) at other input sizes,
+and the map must gain one cell every stride. A model whose cells are not windows on such a grid (it resizes its
+map) is refused, never given a stride of 0; one that runs only at some sizes (it partitions its map into fixed
+windows) gets them in `sizes`.
 
 The receptive field is derived from the graph (`fc2conv.analysis.reach`): how far beyond its window the input still
 changes a cell, before and after it along each axis. Padding makes it larger than the window: a padded
@@ -14,21 +15,18 @@ they own stitch into exactly the one-pass map; `Geometry.influence` is a cell's 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import nn
 
 from ..analysis.reach import Everywhere, Reach, Unknown, Value, reach_of
 from ..errors import ConversionError, reported
 from ..runtime.metadata import ONE_CELL
-from ..shapes import influence_box, map_size, window_box
-from ..tracing.trace import META_FAILURES, TraceOptions, meta_state, trace
+from ..shapes import Sizes, influence_box, map_size, size_refusal, window_box
+from ..tracing.trace import TraceOptions, trace
+from .stride import measure
 
 __all__ = ["Geometry", "geometry"]
-
-_SCAN_LIMIT = 257  # sizes tried one by one for a model that runs only at some: two strides of up to 128
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,10 @@ class Geometry:
     padding's zeros there). False: something inside the backbone sees the whole input (global pools of
     squeeze-excitation, norms over the map, attention), so every pixel changes every cell; None: fc2conv cannot
     tell (an op it cannot follow). `context` then names the layer.
+
+    `sizes`: None when the model runs at every input size from its window up; else one entry per axis, None or the
+    `fc2conv.shapes.Sizes` it runs at there (a window-partition model: multiples of its window). `refusal` says why
+    an input size is not one of them.
     """
 
     stride: tuple[int, ...]
@@ -52,6 +54,18 @@ class Geometry:
     exact: bool | None = True
     receptive_field: tuple[tuple[int, int], ...] | None = None
     context: str = ""
+    sizes: tuple[Sizes | None, ...] | None = None
+
+    def refusal(self, size: tuple[int, ...]) -> str | None:
+        """Why the model cannot take an input of spatial `size`, naming the sizes it takes; None when it can."""
+        return size_refusal(size, self.sizes, self.window)
+
+    def taken(self, size: tuple[int, ...]) -> tuple[int, ...]:
+        """The smallest input size at least `size` along every axis that the model takes (`size` itself when it
+        runs at every size)."""
+        if self.sizes is None:
+            return tuple(size)
+        return tuple(n if s is None else s.at_least(n) for s, n in zip(self.sizes, size, strict=True))
 
     def box(self, *cell: int) -> tuple[int, ...]:
         """The window of `cell` (one index per axis), the input the cell stands for: its first positions, then its
@@ -73,91 +87,6 @@ class Geometry:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _spatial_output(model: nn.Module, channels: int, reference: tuple[int, ...]
-                    ) -> Callable[[tuple[int, ...]], tuple[int, ...]]:
-    """Output sizes for an input size, from shapes-only (meta) runs; from real runs on zeros for a model that does
-    what meta tensors cannot (a leaf module with data-dependent control flow)."""
-    state = meta_state(model)
-    dtype = next(iter(state.values())).dtype if state else torch.float32
-
-    def on_meta(size: tuple[int, ...]) -> torch.Tensor:
-        x = torch.empty(1, channels, *size, device="meta", dtype=dtype)
-        return torch.func.functional_call(model, state, (x,))
-
-    def on_zeros(size: tuple[int, ...]) -> torch.Tensor:
-        return model(torch.zeros(1, channels, *size, dtype=dtype))
-
-    run = on_meta
-    with torch.no_grad():
-        try:
-            on_meta(reference)
-        except META_FAILURES:
-            run = on_zeros
-
-    def output(size: tuple[int, ...]) -> tuple[int, ...]:
-        with torch.no_grad():
-            return tuple(run(size).shape[2:])
-
-    return output
-
-
-def _step(count: Callable[[int], int], start: int) -> int:
-    """The distance between the input sizes at which `count` first reaches +1 and +2 of count(start)."""
-    base = count(start)
-
-    def first_size(target: int) -> int:
-        low, high = start, start + 1
-        while count(high) < target:
-            if high > start + 64 * max(start, 8):
-                raise ConversionError("the output map does not grow with the input; no sliding geometry")
-            low, high = high, start + 2 * (high - start)
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (low, middle) if count(middle) >= target else (middle, high)
-        return high
-
-    return first_size(base + 2) - first_size(base + 1)
-
-
-def _step_over_failures(count: Callable[[int], int], start: int, axis: int) -> int:
-    """`_step` for a model that runs only at some sizes (branches that round differently meet in a sum or a
-    concatenation): every size from `start` up is tried in turn, skipping those that fail."""
-    counts: dict[int, int] = {}
-    for size in range(start, start + _SCAN_LIMIT):
-        try:
-            counts[size] = count(size)
-        except Exception:  # this size does not run, others may: the model's code decides what it raises
-            continue
-        base = counts.get(start)
-        if base is None:
-            break
-        reached = [n for n, c in counts.items() if c >= base + 2]
-        if reached:
-            return min(reached) - min(n for n, c in counts.items() if c >= base + 1)
-    runs = sorted(counts)
-    raise ConversionError(
-        f"the converted model runs along axis {axis} only at sizes {runs[:12] or 'none'} of {start}…"
-        f"{start + _SCAN_LIMIT - 1}, too few to measure its stride; convert at a reference size where it runs and "
-        "give it inputs of the sizes it takes")
-
-
-def _measured_stride(converted: nn.Module, channels: int, reference: tuple[int, ...]) -> tuple[int, ...]:
-    output = _spatial_output(converted, channels, reference)
-
-    def along(axis: int) -> Callable[[int], int]:
-        return lambda n: output((*reference[:axis], n, *reference[axis + 1:]))[axis]
-
-    strides = []
-    for axis in range(len(reference)):
-        try:
-            strides.append(_step(along(axis), reference[axis]))
-        except ConversionError:
-            raise
-        except Exception:  # some size on the way fails (whatever the model's code raises): try them in turn
-            strides.append(_step_over_failures(along(axis), reference[axis], axis))
-    return tuple(strides)
 
 
 def _locality(converted: nn.Module, options: TraceOptions, shape: tuple[int, ...]) -> Value:
@@ -189,11 +118,15 @@ def geometry(converted: nn.Module) -> Geometry:
 
     Dense: the window is the reference input size. Cam: cells are feature locations and the window is one
     stride (the footprint of a cell). Global mode has one cell for the whole input and no geometry.
+    `ConversionError` saying why for a model whose cells are not windows on a grid, or whose stride cannot be
+    measured: a geometry is never a guess.
     """
     info = getattr(converted, "fc2conv", None)
     if info is None:
         raise ValueError("geometry() needs a model returned by fc2conv.convert")
     cached = getattr(converted, "_fc2conv_geometry", None)
+    if isinstance(cached, str):  # refused before: measuring again would take as long and say the same
+        raise ConversionError(cached)
     if cached is not None:
         return cached
     if info.mode in ONE_CELL:
@@ -201,16 +134,18 @@ def geometry(converted: nn.Module) -> Geometry:
     channels, reference = info.input_shape[0], map_size(info.input_shape)
     value = _locality(converted, info.trace_options, (channels, *reference))
     try:
-        stride = _measured_stride(converted, channels, reference)
+        stride, sizes = measure(converted, channels, reference)
     except ConversionError as e:
+        why = str(e)
         if isinstance(value, Everywhere):  # attention with a fixed size, say: name it
-            raise ConversionError(f"{e}. '{value.node}' sees the whole input ({value.why}), so a dense map cannot be "
-                                  "made of it; mode='global' keeps the model's own function") from None
-        raise
+            why += (f". '{value.node}' sees the whole input ({value.why}), so a dense map cannot be made of it"
+                    + ("" if "mode='global'" in why else "; mode='global' keeps the model's own function"))
+        converted._fc2conv_geometry = why
+        raise ConversionError(why) from None
     window = reference if info.mode == "dense" else stride
     field, local, context = _receptive_field(value, stride, window)
     if info.global_context:
         local, context = False, context or "global pools inside the backbone (squeeze-excitation) see the whole input"
-    result = Geometry(stride, window, exact=local, receptive_field=field, context=context)
+    result = Geometry(stride, window, exact=local, receptive_field=field, context=context, sizes=sizes)
     converted._fc2conv_geometry = result
     return result

@@ -222,14 +222,17 @@ _REDUCE = {"avg": lambda t, d: t.mean(d), "max": lambda t, d: t.amax(d),
 
 
 def larger_size(converted: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """A size larger along every axis, by more along the first (so maps are not square)."""
+    """A size larger along every axis, by more along the first (so maps are not square), that the model takes."""
     reference = map_size(input_shape)
-    if converted.fc2conv.mode in ONE_CELL:  # two and one steps of 32: many models take only such sizes
-        growth = (64, *(32,) * (len(reference) - 1))
-    else:
-        stride = geometry(converted).stride
-        growth = (2 * stride[0], *stride[1:])
-    return tuple(r + g for r, g in zip(reference, growth, strict=True))
+    growth = (64, *(32,) * (len(reference) - 1))  # two and one steps of 32: many models take only such sizes
+    if converted.fc2conv.mode in ONE_CELL:
+        return tuple(r + g for r, g in zip(reference, growth, strict=True))
+    try:
+        grid = geometry(converted)
+    except ConversionError:  # no geometry (its cells are no grid): the rewrite is still checked at a larger size
+        return tuple(r + g for r, g in zip(reference, growth, strict=True))
+    growth = (2 * grid.stride[0], *grid.stride[1:])
+    return grid.taken(tuple(r + g for r, g in zip(reference, growth, strict=True)))
 
 
 @reported("verifying the conversion")

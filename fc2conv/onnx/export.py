@@ -3,8 +3,10 @@
 Converted layers are `LinearConv2d`, a plain `Conv2d` while an exporter runs, so every converted Linear
 is one ONNX `Conv` and no `Gemm` or `MatMul` is left in the head. The file's `metadata_props` carry JSON
 values under `fc2conv.*` keys (`fc2conv.runtime.metadata`): the geometry (stride, window and receptive field in input
-pixels, null in global mode), the reference input shape, the mode, whether cells are exact windows, and the
-class labels and input normalisation when given. `fc2conv.runtime` reads them without PyTorch.
+pixels, null in global mode), the sizes the model runs at when it runs only at some, the reference input shape, the
+mode, whether cells are exact windows, and the class labels and input normalisation when given. A dense or cam
+model whose geometry cannot be measured (`fc2conv.geometry` says why) is refused: its cells could not be placed.
+`fc2conv.runtime` reads them without PyTorch.
 
 Exporters (torch 2.14): the TorchScript exporter (`exporter="torchscript"`, the default) exports every
 torchvision CNN family with dynamic height and width in 1-20 s; the dynamo exporter
@@ -29,7 +31,7 @@ from ..conversion.verification import runs_on
 from ..errors import ConversionError, first_line, reported
 from ..runtime.metadata import ONE_CELL, axis_names, encode, validate
 from ..runtime.tolerance import max_errors, tolerance
-from ..shapes import as_map, is_vector_input, times
+from ..shapes import as_map, is_vector_input, map_size, times
 from ..storage.artifact import dynamic_dims
 from ..storage.atomic import atomic_output, refuse_existing
 from .check import probe, session
@@ -71,7 +73,8 @@ def export_onnx(
     model runs there) and must equal the PyTorch model within `tolerance(dtype, across_runtimes=True)`, so a
     size the exporter baked into the graph is refused. The file appears atomically and an existing file is
     refused unless `force`. `ConversionError` for a model not made by `fc2conv.convert`, bad arguments (named),
-    and export or check failures; then no file is written.
+    and export or check failures, and for a dense or cam model without a geometry (`fc2conv.geometry` says why) or
+    an `input_shape` of a size the model does not take; then no file is written.
     """
     info = getattr(converted, "fc2conv", None)
     if info is None:
@@ -84,6 +87,10 @@ def export_onnx(
     shape = tuple(int(d) for d in (input_shape or info.input_shape))
     if len(shape) != len(info.input_shape):
         raise ConversionError(f"input_shape={shape} does not match the reference shape {info.input_shape}")
+    if info.mode not in ONE_CELL:  # no file for a map whose cells cannot be placed, nor at a size the model refuses
+        refused = geometry(converted).refusal(map_size(shape))
+        if refused:
+            raise ConversionError(f"input_shape={shape}: {refused}")
     parameter = next(converted.parameters(), None)
     example = as_map(torch.zeros(1, *shape, dtype=torch.float32 if parameter is None else parameter.dtype))
     checks = _check_inputs(converted, example) if dynamic else [example]
@@ -125,6 +132,8 @@ def _metadata(converted: nn.Module, *, classes: int, labels, mean, std) -> dict[
         "exact": grid.exact if grid else True,  # null: not proven
         "context": grid.context if grid else "",
     }
+    if grid and grid.sizes:  # only for a model that runs only at some sizes: other files are as they were
+        values["sizes"] = [s and s.to_json() for s in grid.sizes]
     if labels is not None:
         values["labels"] = [str(label) for label in labels]
     for name, given in (("mean", mean), ("std", std)):
@@ -141,7 +150,8 @@ def _check_inputs(converted: nn.Module, example: torch.Tensor) -> list[torch.Ten
     info = converted.fc2conv
     reference = tuple(example.shape[2:])
     step = geometry(converted).stride if info.mode not in ONE_CELL else tuple(max(r // 4, 1) for r in reference)
-    sizes = [reference, (reference[0] + 2 * step[0], *(r + s for r, s in zip(reference[1:], step[1:], strict=True)))]
+    larger = (reference[0] + 2 * step[0], *(r + s for r, s in zip(reference[1:], step[1:], strict=True)))
+    sizes = [reference, geometry(converted).taken(larger) if info.mode not in ONE_CELL else larger]
     if not is_vector_input(info.input_shape):
         sizes.append(tuple(r + 1 for r in reference))
     if info.mode == "global" and not is_vector_input(info.input_shape):

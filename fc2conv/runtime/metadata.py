@@ -8,6 +8,10 @@ read by `fc2conv.runtime` and the scanner, and checked by the same rules on both
   global mode);
 - `receptive_field`: one [before, after] pair per spatial axis, how far beyond its window the input still
   changes a cell (null when a cell sees the whole input);
+- `sizes` (optional): absent or null when the model runs at every size from its window up; else one entry per
+  spatial axis, null (every size) or {"period": P, "residues": [[lo, hi], …]}: the model runs only at sizes n with
+  lo ≤ n mod P ≤ hi for one pair (`fc2conv.shapes.Sizes`: a window-partition model, at multiples of its window),
+  and the runtime refuses the others, naming them;
 - `exact`: whether every cell depends on its window and receptive field only, as the original's output for its
   window in the context of the whole input (false with global context, null when fc2conv cannot tell);
 - `context`: why not, or why there is no receptive field, naming the layer ("" when there is nothing to say);
@@ -34,7 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..errors import ConversionError, first_line
-from ..shapes import spatial_axes
+from ..shapes import axis_names, map_size, sizes_from_json, spatial_axes
 
 __all__ = ["HINTS", "MAX_LABEL", "MODES", "ONE_CELL", "PRECISIONS", "PREFIX", "REDUCES", "axis_names", "check_labels",
            "decode", "decode_hints", "encode", "forged_character", "validate", "validate_hints"]
@@ -59,11 +63,6 @@ _STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 # bidirectional overrides and isolates that reorder what is shown ("Trojan Source").
 _FORGING_CATEGORIES = ("Cc", "Zl", "Zp")
 _BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
-
-
-def axis_names(spatial: int) -> tuple[str, ...]:
-    """The names of the spatial axes, for dynamic dimensions: length; height, width; depth, height, width."""
-    return {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}[spatial]
 
 
 def encode(values: Mapping[str, Any]) -> dict[str, str]:
@@ -141,10 +140,14 @@ def validate(values: Mapping[str, Any], *, source: str, classes: int | None = No
     axes = spatial_axes(shape)
     for key in ("stride", "window"):
         value = values.get(key)
-        if value is None and values["mode"] != "dense":
+        if value is None and values["mode"] in ONE_CELL:
             continue
+        if value is None:  # a map whose cells cannot be placed: fc2conv never writes one
+            raise fail(key, f"is missing: a {values['mode']} map needs a stride and a window to place its cells "
+                            "(export_onnx writes them, or refuses a model without them)")
         if not _ints(value, minimum=1) or len(value) != axes:
             raise fail(key, f"must be {axes} positive integer(s), one per spatial axis of input_shape {shape}")
+    _validate_sizes(values, fail, axes)
     field = values.get("receptive_field")
     if field is not None and (not isinstance(field, list) or len(field) != axes
                               or not all(_ints(pair, minimum=0) and len(pair) == 2 for pair in field)):
@@ -155,6 +158,21 @@ def validate(values: Mapping[str, Any], *, source: str, classes: int | None = No
         raise fail("context", "must be a string")
     _validate_precision(values, fail)
     validate_hints(values, source=source, channels=shape[0], classes=classes)
+
+
+def _validate_sizes(values: Mapping[str, Any], fail, axes: int) -> None:
+    """`sizes`: null, or one entry per axis (see the module docstring), taking the reference size."""
+    try:
+        sizes = sizes_from_json(values.get("sizes"))
+    except ValueError as e:
+        raise fail("sizes", f"must be null or {axes} entries, null or {{period, residues}} ({e})") from None
+    if sizes is None:
+        return
+    if len(sizes) != axes:
+        raise fail("sizes", f"must have {axes} entries, one per spatial axis")
+    reference = map_size(values["input_shape"])
+    if not all(s is None or s.allows(n) for s, n in zip(sizes, reference, strict=True)):
+        raise fail("sizes", f"must allow the reference size {list(reference)}")
 
 
 def _validate_precision(values: Mapping[str, Any], fail) -> None:

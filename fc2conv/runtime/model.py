@@ -34,7 +34,16 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConversionError, first_line
-from ..shapes import VECTOR_MAP, influence_box, is_vector_input, map_size, times, window_box
+from ..shapes import (
+    VECTOR_MAP,
+    influence_box,
+    is_vector_input,
+    map_size,
+    size_refusal,
+    sizes_from_json,
+    times,
+    window_box,
+)
 from ..storage.atomic import atomic_output
 from .arrays import check_finite, open_npy, samples_within
 from .backends import AUTO, check_backend, numerics, open_session, precision_label
@@ -184,6 +193,8 @@ class DenseModel:
             validate(self.metadata, source="--mean/--std", classes=classes)
         shape = self.metadata["input_shape"]
         self.channels, self.reference = shape[0], list(map_size(shape))
+        # The sizes the model runs at, when only some (a window-partition model): others are refused by name.
+        self.sizes = sizes_from_json(self.metadata.get("sizes"))
         self.input_name = self.engine.input_name
 
     @property
@@ -288,7 +299,9 @@ class DenseModel:
         signal or volume (a `.npy` file or an array, channels first) for 1-D and 3-D models, or for an MLP one
         vector (a 1×1 map) or a D×H×W map of vectors (an H×W map of scores).
 
-        An image file of more than `max_pixels` pixels is refused before it is decoded (None: no limit).
+        An image file of more than `max_pixels` pixels is refused before it is decoded (None: no limit), and an input
+        of a size the model does not take (the metadata's `sizes`: a window-partition model runs only at multiples
+        of its window) with a `ConversionError` naming the sizes it takes.
         """
         x = self.preprocess(data, max_pixels=max_pixels)
         size = tuple(int(d) for d in x.shape[2:])
@@ -298,6 +311,9 @@ class DenseModel:
                 f"the input is {shown}, smaller than the model's {times(self.reference)} window; "
                 "enlarge it to at least that size"
             )
+        refused = size_refusal(size, self.sizes, self.reference)
+        if refused:
+            raise ConversionError(f"the input is {shown}, and {refused}")
         return Result(self.infer(x)[0], size, self.metadata, self.numerics)
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError
+from ..runtime.metadata import ONE_CELL
+from ..shapes import sizes_from_json, sizes_taken
 from . import tiles
 from .source import SourceSpec
 from .tiles import TILE_MEMORY_BUDGET, Tile, TilePlan, tile_bytes
@@ -38,9 +40,14 @@ def halo(metadata: dict[str, Any], model: str, approximate: bool, context: int |
     """(halo in cells per axis, receptive field, whether the map is approximate): the receptive field's halo when
     the metadata has one, else, if `approximate`, a window plus `context` pixels, else `ConversionError` saying
     why."""
-    if metadata["mode"] == "global" or len(metadata["input_shape"]) != 3:
+    if metadata["mode"] in ONE_CELL or len(metadata["input_shape"]) != 3:
         raise ConversionError(f"{model} is not a dense map of images (mode {metadata['mode']}, input "
                               f"{metadata['input_shape']}); export a 2-D model in dense mode to scan")
+    sizes = sizes_from_json(metadata.get("sizes"))
+    if sizes is not None:  # tiles are cut to the slide's edges and to the stride grid: not to such sizes
+        raise ConversionError(f"{model} runs only at {sizes_taken(sizes, metadata['window'])}, and a scan's tiles "
+                              "are cut to the slide's edges, so it cannot be scanned; run it on images of those sizes "
+                              "with fc2conv run")
     field, why_context = metadata.get("receptive_field"), metadata.get("context")
     why = (f"its cells see the whole input (global context: {why_context or 'e.g. squeeze-excitation pools'})"
            if metadata.get("exact", True) is False else

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..compat import size_oblivious_export
-from ..conversion.geometry import geometry
+from ..conversion.geometry import Geometry, geometry
 from ..conversion.verification import max_errors, tolerance
 from ..errors import ConversionError, first_line, reported
 from ..runtime.metadata import ONE_CELL, axis_names
@@ -53,10 +53,21 @@ def _example_input(converted: nn.Module) -> torch.Tensor:
     """A batch of 2 two strides larger than the reference, so no dimension of the example is 0 or 1."""
     info = converted.fc2conv
     reference = map_size(converted.fc2conv.input_shape)
-    step = (8,) * len(reference) if info.mode in ONE_CELL else geometry(converted).stride
+    grid = None if info.mode in ONE_CELL else _geometry(converted)
+    step = (8,) * len(reference) if grid is None else grid.stride
+    size = tuple(r + 2 * s for r, s in zip(reference, step, strict=True))
     dtype = next(converted.parameters()).dtype
-    return torch.randn(2, info.input_shape[0], *(r + 2 * s for r, s in zip(reference, step, strict=True)),
+    return torch.randn(2, info.input_shape[0], *(size if grid is None else grid.taken(size)),
                        generator=torch.Generator().manual_seed(0), dtype=dtype)
+
+
+def _geometry(converted: nn.Module) -> Geometry | None:
+    """The geometry, or None for a model that has none (`fc2conv.geometry` refuses it): it is saved all the same,
+    as the function it is; exporting it to ONNX, running and scanning it are refused."""
+    try:
+        return geometry(converted)
+    except ConversionError:
+        return None
 
 
 def dynamic_dims(reference: tuple[int, ...]) -> dict[int, torch.export.Dim]:
@@ -100,7 +111,8 @@ def _description(converted: nn.Module, recipe: Recipe) -> dict:
     info = converted.fc2conv
     described = {"recipe": json.loads(recipe.to_json()), "input_shape": list(info.input_shape), "mode": info.mode}
     if info.mode not in ONE_CELL:
-        described["geometry"] = geometry(converted).to_dict()
+        grid = _geometry(converted)
+        described["geometry"] = grid and grid.to_dict()
     return described
 
 
