@@ -81,6 +81,11 @@ HOSTILE = {
     "std tiny": ("field", ("std", "[1e-30]"), "fc2conv.std must be positive, in [1e-06, 1e+06]"),
     "stride 1e999": ("field", ("stride", "[1e999, 4]"), "fc2conv.stride must be 2 positive integer(s)"),
     "window huge": ("field", ("window", "[32, 99999999999]"), "fc2conv.window must be 2 positive integer(s)"),
+    # A geometry is true or absent, never a stride of 0; the sizes a model takes include its reference size.
+    "stride 0": ("field", ("stride", "[0, 0]"), "fc2conv.stride must be 2 positive integer(s)"),
+    "no stride": ("field", ("stride", "null"), "fc2conv.stride is missing: a dense map needs a stride and a window"),
+    "sizes without the reference": ("field", ("sizes", '[{"period": 5, "residues": [[1, 1]]}, null]'),
+                                    "fc2conv.sizes must allow the reference size [32, 32]"),
     "drift NaN": ("field", ("drift", '{"argmax_agreement": NaN}'), "fc2conv.drift is not valid JSON"),
     "drift 1e999": ("field", ("drift", '{"max_relative_score": 1e999}'), "fc2conv.drift must give max_relative_"),
     "integer of 5,000 digits": ("field", ("window", f"[{'9' * 5000}, 32]"), "fc2conv.window is not valid JSON"),
@@ -116,7 +121,8 @@ def test_hostile_metadata_is_refused_by_run_on_every_backend_naming_the_field(di
     assert done.stdout == "" and not heat.exists()
 
 
-@pytest.mark.parametrize("case", ["stride twice", "mean Infinity", "labels 100,000 deep", "label with CR LF"])
+@pytest.mark.parametrize("case", ["stride twice", "no stride", "mean Infinity", "labels 100,000 deep",
+                                  "label with CR LF"])
 def test_scan_and_quantize_refuse_it_before_any_work(digits, tmp_path, case):
     pytest.importorskip("zarr")
     path = _hostile(digits, tmp_path, case)
