@@ -1,16 +1,21 @@
 """`scripts/bench.py --projection --quick` runs end to end and prints the rows it promises (timings never asserted:
-only how the printed numbers relate to each other, within their rounding)."""
+only how the printed numbers relate to each other, within their rounding); `scripts/bench_masked_area.py` counts
+the tiles a masked scan computes as counting them by hand does."""
 
 from __future__ import annotations
 
 import importlib.util
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SIDE = 100_000
 SLIDE_MP = 10_000  # a 100,000² slide
 
 
@@ -93,17 +98,65 @@ def check_output(stdout: str) -> None:
         seconds, rate = float(row[10]), float(row[11])
         assert _close(rate * seconds, area, 0.005 * (rate + seconds) + 0.0001)  # slide MP / wall time
 
-    projection = _section(lines, "projection:", "run")
+    projection = _section(lines, "projection as measured at 1024×1024:", "run")
     assert [(" ".join(row[:3]), row[3], row[4]) for row in projection] == [
         (run, tissue, where[run]) for tissue in ("100%", "40%") for run in runs]
-    largest = {(" ".join(row[:3]), row[3]): row[11] for row in throughput if row[4] == "1024×1024"}
+    largest = {(" ".join(row[:3]), row[3]): row for row in throughput if row[4] == "1024×1024"}
     for row in projection:  # from the largest size's MP/s: minutes × MP/s × 60 = the slide's MP
-        assert row[5] == largest[" ".join(row[:3]), row[3]]
+        assert row[5] == largest[" ".join(row[:3]), row[3]][11]
         rate, minutes = float(row[5]), float(row[6])
         assert _close(minutes * rate * 60, SLIDE_MP, 60 * (0.05 * rate + 0.005 * minutes) + 1)
-    masked = [row for row in projection if row[3] == "40%"]
+
+    mask = next(line for line in lines if line.startswith("mask at 100,000×100,000: tissue_slide.layout, 40% tissue"))
+    found = re.search(r"tile (\d+), stride (\d+), window (\d+), halo \d+\+\d+×\d+\+\d+ cells: (\d+) tiles planned, "
+                      r"(\d+) computed, (\d+) skipped; ([\d.]+) MP computed \(([\d.]+) MP read with the halo\)$", mask)
+    tile, stride, window, planned, computed, skipped = map(int, found.groups()[:6])
+    pixels, read = map(float, found.groups()[6:])
+    assert (tile, stride, window) == (256, 4, 32)  # --quick's tile, the small CNN's geometry
+    assert planned == math.ceil(((SIDE - window) // stride + 1) / (tile // stride)) ** 2  # its map is unpadded
+    assert 0 < computed <= planned and computed + skipped == planned
+    assert 0 < pixels <= computed * tile * tile / 1e6 + 0.05 and pixels <= SLIDE_MP and read >= pixels
+
+    masked = _section(lines, "projection with the mask's tiles at 100,000×100,000:", "run")
+    assert [(" ".join(row[:3]), row[3], row[4]) for row in masked] == [(run, "40%", where[run]) for run in runs]
+    for row in masked:  # computed MP/s of the largest 40% run; minutes × that × 60 = the MP computed at 100,000²
+        measured = largest[" ".join(row[:3]), "40%"]
+        mp, seconds, rate, minutes = float(measured[9]), float(measured[10]), float(row[5]), float(row[6])
+        assert _close(rate * seconds, mp, 0.005 * (rate + seconds) + 0.05)
+        assert _close(minutes * rate * 60, pixels, 60 * (0.05 * rate + 0.005 * minutes) + 0.05)
     least = min(float(row[6]) for row in masked)
-    goal = next(line for line in lines if line.startswith("goal: "))
-    assert goal in [f"goal: 40% tissue in ≤ 30 min at the best path ({' '.join(row[:3])}, {row[4]}): "
-                    f"{'met' if least <= 30 else 'not met'} ({row[6]} min)" for row in masked if float(row[6]) == least]
+    goal = next(line for line in lines if line.startswith("goal"))
+    assert goal in [f"goal (with the mask's tiles at 100,000²): 40% tissue in ≤ 30 min at the best path "
+                    f"({' '.join(row[:3])}, {row[4]}): {'met' if least <= 30 else 'not met'} ({row[6]} min)"
+                    for row in masked if float(row[6]) == least]
     assert lines[-1].startswith("load average after:")
+
+
+def test_masked_area_counts_the_tiles_a_hand_count_finds(small_onnx):
+    """bench_masked_area's plan and selection against a count by hand: a tile is computed when the layout block under
+    one of its cells' window centres is tissue, and counts the pixels of the box around those cells."""
+    pytest.importorskip("skimage")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_masked_area import masked_area
+    from tissue_slide import BLOCK, layout
+
+    for side, tile, fraction in ((1024, 256, 0.4), (1000, 256, 0.2), (700, 128, 0.4)):
+        area = masked_area(side, fraction, model=small_onnx, tile=tile)
+        stride, window = area.stride[0], area.window[0]
+        cells = (side - window) // stride + 1  # the small CNN's map is unpadded at its end
+        centres = (np.arange(cells) * stride + window // 2) // BLOCK
+        inside = layout((side, side), fraction, 0)[np.ix_(centres, centres)]
+        per = tile // stride
+        grid = math.ceil(cells / per)
+        boxes = []
+        for row in range(grid):
+            for col in range(grid):
+                part = inside[row * per:(row + 1) * per, col * per:(col + 1) * per]
+                if part.any():
+                    rows, cols = np.flatnonzero(part.any(axis=1)), np.flatnonzero(part.any(axis=0))
+                    spans = ((row * per + rows[0], row * per + rows[-1] + 1),
+                             (col * per + cols[0], col * per + cols[-1] + 1))
+                    boxes.append([(first * stride, side if end == cells else end * stride) for first, end in spans])
+        assert (area.planned, area.computed, area.skipped) == (grid * grid, len(boxes), grid * grid - len(boxes))
+        assert area.pixels == sum((y1 - y0) * (x1 - x0) for (y0, y1), (x0, x1) in boxes)
+        assert area.pixels <= area.read and area.computed > 0
