@@ -185,7 +185,8 @@ def _density_original(name: str) -> tuple[torch.nn.Module, tuple[int, int, int]]
     if name != "digits":
         return torchvision.models.get_model(name, weights=None).eval(), (3, 224, 224)
     sys.path.insert(0, str(ROOT))
-    from models.digits_cnn import WINDOW, DigitsCNN
+    from models.digits_cnn import DigitsCNN
+    from models.digits_data import WINDOW
 
     checkpoint = ROOT / "models" / "digits_cnn.safetensors"
     model = DigitsCNN()

@@ -50,7 +50,8 @@ def _models(name: str, directory: Path) -> dict[str, Path]:
     import fc2conv
     from fc2conv.runtime.quantization import quantize
     from fc2conv.storage.checkpoint import load_into, load_state_dict
-    from models.digits_cnn import LABELS, DigitsCNN
+    from models.digits_cnn import DigitsCNN
+    from models.digits_data import LABELS
 
     torch.manual_seed(0)
     fp32 = directory / f"{name}.onnx"
@@ -83,7 +84,7 @@ def _image(name: str, size: int) -> np.ndarray:
         return np.random.default_rng(1).integers(0, 256, (size, size, 3), dtype=np.uint8)
     from digits_slide import PITCH, grid_canvas
 
-    from models.digits_cnn import load_split
+    from models.digits_data import load_split
 
     _, images, _, labels = load_split()
     count = min(len(images), max(1, (size // PITCH) ** 2))

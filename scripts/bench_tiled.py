@@ -50,7 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 from digits_slide import grid_canvas  # noqa: E402  (scripts/ is on the path when bench.py runs)
 
-from models.digits_cnn import DigitsCNN, load_split  # noqa: E402
+from models.digits_cnn import DigitsCNN  # noqa: E402
+from models.digits_data import load_split  # noqa: E402
 
 TILED = ["digits", "resnet18"]
 REFERENCE = {"digits": (1, 32, 32), "resnet18": (3, 224, 224)}

@@ -31,7 +31,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fc2conv.shapes import times
-from models.digits_cnn import MARGIN, STRIDE, compose, load_split
+from models.digits_data import MARGIN, STRIDE, compose, load_split
 
 CANVAS = (144, 240)
 THRESHOLD = 0.5

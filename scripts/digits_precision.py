@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from digits_slide import PITCH, grid_canvas  # noqa: E402
 
 from fc2conv.runtime import DenseModel  # noqa: E402
-from models.digits_cnn import BACKGROUND, SEED, centred, load_split, windows  # noqa: E402
+from models.digits_data import BACKGROUND, SEED, centred, load_split, windows  # noqa: E402
 
 MAX_DROP = 0.5  # percentage points of test-split digit accuracy a reduced precision may lose against float32
 

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.digits_cnn import DIGIT, MARGIN, STRIDE, load_split
+from models.digits_data import DIGIT, MARGIN, STRIDE, load_split
 
 PITCH = 96  # grid cell of one digit: 24 pixels of digit, offsets in 4 … 68, so two digits are ≥ 8 pixels apart
 GAP = 4

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fc2conv.storage.checkpoint import save_state_dict  # noqa: E402
-from models.digits_cnn import BACKGROUND, LABELS, SEED, DigitsCNN, centred, load_split, windows  # noqa: E402
+from models.digits_cnn import DigitsCNN  # noqa: E402
+from models.digits_data import BACKGROUND, LABELS, SEED, centred, load_split, windows  # noqa: E402
 
 REQUIRED_ACCURACY = 0.97
 # What `fc2conv convert` puts into the ONNX metadata from the checkpoint: the class names, and the input normalisation

@@ -11,7 +11,8 @@ import torchvision
 
 import fc2conv
 from fc2conv.runtime import DenseModel
-from models.digits_cnn import LABELS, DigitsCNN
+from models.digits_cnn import DigitsCNN
+from models.digits_data import LABELS
 from models.small_cnn import small_cnn
 
 ROOT = Path(__file__).resolve().parents[1]

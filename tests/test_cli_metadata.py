@@ -79,7 +79,7 @@ def test_bad_carried_metadata_is_refused_naming_the_file_and_field(tmp_path, car
 def test_the_bundled_digits_checkpoint_carries_its_labels_and_unit_range():
     from fc2conv.runtime.metadata import decode_hints
     from fc2conv.storage.checkpoint import read_metadata
-    from models.digits_cnn import LABELS as DIGIT_LABELS
+    from models.digits_data import LABELS as DIGIT_LABELS
 
     carried = decode_hints(read_metadata("models/digits_cnn.safetensors"), source="digits", channels=1)
     assert carried == {"labels": DIGIT_LABELS, "mean": [0.0], "std": [1.0]}

@@ -13,7 +13,8 @@ import torch
 
 import fc2conv
 from fc2conv.storage.checkpoint import load_into, load_state_dict
-from models.digits_cnn import LABELS, MARGIN, STRIDE, WINDOW, DigitsCNN, centred, load_split
+from models.digits_cnn import DigitsCNN
+from models.digits_data import LABELS, MARGIN, STRIDE, WINDOW, centred, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "models" / "digits_cnn.safetensors"

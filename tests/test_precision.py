@@ -58,7 +58,7 @@ def _canvas(seed: int = 3) -> np.ndarray:
     """A 200×232 canvas of test-split digits (never seen by calibration)."""
     from digits_slide import grid_canvas
 
-    from models.digits_cnn import load_split
+    from models.digits_data import load_split
 
     _, images, _, labels = load_split()
     canvas, _ = grid_canvas(288, images[:9], labels[:9], np.random.default_rng(seed))

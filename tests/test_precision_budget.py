@@ -21,7 +21,8 @@ from fc2conv.runtime import DenseModel
 from fc2conv.runtime.drift import Drift, measure
 from fc2conv.runtime.float_layers import Attempt, search
 from fc2conv.runtime.quantization import BudgetError, quantize
-from models.digits_cnn import LABELS, DigitsCNN
+from models.digits_cnn import DigitsCNN
+from models.digits_data import LABELS
 
 SCALE = 300.0  # how much larger the outlier channel is than its neighbours
 

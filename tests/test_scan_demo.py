@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.digits_cnn import DIGIT, MARGIN
+from models.digits_data import DIGIT, MARGIN
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("digits_slide", ROOT / "scripts" / "digits_slide.py")

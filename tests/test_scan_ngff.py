@@ -14,7 +14,7 @@ from scan_helpers import write_tiff
 from fc2conv.runtime import scan
 from fc2conv.scan import ngff, qupath
 from fc2conv.scan.placement import Placement
-from models.digits_cnn import DIGIT, load_split
+from models.digits_data import DIGIT, load_split
 
 zarr = pytest.importorskip("zarr")
 models_v05 = pytest.importorskip("ome_zarr_models.v05.image", reason="ome-zarr-models validates the map (dev extra)")

@@ -19,7 +19,7 @@ from scan_helpers import export
 from fc2conv.runtime import scan
 from fc2conv.scan import ngff
 from fc2conv.scan.outputs import class_colors
-from models.digits_cnn import DIGIT, LABELS, load_split
+from models.digits_data import DIGIT, LABELS, load_split
 
 zarr = pytest.importorskip("zarr")
 ROOT = Path(__file__).resolve().parents[1]

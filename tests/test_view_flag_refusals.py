@@ -35,7 +35,7 @@ from view_helpers import (
 )
 
 from fc2conv.errors import ConversionError
-from models.digits_cnn import LABELS
+from models.digits_data import LABELS
 
 zarr = pytest.importorskip("zarr")
 

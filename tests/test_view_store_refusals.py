@@ -29,7 +29,7 @@ from view_helpers import (
     store_field,
 )
 
-from models.digits_cnn import LABELS
+from models.digits_data import LABELS
 
 zarr = pytest.importorskip("zarr")
 
