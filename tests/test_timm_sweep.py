@@ -158,10 +158,21 @@ def test_a_failure_of_the_check_itself_is_classified(monkeypatch):
     assert record["result"] == "failed" and "cannot build" in record["reason"], record
 
 
+# What issue 31 still asks of these (docs/supported.md): attention models that fc2conv converts but whose geometry it
+# refuses (they run only at sizes with no period), and a head that sums one classifier per stage.
+KNOWN_GAPS = {
+    "test_coatnet": "runs only at sizes near its reference: geometry refused, not the attention message",
+    "gcvit_xxtiny": "runs only at its reference size: geometry refused, not the attention message",
+    "efficientvim_m1": "its head sums one classifier per stage: refused for the branches, not for attention",
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("module", timm.list_modules())
 def test_timm_module(module):
     name, _ = sweep.smallest(module, _COUNTS)
+    if name in KNOWN_GAPS:
+        pytest.xfail(f"{name}: {KNOWN_GAPS[name]}")
     record = sweep.run_one(name, sweep.TIMEOUT, sweep.MAX_PARAMS, threads=1)  # a child: a hang cannot stall the run
     result, reason = record["result"], record["reason"]
     if result == "too slow/large":
