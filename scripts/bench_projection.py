@@ -40,7 +40,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -67,13 +66,11 @@ def _log(message: str) -> None:
 
 def cpu_line() -> str:
     """'CPU: <lscpu model name>, class <class>, <n> cores'."""
+    from timing import cpu_model_name
+
     from fc2conv.runtime.cpu import detect
 
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        name = detect().name or "unknown"
+    name = cpu_model_name()
     cpu = detect()
     return f"CPU: {name}, class {cpu.kind} ({' '.join(cpu.shown_flags())}), {usable_cores()} cores usable"
 

@@ -59,13 +59,11 @@ REFERENCE = {"digits": (1, 32, 32), "resnet18": (3, 224, 224)}
 
 def cpu_line() -> str:
     """'CPU: <lscpu model name> (<vector flags>), <n> cores usable'."""
+    from timing import cpu_model_name
+
     from fc2conv.runtime.cpu import detect
 
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        name = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        name = detect().name or "unknown"
+    name = cpu_model_name()
     flags = " ".join(detect().shown_flags()) or "no AVX2"
     return f"CPU: {name} ({flags}), {usable_cores()} cores usable"
 

@@ -1,10 +1,33 @@
-"""Timing for the benchmark scripts: one call's seconds, and the medians of alternating rounds that every ratio in a
-benchmark rests on (shared by `bench.py` and `bench_precision.py`)."""
+"""Timing for the benchmark scripts: one call's seconds, the medians of alternating rounds that every ratio in a
+benchmark rests on (shared by `bench.py` and `bench_precision.py`), and the CPU's model name every figure is quoted
+beside (`bench --tiled`, `bench --projection`, the timm sweep)."""
 
 from __future__ import annotations
 
+import platform
 import statistics
+import subprocess
 import time
+from pathlib import Path
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name as `lscpu` gives it, else /proc/cpuinfo's, else Python's guess, else "unknown"."""
+    name = ""
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
+        name = next((line.split(":", 1)[1].strip() for line in lines.splitlines() if line.startswith("Model name")), "")
+    except (OSError, subprocess.SubprocessError):  # no lscpu (macOS, minimal containers): read the kernel's list
+        pass
+    if not name:
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+    return name or platform.processor() or "unknown"
 
 
 def seconds(fn, *args) -> float:

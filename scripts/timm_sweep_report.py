@@ -4,12 +4,11 @@ machine it ran on. Plain data in, Markdown out: nothing here imports timm, torch
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from timing import cpu_model_name
 
 RESULTS = ("exact", "refused: attention/tokens", "refused: other", "failed", "wrong geometry", "too slow/large")
 # A table cell longer than this is cut: the JSON keeps the whole reason.
@@ -19,21 +18,7 @@ REASON_CHARS = 240
 def cpu_name() -> str:
     """The CPU's model name as `lscpu` gives it (else /proc/cpuinfo's, else Python's guess), and the cores this
     process may use: the machine a sweep's timings and timeouts belong to."""
-    name = ""
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-        name = next((line.split(":", 1)[1].strip() for line in lines.splitlines() if line.startswith("Model name")), "")
-    except (OSError, subprocess.SubprocessError):  # no lscpu (macOS, minimal containers): read the kernel's list
-        pass
-    if not name:
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-    name = name or platform.processor() or "unknown"
+    name = cpu_model_name()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{name}, {cores} cores usable"
 
