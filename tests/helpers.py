@@ -118,6 +118,18 @@ def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> tor
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
+def seeded_model(factory: Callable[[], nn.Module]) -> nn.Module:
+    """`factory()` built after seed 0, in eval mode, with batch-norm statistics that are not the identity."""
+    torch.manual_seed(0)
+    model = factory().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
 @functools.cache
 def crop_size(name: str) -> int:
     """The evaluation crop in the metadata of the model's default weights."""

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from breadth_models import M5, ChannelsLastHead, NasNetA, PerPositionLinear, ShuffleNet, ShuffleNetV2
-from helpers import assert_close, randn
+from helpers import assert_close, randn, seeded_model
 from onnx_helpers import run_onnx
 from torch import nn
 
@@ -41,19 +41,8 @@ CHANNELS_LAST = {
 }
 
 
-def _seeded_model(factory) -> nn.Module:
-    torch.manual_seed(0)
-    model = factory().eval()
-    with torch.no_grad():  # batch-norm statistics that are not the identity
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    return model
-
-
 def _assert_converts(factory, shape, sizes, modes=("dense", "global")) -> dict[str, nn.Module]:
-    model, converted = _seeded_model(factory), {}
+    model, converted = seeded_model(factory), {}
     for mode in modes:
         converted[mode] = fc2conv.convert(model, shape, mode=mode)
         report = fc2conv.verify(model, converted[mode], sizes=sizes)
@@ -76,7 +65,7 @@ def test_code_that_reads_channel_counts_and_branches_on_sizes_converts_exactly(c
 @pytest.mark.parametrize("case", ["shufflenetv2", "nasnet"])
 def test_size_readers_export_to_onnx_with_dynamic_sizes(case, tmp_path):
     factory, shape, sizes = SIZE_READERS[case]
-    dense = fc2conv.convert(_seeded_model(factory), shape)
+    dense = fc2conv.convert(seeded_model(factory), shape)
     path = fc2conv.export_onnx(dense, tmp_path / f"{case}.onnx")
     for size in sizes:
         x = randn(2, shape[0], *size, seed=1)
@@ -143,7 +132,7 @@ class Branchy(nn.Module):
 
 
 def test_a_size_branch_inside_a_module_is_computed_whole_and_exact_at_both_parities():
-    model = _seeded_model(lambda: Branchy("module"))
+    model = seeded_model(lambda: Branchy("module"))
     dense = fc2conv.convert(model, CIFAR)
     assert fc2conv.verify(model, dense, sizes=[(64, 48), (65, 49)]).ok
     assert any("EvenPad" in note and "kept whole" in note and "test_breadth.py:" in note
@@ -152,7 +141,7 @@ def test_a_size_branch_inside_a_module_is_computed_whole_and_exact_at_both_parit
 
 def test_a_size_branch_in_the_models_own_forward_is_refused_naming_the_line():
     with pytest.raises(ConversionError) as caught:
-        fc2conv.convert(_seeded_model(lambda: Branchy("top")), CIFAR)
+        fc2conv.convert(seeded_model(lambda: Branchy("top")), CIFAR)
     message = str(caught.value)
     assert "branches on a size of the input (False at 32×32" in message
     assert "test_breadth.py:" in message and "x.size(2) % 2 == 1" in message and "Hint:" in message
@@ -200,7 +189,7 @@ def test_convert_onnx_slides_the_fixed_window_of_a_static_export(pool, tmp_path)
     converted, it slides with stride 1, and its map equals fc2conv.convert's cell for cell, also where the pool is
     fixed in the PyTorch code (`F.max_pool2d(x, 8)`), which fc2conv.convert slides with stride 1 too
     (tests/test_onnx_routes.py)."""
-    model = _seeded_model(lambda: PooledByItsSize(pool))
+    model = seeded_model(lambda: PooledByItsSize(pool))
     source = tmp_path / "static.onnx"
     torch.onnx.export(model, (torch.zeros(1, *CIFAR),), source, dynamo=False)
     dense_onnx = convert_onnx(source, tmp_path / "dense.onnx")
@@ -223,6 +212,6 @@ def test_size_readers_at_their_published_sizes(case, tmp_path):
     x = randn(2, 3, 97, 65, seed=4)
     with torch.no_grad():
         assert_close(run_onnx(path, x), converted["dense"](x), across_runtimes=True)
-    model = _seeded_model(factories[case]).double()
+    model = seeded_model(factories[case]).double()
     report = fc2conv.verify(model, fc2conv.convert(model, CIFAR), sizes=[(64, 48)])
     assert report.ok, report

@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_close, randn
+from helpers import assert_close, randn, seeded_model
 from onnx_helpers import run_onnx
 from torch import nn
 
@@ -66,20 +66,9 @@ class CifarResNet(nn.Module):
         return self.linear(out)
 
 
-def _seeded(head: str) -> nn.Module:
-    torch.manual_seed(0)
-    model = CifarResNet(head).eval()
-    with torch.no_grad():  # batch-norm statistics that are not the identity
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    return model
-
-
 @pytest.mark.parametrize("head", sorted(HEADS))
 def test_convert_and_convert_onnx_give_the_same_cells(head, tmp_path):
-    model = _seeded(head)
+    model = seeded_model(lambda: CifarResNet(head))
     shape = (3, 32) if "1d" in head else (3, 32, 32)
     source, dense_onnx = tmp_path / "static.onnx", tmp_path / "dense.onnx"
     with warnings.catch_warnings():
