@@ -88,3 +88,20 @@ def test_a_truncated_image_is_a_clean_error(small_and_gray_onnx, tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 60, 3), dtype=np.uint8)).save(path)
     path.write_bytes(path.read_bytes()[:300])
     assert_clean_refusal(invoke("run", small_and_gray_onnx[0], path), "cut.png", "cannot read it as an image")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_normalising_leaves_the_callers_array_as_it_was(small_and_gray_onnx, dtype):
+    """The input is (samples in [0, 1] − mean) / std, as float32 operations give it, in a new contiguous array:
+    normalising in place never touches the caller's image."""
+    model = DenseModel(small_and_gray_onnx[0])
+    model.metadata = {**model.metadata, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    rng = np.random.default_rng(0)
+    image = (rng.random((20, 24, 3)) * (np.iinfo(dtype).max if dtype != np.float32 else 1)).astype(dtype)
+    kept = image.copy()
+    x = model.preprocess(image)
+    np.testing.assert_array_equal(image, kept)
+    unit = image.astype(np.float32) / (np.iinfo(dtype).max if dtype != np.float32 else 1)
+    mean, std = (np.asarray(model.metadata[k], np.float32).reshape(-1, 1, 1) for k in ("mean", "std"))
+    np.testing.assert_array_equal(x, ((unit.transpose(2, 0, 1) - mean) / std)[None])
+    assert x.flags.c_contiguous and x.dtype == np.float32

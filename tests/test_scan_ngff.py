@@ -89,6 +89,26 @@ def test_each_cell_centre_is_its_window_centre_at_every_pyramid_level(digits_onn
     assert group["scores"].metadata.dimension_names == ("c", "y", "x")
 
 
+@pytest.mark.parametrize("depth", [1, 3, 11])
+def test_the_pyramid_holds_blocks_of_classes_per_chunk_with_the_same_values(digits_onnx, tmp_path, monkeypatch, depth):
+    """Each pyramid chunk holds as many classes as fill `CHUNK_BYTES` of a tile's cells (1 MiB: one chunk of every
+    class for the digits, not 11 files per tile), and the values do not depend on how classes are blocked."""
+    monkeypatch.setattr(ngff, "SMALLEST", 8)
+    source = write_tiff(tmp_path / "slide.tif", canvas()[0])
+    levels = {}
+    for blocked in (False, True):
+        if blocked:
+            monkeypatch.setattr(ngff, "CHUNK_BYTES", depth * 32 * 32)  # `depth` classes of a 32 × 32-cell chunk
+        result = scan(source, model=digits_onnx, out=tmp_path / f"map{blocked}.zarr", tile=128, force=True)
+        group = zarr.open_group(str(result.path), mode="r")
+        assert group["scores"].chunks[1:] == (32, 32)
+        arrays = [group[f"{ngff.PROBABILITIES}/{m}"] for m in range(4)]
+        assert arrays[0].chunks[0] == (depth if blocked else 11)
+        levels[blocked] = [a[...] for a in arrays]
+    for unblocked, blocked in zip(levels[False], levels[True], strict=True):
+        np.testing.assert_array_equal(unblocked, blocked)
+
+
 def test_an_ome_zarr_inputs_own_transform_carries_over(digits_onnx, tmp_path):
     """Scanning level 1 of an OME-Zarr whose levels have their own scale and translation (in mm): the map's scale is
     that level's times the stride, its translation that level's plus half a window less one pixel of it, in µm."""

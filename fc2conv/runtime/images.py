@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ConversionError
+from ..errors import ConversionError, InputError
 
 __all__ = ["MAX_PIXELS", "ImageLike", "load_image", "to_channels"]
 
@@ -62,7 +62,7 @@ def to_channels(array: np.ndarray, channels: int) -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
-        raise ConversionError(f"an image array is H×W or H×W×C with C from 1 to 4; got shape {array.shape}")
+        raise InputError(f"an image array is H×W or H×W×C with C from 1 to 4; got shape {array.shape}")
     if array.shape[2] in (2, 4):
         array = array[:, :, :-1]  # alpha does not enter the classifier
     if array.shape[2] == channels:
@@ -71,7 +71,7 @@ def to_channels(array: np.ndarray, channels: int) -> np.ndarray:
         return np.repeat(array, channels, axis=2)
     if channels == 1:
         return (array @ _LUMA)[:, :, None]
-    raise ConversionError(f"the model takes {channels} channels; cannot convert a {array.shape[2]}-channel image")
+    raise InputError(f"the model takes {channels} channels; cannot convert a {array.shape[2]}-channel image")
 
 
 def _read_file(path: Path, max_pixels: int | None) -> np.ndarray:
@@ -86,18 +86,18 @@ def _read_file(path: Path, max_pixels: int | None) -> np.ndarray:
     except Image.DecompressionBombError as e:
         count = re.search(r"\((\d+) pixels\)", str(e))
         _check_budget(path, int(count.group(1)) if count else max_pixels + 1, max_pixels)
-        raise ConversionError(f"{path}: {e}") from None
+        raise InputError(f"{path}: {e}") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         if isinstance(e, ConversionError):
             raise
-        raise ConversionError(f"{path}: cannot read it as an image ({e})") from None
+        raise InputError(f"{path}: cannot read it as an image ({e})") from None
     upright = _UPRIGHT.get(orientation)
     return upright(pixels) if upright else pixels
 
 
 def _check_budget(path: Path, pixels: int, max_pixels: int | None) -> None:
     if max_pixels is not None and pixels > max_pixels:
-        raise ConversionError(
+        raise InputError(
             f"{path} has {pixels:,} pixels, more than one pass may hold ({max_pixels:,}, --max-pixels): the dense "
             "map of the whole image would not fit in memory. Scan it tile by tile with `fc2conv scan`, which "
             "holds one tile at a time and stitches the same map, or raise --max-pixels if you have the memory"
@@ -111,7 +111,7 @@ def _pixels(image: Image.Image) -> np.ndarray:
     if image.mode == "I":
         values = np.asarray(image)
         if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
-            raise ConversionError("a 32-bit integer image has no defined range; save it with 8 or 16 bits")
+            raise InputError("a 32-bit integer image has no defined range; save it with 8 or 16 bits")
         return values.astype(np.uint16)
     if image.mode in ("1", "L", "LA", "RGB", "RGBA", "F"):
         return np.asarray(image)
@@ -133,15 +133,15 @@ def _png16(path: Path) -> np.ndarray:
         planes = info["planes"]
         return np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
     except png.Error as e:
-        raise ConversionError(f"{path}: cannot read it as a 16-bit PNG ({e})") from None
+        raise InputError(f"{path}: cannot read it as a 16-bit PNG ({e})") from None
 
 
 def _unit_range(array: np.ndarray) -> np.ndarray:
     """Samples as float32 in [0, 1], scaled by the depth of their type."""
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535
+    if array.dtype in (np.uint8, np.uint16):
+        values = array.astype(np.float32)
+        values /= np.iinfo(array.dtype).max  # in place: the same numbers as `/`, without a second array
+        return values
     if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.floating):
         return array.astype(np.float32)
     raise ConversionError(f"image arrays must be uint8, uint16, bool or float in [0, 1], not {array.dtype}")
