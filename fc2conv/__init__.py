@@ -12,12 +12,16 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 __all__ = [
-    "ConversionError", "Geometry", "Recipe", "allowed_densities", "convert", "convert_onnx", "export_onnx", "geometry",
-    "load", "plan", "save", "verify",
+    "BackendError", "ConversionError", "Fc2convError", "Geometry", "InputError", "Recipe", "ScanError",
+    "allowed_densities", "convert", "convert_onnx", "export_onnx", "geometry", "load", "plan", "save", "verify",
 ]
 
 _HOMES = {
+    "BackendError": "errors",
     "ConversionError": "errors",
+    "Fc2convError": "errors",
+    "InputError": "errors",
+    "ScanError": "errors",
     "Geometry": "conversion.geometry",
     "allowed_densities": "conversion.density",
     "convert": "conversion.rewrite",
@@ -36,7 +40,7 @@ if TYPE_CHECKING:
     from .conversion.geometry import Geometry, geometry
     from .conversion.rewrite import convert, plan
     from .conversion.verification import verify
-    from .errors import ConversionError
+    from .errors import BackendError, ConversionError, Fc2convError, InputError, ScanError
     from .onnx.convert import convert_onnx
     from .onnx.export import export_onnx
     from .storage.artifact import load, save

@@ -216,17 +216,20 @@ def test_parse_input_shape(text, shape):
 
 @pytest.mark.parametrize("text", ["3,0,224", "-3,32,32", "a,b,c", "", "3,16,32,32,1", "3.5,32,32", [True, 2, 2]])
 def test_bad_input_shapes_are_refused(text):
-    with pytest.raises(ConversionError, match=r"--input-shape must be C,H,W .* C,L .* C,D,H,W"):
+    with pytest.raises(ConversionError, match=r"input_shape= must be C,H,W .* C,L .* C,D,H,W"):
         parse_input_shape(text)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({}, "exactly one of --arch NAME, --model-def FILE.py:FACTORY, or a Hugging Face save_pretrained directory"),
+        ({}, r"exactly one of arch= \(a torchvision name, or timm:NAME\), model_def= .* or hf_config="),
         ({"arch": "resnet18", "model_def": SMALL_CNN}, "exactly one of"),
-        ({"arch": "resnet18", "mode": "sparse"}, "--mode must be one of dense, global, cam"),
-        ({"arch": "resnet18", "num_classes": 0}, "--num-classes must be a positive integer"),
+        ({"arch": "resnet18", "mode": "sparse"}, "^mode= must be one of dense, global, cam"),
+        ({"arch": "resnet18", "num_classes": 0}, "^num_classes= must be a positive integer"),
+        ({"arch": "resnet18", "density": 2, "mode": "global"},
+         "^density= must be a positive integer, with mode='dense'; got 2 with mode='global'"),
+        ({"arch": "resnet18", "model_args": [1]}, "^model_args= and model_kwargs= pass arguments to a model_def="),
     ],
 )
 def test_bad_recipes(kwargs, message):

@@ -16,7 +16,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from ..errors import ConversionError
+from ..errors import Fc2convError, InputError
 from ..storage.atomic import refuse_existing
 from ..storage.paths import check_apart
 
@@ -179,10 +179,11 @@ class Output:
 
 @contextmanager
 def usage_errors() -> Iterator[None]:
-    """ConversionError and file errors → message on stderr, exit 2."""
+    """fc2conv's errors (`Fc2convError`: conversion, input, scan, backend) and file errors → message on stderr,
+    exit 2."""
     try:
         yield
-    except (ConversionError, OSError) as e:
+    except (Fc2convError, OSError) as e:
         typer.echo(f"error: {shortened(str(e))}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
 
@@ -195,13 +196,13 @@ def check_outputs(outputs: Mapping[str, Path], force: bool, inputs: Mapping[str,
     check_apart(dict(outputs), {flag: path for flag, path in inputs.items() if path is not None})
     for flag, path in outputs.items():
         if path.is_dir():
-            raise ConversionError(f"{flag} {path} is a directory; give a file name to write")
+            raise InputError(f"{flag} {path} is a directory; give a file name to write")
         refuse_existing(path, force=force)
         parent = path.parent
         if not parent.is_dir():
-            raise ConversionError(f"cannot write {flag} {path}: directory {parent} does not exist")
+            raise InputError(f"cannot write {flag} {path}: directory {parent} does not exist")
         if not os.access(parent, os.W_OK | os.X_OK):
-            raise ConversionError(f"cannot write {flag} {path}: directory {parent} is not writable")
+            raise InputError(f"cannot write {flag} {path}: directory {parent} is not writable")
 
 
 def parse_floats(value: str | None, flag: str) -> list[float] | None:
@@ -210,5 +211,5 @@ def parse_floats(value: str | None, flag: str) -> list[float] | None:
     try:
         return [float(v) for v in value.split(",")]
     except ValueError:
-        raise ConversionError(f"{flag} must be comma-separated numbers, e.g. 0.485,0.456,0.406; "
-                              f"got {value!r}") from None
+        raise InputError(f"{flag} must be comma-separated numbers, e.g. 0.485,0.456,0.406; "
+                         f"got {value!r}") from None

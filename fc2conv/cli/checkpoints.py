@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ConversionError
+from ..errors import ConversionError, InputError
 from ..shapes import times
 from .app import (
     ARCH,
@@ -242,15 +242,15 @@ def convert(
                            channels_last_linears, density, reduce)
         targets = [*output, *([onnx] if onnx else [])]
         if not targets:
-            raise ConversionError("give at least one output: -o OUT.pt2, -o OUT.safetensors or --onnx OUT.onnx")
+            raise InputError("give at least one output: -o OUT.pt2, -o OUT.safetensors or --onnx OUT.onnx")
         if onnx is not None and onnx.suffix != ".onnx":
-            raise ConversionError(f"--onnx {onnx}: name the file .onnx")
+            raise InputError(f"--onnx {onnx}: name the file .onnx")
         from ..storage.artifact import EXPORT_SUFFIX, STATE_SUFFIXES
 
         for path in output:
             if path.suffix not in (EXPORT_SUFFIX, *STATE_SUFFIXES):
-                raise ConversionError(f"-o {path}: unknown output format; name it {EXPORT_SUFFIX} (torch.export), "
-                                      f"{', '.join(STATE_SUFFIXES)} (weights + recipe), or use --onnx")
+                raise InputError(f"-o {path}: unknown output format; name it {EXPORT_SUFFIX} (torch.export), "
+                                 f"{', '.join(STATE_SUFFIXES)} (weights + recipe), or use --onnx")
         flags = {("-o" if len(output) == 1 else f"-o #{k + 1}"): path for k, path in enumerate(output)}
         check_outputs({**flags, **({"--onnx": onnx} if onnx else {})}, force, inputs=_inputs(checkpoint, model_def,
                                                                                               labels))
@@ -336,7 +336,7 @@ def verify(
         recipe = read_recipe(artifact)
         if recipe.model_def is not None:
             if model_def is None:
-                raise ConversionError(
+                raise InputError(
                     f"{artifact} was converted from the model definition {recipe.model_def}; running it executes "
                     f"that file's code, so pass it explicitly: --model-def {recipe.model_def}")
             recipe = Recipe(**{**asdict(recipe), "model_def": model_def})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ConversionError
+from ..errors import InputError
 from ..shapes import VECTOR_MAP, times
 from .app import (
     BACKEND,
@@ -136,10 +136,10 @@ def _class_index(value: str | None, result, top) -> int:
     else:
         labels = {p.label: p.class_index for p in result.top_classes(count)}
         if value not in labels:
-            raise ConversionError(f"--class {value!r} is not a class of this model; it has {', '.join(labels)}")
+            raise InputError(f"--class {value!r} is not a class of this model; it has {', '.join(labels)}")
         index = int(labels[value])
     if not 0 <= index < count:
-        raise ConversionError(f"--class {index} is out of range: the model has classes 0..{count - 1}")
+        raise InputError(f"--class {index} is out of range: the model has classes 0..{count - 1}")
     return index
 
 

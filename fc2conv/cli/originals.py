@@ -5,16 +5,49 @@ it, and, for a Hugging Face directory, what its refusals name instead of flags n
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import ConversionError
+from ..errors import ConversionError, InputError
 
-__all__ = ["blame_for", "named_by", "original", "parse_model_args", "recipe_of"]
+__all__ = ["as_flags", "blame_for", "flags_named", "named_by", "original", "parse_model_args", "recipe_of"]
+
+
+# A `Recipe`'s refusals name keywords (the Python API); the CLI names the flags that set them.
+_PHRASES = (("model_args= and model_kwargs= pass", "--model-arg passes"),
+            ("model_args= and model_kwargs= values", "--model-arg values"))
+_FLAGS = {"arch": "--arch", "model_def": "--model-def", "num_classes": "--num-classes", "input_shape": "--input-shape",
+          "mode": "--mode", "density": "--density", "reduce": "--reduce"}
+_KEYWORD = re.compile(rf"\b({'|'.join(_FLAGS)})=(?:'([^']*)')?")
+
+
+def as_flags(message: str) -> str:
+    """`message` with the `Recipe` keywords it names as the CLI's flags: `density=` → `--density`,
+    `mode='dense'` → `--mode dense`."""
+    for keywords, flags in _PHRASES:
+        message = message.replace(keywords, flags)
+    return _KEYWORD.sub(lambda m: _FLAGS[m[1]] + ("" if m[2] is None else f" {m[2]}"), message)
+
+
+@contextmanager
+def flags_named():
+    """A `Recipe`'s refusal, named by the flags instead of the keywords."""
+    try:
+        yield
+    except InputError as e:
+        raise type(e)(as_flags(str(e))) from None
 
 
 def recipe_of(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density,
             reduce):
+    with flags_named():
+        return _recipe_of(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode,
+                          channels_last_linears, density, reduce)
+
+
+def _recipe_of(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears,
+               density, reduce):
     from ..storage import huggingface
     from ..storage.recipe import Recipe, default_input_shape, parse_input_shape
 
@@ -22,16 +55,19 @@ def recipe_of(checkpoint, arch, model_def, model_arg, num_classes, input_shape, 
     options = {"mode": mode, "channels_last_linears": channels_last_linears, "density": density, "reduce": reduce}
     if huggingface.is_pretrained_dir(checkpoint):
         if arch is not None or model_def is not None or model_arg:
-            raise ConversionError(f"{checkpoint} is a Hugging Face save_pretrained directory: its config.json gives "
-                                  "the architecture, so drop --arch, --model-def and --model-arg")
+            raise InputError(f"{checkpoint} is a Hugging Face save_pretrained directory: its config.json gives "
+                             "the architecture, so drop --arch, --model-def and --model-arg")
         config = huggingface.read_config(checkpoint)
         huggingface.hints(checkpoint, config)  # preprocessor_config.json's fields too: all checked before any work
         return Recipe(hf_config=config, num_classes=num_classes,
                       input_shape=shape or huggingface.default_input_shape(checkpoint, config), **options)
+    if arch is not None and model_def is not None:
+        raise InputError("give the architecture with exactly one of --arch NAME, --model-def FILE.py:FACTORY, or a "
+                         "Hugging Face save_pretrained directory as the checkpoint")
     if arch is None and model_def is None:
-        raise ConversionError("say which architecture the checkpoint is for: --arch NAME (a torchvision model, or "
-                              "timm:NAME) or --model-def FILE.py:FACTORY; a Hugging Face save_pretrained directory "
-                              "given as the checkpoint needs neither")
+        raise InputError("say which architecture the checkpoint is for: --arch NAME (a torchvision model, or "
+                         "timm:NAME) or --model-def FILE.py:FACTORY; a Hugging Face save_pretrained directory "
+                         "given as the checkpoint needs neither")
     args, kwargs = parse_model_args(model_arg)
     return Recipe(arch=arch, model_def=model_def, num_classes=num_classes,
                   input_shape=shape or default_input_shape(arch), model_args=args, model_kwargs=kwargs, **options)
@@ -45,7 +81,7 @@ def parse_model_args(values: list[str]) -> tuple[list, dict]:
             try:
                 found = json.loads(value)
             except json.JSONDecodeError as e:
-                raise ConversionError(f"--model-arg {value!r} is not a JSON object ({e})") from None
+                raise InputError(f"--model-arg {value!r} is not a JSON object ({e})") from None
             kwargs.update(found)
         elif "=" in value and value.split("=", 1)[0].isidentifier():
             name, text = value.split("=", 1)
@@ -88,8 +124,8 @@ def original(recipe, checkpoint: Path, trust_pickle: bool, step, blame=None):
         classes = _head_size(model, state_dict)
         if classes is None:
             raise
-        raise ConversionError(f"{e}\nHint: the file's head has {classes} outputs; "
-                              f"pass --num-classes {classes}") from None
+        raise InputError(f"{e}\nHint: the file's head has {classes} outputs; "
+                         f"pass --num-classes {classes}") from None
     return model
 
 

@@ -57,12 +57,12 @@ def _note(text: str) -> None:
 
 
 def _numbers(text: str, flag: str, count: int) -> tuple[int, ...]:
-    from ..errors import ConversionError
+    from ..errors import InputError
 
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         values = ()
     if len(values) != count:  # the ranges are checked by fc2conv.viewer, for the Python API too
-        raise ConversionError(f"{flag} takes {count} comma-separated whole numbers; got {text!r}")
+        raise InputError(f"{flag} takes {count} comma-separated whole numbers; got {text!r}")
     return values

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import ConversionError, first_line
+from ..errors import ConversionError, first_line, translated
 from ..runtime.tolerance import max_errors, tolerance
 from ..shapes import times
 
@@ -46,11 +46,9 @@ def probe(runner: ort.InferenceSession, inputs: list[np.ndarray], label: str, wh
     name = runner.get_inputs()[0].name
     results = []
     for x in inputs:
-        try:
+        with translated(ConversionError, f"{label}: the written model fails in onnxruntime on a {times(x.shape)} "
+                        "input (", end=f"); {why}"):
             results.append(runner.run(None, {name: x}))
-        except Exception as e:
-            raise ConversionError(f"{label}: the written model fails in onnxruntime on a {times(x.shape)} "
-                                  f"input ({first_line(e)}); {why}") from None
     return results
 
 

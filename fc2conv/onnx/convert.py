@@ -11,7 +11,7 @@ import os
 import onnx
 import onnxruntime as ort
 
-from ..errors import ConversionError, first_line, reported
+from ..errors import ConversionError, InputError, reported, translated
 from ..runtime.metadata import MODES, axis_names
 from ..shapes import as_map, is_vector_input, map_size, spatial_axes, times
 from ..storage.atomic import atomic_output, refuse_existing
@@ -60,21 +60,19 @@ def convert_onnx(
     model, one onnxruntime cannot run, and for any pattern it cannot convert exactly; then no file is written.
     """
     if mode not in ONNX_MODES:
-        raise ConversionError(f"mode must be one of {ONNX_MODES}, not {mode!r}")
+        raise InputError(f"mode must be one of {ONNX_MODES}, not {mode!r}")
     if dst is not None:
         refuse_existing(dst, force=force)  # before the work; atomic_output checks again
         if not isinstance(src, onnx.ModelProto) and all(map(os.path.exists, (src, dst))) and os.path.samefile(src, dst):
-            raise ConversionError(f"{os.fspath(dst)} is the source model; writing it would destroy the source, "
-                                  "even with force=True: name another file")
+            raise InputError(f"{os.fspath(dst)} is the source model; writing it would destroy the source, "
+                             "even with force=True: name another file")
     model, label = _load(src)
     source = session(model, label)  # before the work: what cannot run cannot be checked
     image = _image_input(model, label)
     reference = _reference_shape(image, input_shape, label)
-    try:
+    # onnx raises several unrelated types here
+    with translated(ConversionError, f"{label}: ONNX shape inference failed at input shape {reference}: "):
         shapes = infer_shapes(model, reference)
-    except Exception as exc:  # onnx raises several unrelated types here
-        raise ConversionError(f"{label}: ONNX shape inference failed at input shape {reference}: "
-                              f"{first_line(exc)}") from exc
     spatial = spatial_axes(reference[1:])
     graph = Graph(model, shapes, _probe_shapes(model, reference) if mode == "dense" else {}, spatial)
     ordered = topological_order(model.graph)
@@ -101,14 +99,12 @@ def _load(src: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, st
         model.CopyFrom(src)
     else:
         label = os.fspath(src)
-        try:
+        # protobuf, OS and external-data errors alike mean "not a model we can read"
+        with translated(InputError, f"{label}: not a readable ONNX model (", end=")"):
             model = onnx.load(label)
-        except Exception as exc:  # protobuf, OS and external-data errors alike mean "not a model we can read"
-            raise ConversionError(f"{label}: not a readable ONNX model ({first_line(exc)})") from exc
-    try:
+    # the checker raises ValidationError, or ValueError for oversized models
+    with translated(InputError, f"{label}: not a valid ONNX model (", end=")"):
         onnx.checker.check_model(model)
-    except Exception as exc:  # the checker raises ValidationError, or ValueError for oversized models
-        raise ConversionError(f"{label}: not a valid ONNX model ({first_line(exc)})") from exc
     return model, label
 
 
@@ -220,8 +216,5 @@ def _set_dims(info: onnx.ValueInfoProto, dims: list[int | str | None]) -> None:
 def _validate(model: onnx.ModelProto, label: str) -> None:
     if model.ByteSize() > _PROTOBUF_LIMIT:
         raise ConversionError(f"{label}: the converted model exceeds protobuf's 2 GB limit")
-    try:
+    with translated(ConversionError, f"{label}: the converted model fails the ONNX checker (a bug in fc2conv): "):
         onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise ConversionError(f"{label}: the converted model fails the ONNX checker (a bug in fc2conv): "
-                              f"{first_line(exc)}") from exc

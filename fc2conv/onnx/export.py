@@ -28,7 +28,7 @@ from torch import nn
 
 from ..conversion.geometry import geometry
 from ..conversion.verification import runs_on
-from ..errors import ConversionError, first_line, reported
+from ..errors import ConversionError, InputError, first_line, reported, translated
 from ..runtime.metadata import ONE_CELL, axis_names, encode, validate
 from ..runtime.tolerance import max_errors, tolerance
 from ..shapes import as_map, is_vector_input, map_size, times
@@ -78,39 +78,34 @@ def export_onnx(
     """
     info = getattr(converted, "fc2conv", None)
     if info is None:
-        raise ConversionError("export_onnx needs a model returned by fc2conv.convert (it has no .fc2conv)")
+        raise InputError("export_onnx needs a model returned by fc2conv.convert (it has no .fc2conv)")
     if exporter not in EXPORTERS:
-        raise ConversionError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
+        raise InputError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
     path = Path(path)
     refuse_existing(path, force=force)  # before the slow export; atomic_output checks again when writing
     _refuse_beyond_protobuf(converted)
     shape = tuple(int(d) for d in (input_shape or info.input_shape))
     if len(shape) != len(info.input_shape):
-        raise ConversionError(f"input_shape={shape} does not match the reference shape {info.input_shape}")
+        raise InputError(f"input_shape={shape} does not match the reference shape {info.input_shape}")
     if info.mode not in ONE_CELL:  # no file for a map whose cells cannot be placed, nor at a size the model refuses
         refused = geometry(converted).refusal(map_size(shape))
         if refused:
-            raise ConversionError(f"input_shape={shape}: {refused}")
+            raise InputError(f"input_shape={shape}: {refused}")
     parameter = next(converted.parameters(), None)
     example = as_map(torch.zeros(1, *shape, dtype=torch.float32 if parameter is None else parameter.dtype))
     checks = _check_inputs(converted, example) if dynamic else [example]
     was_training = converted.training
     converted.eval()
     try:
-        with torch.no_grad():
-            try:
-                classes = converted(example).shape[1]
-            except Exception as e:
-                raise ConversionError(f"the model does not run at input_shape={shape}: {first_line(e)}") from e
+        with torch.no_grad(), translated(ConversionError, f"the model does not run at input_shape={shape}: "):
+            classes = converted(example).shape[1]
         metadata = _metadata(converted, classes=classes, labels=labels, mean=mean, std=std)
         proto = _export(converted, example, dynamic=dynamic, opset=opset or DEFAULT_OPSET, exporter=exporter)
         for key, value in metadata.items():
             proto.metadata_props.add(key=key, value=value)
-        try:
+        # ValidationError or shape-inference errors alike
+        with translated(ConversionError, "the exported model fails the ONNX checker (a bug in fc2conv): "):
             onnx.checker.check_model(proto, full_check=True)
-        except Exception as e:  # ValidationError or shape-inference errors alike
-            raise ConversionError(f"the exported model fails the ONNX checker (a bug in fc2conv): "
-                                  f"{first_line(e)}") from e
         _check_in_onnxruntime(proto, converted, checks, str(path))
     finally:
         converted.train(was_training)
@@ -203,7 +198,7 @@ def _export(model: nn.Module, example: torch.Tensor, *, dynamic: bool, opset: in
             torch.onnx.export(model, (example,), buffer, dynamo=False, dynamic_axes=axes if dynamic else None,
                               **names)
         return onnx.load_from_string(buffer.getvalue())
-    except Exception as e:
+    except Exception as e:  # the exporters fail in many types; the hint depends on which one ran
         raise ConversionError(
             f"the {exporter} ONNX exporter failed at input {tuple(example.shape)}: {first_line(e, named=True)}"
             + ("; try exporter='torchscript'" if exporter == "dynamo" else "")

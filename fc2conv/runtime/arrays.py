@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import InputError, first_line
 
 __all__ = ["check_finite", "open_npy", "samples_within"]
 
@@ -38,17 +38,17 @@ def open_npy(path: str | os.PathLike) -> np.ndarray:
             start = f.tell()
         size = path.stat().st_size
     except OSError as e:
-        raise ConversionError(f"{path}: cannot read it ({e.strerror or e})") from None
+        raise InputError(f"{path}: cannot read it ({e.strerror or e})") from None
     except ValueError as e:  # numpy's own messages for a bad magic string or header
-        raise ConversionError(f"{path}: cannot read it as a .npy array ({first_line(e)})") from None
+        raise InputError(f"{path}: cannot read it as a .npy array ({first_line(e)})") from None
     if dtype.hasobject or dtype.kind not in _NUMBERS or dtype.fields is not None:
-        raise ConversionError(f"{path}: a .npy array of {dtype} is not numbers (fc2conv reads bool, integer and float "
-                              "arrays, and never unpickles objects)")
+        raise InputError(f"{path}: a .npy array of {dtype} is not numbers (fc2conv reads bool, integer and float "
+                         "arrays, and never unpickles objects)")
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if declared > size - start:
-        raise ConversionError(f"{path}: its header declares a {'×'.join(map(str, shape))} {dtype} array "
-                              f"({declared:,} bytes), but the file holds {max(size - start, 0):,} bytes of data: a "
-                              "truncated file or a header that lies")
+        raise InputError(f"{path}: its header declares a {'×'.join(map(str, shape))} {dtype} array "
+                         f"({declared:,} bytes), but the file holds {max(size - start, 0):,} bytes of data: a "
+                         "truncated file or a header that lies")
     if declared == 0:
         return np.zeros(shape, dtype=dtype)
     return np.load(path, mmap_mode="r", allow_pickle=False)
@@ -58,8 +58,8 @@ def samples_within(array: np.ndarray, budget: int | None, *, source: str, flag: 
     """`ConversionError` naming `source` when reading `array` (one input) would take more than `budget` samples
     (None: no limit): the size a caller allows one input in memory."""
     if budget is not None and array.size > budget:
-        raise ConversionError(f"{source}: an input of {array.size:,} samples ({'×'.join(map(str, array.shape))}) is "
-                              f"more than one pass may hold ({budget:,}: {flag} times the model's channels)")
+        raise InputError(f"{source}: an input of {array.size:,} samples ({'×'.join(map(str, array.shape))}) is "
+                         f"more than one pass may hold ({budget:,}: {flag} times the model's channels)")
 
 
 def check_finite(x: np.ndarray, *, source: str) -> None:
@@ -67,5 +67,5 @@ def check_finite(x: np.ndarray, *, source: str) -> None:
     saw it would be NaN, or plausible-looking numbers on a backend that clamps them."""
     count = x.size - int(np.count_nonzero(np.isfinite(x)))
     if count:
-        raise ConversionError(f"{source}: {count:,} {'sample is' if count == 1 else 'samples are'} NaN or infinite; "
-                              "fc2conv runs models on finite samples only")
+        raise InputError(f"{source}: {count:,} {'sample is' if count == 1 else 'samples are'} NaN or infinite; "
+                         "fc2conv runs models on finite samples only")

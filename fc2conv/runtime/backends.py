@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import BackendError, InputError, translated
 from .cpu import detect
 from .metadata_file import read_entries
 
@@ -60,17 +60,17 @@ _COMPUTE = {"Convolution", "GroupConvolution", "Deconvolution", "MatMul", "Fully
 def check_backend(backend: str, precision: str) -> None:
     """`ConversionError` naming `--backend` or `--precision` for a backend or a precision the backend does not run."""
     if backend not in BACKENDS:
-        raise ConversionError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        raise InputError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if precision == AUTO:  # `fc2conv.runtime.auto` picks the backend and precision
         return
     if precision == "int8":
-        raise ConversionError("--precision int8 is not a setting of a backend: int8 is a file, written by fc2conv "
-                              "quantize, that runs on either backend with --precision fp32 (or bf16 for its float "
-                              "layers on openvino)")
+        raise InputError("--precision int8 is not a setting of a backend: int8 is a file, written by fc2conv "
+                         "quantize, that runs on either backend with --precision fp32 (or bf16 for its float "
+                         "layers on openvino)")
     if precision not in BACKEND_PRECISIONS[backend]:
         known = {p for values in BACKEND_PRECISIONS.values() for p in values}
         what = f"--precision {precision}" if precision in known else f"--precision {precision!r} (unknown)"
-        raise ConversionError(
+        raise InputError(
             f"{what} is not available with --backend {backend}, which runs {', '.join(BACKEND_PRECISIONS[backend])}; "
             "bf16 and fp16 run with --backend openvino, and int8 comes from a quantized file (fc2conv quantize)")
 
@@ -129,11 +129,10 @@ class OnnxRuntimeSession(Session):
             if threads is not None:
                 session_options.intra_op_num_threads = threads
                 session_options.inter_op_num_threads = 1
-        try:
+        # onnxruntime raises its own unrelated types for bad files
+        with translated(BackendError, f"{path}: onnxruntime cannot load it as an ONNX model (", end=")"):
             self.session = ort.InferenceSession(str(path), session_options,
                                                 providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own unrelated types for bad files
-            raise ConversionError(f"{path}: onnxruntime cannot load it as an ONNX model ({first_line(e)})") from None
         self.precision = self.executed = "fp32"
         self.input_name = self.session.get_inputs()[0].name
         self.output_shape = list(self.session.get_outputs()[0].shape)
@@ -156,23 +155,20 @@ class OpenVINOSession(Session):
         try:
             import openvino as ov
         except ImportError:
-            raise ConversionError(f"--backend openvino needs OpenVINO, which is not installed: {OPENVINO_EXTRA}") \
+            raise BackendError(f"--backend openvino needs OpenVINO, which is not installed: {OPENVINO_EXTRA}") \
                 from None
         core = ov.Core()
-        try:
+        # OpenVINO raises RuntimeError with pages of context
+        with translated(BackendError, f"{path}: OpenVINO cannot read it as an ONNX model (", end=")"):
             model = core.read_model(str(path))
-        except Exception as e:  # OpenVINO raises RuntimeError with pages of context
-            raise ConversionError(f"{path}: OpenVINO cannot read it as an ONNX model ({first_line(e)})") from None
         # Asked for what this CPU runs (`fc2conv.runtime.cpu`): OpenVINO would fall back by itself, but this way a
         # pinned CPU class is honoured too; what it really ran is read back below.
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_HINT[detect().runs(precision)],
                                   "PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
             config.update(INFERENCE_NUM_THREADS=threads, ENABLE_CPU_PINNING=False)
-        try:
+        with translated(BackendError, f"{path}: OpenVINO cannot compile it for the CPU (", end=")"):
             self.session = core.compile_model(model, "CPU", config)
-        except Exception as e:
-            raise ConversionError(f"{path}: OpenVINO cannot compile it for the CPU ({first_line(e)})") from None
         self.precision = precision
         hint = self.session.get_property("INFERENCE_PRECISION_HINT")
         self.executed = _OV_NAME.get(hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint), precision)
@@ -212,6 +208,6 @@ def open_session(path: str | os.PathLike, *, backend: str = "onnxruntime", preci
     if backend == "onnxruntime":
         return OnnxRuntimeSession(Path(path), threads=threads, providers=providers, session_options=session_options)
     if providers or session_options is not None:
-        raise ConversionError("providers and session_options are onnxruntime's; --backend openvino takes threads "
-                              "and a precision")
+        raise InputError("providers and session_options are onnxruntime's; --backend openvino takes threads "
+                         "and a precision")
     return OpenVINOSession(Path(path), precision=precision, threads=threads)

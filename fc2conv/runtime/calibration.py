@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, InputError
 from ..shapes import times
 from .arrays import open_npy, samples_within
 from .images import MAX_PIXELS
@@ -104,13 +104,13 @@ class CalibrationSet:
                 samples_within(item, self._budget, source=entry.name)
                 x = model.normalise(item, source=entry.name)
         except ConversionError as e:  # named by its input, once
-            raise e if entry.name in str(e) or str(entry.file) in str(e) else ConversionError(f"{entry.name}: {e}") \
+            raise e if entry.name in str(e) or str(entry.file) in str(e) else InputError(f"{entry.name}: {e}") \
                 from None
         sample = Sample(entry.name, x)
         if model.metadata.get("mode") == "dense" and any(
                 s < r for s, r in zip(sample.size, model.reference, strict=True)):
-            raise ConversionError(f"{entry.name}: the input is {times(sample.size)}, smaller than the model's "
-                                  f"{times(model.reference)} window; calibrate on inputs at least that large")
+            raise InputError(f"{entry.name}: the input is {times(sample.size)}, smaller than the model's "
+                             f"{times(model.reference)} window; calibrate on inputs at least that large")
         self.sizes.add(sample.size)
         return sample
 
@@ -125,12 +125,12 @@ def read_calibration(source: str | os.PathLike, model: DenseModel, *,
         files = sorted(p for p in path.iterdir() if not p.name.startswith(".")
                        and p.suffix.lower() in (*IMAGE_SUFFIXES, ".npy") and p.is_file())
         if not files:
-            raise ConversionError(f"{path}: the calibration set is empty: no images ({', '.join(IMAGE_SUFFIXES)}) or "
-                                  ".npy arrays in this directory")
+            raise InputError(f"{path}: the calibration set is empty: no images ({', '.join(IMAGE_SUFFIXES)}) or "
+                             ".npy arrays in this directory")
     elif path.is_file():
         files = [path]
     else:
-        raise ConversionError(f"{path}: no such calibration file or directory")
+        raise InputError(f"{path}: no such calibration file or directory")
     inputs: list[_Input] = []
     for file in files:
         if file.suffix.lower() != ".npy":
@@ -139,7 +139,7 @@ def read_calibration(source: str | os.PathLike, model: DenseModel, *,
             array = _batch(file, model)
             inputs += [_Input(file, i) for i in range(len(array))]
     if not inputs:
-        raise ConversionError(f"{path}: the calibration set is empty (a .npy batch of no arrays)")
+        raise InputError(f"{path}: the calibration set is empty (a .npy batch of no arrays)")
     return CalibrationSet(inputs, model, max_pixels)
 
 
@@ -150,8 +150,8 @@ def _batch(file: Path, model: DenseModel) -> np.ndarray:
     if array.ndim == rank:
         array = array[None]
     if array.ndim != rank + 1:
-        raise ConversionError(f"{file}: a calibration .npy holds N×C×(spatial) or one C×(spatial) array, "
-                              f"{rank + 1} or {rank} dimensions for this model; got shape {array.shape}")
+        raise InputError(f"{file}: a calibration .npy holds N×C×(spatial) or one C×(spatial) array, "
+                         f"{rank + 1} or {rank} dimensions for this model; got shape {array.shape}")
     return array
 
 

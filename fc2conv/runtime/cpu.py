@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import ConversionError
+from ..errors import InputError
 
 __all__ = ["CLASSES", "PIN", "Cpu", "PrecisionWarning", "detect", "int8_caution"]
 
@@ -144,7 +144,7 @@ def detect() -> Cpu:
     pinned = os.environ.get(PIN, "").strip()
     if pinned:
         if pinned not in CLASSES:
-            raise ConversionError(f"{PIN}={pinned!r} is not a CPU class; use one of {', '.join(CLASSES)}")
+            raise InputError(f"{PIN}={pinned!r} is not a CPU class; use one of {', '.join(CLASSES)}")
         return Cpu(CLASSES[pinned], f"pinned by {PIN}={pinned}")
     try:
         with open("/proc/cpuinfo") as f:

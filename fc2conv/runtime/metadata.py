@@ -37,7 +37,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..errors import ConversionError, first_line
+from ..errors import InputError, first_line
 from ..shapes import axis_names, map_size, sizes_from_json, spatial_axes
 
 __all__ = ["HINTS", "MAX_LABEL", "MODES", "ONE_CELL", "PRECISIONS", "PREFIX", "REDUCES", "axis_names", "check_labels",
@@ -81,11 +81,11 @@ def decode(found: Mapping[str, str] | Iterable[tuple[str, str]], *, source: str,
             continue
         name = key.removeprefix(PREFIX)
         if name in values:
-            raise ConversionError(f"{source}: metadata field {key} is given twice; readers would disagree on which "
-                                  "one holds, so the file is refused")
+            raise InputError(f"{source}: metadata field {key} is given twice; readers would disagree on which "
+                             "one holds, so the file is refused")
         values[name] = parse(text, source=source, field=key)
     if not values:
-        raise ConversionError(f"{source} has no fc2conv metadata: write it with fc2conv.export_onnx")
+        raise InputError(f"{source} has no fc2conv metadata: write it with fc2conv.export_onnx")
     validate(values, source=source, classes=classes)
     return values
 
@@ -94,13 +94,13 @@ def parse(text: str, *, source: str, field: str) -> Any:
     """The JSON value `text` of metadata `field`, its size and nesting bounded before it is parsed; `ConversionError`
     naming the field for text that is too large, too deep, not JSON, or holds NaN or Infinity."""
     if len(text) > MAX_TEXT:
-        raise ConversionError(f"{source}: metadata field {field} has {len(text):,} characters, more than {MAX_TEXT:,}")
+        raise InputError(f"{source}: metadata field {field} has {len(text):,} characters, more than {MAX_TEXT:,}")
     if _nesting(text) > MAX_DEPTH:
-        raise ConversionError(f"{source}: metadata field {field} nests arrays or objects more than {MAX_DEPTH} deep")
+        raise InputError(f"{source}: metadata field {field} nests arrays or objects more than {MAX_DEPTH} deep")
     try:
         return json.loads(text, parse_constant=_refuse_constant)
     except ValueError as e:  # JSONDecodeError, NaN or Infinity, an integer of more digits than Python parses
-        raise ConversionError(f"{source}: metadata field {field} is not valid JSON ({first_line(e, limit=120)})") \
+        raise InputError(f"{source}: metadata field {field} is not valid JSON ({first_line(e, limit=120)})") \
             from None
 
 
@@ -126,12 +126,12 @@ def validate(values: Mapping[str, Any], *, source: str, classes: int | None = No
     """`ConversionError` naming `source` and the field for a value that breaks the table above; `classes`,
     when known, is the number of scores per cell that `labels` must match."""
 
-    def fail(key: str, why: str) -> ConversionError:
-        return ConversionError(f"{source}: metadata field {PREFIX}{key} {why}; got {_shown(values.get(key))}")
+    def fail(key: str, why: str) -> InputError:
+        return InputError(f"{source}: metadata field {PREFIX}{key} {why}; got {_shown(values.get(key))}")
 
     for key in REQUIRED:
         if key not in values:
-            raise ConversionError(f"{source}: metadata field {PREFIX}{key} is missing")
+            raise InputError(f"{source}: metadata field {PREFIX}{key} is missing")
     shape = values["input_shape"]
     if not _ints(shape, minimum=1) or not 1 <= len(shape) <= 4:
         raise fail("input_shape", "must be a list of 1 to 4 positive integers (C, *spatial)")
@@ -209,8 +209,8 @@ def validate_hints(values: Mapping[str, Any], *, source: str, channels: int, cla
     """`validate` for the `HINTS` alone: `labels` one string per class (when `classes` is known), `mean` and `std`
     one number per input channel or one for all, `std` positive."""
 
-    def fail(key: str, why: str) -> ConversionError:
-        return ConversionError(f"{source}: metadata field {PREFIX}{key} {why}; got {_shown(values.get(key))}")
+    def fail(key: str, why: str) -> InputError:
+        return InputError(f"{source}: metadata field {PREFIX}{key} {why}; got {_shown(values.get(key))}")
 
     labels = values.get("labels")
     if labels is not None:
@@ -247,13 +247,13 @@ def check_labels(labels: Sequence[str], *, source: str) -> None:
     written to CSV, GeoJSON and viewers, so they are refused where they are read rather than escaped in each."""
     for index, label in enumerate(labels):
         if not isinstance(label, str):
-            raise ConversionError(f"{source}: label {index} is not a string; got {type(label).__name__}")
+            raise InputError(f"{source}: label {index} is not a string; got {type(label).__name__}")
         if len(label) > MAX_LABEL:
-            raise ConversionError(f"{source}: label {index} has {len(label)} characters, more than {MAX_LABEL}")
+            raise InputError(f"{source}: label {index} has {len(label)} characters, more than {MAX_LABEL}")
         character = forged_character(label)
         if character is not None:
-            raise ConversionError(f"{source}: label {index} ({label[:40]!r}) holds the control character {character}, "
-                                  "which would forge lines in tables, CSV files and viewers; labels must be plain text")
+            raise InputError(f"{source}: label {index} ({label[:40]!r}) holds the control character {character}, "
+                             "which would forge lines in tables, CSV files and viewers; labels must be plain text")
 
 
 def decode_hints(found: Mapping[str, str], *, source: str, channels: int) -> dict[str, Any]:
@@ -266,7 +266,7 @@ def decode_hints(found: Mapping[str, str], *, source: str, channels: int) -> dic
         try:
             values[key] = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConversionError(f"{source}: metadata field {PREFIX}{key} is not valid JSON ({e})") from None
+            raise InputError(f"{source}: metadata field {PREFIX}{key} is not valid JSON ({e})") from None
     validate_hints(values, source=source, channels=channels)
     return values
 

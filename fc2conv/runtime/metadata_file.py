@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ConversionError
+from ..errors import InputError
 
 __all__ = ["MAX_ENTRIES", "MAX_ENTRY", "MAX_TOTAL", "read_entries"]
 
@@ -39,7 +39,7 @@ def read_entries(path: str | os.PathLike) -> list[tuple[str, str]]:
         with open(path, "rb") as f:
             return _entries(f, size, str(path))
     except OSError as e:
-        raise ConversionError(f"{path}: cannot read it ({e.strerror or e})") from None
+        raise InputError(f"{path}: cannot read it ({e.strerror or e})") from None
 
 
 def _entries(f: BinaryIO, size: int, source: str) -> list[tuple[str, str]]:
@@ -58,14 +58,14 @@ def _entries(f: BinaryIO, size: int, source: str) -> list[tuple[str, str]]:
                 continue
             total += length
             if length > MAX_ENTRY or total > MAX_TOTAL or len(entries) >= MAX_ENTRIES:
-                raise ConversionError(
+                raise InputError(
                     f"{source}: its metadata is too large to trust (an entry of {length:,} bytes, {total:,} bytes "
                     f"in {len(entries) + 1} entries; at most {MAX_ENTRY:,} per entry, {MAX_TOTAL:,} in all)")
             if f.tell() + length > size:
-                raise ConversionError(f"{source}: a metadata entry runs past the end of the file; not an ONNX model")
+                raise InputError(f"{source}: a metadata entry runs past the end of the file; not an ONNX model")
             entries.append(_entry(f.read(length), source))
         else:
-            raise ConversionError(f"{source}: not an ONNX model (protobuf wire type {wire} at byte {f.tell()})")
+            raise InputError(f"{source}: not an ONNX model (protobuf wire type {wire} at byte {f.tell()})")
     return entries
 
 
@@ -77,14 +77,14 @@ def _entry(data: bytes, source: str) -> tuple[str, str]:
         tag, position = _varint_at(data, position, source)
         length, position = _varint_at(data, position, source) if tag & 7 == _LENGTH else (-1, position)
         if length < 0 or position + length > len(data):
-            raise ConversionError(f"{source}: a metadata entry is malformed; not an ONNX model")
+            raise InputError(f"{source}: a metadata entry is malformed; not an ONNX model")
         if tag >> 3 in found:
             found[tag >> 3] = data[position:position + length]
         position += length
     try:
         return found[1].decode(), found[2].decode()
     except UnicodeDecodeError:
-        raise ConversionError(f"{source}: a metadata entry ({found[1][:60]!r}) is not UTF-8 text") from None
+        raise InputError(f"{source}: a metadata entry ({found[1][:60]!r}) is not UTF-8 text") from None
 
 
 def _varint(f: BinaryIO, size: int, source: str) -> int:
@@ -98,16 +98,16 @@ def _varint_at(data: bytes, position: int, source: str) -> tuple[int, int]:
     value = 0
     for shift in range(0, 70, 7):
         if position >= len(data):
-            raise ConversionError(f"{source}: not an ONNX model (a protobuf field is cut short)")
+            raise InputError(f"{source}: not an ONNX model (a protobuf field is cut short)")
         byte = data[position]
         position += 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
             return value, position
-    raise ConversionError(f"{source}: not an ONNX model (a protobuf number longer than 10 bytes)")
+    raise InputError(f"{source}: not an ONNX model (a protobuf number longer than 10 bytes)")
 
 
 def _skip(f: BinaryIO, length: int, size: int, source: str) -> None:
     if f.tell() + length > size:
-        raise ConversionError(f"{source}: a protobuf field runs past the end of the file; not an ONNX model")
+        raise InputError(f"{source}: a protobuf field runs past the end of the file; not an ONNX model")
     f.seek(length, os.SEEK_CUR)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import BackendError, ConversionError, InputError, first_line
+from ..errors import BackendError, ConversionError, InputError, translated
 from ..shapes import (
     VECTOR_MAP,
     influence_box,
@@ -230,11 +230,8 @@ class DenseModel:
         """The model's raw output for the prepared N×C×(spatial) float32 batch `x` (see `preprocess`)."""
         if self.chooser is not None:
             self.choice, self.running = self.chooser.choose(x, self)
-        try:
-            return self.running.run(x)
-        except Exception as e:  # each backend raises its own error types for an input it cannot take
-            shown = times(x.shape[2:])
-            raise BackendError(f"{self.path}: {self.backend} failed on a {shown} input: {first_line(e)}") from None
+        with translated(BackendError, f"{self.path}: {self.backend} failed on a {times(x.shape[2:])} input: "):
+            return self.running.run(x)  # each backend raises its own error types for an input it cannot take
 
     @property
     def takes_vectors(self) -> bool:

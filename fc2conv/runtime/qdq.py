@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import BackendError, ConversionError, InputError, translated
 from .calibration import CalibrationSet, Sample
 from .metadata import PREFIX
 
@@ -35,10 +35,8 @@ __all__ = [
 def load(path: Path):
     import onnx
 
-    try:
+    with translated(InputError, f"{path}: onnx cannot read it (", end=")"):  # protobuf's DecodeError and friends
         return onnx.load(str(path))
-    except Exception as e:  # protobuf's DecodeError and friends
-        raise ConversionError(f"{path}: onnx cannot read it ({first_line(e)})") from None
 
 
 class Reader:
@@ -63,14 +61,12 @@ def calibrate(model: Path, name: str, inputs: CalibrationSet, method: str, tmp: 
     from onnxruntime.quantization import save_tensors_data
     calibrator = create_calibrator(model, augmented_model_path=str(tmp / "augmented.onnx"),
                                    calibrate_method=calibration_method(method))
-    try:
+    # onnxruntime and numpy errors from deep inside the calibrator; an input that cannot be read passes, named by
+    # its file
+    with translated(BackendError, f"{model}: calibration failed (", end=")", named=True):
         for sample in inputs.samples():
             calibrator.collect_data(Reader(name, [sample]))
         ranges = calibrator.compute_data()
-    except ConversionError:  # an input that cannot be read, named by its file
-        raise
-    except Exception as e:  # onnxruntime and numpy errors from deep inside the calibrator
-        raise ConversionError(f"{model}: calibration failed ({first_line(e, named=True)})") from None
     cache = tmp / "ranges.json"
     save_tensors_data(ranges, cache)
     return cache
@@ -88,13 +84,11 @@ def write_qdq(model: Path, out: Path, ranges: Path | None, method: str, exclude:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     cached = {"calibration_cache_path": str(ranges)} if ranges is not None else {}
-    try:
+    with translated(BackendError, f"{model}: onnxruntime could not quantize it (", end=")", named=True):
         quantize_static(str(model), str(out), None if cached else reader, quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=not full_range, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8,
                         calibrate_method=calibration_method(method), nodes_to_exclude=list(exclude), **cached)
-    except Exception as e:
-        raise ConversionError(f"{model}: onnxruntime could not quantize it ({first_line(e, named=True)})") from None
 
 
 def fold_identities(graph, model: Path, tmp: Path) -> Path:

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ConversionError, InputError
 from ..storage.atomic import atomic_output, refuse_existing
 from .calibration import PICKED, CalibrationSet, read_calibration
 from .cpu import detect
@@ -110,20 +110,20 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: str 
     then."""
     model, out = Path(model), Path(out)
     if method not in METHODS:
-        raise ConversionError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+        raise InputError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
     if float_layers not in CHOICES:
-        raise ConversionError(f"--float-layers must be one of {', '.join(CHOICES)}; got {float_layers!r}")
+        raise InputError(f"--float-layers must be one of {', '.join(CHOICES)}; got {float_layers!r}")
     if not isinstance(min_agreement, int | float) or not 0 < min_agreement <= 1:
-        raise ConversionError(f"--min-agreement must be a share of cells in (0, 1]; got {min_agreement!r}")
+        raise InputError(f"--min-agreement must be a share of cells in (0, 1]; got {min_agreement!r}")
     if (out.exists() and model.exists() and os.path.samefile(out, model)) or out.resolve() == model.resolve():
-        raise ConversionError(f"{out} is the input model; fc2conv never modifies its input: name another output")
+        raise InputError(f"{out} is the input model; fc2conv never modifies its input: name another output")
     refuse_existing(out, force=force)
     source = DenseModel(model)
     graph = load(model)
     found = sorted({node.op_type for node in graph.graph.node} & QUANTIZED_OPS)
     if found or source.model_precision != "fp32":
         why = f"it has {', '.join(found)} nodes" if found else f"its metadata says precision {source.model_precision}"
-        raise ConversionError(f"{model} is already quantized ({why}); quantize its float32 source instead")
+        raise InputError(f"{model} is already quantized ({why}); quantize its float32 source instead")
     explicit = None if float_layers == "auto" else chosen_layers(graph, float_layers)
     inputs = read_calibration(calibration, source, max_pixels=max_pixels)
     full_range = detect().exact_int8_sums  # 8-bit weights where int8 products are summed exactly (module docstring)
@@ -165,7 +165,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: str 
         result = load(chosen.path)
         check_dynamic(graph, result, model)
         set_metadata(result, {"precision": "int8", "calibration": summary, "drift": chosen.drift.to_dict(),
-                              "float_layers": list(chosen.nodes)})
+                         "float_layers": list(chosen.nodes)})
         import onnx
 
         with atomic_output(out, force=force) as written:

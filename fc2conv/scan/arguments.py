@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import ConversionError
+from ..errors import InputError, ScanError
 from ..storage.atomic import refuse_existing
 from ..storage.paths import check_apart
 from . import dispatch, stitch
@@ -43,24 +43,24 @@ def check_arguments(out: Path, model: Path, source: Path, *, tile, workers, sche
     other and from the inputs (`fc2conv.storage.paths`), its folder can be written, and it does not exist yet unless
     `force` (or, for `out`, `resume`)."""
     if dtype not in DTYPES:
-        raise ConversionError(f"--dtype must be float32 or float16; got {dtype!r}")
+        raise InputError(f"--dtype must be float32 or float16; got {dtype!r}")
     if not isinstance(tile, int) or tile < 1:
-        raise ConversionError(f"--tile must be a positive number of pixels; got {tile!r}")
+        raise InputError(f"--tile must be a positive number of pixels; got {tile!r}")
     if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 0):
-        raise ConversionError(f"--context must be a whole number of pixels, 0 or more; got {context!r}")
+        raise InputError(f"--context must be a whole number of pixels, 0 or more; got {context!r}")
     if context is not None and not approximate:
-        raise ConversionError(f"--context {context} widens the halo of an --approximate scan; without --approximate "
-                              "each tile's halo is the model's receptive field: drop --context or pass --approximate")
+        raise InputError(f"--context {context} widens the halo of an --approximate scan; without --approximate "
+                         "each tile's halo is the model's receptive field: drop --context or pass --approximate")
     if workers is not None and scheduler is not None:
-        raise ConversionError("give --workers (a local cluster) or --scheduler (a running one), not both")
+        raise InputError("give --workers (a local cluster) or --scheduler (a running one), not both")
     if workers is not None and workers < 1:
-        raise ConversionError(f"--workers must be at least 1; got {workers}")
+        raise InputError(f"--workers must be at least 1; got {workers}")
     if scheduler is not None:
         dispatch.check_scheduler(scheduler)
     if not 0 < threshold <= 1 or not 0 < iou <= 1:
-        raise ConversionError(f"--threshold and --iou must be in (0, 1]; got {threshold} and {iou}")
+        raise InputError(f"--threshold and --iou must be in (0, 1]; got {threshold} and {iou}")
     if not model.is_file():
-        raise ConversionError(f"{model}: no such model file")
+        raise InputError(f"{model}: no such model file")
     targets = {"overview": overview, "detections": detections,
                "geojson": detections and Path(detections).with_suffix(".geojson"), "ome_tiff": ome_tiff}
     targets = {name: Path(path) for name, path in targets.items() if path is not None}
@@ -72,19 +72,19 @@ def check_arguments(out: Path, model: Path, source: Path, *, tile, workers, sche
     check_apart(flags, inputs)
     for path in flags.values():
         if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
-            raise ConversionError(f"cannot write {path}: directory {path.parent} does not exist or is not writable")
+            raise InputError(f"cannot write {path}: directory {path.parent} does not exist or is not writable")
     if not resume:
         refuse_existing(out, force=force)
     if out.exists() and not _is_store(out):  # even --force replaces only a scan's own store: a folder may hold anything
-        raise ConversionError(f"--out {out} exists and is not the store of a scan; fc2conv replaces only its own "
-                              "stores, even with --force: name another output")
+        raise ScanError(f"--out {out} exists and is not the store of a scan; fc2conv replaces only its own "
+                         "stores, even with --force: name another output")
     partial = stitch.partial_path(out)
     if partial.exists() and not (resume or force):
-        raise ConversionError(f"an unfinished scan of {out} is at {partial}: pass --resume to continue it or --force "
-                              "to start again")
+        raise ScanError(f"an unfinished scan of {out} is at {partial}: pass --resume to continue it or --force "
+                         "to start again")
     for name, path in targets.items():
         if path.is_dir():  # even --force replaces only files here: a folder may hold anything
-            raise ConversionError(f"{_FLAGS[name]} {path} is a directory; give a file name to write")
+            raise InputError(f"{_FLAGS[name]} {path} is a directory; give a file name to write")
         refuse_existing(path, force=force)
     return targets
 

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-from ..errors import ConversionError, first_line
+from ..errors import InputError, ScanError, first_line
 from . import tasks
 from .samples import TileReport
 from .stitch import Job
@@ -37,7 +37,7 @@ _ADDRESS = re.compile(r"^(tcp|tls)://(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+/?$") 
 
 def check_scheduler(address: str) -> None:
     if not _ADDRESS.match(address):
-        raise ConversionError(f"--scheduler must be tcp://HOST:PORT (or tls://); got {address!r}")
+        raise InputError(f"--scheduler must be tcp://HOST:PORT (or tls://); got {address!r}")
 
 
 def worker_threads(workers: int | None) -> int | None:
@@ -82,9 +82,9 @@ def _submit_all(client, job: Job, tiles: list[Tile], advance: Callable[..., None
         for future in as_completed(futures, loop=client.loop):
             advance(future.result(), tiles=futures[future])
     except KilledWorker as e:
-        raise ConversionError(f"a task killed one worker after another ({first_line(e, limit=120)}): a tile may "
-                              "need more memory than a worker has; try a smaller --tile (with --force to start "
-                              "again)") from None
+        raise ScanError(f"a task killed one worker after another ({first_line(e, limit=120)}): a tile may "
+                        "need more memory than a worker has; try a smaller --tile (with --force to start "
+                        "again)") from None
     finally:
         client.cancel(list(futures))
 
@@ -120,8 +120,8 @@ def _client(workers: int | None, scheduler: str | None) -> Iterator:
         try:
             client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT}s", set_as_default=False)
         except (OSError, TimeoutError) as e:
-            raise ConversionError(f"cannot reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT} s "
-                                  f"({first_line(e, named=True)}); is it running, and is the address right?") from None
+            raise ScanError(f"cannot reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT} s "
+                            f"({first_line(e, named=True)}); is it running, and is the address right?") from None
         with client:
             yield client
         return

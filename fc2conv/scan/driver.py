@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import BackendError, InputError, ScanError
 from ..runtime.backends import AUTO, check_backend
 from ..runtime.cpu import PrecisionWarning
 from ..runtime.images import MAX_PIXELS
@@ -112,9 +112,10 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     the halo of one window (rounded up to whole strides); an approximate scan measures its seams against one pass
     over the tiles around a tile corner and records them as `approximate_seam` (`fc2conv.scan.seams`).
 
-    `ConversionError` for bad arguments and inputs, before anything is written; `BadInput` (a `ConversionError`)
-    when a tile meets NaN or infinite samples mid-scan, and the unfinished store is removed (left, and named, when
-    tiles ran on a `scheduler`'s cluster, where running tasks may still write to it); `ConversionError` (or the
+    `InputError` for bad arguments and inputs, before anything is written (`ScanError` for a store it cannot resume,
+    `BackendError` for a backend that cannot run the model); `BadInput` (an `InputError`) when a tile meets NaN or
+    infinite samples mid-scan, and the unfinished store is removed (left, and named, when
+    tiles ran on a `scheduler`'s cluster, where running tasks may still write to it); `ScanError` (or the
     interrupt itself) when writing the outputs fails once the tiles are done, every output path then as it was
     before the call (`fc2conv.scan.finish`). `SampleRangeWarning` after a scan that read float samples outside
     [0, 1].
@@ -136,7 +137,7 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
         warnings.warn(dense.caution, PrecisionWarning, stacklevel=2)
     halo, field, approximate = seams.halo(dense.metadata, str(model), approximate, context)
     src = open_source(source, channels=dense.channels, reader=reader, level=level, mpp=mpp, max_pixels=max_pixels)
-    dense.preprocess(src.read(0, 0, 1, 1))  # the model takes these samples (channels, type), or ConversionError
+    dense.preprocess(src.read(0, 0, 1, 1))  # the model takes these samples (channels, type), or InputError
     stride, window = tuple(dense.metadata["stride"]), tuple(dense.metadata["window"])
     placement = src.placement(stride, window)
     cells = tuple(_map_length(dense, axis, src.size[axis], stride, window, halo) for axis in range(2))
@@ -153,8 +154,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
         spec = _choose_path(dense, spec, src, chosen_tiles[0])
     chosen = outputs.choose_classes(classes, labels)
     if ome_tiff is not None and len(chosen) > qupath.MAX_CHANNELS:  # each channel is a plane of the slide's size
-        raise ConversionError(f"--ome-tiff {ome_tiff}: {len(chosen)} classes would make {len(chosen)} channels of the "
-                              f"slide's full size; choose at most {qupath.MAX_CHANNELS} with --classes")
+        raise InputError(f"--ome-tiff {ome_tiff}: {len(chosen)} classes would make {len(chosen)} channels of the "
+                         f"slide's full size; choose at most {qupath.MAX_CHANNELS} with --classes")
     run = {"model_sha256": spec.sha256, "source": src.spec.path, "reader": src.spec.reader, "level": src.spec.level,
            "source_size_and_mtime": list(src.spec.stamp), "tile": tile, "dtype": dtype, "approximate": approximate,
            "context": context or None, "backend": spec.backend, "precision": spec.precision,
@@ -189,7 +190,7 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
                            "cluster may write to it: remove it") from None
         raise
     if not stitch.done_mask(store).all():
-        raise ConversionError(f"some tiles of {store} were not written; run again with --resume")
+        raise ScanError(f"some tiles of {store} were not written; run again with --resume")
     # A store begun by an older fc2conv records no placement: this scan's source is the same level of the same file.
     attrs = {**attrs, "placement": attrs.get("placement") or placement.to_attrs(),
              "outputs": {name: str(path.resolve()) for name, path in targets.items()}}
@@ -219,8 +220,8 @@ def _choose_path(dense, spec: ModelSpec, src, first) -> ModelSpec:
 def _require(*modules: str) -> None:
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
-        raise ConversionError(f"fc2conv scan needs {', '.join(missing)}: pip install 'fc2conv[scan]' (on Python 3.11 "
-                              "or later, which zarr 3 requires)")
+        raise BackendError(f"fc2conv scan needs {', '.join(missing)}: pip install 'fc2conv[scan]' (on Python 3.11 "
+                           "or later, which zarr 3 requires)")
 
 
 def _map_length(dense, axis: int, length: int, stride: tuple, window: tuple, halo: tuple) -> int:
@@ -241,8 +242,8 @@ def _masked(mask, src, placement, plan, stride, window, max_pixels) -> tuple | N
     opened = open_mask(mask, source=src, placement=placement, grid=CellGrid(stride, window), max_pixels=max_pixels)
     chosen = selection.select(plan, opened)
     if not chosen.tiles:
-        raise ConversionError(f"--mask {mask} covers no cell of the {plan.cells[0]}×{plan.cells[1]} map (no window "
-                              "centre lies inside it): there is nothing to scan")
+        raise ScanError(f"--mask {mask} covers no cell of the {plan.cells[0]}×{plan.cells[1]} map (no window "
+                        "centre lies inside it): there is nothing to scan")
     return opened, chosen
 
 

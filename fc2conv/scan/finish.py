@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConversionError, first_line
+from ..errors import ConversionError, ScanError, first_line
 from ..storage.atomic import staged_outputs
 from . import ngff, outputs, qupath, stitch
 from .overview import overview
@@ -52,7 +52,7 @@ def finish(store: Path, out: Path, targets: dict[str, Path], chosen: list[int], 
         said = str(e) if isinstance(e, ConversionError) else f"could not finish {out}: {first_line(e)}"
         kept = ("this scan's store was removed" if created is not None else
                 f"{store} keeps its tiles: run again with --resume")
-        raise ConversionError(f"{said}; no output was changed, and {kept}") from e
+        raise ScanError(f"{said}; no output was changed, and {kept}") from e
 
 
 def _write(store: Path, staging: dict[str, Path], chosen: list[int], attrs: dict[str, Any], placement: Placement, *,

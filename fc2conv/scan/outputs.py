@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import InputError
 
 __all__ = ["Detection", "choose_classes", "class_colors", "detections", "probability_chunks", "write_csv",
            "write_geojson"]
@@ -63,8 +63,8 @@ def choose_classes(classes: list[str] | None, labels: list[str]) -> list[int]:
         elif name.isdigit() and int(name) < len(labels):
             chosen.append(int(name))
         else:
-            raise ConversionError(f"--classes {name!r} is neither a label nor an index of the model's {len(labels)} "
-                                  f"classes ({', '.join(labels[:12])}{' …' if len(labels) > 12 else ''})")
+            raise InputError(f"--classes {name!r} is neither a label nor an index of the model's {len(labels)} "
+                             f"classes ({', '.join(labels[:12])}{' …' if len(labels) > 12 else ''})")
     return sorted(set(chosen))
 
 

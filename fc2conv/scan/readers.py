@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import ConversionError, InputError, first_line, translated
 from ..runtime.images import load_image
 from .placement import Placement
 from .samples import BadInput
@@ -64,8 +64,8 @@ class Source:
         except ConversionError:
             raise
         except OSError as e:
-            raise ConversionError(f"{self.spec.path}: cannot read rows {top}…{bottom - 1}, columns {left}…{right - 1}"
-                                  f" ({first_line(e, named=True)})") from None
+            raise InputError(f"{self.spec.path}: cannot read rows {top}…{bottom - 1}, columns {left}…{right - 1}"
+                             f" ({first_line(e, named=True)})") from None
         except Exception as e:  # decoders (imagecodecs, numcodecs, OpenSlide) raise types of their own on bad data
             raise BadInput(f"{self.spec.path}: cannot decode rows {top}…{bottom - 1}, columns {left}…{right - 1} "
                            f"({first_line(e, named=True)})") from None
@@ -91,7 +91,7 @@ def downsample(path: str, base: tuple[int, int], size: tuple[int, int], level: i
     pixels, which a header or a zarr shape may declare."""
     for index, shape in ((0, base), (level, size)):
         if min(shape) < 1:
-            raise ConversionError(f"{path}: level {index} is {shape[0]}×{shape[1]} pixels: it holds no image")
+            raise InputError(f"{path}: level {index} is {shape[0]}×{shape[1]} pixels: it holds no image")
     return base[0] / size[0], base[1] / size[1]
 
 
@@ -115,13 +115,13 @@ class AxesView:
     def __init__(self, array: Any, axes: str, source: str):
         axes = axes.upper()
         if "Y" not in axes or "X" not in axes or len(axes) != len(array.shape) or len(set(axes)) != len(axes):
-            raise ConversionError(f"{source}: cannot find the image's rows and columns among axes {axes!r} "
-                                  f"of shape {tuple(array.shape)}")
+            raise InputError(f"{source}: cannot find the image's rows and columns among axes {axes!r} "
+                             f"of shape {tuple(array.shape)}")
         channel = [a for a in axes if a in "SC" and array.shape[axes.index(a)] > 1]
         others = [a for a in axes if a not in "YXSC" and array.shape[axes.index(a)] > 1]
         if len(channel) > 1 or others:
-            raise ConversionError(f"{source}: axes {axes!r} of shape {tuple(array.shape)} hold more than one 2-D "
-                                  "image; fc2conv scans one plane of samples")
+            raise InputError(f"{source}: axes {axes!r} of shape {tuple(array.shape)} hold more than one 2-D "
+                             "image; fc2conv scans one plane of samples")
         self.array, self.axes = array, axes
         self.channel = channel[0] if channel else None
         self.size = (int(array.shape[axes.index("Y")]), int(array.shape[axes.index("X")]))
@@ -166,12 +166,11 @@ def _open_slide(path: str) -> Any:
     try:
         import openslide
     except ImportError as e:
-        raise ConversionError(f"{path}: reading whole-slide formats needs OpenSlide: pip install "
-                              f"'fc2conv[openslide]' ({first_line(e)})") from None
-    try:
+        raise InputError(f"{path}: reading whole-slide formats needs OpenSlide: pip install "
+                         f"'fc2conv[openslide]' ({first_line(e)})") from None
+    # OpenSlide raises its own error types, and OSError, for files it cannot open
+    with translated(InputError, f"{path}: OpenSlide cannot open it (", end=")", named=True):
         return openslide.OpenSlide(path)
-    except Exception as e:  # OpenSlide raises its own error types, and OSError, for files it cannot open
-        raise ConversionError(f"{path}: OpenSlide cannot open it ({first_line(e, named=True)})") from None
 
 
 def _slide_pixel_size(slide: Any) -> tuple[float, float] | None:
@@ -201,13 +200,13 @@ class ImageSource(Source):
             with Image.open(spec.path) as image:
                 width, height = image.size
         except (OSError, UnidentifiedImageError) as e:
-            raise ConversionError(f"{spec.path}: no reader understands it: not a TIFF, zarr or whole-slide file, "
-                                  f"and Pillow cannot open it ({first_line(e)})") from None
+            raise InputError(f"{spec.path}: no reader understands it: not a TIFF, zarr or whole-slide file, "
+                             f"and Pillow cannot open it ({first_line(e)})") from None
         if max_pixels is not None and width * height > max_pixels:
-            raise ConversionError(f"{spec.path} has {width * height:,} pixels, more than --max-pixels "
-                                  f"({max_pixels:,}): {Path(spec.path).suffix or 'this format'} files are decoded "
-                                  "whole; convert it to a tiled TIFF (e.g. `vips tiffsave IN OUT.tif --tile "
-                                  "--pyramid --bigtiff`) and scan that")
+            raise InputError(f"{spec.path} has {width * height:,} pixels, more than --max-pixels "
+                             f"({max_pixels:,}): {Path(spec.path).suffix or 'this format'} files are decoded "
+                             "whole; convert it to a tiled TIFF (e.g. `vips tiffsave IN OUT.tif --tile "
+                             "--pyramid --bigtiff`) and scan that")
         return [((height, width), None)]
 
     def _read(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:

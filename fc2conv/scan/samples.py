@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import InputError
 from .tiles import Tile
 
 __all__ = ["BadInput", "SampleRangeWarning", "TileReport", "check", "range_warning"]
 
 
-class BadInput(ConversionError):
+class BadInput(InputError):
     """The input's pixel data cannot be scanned (undecodable, NaN or infinite samples). Resuming would meet the same
     data, so a scan stopped by it removes the unfinished store it started."""
 

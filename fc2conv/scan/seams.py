@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ScanError
 from ..runtime.metadata import ONE_CELL
 from ..shapes import sizes_from_json, sizes_taken
 from . import tiles
@@ -41,13 +41,13 @@ def halo(metadata: dict[str, Any], model: str, approximate: bool, context: int |
     the metadata has one, else, if `approximate`, a window plus `context` pixels, else `ConversionError` saying
     why."""
     if metadata["mode"] in ONE_CELL or len(metadata["input_shape"]) != 3:
-        raise ConversionError(f"{model} is not a dense map of images (mode {metadata['mode']}, input "
-                              f"{metadata['input_shape']}); export a 2-D model in dense mode to scan")
+        raise ScanError(f"{model} is not a dense map of images (mode {metadata['mode']}, input "
+                        f"{metadata['input_shape']}); export a 2-D model in dense mode to scan")
     sizes = sizes_from_json(metadata.get("sizes"))
     if sizes is not None:  # tiles are cut to the slide's edges and to the stride grid: not to such sizes
-        raise ConversionError(f"{model} runs only at {sizes_taken(sizes, metadata['window'])}, and a scan's tiles "
-                              "are cut to the slide's edges, so it cannot be scanned; run it on images of those sizes "
-                              "with fc2conv run")
+        raise ScanError(f"{model} runs only at {sizes_taken(sizes, metadata['window'])}, and a scan's tiles "
+                        "are cut to the slide's edges, so it cannot be scanned; run it on images of those sizes "
+                        "with fc2conv run")
     field, why_context = metadata.get("receptive_field"), metadata.get("context")
     why = (f"its cells see the whole input (global context: {why_context or 'e.g. squeeze-excitation pools'})"
            if metadata.get("exact", True) is False else
@@ -55,12 +55,12 @@ def halo(metadata: dict[str, Any], model: str, approximate: bool, context: int |
            "halo is known" if field is None else None)
     if why is None:
         if context:
-            raise ConversionError(f"--context {context}: {model} scans exactly (its receptive field gives each tile's "
-                                  "halo), so there are no seams to narrow; drop --context")
+            raise ScanError(f"--context {context}: {model} scans exactly (its receptive field gives each tile's "
+                            "halo), so there are no seams to narrow; drop --context")
         return tiles.halo_cells(field, metadata["stride"]), field, False
     if not approximate:
-        raise ConversionError(f"{model} cannot be scanned in tiles exactly: {why}. Pass --approximate "
-                              "(approximate=True) to scan with a halo of one window; the output is marked approximate")
+        raise ScanError(f"{model} cannot be scanned in tiles exactly: {why}. Pass --approximate "
+                        "(approximate=True) to scan with a halo of one window; the output is marked approximate")
     margins = [[w + (context or 0)] * 2 for w in metadata["window"]]
     return tiles.halo_cells(margins, metadata["stride"]), field, True
 

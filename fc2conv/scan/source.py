@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import InputError
 from ..runtime.images import MAX_PIXELS
 from .readers import ImageSource, SlideSource, Source, SourceSpec
 from .tiff import TiffSource
@@ -50,10 +50,10 @@ def open_source(path: str | os.PathLike, *, channels: int, reader: str = "auto",
     `TILE_MEMORY_BUDGET` to decode, or (for Pillow's formats) more than `max_pixels` pixels.
     """
     if reader not in READERS:
-        raise ConversionError(f"reader must be one of {', '.join(READERS)}; got {reader!r}")
+        raise InputError(f"reader must be one of {', '.join(READERS)}; got {reader!r}")
     path = Path(path)
     if not path.exists():
-        raise ConversionError(f"{path}: no such file or directory")
+        raise InputError(f"{path}: no such file or directory")
     kind = detect_reader(path) if reader == "auto" else reader
     stat = path.stat()
     spec = SourceSpec(str(path.resolve()), kind, 0, channels, (stat.st_size, stat.st_mtime_ns))
@@ -62,13 +62,13 @@ def open_source(path: str | os.PathLike, *, channels: int, reader: str = "auto",
     chosen = _choose_level(path, levels, level, mpp)
     source = opener(SourceSpec(spec.path, kind, chosen, channels, spec.stamp))
     if source.dtype.type not in _SAMPLE_TYPES:
-        raise ConversionError(f"{path}: samples of type {source.dtype} have no defined range; fc2conv scans uint8, "
-                              "uint16, bool or float samples in [0, 1]")
+        raise InputError(f"{path}: samples of type {source.dtype} have no defined range; fc2conv scans uint8, "
+                         "uint16, bool or float samples in [0, 1]")
     if source.chunk_bytes > TILE_MEMORY_BUDGET:
-        raise ConversionError(f"{path} stores its image in blocks that take {source.chunk_bytes / 2**30:,.1f} GiB "
-                              f"each to decode, more than the memory budget of {TILE_MEMORY_BUDGET / 2**30:g} GiB "
-                              "(fc2conv.scan.TILE_MEMORY_BUDGET); rewrite it in smaller tiles or chunks (e.g. `vips "
-                              "tiffsave IN OUT.tif --tile --pyramid --bigtiff`)")
+        raise InputError(f"{path} stores its image in blocks that take {source.chunk_bytes / 2**30:,.1f} GiB "
+                         f"each to decode, more than the memory budget of {TILE_MEMORY_BUDGET / 2**30:g} GiB "
+                         "(fc2conv.scan.TILE_MEMORY_BUDGET); rewrite it in smaller tiles or chunks (e.g. `vips "
+                         "tiffsave IN OUT.tif --tile --pyramid --bigtiff`)")
     return source
 
 
@@ -100,20 +100,20 @@ def _choose_level(path: Path, levels: list[tuple[tuple[int, int], tuple[float, f
                   level: int | None, mpp: float | None) -> int:
     """`levels` lists (size, pixel size in µm or None) from the finest level down."""
     if level is not None and mpp is not None:
-        raise ConversionError("give --level or --mpp, not both")
+        raise InputError("give --level or --mpp, not both")
     if level is not None:
         if not 0 <= level < len(levels):
-            raise ConversionError(f"{path} has levels 0 … {len(levels) - 1}; got --level {level}")
+            raise InputError(f"{path} has levels 0 … {len(levels) - 1}; got --level {level}")
         return level
     if mpp is None:
         return 0
     if mpp <= 0:
-        raise ConversionError(f"--mpp must be a positive pixel size in micrometres; got {mpp}")
+        raise InputError(f"--mpp must be a positive pixel size in micrometres; got {mpp}")
     sizes = [(i, math.sqrt(p[0] * p[1])) for i, (_, p) in enumerate(levels) if p is not None]
     if not sizes:
-        raise ConversionError(f"{path} records no pixel size, so --mpp cannot choose a level; use --level")
+        raise InputError(f"{path} records no pixel size, so --mpp cannot choose a level; use --level")
     best, found = min(sizes, key=lambda item: abs(math.log(item[1] / mpp)))
     if abs(found / mpp - 1) > _MPP_TOLERANCE:
         listed = ", ".join(f"level {i}: {p:.4g} µm" for i, p in sizes)
-        raise ConversionError(f"{path} has no level within 10% of {mpp} µm per pixel ({listed})")
+        raise InputError(f"{path} has no level within 10% of {mpp} µm per pixel ({listed})")
     return best

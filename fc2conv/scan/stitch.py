@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from ..errors import ScanError
 from .masks.selection import MASK
 from .samples import TileReport
 from .source import SourceSpec
@@ -93,21 +93,21 @@ def open_run(path: Path, run: dict[str, Any], plan: TilePlan, classes: int) -> t
         attrs = group.attrs.asdict()[ATTRS]
         shapes = (tuple(group["scores"].shape), tuple(group["scores"].chunks), tuple(group["done"].shape))
     except Exception:  # not a zarr group, or no fc2conv arrays or attributes: whatever zarr raises, not our store
-        raise ConversionError(not_ours) from None
+        raise ScanError(not_ours) from None
     if not isinstance(attrs, dict) or not isinstance(attrs.get("token"), str):
-        raise ConversionError(not_ours)
+        raise ScanError(not_ours)
     found = attrs.get("run") if isinstance(attrs.get("run"), dict) else {}
     found = {**_BEFORE_BACKENDS, **found}  # a store begun before scans chose a backend ran onnxruntime in fp32
     changed = [key for key in run if found.get(key) != run[key]]
     if changed:
         listed = "; ".join(f"{key}: {found.get(key)!r} then, {run[key]!r} now" for key in changed)
-        raise ConversionError(f"cannot resume {path}: it was started with other settings ({listed}); rerun with "
-                              "the same ones, or without --resume and with --force to start again")
+        raise ScanError(f"cannot resume {path}: it was started with other settings ({listed}); rerun with "
+                        "the same ones, or without --resume and with --force to start again")
     expected = ((classes, *plan.cells), (classes, *plan.chunk_cells), plan.grid)
     if shapes != expected:
-        raise ConversionError(f"cannot resume {path}: its arrays (scores {shapes[0]} in chunks {shapes[1]}, done "
-                              f"{shapes[2]}) are not this scan's ({expected[0]} in chunks {expected[1]}, done "
-                              f"{expected[2]}); rerun without --resume and with --force to start again")
+        raise ScanError(f"cannot resume {path}: its arrays (scores {shapes[0]} in chunks {shapes[1]}, done "
+                        f"{shapes[2]}) are not this scan's ({expected[0]} in chunks {expected[1]}, done "
+                        f"{expected[2]}); rerun without --resume and with --force to start again")
     return attrs["token"], attrs
 
 
@@ -148,7 +148,7 @@ def _arrays(store: str, token: str) -> tuple[Any, Any, Any]:
     group = zarr.open_group(store, mode="r+")
     attrs = group.attrs.asdict().get(ATTRS, {})
     if attrs.get("token") != token:
-        raise ConversionError(f"{store} was replaced by another scan while this one ran")
+        raise ScanError(f"{store} was replaced by another scan while this one ran")
     return group["scores"], group["done"], group[MASK] if attrs.get("run", {}).get("mask") else None
 
 

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from ..errors import ConversionError
+from ..errors import ScanError
 from . import stitch, worker
 from .samples import TileReport
 from .stitch import Job
@@ -102,7 +102,7 @@ def _done(store: str, token: str) -> Any:
 
     group = zarr.open_group(store, mode="r")
     if group.attrs.asdict().get(stitch.ATTRS, {}).get("token") != token:
-        raise ConversionError(f"{store} was replaced by another scan while this one ran")
+        raise ScanError(f"{store} was replaced by another scan while this one ran")
     return group["done"]
 
 

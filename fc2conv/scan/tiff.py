@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import ConversionError, InputError, first_line, translated
 from ..shapes import times
 from .quiet import silenced
 from .readers import UNITS_UM, AxesView, Source, SourceSpec, downsample, positive, scaled
@@ -49,18 +49,17 @@ class TiffSource(Source):
                 raise
             except Exception as e:  # tifffile raises many types for damaged files
                 self._file.close()
-                raise ConversionError(f"{spec.path}: cannot read level {spec.level} of it as a TIFF "
-                                      f"({first_line(e, named=True)})") from None
+                raise InputError(f"{spec.path}: cannot read level {spec.level} of it as a TIFF "
+                                 f"({first_line(e, named=True)})") from None
         self._view, self.size, self.samples, self.dtype = view, view.size, view.samples, np.dtype(level.dtype)
 
     @staticmethod
     def levels(spec: SourceSpec, max_pixels: int | None) -> list:
-        with silenced("tifffile"), _open_tiff(spec.path) as tif:
-            try:
-                levels = [tuple(level.shape[level.axes.index(a)] for a in "YX") for level in tif.series[0].levels]
-                pixel = _tiff_pixel_size(tif)
-            except Exception as e:  # tifffile parses the pyramid lazily and raises many types for damaged files
-                raise ConversionError(f"{spec.path}: cannot read its levels ({first_line(e, named=True)})") from None
+        # tifffile parses the pyramid lazily and raises many types for damaged files
+        with silenced("tifffile"), _open_tiff(spec.path) as tif, \
+                translated(InputError, f"{spec.path}: cannot read its levels (", end=")", named=True):
+            levels = [tuple(level.shape[level.axes.index(a)] for a in "YX") for level in tif.series[0].levels]
+            pixel = _tiff_pixel_size(tif)
         return [(size, scaled(pixel, downsample(spec.path, levels[0], size, index)))
                 for index, size in enumerate(levels)]
 
@@ -72,18 +71,17 @@ class TiffSource(Source):
 def _open_tiff(path: str) -> Any:
     import tifffile
 
-    try:
+    # tifffile raises many types for damaged files
+    with translated(InputError, f"{path}: cannot read it as a TIFF (", end=")", named=True):
         tif = tifffile.TiffFile(path)
-    except Exception as e:  # tifffile raises many types for damaged files
-        raise ConversionError(f"{path}: cannot read it as a TIFF ({first_line(e, named=True)})") from None
     try:
         holds_image = bool(tif.series) and "Y" in tif.series[0].axes and "X" in tif.series[0].axes
     except Exception as e:  # the series are parsed lazily, from metadata that may be damaged too
         tif.close()
-        raise ConversionError(f"{path}: cannot read it as a TIFF ({first_line(e, named=True)})") from None
+        raise InputError(f"{path}: cannot read it as a TIFF ({first_line(e, named=True)})") from None
     if not holds_image:
         tif.close()
-        raise ConversionError(f"{path}: cannot read it as a TIFF (it holds no image)")
+        raise InputError(f"{path}: cannot read it as a TIFF (it holds no image)")
     return tif
 
 
@@ -93,15 +91,15 @@ def _check_level(path: str, index: int, level: Any, tif: Any) -> None:
     pages = list(level.pages)
     missing = sum(page is None for page in pages)
     if missing:
-        raise ConversionError(f"{path}: {missing:,} of the {len(pages):,} pages of level {index} are missing")
+        raise InputError(f"{path}: {missing:,} of the {len(pages):,} pages of level {index} are missing")
     foreign = next((page.parent.filehandle.path for page in pages if page.parent is not tif), None)
     if foreign is not None:  # multi-file OME-TIFF: its XML names other files, even outside the folder
-        raise ConversionError(f"{path}: its OME metadata takes pages of level {index} from another file, {foreign}; "
-                              "fc2conv scans only the file it is given: write the image into one file")
+        raise InputError(f"{path}: its OME metadata takes pages of level {index} from another file, {foreign}; "
+                         "fc2conv scans only the file it is given: write the image into one file")
     declared, held = math.prod(level.shape), sum(math.prod(page.shape) for page in pages)
     if declared != held:
-        raise ConversionError(f"{path}: level {index} is declared {times(level.shape)} "
-                              f"({declared:,} samples) but its pages hold {held:,}")
+        raise InputError(f"{path}: level {index} is declared {times(level.shape)} "
+                         f"({declared:,} samples) but its pages hold {held:,}")
     end = os.path.getsize(path)
     for page in pages:
         _check_chunks(path, page, end)
@@ -116,21 +114,21 @@ def _check_chunks(path: str, page: Any, end: int) -> None:
     offsets = np.asarray(page.dataoffsets, dtype=np.uint64)
     counts = np.asarray(page.databytecounts, dtype=np.uint64)
     if len(offsets) != needed or len(counts) != needed:
-        raise ConversionError(f"{path}: its header declares a {key.imagelength:,}×{key.imagewidth:,} image, which "
-                              f"takes {needed:,} {kind} of {times(key.chunks[:2])}, but it lists "
-                              f"{min(len(offsets), len(counts)):,}: the header does not describe the data (a damaged "
-                              "or forged file)")
+        raise InputError(f"{path}: its header declares a {key.imagelength:,}×{key.imagewidth:,} image, which "
+                         f"takes {needed:,} {kind} of {times(key.chunks[:2])}, but it lists "
+                         f"{min(len(offsets), len(counts)):,}: the header does not describe the data (a damaged "
+                         "or forged file)")
     present = (offsets > 0) & (counts > 0)
     past = present & ((offsets > end) | (counts > end - np.minimum(offsets, np.uint64(end))))
     if past.any():
-        raise ConversionError(f"{path} is truncated: {int(past.sum()):,} of its {needed:,} {kind} end past the "
-                              f"file's {end:,} bytes")
+        raise InputError(f"{path} is truncated: {int(past.sum()):,} of its {needed:,} {kind} end past the "
+                         f"file's {end:,} bytes")
     if key.compression == 1 and key.bitspersample % 8 == 0 and present.all():
         stored = float(counts.sum(dtype=np.float64))  # float: forged counts may add up past 2**64
         if stored < key.nbytes:
-            raise ConversionError(f"{path}: its uncompressed {kind} ({stored:,.0f} bytes) cannot hold the "
-                                  f"{key.nbytes:,} bytes its declared {key.imagelength:,}×{key.imagewidth:,} image "
-                                  "takes")
+            raise InputError(f"{path}: its uncompressed {kind} ({stored:,.0f} bytes) cannot hold the "
+                             f"{key.nbytes:,} bytes its declared {key.imagelength:,}×{key.imagewidth:,} image "
+                             "takes")
 
 
 def _tiff_pixel_size(tif: Any) -> tuple[float, float] | None:

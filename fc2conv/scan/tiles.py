@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import ConversionError
+from ..errors import ScanError
 
 __all__ = ["MAX_TILES", "TILE_MEMORY_BUDGET", "Tile", "TilePlan", "check_memory", "halo_cells", "make_plan",
            "probe_start", "tile_bytes"]
@@ -155,17 +155,17 @@ def make_plan(image: Pair, *, stride: Pair, window: Pair, halo: tuple[Pair, Pair
     `MAX_TILES` tiles.
     """
     if image[0] < window[0] or image[1] < window[1]:
-        raise ConversionError(f"the image is {image[0]}×{image[1]}, smaller than the model's {window[0]}×{window[1]} "
-                              "window")
+        raise ScanError(f"the image is {image[0]}×{image[1]}, smaller than the model's {window[0]}×{window[1]} "
+                        "window")
     if tile < max(window):
-        raise ConversionError(f"--tile {tile} is smaller than the model's {window[0]}×{window[1]} window: a tile "
-                              "must hold at least one window")
+        raise ScanError(f"--tile {tile} is smaller than the model's {window[0]}×{window[1]} window: a tile "
+                        "must hold at least one window")
     plan = TilePlan(image, stride, window, halo, cells, tuple(tile // s for s in stride))
     count = plan.grid[0] * plan.grid[1]
     if count > MAX_TILES:
-        raise ConversionError(f"--tile {tile} cuts the {image[0]:,}×{image[1]:,} image into {count:,} tiles, more than "
-                              f"the {MAX_TILES:,} fc2conv plans (fc2conv.scan.tiles.MAX_TILES); give a larger --tile "
-                              "or scan a coarser --level")
+        raise ScanError(f"--tile {tile} cuts the {image[0]:,}×{image[1]:,} image into {count:,} tiles, more than "
+                        f"the {MAX_TILES:,} fc2conv plans (fc2conv.scan.tiles.MAX_TILES); give a larger --tile "
+                        "or scan a coarser --level")
     return plan
 
 
@@ -179,10 +179,10 @@ def check_memory(plan: TilePlan, tile: int | str, *, samples: int, sample_bytes:
     need = tile_bytes((rows, cols), plan.stride, plan.chunk_cells, samples=samples, sample_bytes=sample_bytes,
                       channels=channels, classes=classes, score_bytes=score_bytes, decode_bytes=decode_bytes)
     if need > budget:
-        raise ConversionError(f"--tile {tile} needs about {need / 2**30:.1f} GiB for one tile ({rows:,}×{cols:,} "
-                              f"pixels read with the halo, {classes} scores per cell), more than the budget of "
-                              f"{budget / 2**30:g} GiB (fc2conv.scan.TILE_MEMORY_BUDGET); give a smaller --tile "
-                              "(2048 is the default)")
+        raise ScanError(f"--tile {tile} needs about {need / 2**30:.1f} GiB for one tile ({rows:,}×{cols:,} "
+                        f"pixels read with the halo, {classes} scores per cell), more than the budget of "
+                        f"{budget / 2**30:g} GiB (fc2conv.scan.TILE_MEMORY_BUDGET); give a smaller --tile "
+                        "(2048 is the default)")
 
 
 def tile_bytes(read: Pair, stride: Pair, owned: Pair, *, samples: int, sample_bytes: int, channels: int, classes: int,

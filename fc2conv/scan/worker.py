@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import BackendError, ScanError, translated
 from ..runtime.model import DenseModel
 from ..storage.paths import file_sha256
 from . import samples
@@ -44,8 +44,8 @@ def load(spec: ModelSpec) -> DenseModel:
     """The model `spec` names, opened once per process (idle threads sleep rather than spin: see
     `fc2conv.runtime.backends`); `ConversionError` if its file changed since planning."""
     if not Path(spec.path).is_file() or file_sha256(spec.path) != spec.sha256:
-        raise ConversionError(f"{spec.path} is missing or changed since the scan started (SHA-256 differs); every "
-                              "worker must see the same model file")
+        raise ScanError(f"{spec.path} is missing or changed since the scan started (SHA-256 differs); every "
+                        "worker must see the same model file")
     return DenseModel(spec.path, backend=spec.backend, precision=spec.precision, threads=spec.threads)
 
 
@@ -54,11 +54,10 @@ def map_length(model: DenseModel, axis: int, length: int) -> int:
     shape = [1, model.channels, *(max(w, r) for w, r in zip(model.metadata["window"], model.reference, strict=True))]
     shape[2 + axis] = length
     x = np.zeros(shape, dtype=np.float32)
-    try:
+    # each backend raises its own error types for a model it cannot run
+    with translated(BackendError, f"{model.path}: {model.backend} failed on a {shape[2]}×{shape[3]} strip: ",
+                    named=True):
         scores = model.engine.run(x)
-    except Exception as e:  # each backend raises its own error types for a model it cannot run
-        raise ConversionError(f"{model.path}: {model.backend} failed on a {shape[2]}×{shape[3]} strip: "
-                              f"{first_line(e, named=True)}") from None
     return int(scores.shape[2 + axis])
 
 
@@ -80,6 +79,6 @@ def evaluate(model: ModelSpec, source: SourceSpec, tile: Tile,
     scores = dense.run(pixels, max_pixels=None).scores
     (dy, dx), (have_rows, have_cols) = tile.offset, scores.shape[1:]
     if dy + rows > have_rows or dx + cols > have_cols:
-        raise ConversionError(f"{model.path}: the tile at input {tile.read} gave a {have_rows}×{have_cols} map, too "
-                              f"small for its cells {tile.cells}; the model's stride or window metadata is wrong")
+        raise ScanError(f"{model.path}: the tile at input {tile.read} gave a {have_rows}×{have_cols} map, too "
+                        f"small for its cells {tile.cells}; the model's stride or window metadata is wrong")
     return scores[:, dy:dy + rows, dx:dx + cols], report

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import InputError, first_line, translated
 from .placement import Placement
 from .readers import UNITS_UM, AxesView, Source, SourceSpec, downsample
 
@@ -47,7 +47,7 @@ class ZarrSource(Source):
         self.spec = spec
         found = read_levels(spec.path)
         if not 0 <= spec.level < len(found.arrays):
-            raise ConversionError(f"{spec.path} has levels 0 … {len(found.arrays) - 1}; got --level {spec.level}")
+            raise InputError(f"{spec.path} has levels 0 … {len(found.arrays) - 1}; got --level {spec.level}")
         array = found.arrays[spec.level]
         self._view = AxesView(array, found.axes, found.names[spec.level])
         self.size, self.samples, self.dtype = self._view.size, self._view.samples, np.dtype(array.dtype)
@@ -81,26 +81,24 @@ def read_levels(path: str) -> Levels:
     docstring), with their axes, scales, names and transforms."""
     import zarr
 
-    try:
+    # zarr raises many types for stores it cannot open (metadata, codecs, layout)
+    with translated(InputError, f"{path}: cannot open it as a zarr array or group (", end=")", named=True):
         node = zarr.open(path, mode="r")
-    except Exception as e:  # zarr raises many types for stores it cannot open (metadata, codecs, layout)
-        raise ConversionError(f"{path}: cannot open it as a zarr array or group "
-                              f"({first_line(e, named=True)})") from None
     if isinstance(node, zarr.Array):
         return Levels([node], _guess_axes(node.shape, path), [None], [path], [None])
     field, first = _multiscale(node, path)
     axes, units = _axes(first, field, path)
     datasets = first.get("datasets")
     if not isinstance(datasets, list) or not datasets:
-        raise ConversionError(f"{path}: {field}.datasets must be a non-empty list of objects; got {_shown(datasets)}")
+        raise InputError(f"{path}: {field}.datasets must be a non-empty list of objects; got {_shown(datasets)}")
     arrays, scales, names, transforms = [], [], [], []
     for i, dataset in enumerate(datasets):
         where = f"{field}.datasets[{i}]"
         array = _dataset(node, path, dataset, where)
         axes = axes or _guess_axes(array.shape, f"{path} ({where})")
         if len(array.shape) != len(axes):
-            raise ConversionError(f"{path}: {where} is an array of shape {tuple(array.shape)}, not one dimension per "
-                                  f"axis of {field}.axes ({axes!r})")
+            raise InputError(f"{path}: {where} is an array of shape {tuple(array.shape)}, not one dimension per "
+                             f"axis of {field}.axes ({axes!r})")
         scale = _scale(dataset, where, len(axes), path)
         scales.append(_pixel_size(scale, axes, units))
         transforms.append((scale, _scale(dataset, where, len(axes), path, kind="translation")))
@@ -144,13 +142,13 @@ def _multiscale(node: Any, path: str) -> tuple[str, dict]:
     elif isinstance(ome, dict) and "multiscales" in ome:
         field, found = "ome.multiscales", ome["multiscales"]
     elif ome is not None and not isinstance(ome, dict):
-        raise ConversionError(f"{path}: its `ome` metadata must be an object; got {_shown(ome)}")
+        raise InputError(f"{path}: its `ome` metadata must be an object; got {_shown(ome)}")
     else:
         names = sorted(name for name, _ in node.arrays())
-        raise ConversionError(f"{path} is a zarr group without OME multiscales metadata; name one of its arrays "
-                              f"({', '.join(names) or 'it has none'}) as {path}/ARRAY")
+        raise InputError(f"{path} is a zarr group without OME multiscales metadata; name one of its arrays "
+                         f"({', '.join(names) or 'it has none'}) as {path}/ARRAY")
     if not isinstance(found, list) or not found or not isinstance(found[0], dict):
-        raise ConversionError(f"{path}: {field} must be a non-empty list of objects; got {_shown(found)}")
+        raise InputError(f"{path}: {field} must be a non-empty list of objects; got {_shown(found)}")
     return f"{field}[0]", found[0]
 
 
@@ -160,22 +158,22 @@ def _axes(first: dict, field: str, path: str) -> tuple[str, list[str | None]]:
         return "", []
     axes = first["axes"]
     if not isinstance(axes, list) or not axes:
-        raise ConversionError(f"{path}: {field}.axes must be a non-empty list of axis names or objects; got "
-                              f"{_shown(axes)}")
+        raise InputError(f"{path}: {field}.axes must be a non-empty list of axis names or objects; got "
+                         f"{_shown(axes)}")
     letters, units = [], []
     for i, axis in enumerate(axes):
         name, unit = (axis, None) if isinstance(axis, str) else \
             (axis.get("name"), axis.get("unit")) if isinstance(axis, dict) else (None, None)
         if not isinstance(name, str) or not name:
-            raise ConversionError(f"{path}: {field}.axes[{i}] must be a name or an object with a text `name`; got "
-                                  f"{_shown(axis)}")
+            raise InputError(f"{path}: {field}.axes[{i}] must be a name or an object with a text `name`; got "
+                             f"{_shown(axis)}")
         if unit is not None and not isinstance(unit, str):
-            raise ConversionError(f"{path}: {field}.axes[{i}].unit must be text; got {_shown(unit)}")
+            raise InputError(f"{path}: {field}.axes[{i}].unit must be text; got {_shown(unit)}")
         letters.append(name[0].upper())
         units.append(unit)
     if len(set(letters)) != len(letters):
-        raise ConversionError(f"{path}: {field}.axes {_shown([a if isinstance(a, str) else a['name'] for a in axes])}"
-                              " do not each start with another letter (fc2conv knows axes by their first letter)")
+        raise InputError(f"{path}: {field}.axes {_shown([a if isinstance(a, str) else a['name'] for a in axes])}"
+                         " do not each start with another letter (fc2conv knows axes by their first letter)")
     return "".join(letters), units
 
 
@@ -184,17 +182,16 @@ def _dataset(node: Any, path: str, dataset: Any, where: str) -> Any:
     import zarr
 
     if not isinstance(dataset, dict) or not isinstance(dataset.get("path"), str):
-        raise ConversionError(f"{path}: {where}.path is missing: each dataset is an object whose `path` names an "
-                              f"array in the store; got {_shown(dataset)}")
+        raise InputError(f"{path}: {where}.path is missing: each dataset is an object whose `path` names an "
+                         f"array in the store; got {_shown(dataset)}")
     name = dataset["path"]
     _check_inside(path, name, f"{where}.path")
-    try:
+    # zarr raises KeyError for a missing node, and many types for bad metadata below it
+    with translated(InputError, f"{path}: {where}.path {name!r} names no array zarr can open (", end=")",
+                    named=True):
         array = node[name]
-    except Exception as e:  # zarr raises KeyError for a missing node, and many types for bad metadata below it
-        raise ConversionError(f"{path}: {where}.path {name!r} names no array zarr can open "
-                              f"({first_line(e, named=True)})") from None
     if not isinstance(array, zarr.Array):
-        raise ConversionError(f"{path}: {where}.path {name!r} names a group, not an array")
+        raise InputError(f"{path}: {where}.path {name!r} names a group, not an array")
     return array
 
 
@@ -203,8 +200,8 @@ def _check_inside(store: str, name: str, field: str) -> None:
     below it, resolves inside `store` after following symbolic links."""
     parts = name.split("/")
     if name.startswith(("/", "\\")) or any(part in ("", ".", "..") for part in parts):
-        raise ConversionError(f"{store}: {field} {name!r} is not a path inside the store (no '..', '.', empty or "
-                              "absolute parts); fc2conv reads nothing outside the store it is given")
+        raise InputError(f"{store}: {field} {name!r} is not a path inside the store (no '..', '.', empty or "
+                         "absolute parts); fc2conv reads nothing outside the store it is given")
     check_contained(store, os.path.join(os.path.realpath(store), *parts), f"{field} {name!r}")
 
 
@@ -219,17 +216,17 @@ def check_contained(store: str | os.PathLike, start: str | os.PathLike, what: st
         resolved = os.path.realpath(entry)
         shown = repr(os.path.relpath(entry, root))  # names in a store can hold anything, line breaks too
         if os.path.commonpath([root, resolved]) != root:
-            raise ConversionError(f"{store}: {what} leads out of the store through a symbolic link ({shown} → "
-                                  f"{resolved!r}); fc2conv reads nothing outside the store it is given")
+            raise InputError(f"{store}: {what} leads out of the store through a symbolic link ({shown} → "
+                             f"{resolved!r}); fc2conv reads nothing outside the store it is given")
         if not regular:
             continue
         try:
             mode = os.stat(entry).st_mode
         except OSError as e:  # a dangling link, or one in a loop
-            raise ConversionError(f"{store}: {shown} cannot be read ({first_line(e)})") from None
+            raise InputError(f"{store}: {shown} cannot be read ({first_line(e)})") from None
         if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-            raise ConversionError(f"{store}: {shown} is neither a folder nor a regular file (a pipe, socket or "
-                                  "device); a scan's store holds only folders and files")
+            raise InputError(f"{store}: {shown} is neither a folder nor a regular file (a pipe, socket or "
+                             "device); a scan's store holds only folders and files")
 
 
 def _scale(dataset: dict, where: str, dimensions: int, path: str, kind: str = "scale") -> list[float] | None:
@@ -237,19 +234,19 @@ def _scale(dataset: dict, where: str, dimensions: int, path: str, kind: str = "s
     "translation" its `translation` (one finite number per axis); None when it has none."""
     transforms = dataset.get("coordinateTransformations", [])
     if not isinstance(transforms, list):
-        raise ConversionError(f"{path}: {where}.coordinateTransformations must be a list; got {_shown(transforms)}")
+        raise InputError(f"{path}: {where}.coordinateTransformations must be a list; got {_shown(transforms)}")
     for j, transform in enumerate(transforms):
         if not isinstance(transform, dict):
-            raise ConversionError(f"{path}: {where}.coordinateTransformations[{j}] must be an object; got "
-                                  f"{_shown(transform)}")
+            raise InputError(f"{path}: {where}.coordinateTransformations[{j}] must be an object; got "
+                             f"{_shown(transform)}")
         if transform.get("type") != kind or kind not in transform:
             continue  # another transformation, or one kept in a file of its own
         values = transform[kind]
         good = _positive_number if kind == "scale" else _finite_number
         if not isinstance(values, list) or len(values) != dimensions or not all(good(v) for v in values):
             what = "positive" if kind == "scale" else "finite"
-            raise ConversionError(f"{path}: {where}.coordinateTransformations[{j}].{kind} must list {dimensions} "
-                                  f"{what} numbers, one per axis; got {_shown(values)}")
+            raise InputError(f"{path}: {where}.coordinateTransformations[{j}].{kind} must list {dimensions} "
+                             f"{what} numbers, one per axis; got {_shown(values)}")
         return values
     return None
 
@@ -285,5 +282,5 @@ def _guess_axes(shape: tuple[int, ...], path: str) -> str:
         return "YXS"
     if len(shape) == 3 and shape[0] <= 4:
         return "SYX"
-    raise ConversionError(f"{path}: a zarr array of shape {tuple(shape)} is not an image (Y×X, Y×X×C or C×Y×X "
-                          "with at most 4 channels); write OME-Zarr metadata to name its axes")
+    raise InputError(f"{path}: a zarr array of shape {tuple(shape)} is not an image (Y×X, Y×X×C or C×Y×X "
+                     "with at most 4 channels); write OME-Zarr metadata to name its axes")

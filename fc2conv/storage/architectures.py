@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConversionError, first_line
+from ..errors import BackendError, InputError, first_line
 
 __all__ = ["DEFAULT_INPUT_SHAPE", "TIMM_PREFIX", "build", "build_from_file", "default_input_shape"]
 
@@ -86,38 +86,38 @@ def build_from_file(model_def: str, num_classes: int | None = None, args: Sequen
 
     file, sep, factory = model_def.rpartition(":")
     if not sep or not file or not factory.isidentifier():
-        raise ConversionError(f"--model-def must be FILE.py:FACTORY (e.g. models/small_cnn.py:SmallCNN), "
-                              f"got {model_def!r}")
+        raise InputError(f"--model-def must be FILE.py:FACTORY (e.g. models/small_cnn.py:SmallCNN), "
+                         f"got {model_def!r}")
     path = Path(file)
     if not path.is_file():
-        raise ConversionError(f"--model-def: {path} is not a file")
+        raise InputError(f"--model-def: {path} is not a file")
     name = f"fc2conv_model_def_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ConversionError(f"--model-def: {path} cannot be imported as Python (name it .py)")
+        raise InputError(f"--model-def: {path} cannot be imported as Python (name it .py)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look modules up here
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except Exception as e:  # the user's file may raise anything; chained so its traceback shows where
         sys.modules.pop(name, None)
-        raise ConversionError(f"--model-def: importing {path} failed: {first_line(e, named=True)}") from e
+        raise InputError(f"--model-def: importing {path} failed: {first_line(e, named=True)}") from e
     make = getattr(module, factory, None)
     if not callable(make):
         found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise ConversionError(f"--model-def: {path} defines no callable {factory!r}; it has {', '.join(found)}")
+        raise InputError(f"--model-def: {path} defines no callable {factory!r}; it has {', '.join(found)}")
     kwargs = {**(kwargs or {}), **({} if num_classes is None else {"num_classes": num_classes})}
     call = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
     try:
         model = make(*args, **kwargs)
-    except Exception as e:
+    except Exception as e:  # the user's factory may raise anything; chained so its traceback shows where
         hint = ("; pass its arguments with --model-arg VALUE (in order) or --model-arg NAME=VALUE"
                 if isinstance(e, TypeError) else "")
-        raise ConversionError(f"--model-def: calling {factory}({call}) failed: {first_line(e, named=True)}"
-                              f"{hint}") from e
+        raise InputError(f"--model-def: calling {factory}({call}) failed: {first_line(e, named=True)}"
+                         f"{hint}") from e
     if not isinstance(model, nn.Module):
-        raise ConversionError(f"--model-def: {factory}({call}) returned a {type(model).__name__}, not a "
-                              "torch.nn.Module")
+        raise InputError(f"--model-def: {factory}({call}) returned a {type(model).__name__}, not a "
+                         "torch.nn.Module")
     return model
 
 
@@ -129,8 +129,8 @@ def _check_torchvision(arch: str) -> None:
     if arch not in names:
         close = [n for n in names if arch.lower().rstrip("_0123456789") in n][:8]
         hint = f"; did you mean one of {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
-        raise ConversionError(f"--arch {arch!r} is not a torchvision classification model{hint} (timm models are "
-                              f"{TIMM_PREFIX}NAME)")
+        raise InputError(f"--arch {arch!r} is not a torchvision classification model{hint} (timm models are "
+                         f"{TIMM_PREFIX}NAME)")
 
 
 def _timm(arch: str) -> Any:
@@ -138,10 +138,10 @@ def _timm(arch: str) -> Any:
     try:
         import timm
     except ImportError:
-        raise ConversionError(f"--arch {arch}: timm is not installed; pip install timm (or fc2conv[timm])") from None
+        raise BackendError(f"--arch {arch}: timm is not installed; pip install timm (or fc2conv[timm])") from None
     name = arch.removeprefix(TIMM_PREFIX)
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.rstrip('_0123456789')}*")[:8]
         hint = f"; did you mean one of {', '.join(close)}?" if close else "; see timm.list_models()"
-        raise ConversionError(f"--arch {arch!r} is not a timm model{hint}")
+        raise InputError(f"--arch {arch!r} is not a timm model{hint}")
     return timm

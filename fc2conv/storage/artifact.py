@@ -32,7 +32,7 @@ from torch import nn
 from ..compat import size_oblivious_export
 from ..conversion.geometry import Geometry, geometry
 from ..conversion.verification import max_errors, tolerance
-from ..errors import ConversionError, first_line, reported
+from ..errors import ConversionError, InputError, first_line, reported, translated
 from ..runtime.metadata import ONE_CELL, axis_names
 from ..shapes import map_size
 from .atomic import refuse_existing
@@ -86,16 +86,14 @@ def export_program(converted: nn.Module) -> torch.export.ExportedProgram:
     tolerance of its dtype) at the reference size or at a larger one.
     """
     if getattr(converted, "fc2conv", None) is None:
-        raise ConversionError("export_program needs a model returned by fc2conv.convert")
+        raise InputError("export_program needs a model returned by fc2conv.convert")
     reference = map_size(converted.fc2conv.input_shape)
     name = next(iter(inspect.signature(converted.forward).parameters))
     dims = dynamic_dims(reference)
     example = _example_input(converted)
-    try:
-        with size_oblivious_export():
-            program = torch.export.export(converted, (example,), dynamic_shapes={name: dims})
-    except Exception as e:
-        raise ConversionError(f"torch.export failed on the converted model: {first_line(e, named=True)}") from e
+    with translated(ConversionError, "torch.export failed on the converted model: ", named=True), \
+            size_oblivious_export():
+        program = torch.export.export(converted, (example,), dynamic_shapes={name: dims})
     reference = example[(slice(0, 1), slice(None), *(slice(0, r) for r in reference))]
     for x in (reference, example):
         with torch.no_grad():
@@ -126,10 +124,10 @@ def save(converted: nn.Module, path: str | os.PathLike, *, recipe: Recipe, force
     path = Path(path)
     info = getattr(converted, "fc2conv", None)
     if info is None:
-        raise ConversionError("save needs a model returned by fc2conv.convert")
+        raise InputError("save needs a model returned by fc2conv.convert")
     if (tuple(recipe.input_shape), recipe.mode) != (tuple(info.input_shape), info.mode):
-        raise ConversionError(f"the recipe ({recipe.input_shape}, {recipe.mode}) does not describe this model "
-                              f"({info.input_shape}, {info.mode})")
+        raise InputError(f"the recipe ({recipe.input_shape}, {recipe.mode}) does not describe this model "
+                         f"({info.input_shape}, {info.mode})")
     described = _description(converted, recipe)
     if path.suffix == EXPORT_SUFFIX:
         refuse_existing(path, force=force)  # before the export, which takes a while
@@ -142,8 +140,8 @@ def save(converted: nn.Module, path: str | os.PathLike, *, recipe: Recipe, force
         metadata = {RECIPE_KEY: recipe.to_json(), "fc2conv": json.dumps(described)}
         save_state_dict(converted.state_dict(), path, force=force, metadata=metadata)
     else:
-        raise ConversionError(f"{path}: unknown output format; name it {EXPORT_SUFFIX} (torch.export), "
-                              f".safetensors or .pt (weights + recipe)")
+        raise InputError(f"{path}: unknown output format; name it {EXPORT_SUFFIX} (torch.export), "
+                         f".safetensors or .pt (weights + recipe)")
     return path
 
 
@@ -155,24 +153,24 @@ def read_recipe(path: str | os.PathLike) -> Recipe:
         return Recipe.from_json(json.dumps(text), source=str(path))
     text = read_metadata(path).get(RECIPE_KEY)
     if text is None:
-        raise ConversionError(f"{path} holds no fc2conv recipe: it is not an artifact written by "
-                              "`fc2conv convert` (for an original checkpoint give --arch or --model-def)")
+        raise InputError(f"{path} holds no fc2conv recipe: it is not an artifact written by "
+                         "`fc2conv convert` (for an original checkpoint give --arch or --model-def)")
     return Recipe.from_json(text, source=str(path))
 
 
 def _read_extra(path: Path) -> str:
     """fc2conv's JSON from a `.pt2` archive, read as text: no program is loaded, nothing is unpickled."""
     if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     try:
         with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith(f"/extra/{EXTRA_FILE}")), None)
             text = archive.read(name).decode() if name else ""
     except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path} is not a readable torch.export program ({first_line(e)})") from None
+        raise InputError(f"{path} is not a readable torch.export program ({first_line(e)})") from None
     if not text:
-        raise ConversionError(f"{path} is a torch.export program without fc2conv's {EXTRA_FILE}; it was not "
-                              "written by fc2conv")
+        raise InputError(f"{path} is a torch.export program without fc2conv's {EXTRA_FILE}; it was not "
+                         "written by fc2conv")
     return text
 
 
@@ -211,7 +209,7 @@ def load(path: str | os.PathLike, *, model_def: str | None = None, trust_pickle:
     recipe = read_recipe(path)
     if recipe.model_def is not None:
         if model_def is None:
-            raise ConversionError(
+            raise InputError(
                 f"{path} was converted from the model definition {recipe.model_def}; running it executes that "
                 f"file's code, so pass it explicitly: --model-def / model_def={recipe.model_def!r}"
             )

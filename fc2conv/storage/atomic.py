@@ -11,7 +11,7 @@ import signal
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from ..errors import ConversionError
+from ..errors import ConversionError, InputError
 
 __all__ = ["atomic_output", "refuse_existing", "staged_outputs"]
 
@@ -19,7 +19,7 @@ __all__ = ["atomic_output", "refuse_existing", "staged_outputs"]
 def refuse_existing(path: str | os.PathLike, *, force: bool) -> None:
     """`ConversionError` if `path` exists and `force` is off; writers call it before slow work, too."""
     if os.path.exists(path) and not force:
-        raise ConversionError(f"{os.fspath(path)} already exists; pass --force (force=True) to overwrite it")
+        raise InputError(f"{os.fspath(path)} already exists; pass --force (force=True) to overwrite it")
 
 
 @contextlib.contextmanager
@@ -34,13 +34,13 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
     """
     path = Path(path)
     if path.is_dir():
-        raise ConversionError(f"{path} is a directory; give a file name to write")
+        raise InputError(f"{path} is a directory; give a file name to write")
     refuse_existing(path, force=force)
     tmp = _hidden_sibling(path, "tmp")
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except OSError as e:
-        raise ConversionError(f"cannot write to directory {path.parent}: {e.strerror}") from None
+        raise InputError(f"cannot write to directory {path.parent}: {e.strerror}") from None
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -50,7 +50,7 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise ConversionError(f"could not write {path}: {e}") from e
+            raise InputError(f"could not write {path}: {e}") from e
         raise
     _sync_directory(path.parent)
 
@@ -92,7 +92,7 @@ def staged_outputs(paths: list[Path], *, force: bool = False,
                 failed = [path for stage, path in moves if named & {str(stage), str(path)}] or \
                     [path for _, path in moves]  # the file the error names, else every target
                 message = f"could not write {', '.join(map(str, failed))}: {message}"
-            raise ConversionError(message) from e
+            raise InputError(message) from e
         raise
     for directory in {path.parent for _, path in moves}:
         _sync_directory(directory)

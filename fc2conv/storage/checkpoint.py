@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from ..errors import ConversionError, first_line
+from ..errors import ConversionError, InputError, first_line, translated
 from .atomic import atomic_output
 from .unpickling import safe_torch_load
 
@@ -62,27 +62,23 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> S
     """
     path = Path(path)
     if not path.exists():
-        raise ConversionError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     if path.is_dir():
-        raise ConversionError(f"{path} is a directory, not a checkpoint file")
+        raise InputError(f"{path} is a directory, not a checkpoint file")
     if path.stat().st_size == 0:
-        raise ConversionError(f"{path} is empty (0 bytes): the download or save did not complete")
+        raise InputError(f"{path} is empty (0 bytes): the download or save did not complete")
     if path.suffix == ".safetensors":
         _refuse_duplicate_keys(path)
-        try:
+        with translated(InputError, f"{path} is not a valid safetensors file (", end="): its header does not match "
+                        "its data, so it is truncated or corrupted; re-download or re-save it"):
             found = load_file(path)
-        except Exception as e:
-            raise ConversionError(
-                f"{path} is not a valid safetensors file ({first_line(e)}): its header does not match its data, so "
-                "it is truncated or corrupted; re-download or re-save it"
-            ) from None
     else:
         loaded = _torch_load(path, trust_pickle)
         found = _find_state_dict(loaded)
         if found is None:
-            raise ConversionError(f"{path} holds no state dict: it is {_describe(loaded)}")
+            raise InputError(f"{path} holds no state dict: it is {_describe(loaded)}")
     if not found:
-        raise ConversionError(f"{path} holds no tensors: it is an empty state dict")
+        raise InputError(f"{path} holds no tensors: it is an empty state dict")
     return _strip_wrapper_prefixes(dict(found))
 
 
@@ -107,7 +103,7 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sourc
             _listing("unexpected in the file", unexpected),
             _listing("shape mismatches", mismatched),
         ]
-        raise ConversionError(
+        raise InputError(
             f"{source} does not fit this {type(model).__name__}; is it a checkpoint of another architecture "
             "or another number of classes?\n" + "\n".join(p for p in problems if p)
         )
@@ -131,9 +127,9 @@ def save_state_dict(
     """
     path = Path(path)
     if path.suffix != ".safetensors" and path.suffix not in TORCH_SUFFIXES:
-        raise ConversionError(f"{path}: unknown checkpoint format; name it .safetensors or .pt")
+        raise InputError(f"{path}: unknown checkpoint format; name it .safetensors or .pt")
     if metadata and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise ConversionError(f"{path}: metadata keys and values must be strings, got {metadata!r}")
+        raise InputError(f"{path}: metadata keys and values must be strings, got {metadata!r}")
     tensors = _own_storage(state_dict)
     with atomic_output(path, force=force) as tmp:
         if path.suffix == ".safetensors":
@@ -151,11 +147,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if path.suffix == ".safetensors":
         _refuse_duplicate_keys(path)
-        try:
-            with safe_open(path, framework="pt") as f:
-                return dict(f.metadata() or {})
-        except Exception as e:
-            raise ConversionError(f"{path} is not a readable safetensors file ({first_line(e)})") from None
+        with translated(InputError, f"{path} is not a readable safetensors file (", end=")"), \
+                safe_open(path, framework="pt") as f:
+            return dict(f.metadata() or {})
     loaded = _torch_load(path, trust_pickle=False)
     metadata = loaded.get("metadata") if isinstance(loaded, Mapping) else None
     if isinstance(metadata, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
@@ -174,14 +168,14 @@ def _refuse_duplicate_keys(path: Path) -> None:
             length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
             header = f.read(length) if 0 < length <= _SAFETENSORS_HEADER_LIMIT else b""
     except OSError as e:
-        raise ConversionError(f"cannot read {path}: {e.strerror}") from None
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
 
     def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                raise ConversionError(f"{path}: its safetensors header names {key!r} twice; the file is corrupted "
-                                      "or was written to mislead (which copy would load is undefined)")
+                raise InputError(f"{path}: its safetensors header names {key!r} twice; the file is corrupted "
+                                 "or was written to mislead (which copy would load is undefined)")
             seen.add(key)
         return dict(pairs)
 
@@ -199,7 +193,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> object:
         with open(path, "rb") as f:
             is_zip = f.read(4) == b"PK\x03\x04"
     except OSError as e:
-        raise ConversionError(f"cannot read {path}: {e.strerror}") from None
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
     if is_zip:
         _check_archive(path)
     try:
@@ -209,10 +203,10 @@ def _torch_load(path: Path, trust_pickle: bool) -> object:
     except ConversionError:
         raise
     except pickle.UnpicklingError as e:
-        raise ConversionError(f"{path} is corrupted or not a PyTorch checkpoint ({first_line(e)})") from None
-    except Exception as e:
+        raise InputError(f"{path} is corrupted or not a PyTorch checkpoint ({first_line(e)})") from None
+    except Exception as e:  # torch.load fails in many types on a damaged file; its own hint is cut off
         cause = first_line(e, named=True).split(". This is an internal")[0]
-        raise ConversionError(f"{path} is truncated, corrupted or not a PyTorch checkpoint ({cause})") from None
+        raise InputError(f"{path} is truncated, corrupted or not a PyTorch checkpoint ({cause})") from None
 
 
 def _check_archive(path: Path) -> None:
@@ -223,16 +217,16 @@ def _check_archive(path: Path) -> None:
             names = archive.namelist()
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError) as e:
-        raise ConversionError(f"{path} is a truncated or corrupted zip archive ({e}); get it again") from None
+        raise InputError(f"{path} is a truncated or corrupted zip archive ({e}); get it again") from None
     if damaged is not None:
-        raise ConversionError(f"{path} is corrupted: record {damaged!r} fails its CRC check; get it again")
+        raise InputError(f"{path} is corrupted: record {damaged!r} fails its CRC check; get it again")
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-        raise ConversionError(
+        raise InputError(
             f"{path} is a TorchScript archive (torch.jit.save), which cannot be loaded as a state dict; "
             "export one with torch.save(torch.jit.load(path).state_dict(), 'weights.pt')"
         )
     if not any(n.endswith("/data.pkl") for n in names):
-        raise ConversionError(f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl inside)")
+        raise InputError(f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl inside)")
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -285,7 +279,7 @@ def _own_storage(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     seen: set[int] = set()
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
-            raise ConversionError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise InputError(f"state dict entry {key!r} is a {type(value).__name__}, not a tensor")
         tensor = value.detach().cpu().contiguous()
         storage = tensor.untyped_storage()
         if storage.data_ptr() in seen or storage.nbytes() != tensor.nbytes:

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConversionError, first_line
+from ..errors import InputError, first_line
 from ..runtime.metadata import check_labels
 
 __all__ = ["CONFIG", "MAX_CHANNELS", "MAX_CLASSES", "MAX_JSON_BYTES", "MAX_SIDE", "PREPROCESSOR", "check_config",
@@ -45,16 +45,16 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         size = path.stat().st_size
     except OSError as e:
-        raise ConversionError(f"{path} is not readable ({first_line(e)})") from None
+        raise InputError(f"{path} is not readable ({first_line(e)})") from None
     if size > MAX_JSON_BYTES:
-        raise ConversionError(f"{path} is {size / 2**20:,.0f} MiB, more than the {MAX_JSON_BYTES // 2**20} MiB a "
-                              "config may have")
+        raise InputError(f"{path} is {size / 2**20:,.0f} MiB, more than the {MAX_JSON_BYTES // 2**20} MiB a "
+                         "config may have")
     try:
         found = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_json, parse_float=_finite)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: json's, and int's 4300 digits
-        raise ConversionError(f"{path} is not readable JSON ({first_line(e, limit=200)})") from None
+        raise InputError(f"{path} is not readable JSON ({first_line(e, limit=200)})") from None
     if not isinstance(found, dict):
-        raise ConversionError(f"{path} is not a JSON object")
+        raise InputError(f"{path} is not a JSON object")
     return found
 
 
@@ -73,10 +73,10 @@ def check_config(config: Any, *, source: str) -> dict[str, Any]:
     """`config` (config.json, or an artifact's copy of it) when every field fc2conv reads is sound; else a
     `ConversionError` naming `source` and the field."""
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-        raise ConversionError(f"{source} has no \"model_type\": it is not a transformers config")
+        raise InputError(f"{source} has no \"model_type\": it is not a transformers config")
 
-    def fail(field: str, why: str) -> ConversionError:
-        return ConversionError(f"{source}: field {field} {why}; got {_shown(config[field])}")
+    def fail(field: str, why: str) -> InputError:
+        return InputError(f"{source}: field {field} {why}; got {_shown(config[field])}")
 
     if not _MODEL_TYPE.fullmatch(config["model_type"]):
         raise fail("model_type", "must name a transformers architecture (letters, digits, _ and -)")
@@ -138,8 +138,8 @@ def normalisation(directory: str | os.PathLike, channels: int) -> dict[str, list
         return {}
     mean, std = [(m + offset) / scale for m in mean], [s / scale for s in std]
     if any(s <= 0 or not math.isfinite(s) for s in std) or not all(map(math.isfinite, mean)):
-        raise ConversionError(f"{path}: fields image_mean, image_std and rescale_factor give a normalisation that is "
-                              f"not a finite positive scale; got mean {_shown(mean)}, std {_shown(std)}")
+        raise InputError(f"{path}: fields image_mean, image_std and rescale_factor give a normalisation that is "
+                         f"not a finite positive scale; got mean {_shown(mean)}, std {_shown(std)}")
     return {"mean": mean, "std": std}
 
 
@@ -165,13 +165,13 @@ def _processor(path: Path) -> dict[str, Any]:
     processor = read_json(path)
     for key in ("do_rescale", "do_normalize", "rescale_offset", "do_center_crop"):
         if key in processor and not isinstance(processor[key], bool):
-            raise ConversionError(f"{path}: field {key} must be true or false; got {_shown(processor[key])}")
+            raise InputError(f"{path}: field {key} must be true or false; got {_shown(processor[key])}")
     for key in ("crop_size", "size"):
         value = processor.get(key)
         if value is not None and _sides(value) is None and not _other_resize(value):
-            raise ConversionError(f"{path}: field {key} must be a size in pixels from 1 to {MAX_SIDE}: a number, "
-                                  f"[height, width], {{\"height\", \"width\"}} or {{\"shortest_edge\"}}; got "
-                                  f"{_shown(value)}")
+            raise InputError(f"{path}: field {key} must be a size in pixels from 1 to {MAX_SIDE}: a number, "
+                             f"[height, width], {{\"height\", \"width\"}} or {{\"shortest_edge\"}}; got "
+                             f"{_shown(value)}")
     return processor
 
 
@@ -196,7 +196,7 @@ def _other_resize(value: Any) -> bool:
 def _positive(found: dict[str, Any], key: str, default: float, path: Path) -> float:
     value = found.get(key, default)
     if not _number(value) or value <= 0:
-        raise ConversionError(f"{path}: field {key} must be a positive number; got {_shown(value)}")
+        raise InputError(f"{path}: field {key} must be a positive number; got {_shown(value)}")
     return float(value)
 
 
@@ -206,10 +206,10 @@ def _numbers(found: dict[str, Any], key: str, channels: int, path: Path) -> list
         return None
     values = value if isinstance(value, list) else [value]
     if not values or not all(_number(v) for v in values) or len(values) not in (1, channels):
-        raise ConversionError(f"{path}: field {key} must be 1 or {channels} numbers (one per channel: config.json's "
-                              f"num_channels is {channels}); got {_shown(value)}")
+        raise InputError(f"{path}: field {key} must be 1 or {channels} numbers (one per channel: config.json's "
+                         f"num_channels is {channels}); got {_shown(value)}")
     if key == "image_std" and any(v <= 0 for v in values):
-        raise ConversionError(f"{path}: field image_std must be positive; got {_shown(value)}")
+        raise InputError(f"{path}: field image_std must be positive; got {_shown(value)}")
     return [float(v) for v in values]
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConversionError, first_line
+from ..errors import BackendError, ConversionError, InputError, first_line
 from .hf_fields import (
     CONFIG,
     MAX_SIDE,
@@ -76,22 +76,22 @@ def build(config: dict[str, Any], *, source: str = CONFIG) -> Any:
     transformers = _transformers()
     model_type = config["model_type"]
     if model_type not in transformers.CONFIG_MAPPING:
-        raise ConversionError(f"{source}: model_type {model_type!r} is not an architecture transformers "
-                              f"{transformers.__version__} ships (fc2conv never runs a model's remote code)")
+        raise InputError(f"{source}: model_type {model_type!r} is not an architecture transformers "
+                         f"{transformers.__version__} ships (fc2conv never runs a model's remote code)")
     try:
         settings = transformers.CONFIG_MAPPING[model_type].from_dict(dict(config))
     except Exception as e:  # transformers validates its fields strictly and names the one at fault
-        raise ConversionError(f"{source}: transformers refuses it as a {model_type!r} config: {_reason(e)}") from None
+        raise InputError(f"{source}: transformers refuses it as a {model_type!r} config: {_reason(e)}") from None
     if type(settings) not in transformers.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
-        raise ConversionError(f"{source}: transformers has no image classifier for model_type {model_type!r}")
+        raise InputError(f"{source}: transformers has no image classifier for model_type {model_type!r}")
     settings.return_dict = True
 
     def instantiate() -> Any:
         try:
             return transformers.AutoModelForImageClassification.from_config(settings, trust_remote_code=False)
-        except Exception as e:
-            raise ConversionError(f"{source}: transformers could not build its {model_type!r} model: "
-                                  f"{_reason(e)}") from None
+        except Exception as e:  # a model's own __init__ may raise anything for a config it cannot build
+            raise InputError(f"{source}: transformers could not build its {model_type!r} model: "
+                             f"{_reason(e)}") from None
 
     try:
         with torch.device("meta"):
@@ -109,9 +109,9 @@ def _refuse_beyond_memory(skeleton: Any, source: str) -> None:
     count = sum(t.numel() for t in skeleton.state_dict().values())
     needed, available = 4 * count, available_memory()  # float32
     if available is not None and needed > available:
-        raise ConversionError(f"{source}: its size fields ({_size_fields(skeleton)}) make a "
-                              f"{type(skeleton).__name__} of {count:,} parameters ({needed / 2**30:,.1f} GiB), more "
-                              f"than the {available / 2**30:,.1f} GiB this machine has available")
+        raise InputError(f"{source}: its size fields ({_size_fields(skeleton)}) make a "
+                         f"{type(skeleton).__name__} of {count:,} parameters ({needed / 2**30:,.1f} GiB), more "
+                         f"than the {available / 2**30:,.1f} GiB this machine has available")
 
 
 def read_weights(directory: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, Any]:
@@ -125,19 +125,19 @@ def read_weights(directory: str | os.PathLike, *, trust_pickle: bool = False) ->
     if (directory / INDEX).is_file():
         weight_map = read_json(directory / INDEX).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise ConversionError(f"{directory / INDEX} has no \"weight_map\" of tensor names to shard files")
+            raise InputError(f"{directory / INDEX} has no \"weight_map\" of tensor names to shard files")
         found: dict[str, Any] = {}
         for shard in sorted(set(weight_map.values())):
             path = directory / shard
             if Path(shard).name != shard or not path.is_file():
-                raise ConversionError(f"{directory / INDEX} lists the shard {shard[:100]!r}, which is not a file in "
-                                      f"{directory}")
+                raise InputError(f"{directory / INDEX} lists the shard {shard[:100]!r}, which is not a file in "
+                                 f"{directory}")
             found.update({k: v for k, v in load_state_dict(path).items() if weight_map.get(k) == shard})
         return found
     if (directory / LEGACY_WEIGHTS).is_file():
         return load_state_dict(directory / LEGACY_WEIGHTS, trust_pickle=trust_pickle)
-    raise ConversionError(f"{directory} holds {CONFIG} but no weights: expected {WEIGHTS}, {INDEX} or "
-                          f"{LEGACY_WEIGHTS} (what save_pretrained writes)")
+    raise InputError(f"{directory} holds {CONFIG} but no weights: expected {WEIGHTS}, {INDEX} or "
+                     f"{LEGACY_WEIGHTS} (what save_pretrained writes)")
 
 
 def input_files(directory: str | os.PathLike) -> list[Path]:
@@ -215,7 +215,7 @@ class Blame:
             cause = cause.replace("input_shape", "the input shape")
             head = f"{self.shape} gives the input shape, which fails: "
             hint = "\nHint: fix that field, or pass --input-shape C,H,W with the size the model was trained on"
-            return ConversionError(head + first_line(cause, limit=max(_MESSAGE - len(head) - len(hint), 160)) + hint)
+            return InputError(head + first_line(cause, limit=max(_MESSAGE - len(head) - len(hint), 160)) + hint)
         head = f"{self.config}: model_type {self.model_type!r} builds {type(model).__name__}{self.options}: "
         return ConversionError(head + first_line(text, limit=max(_MESSAGE - len(head), 160)))
 
@@ -242,13 +242,13 @@ def load_weights(model: Any, weights: dict[str, Any], directory: str | os.PathLi
                                                                                 for k in weights):
         ours = {k.split(".")[0] + "." for k in expected}
         found = sorted({k.split(".")[0] + "." for k in weights} - ours)[:3]
-        raise ConversionError(f"{blame.config}: model_type {blame.model_type!r} builds {type(model).__name__}, but "
-                              f"{file} holds another model's weights (under {', '.join(map(repr, found))}, not "
-                              f"'{prefix}.'): model_type does not describe these weights")
+        raise InputError(f"{blame.config}: model_type {blame.model_type!r} builds {type(model).__name__}, but "
+                         f"{file} holds another model's weights (under {', '.join(map(repr, found))}, not "
+                         f"'{prefix}.'): model_type does not describe these weights")
     differ = [k for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
     named = _field_at_fault(expected, weights, differ, model.config, file)
     if named is not None:
-        raise ConversionError(f"{blame.config}: {named}")
+        raise InputError(f"{blame.config}: {named}")
     try:
         convert(model)
     except ConversionError as e:
@@ -257,7 +257,7 @@ def load_weights(model: Any, weights: dict[str, Any], directory: str | os.PathLi
     unexpected = [k for k in weights if k not in expected]
     first = (f"{differ[0]} is {tuple(expected[differ[0]].shape)} by the config, {tuple(weights[differ[0]].shape)} in "
              "the file" if differ else f"{(missing or unexpected)[0]} is {'missing' if missing else 'unexpected'}")
-    raise ConversionError(
+    raise InputError(
         f"{file} does not fit the {type(model).__name__} that {blame.config} describes: {len(differ)} shapes differ, "
         f"{len(missing)} tensors are missing and {len(unexpected)} unexpected; first, {first}\n"
         f"Hint: its size fields ({_size_fields(model)}) must be those the weights were trained with")
@@ -308,6 +308,6 @@ def _transformers() -> Any:
     try:
         import transformers
     except ImportError:
-        raise ConversionError("transformers is not installed: pip install transformers (or 'fc2conv[hf]') to "
-                              "convert its models") from None
+        raise BackendError("transformers is not installed: pip install transformers (or 'fc2conv[hf]') to "
+                           "convert its models") from None
     return transformers

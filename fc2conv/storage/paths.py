@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import ConversionError
+from ..errors import InputError
 
 __all__ = ["check_apart", "file_sha256"]
 
@@ -31,24 +31,24 @@ def check_apart(outputs: dict[str, Path], inputs: dict[str, Path]) -> None:
         for other_flag, other in named[n + 1:]:
             relation = _relation(path, other)
             if relation == _SAME:
-                raise ConversionError(f"{flag} {path} and {other_flag} {other} are the same file; each output needs a "
-                                      "path of its own")
+                raise InputError(f"{flag} {path} and {other_flag} {other} are the same file; each output needs a "
+                                 "path of its own")
             if relation is not None:
                 inner, outer = ((flag, path), (other_flag, other)) if relation == _INSIDE else \
                     ((other_flag, other), (flag, path))
-                raise ConversionError(f"{inner[0]} {inner[1]} lies inside {outer[0]} {outer[1]}, which the scan "
-                                      "replaces as a whole: name an output outside it")
+                raise InputError(f"{inner[0]} {inner[1]} lies inside {outer[0]} {outer[1]}, which the scan "
+                                 "replaces as a whole: name an output outside it")
         for what, given in inputs.items():
             relation = _relation(path, given)
             if relation == _SAME:
-                raise ConversionError(f"{flag} {path} is the input {what} {given}; writing it would destroy that "
-                                      "input: name another output")
+                raise InputError(f"{flag} {path} is the input {what} {given}; writing it would destroy that "
+                                 "input: name another output")
             if relation == _INSIDE:
-                raise ConversionError(f"{flag} {path} lies inside the input {what} {given}; fc2conv never writes "
-                                      "into its inputs: name an output outside it")
+                raise InputError(f"{flag} {path} lies inside the input {what} {given}; fc2conv never writes "
+                                 "into its inputs: name an output outside it")
             if relation == _HOLDS:
-                raise ConversionError(f"{flag} {path} holds the input {what} {given}; replacing it would destroy "
-                                      "that input: name another output")
+                raise InputError(f"{flag} {path} holds the input {what} {given}; replacing it would destroy "
+                                 "that input: name another output")
 
 
 def _relation(a: Path, b: Path) -> str | None:

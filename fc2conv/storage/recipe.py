@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..errors import ConversionError
+from ..errors import InputError
 from ..runtime.metadata import MODES, REDUCES
 from . import huggingface
 from .architectures import DEFAULT_INPUT_SHAPE, build, build_from_file, default_input_shape
@@ -34,6 +34,9 @@ class Recipe:
     ``"path/to/file.py:factory"``, a class or function called with `model_args` (in order), `model_kwargs`, and
     ``num_classes=`` when that is given; `hf_config` is the config.json of a transformers image classifier (its
     classes included). The arguments must be JSON values: they are saved with the artifact.
+
+    Its refusals (`InputError`) name the keywords (``density=``); the CLI names its flags instead
+    (`fc2conv.cli.originals.flags_named`).
     """
 
     arch: str | None = None
@@ -50,31 +53,32 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if sum(given is not None for given in (self.arch, self.model_def, self.hf_config)) != 1:
-            raise ConversionError("give the architecture with exactly one of --arch NAME, --model-def "
-                                  "FILE.py:FACTORY, or a Hugging Face save_pretrained directory as the checkpoint")
+            raise InputError("give the architecture with exactly one of arch= (a torchvision name, or timm:NAME), "
+                             "model_def= (\"FILE.py:FACTORY\") or hf_config= (a transformers config.json object)")
         if self.hf_config is not None and (not isinstance(self.hf_config, dict)
                                            or not isinstance(self.hf_config.get("model_type"), str)):
-            raise ConversionError("hf_config must be a transformers config.json object with a \"model_type\"")
+            raise InputError("hf_config= must be a transformers config.json object with a \"model_type\"")
         if self.hf_config is not None and self.num_classes is not None:
-            raise ConversionError("--num-classes: a Hugging Face model's config.json gives its classes (id2label)")
+            raise InputError("num_classes=: a Hugging Face model's config.json gives its classes (id2label)")
         if self.mode not in MODES:
-            raise ConversionError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+            raise InputError(f"mode= must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
-            raise ConversionError(f"--num-classes must be a positive integer, not {self.num_classes!r}")
+            raise InputError(f"num_classes= must be a positive integer, not {self.num_classes!r}")
         if not isinstance(self.density, int) or self.density < 1 or (self.density > 1 and self.mode != "dense"):
-            raise ConversionError(f"--density must be a positive integer, with --mode dense; got {self.density!r} "
-                                  f"with --mode {self.mode}")
+            raise InputError(f"density= must be a positive integer, with mode='dense'; got {self.density!r} "
+                             f"with mode={self.mode!r}")
         if self.reduce not in REDUCES:
-            raise ConversionError(f"--reduce must be one of {', '.join(REDUCES)}, not {self.reduce!r}")
+            raise InputError(f"reduce= must be one of {', '.join(REDUCES)}, not {self.reduce!r}")
         if (self.model_args or self.model_kwargs) and self.model_def is None:
-            raise ConversionError("--model-arg passes arguments to a --model-def factory; --arch models take "
-                                  "--num-classes only")
+            raise InputError("model_args= and model_kwargs= pass arguments to a model_def= factory; arch= models "
+                             "take num_classes= only")
         object.__setattr__(self, "input_shape", parse_input_shape(self.input_shape))
         object.__setattr__(self, "model_args", tuple(self.model_args))
         try:
             json.dumps([self.model_args, self.model_kwargs, self.hf_config])
         except TypeError as e:
-            raise ConversionError(f"--model-arg values must be JSON values (numbers, strings, lists...): {e}") from None
+            raise InputError(f"model_args= and model_kwargs= values must be JSON values (numbers, strings, "
+                             f"lists...): {e}") from None
 
     @property
     def source(self) -> str:
@@ -109,7 +113,7 @@ class Recipe:
                 raise ValueError(f"unexpected fields {sorted(set(data) - known) if isinstance(data, dict) else data}")
             return cls(**data)
         except (ValueError, TypeError) as e:
-            raise ConversionError(f"{source} has an unreadable fc2conv recipe ({e}); convert the model again") from None
+            raise InputError(f"{source} has an unreadable fc2conv recipe ({e}); convert the model again") from None
 
 
 def parse_input_shape(value: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -121,8 +125,8 @@ def parse_input_shape(value: str | tuple[int, ...] | list[int]) -> tuple[int, ..
     except (TypeError, ValueError):
         shape = ()
     if not 1 <= len(shape) <= 4 or any(d <= 0 for d in shape) or any(isinstance(p, bool) for p in parts):
-        raise ConversionError(
-            f"--input-shape must be C,H,W (e.g. 3,224,224) for an image model, C,L (e.g. 1,8000) for a signal, "
+        raise InputError(
+            f"input_shape= must be C,H,W (e.g. 3,224,224) for an image model, C,L (e.g. 1,8000) for a signal, "
             f"C,D,H,W (e.g. 3,16,112,112) for a volume or video clip, or D for an MLP, in positive integers and "
             f"without the batch dimension; got {value!r}"
         )

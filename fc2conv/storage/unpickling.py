@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConversionError, first_line
+from ..errors import ConversionError, InputError, first_line, translated
 
 __all__ = ["TRUST_HINT", "load_program", "safe_torch_load"]
 
@@ -34,20 +34,20 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _TORCH_LOAD = torch.load  # the real one, kept while `_weights_only_everywhere` swaps `torch.load`
 
 
-def unpickling_refusal(label: str, error: pickle.UnpicklingError, *, hint: str = "") -> ConversionError:
+def unpickling_refusal(label: str, error: pickle.UnpicklingError, *, hint: str = "") -> InputError:
     """The error for a weights-only load that failed: the global the file needs, or why it cannot be read;
     `hint` is a further way out, appended."""
     text = str(error)
     if "Weights only load failed" not in text:
-        return ConversionError(f"{label} is corrupted or not a PyTorch checkpoint ({first_line(text)})")
+        return InputError(f"{label} is corrupted or not a PyTorch checkpoint ({first_line(text)})")
     needed = re.search(r"GLOBAL ([\w.]+)", text)
     if needed:
-        return ConversionError(
+        return InputError(
             f"{label} holds a pickle that needs {needed.group(1)}, not just tensors, and could run code from it; "
             f"{TRUST_HINT}{hint}"
         )
     detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    return ConversionError(
+    return InputError(
         f"{label} cannot be read as weights only ({detail.group(1) if detail else 'unknown opcode'}): it is "
         f"corrupted, or a pickle that is not a PyTorch checkpoint; {TRUST_HINT}{hint}"
     )
@@ -72,14 +72,14 @@ def load_program(path: str | os.PathLike, *, trust_pickle: bool = False,
     """
     path = Path(path)
     if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     if trust_pickle:
         return _export_load(path, path, extra_files)
     data = path.read_bytes()
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as e:
-        raise ConversionError(f"{path} is not a readable torch.export program (not a zip archive: {e})") from None
+        raise InputError(f"{path} is not a readable torch.export program (not a zip archive: {e})") from None
     with archive:
         entries = {info.filename: archive.read(info) for info in archive.infolist() if not info.is_dir()}
     for name, payload in entries.items():
@@ -98,13 +98,10 @@ def load_program(path: str | os.PathLike, *, trust_pickle: bool = False,
 
 def _check_payload(path: Path, name: str, payload: bytes) -> None:
     """Refuse an archive entry that the weights-only unpickler cannot load."""
-    try:
+    # not a torch.save payload at all: torch.export would fail on it too
+    with translated(InputError, f"{path} is not a readable torch.export program (entry {name}: ", end=")",
+                    named=True):
         safe_torch_load(io.BytesIO(payload), f"{path} (entry {name})")
-    except ConversionError:
-        raise
-    except Exception as e:  # not a torch.save payload at all: torch.export would fail on it too
-        raise ConversionError(f"{path} is not a readable torch.export program (entry {name}: "
-                              f"{first_line(e, named=True)})") from None
 
 
 @contextlib.contextmanager
@@ -135,9 +132,7 @@ def _export_load(source: Path | io.BytesIO, path: Path, extra_files: dict[str, s
     level = logger.level
     logger.setLevel(logging.CRITICAL)  # it logs a traceback before trying its legacy format
     try:
-        return torch.export.load(source, extra_files=extra_files)
-    except Exception as e:
-        raise ConversionError(f"{path} is not a readable torch.export program ({first_line(e, named=True)})"
-                              ) from None
+        with translated(InputError, f"{path} is not a readable torch.export program (", end=")", named=True):
+            return torch.export.load(source, extra_files=extra_files)
     finally:
         logger.setLevel(level)

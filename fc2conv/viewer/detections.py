@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import ConversionError, ScanError, first_line
 from ..runtime.metadata import check_labels
 from .store import Scan
 
@@ -56,9 +56,9 @@ def read_detections(path: Path, scan: Scan, *, what: str = "--detections") -> De
     try:
         mode = path.stat().st_mode
     except OSError as e:
-        raise ConversionError(f"{named}: {first_line(e)}") from None
+        raise ScanError(f"{named}: {first_line(e)}") from None
     if not stat.S_ISREG(mode):
-        raise ConversionError(f"{named} is not a regular file: give the CSV or GeoJSON of `fc2conv scan --detections`")
+        raise ScanError(f"{named} is not a regular file: give the CSV or GeoJSON of `fc2conv scan --detections`")
     in_level_pixels = path.suffix.lower() == ".csv"  # the GeoJSON is in level-0 pixels
     try:
         rows = _csv_rows(path) if in_level_pixels else _geojson_rows(path)
@@ -69,17 +69,17 @@ def read_detections(path: Path, scan: Scan, *, what: str = "--detections") -> De
             classes.append(index)
             scores.append(score)
     except (_Bad, ConversionError) as e:  # a field named by the checks below
-        raise ConversionError(f"{named}: {e}") from None
+        raise ScanError(f"{named}: {e}") from None
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError, MemoryError,
             csv.Error) as e:  # a file that is not what it says: whatever the parsers raise, the answer is the same
-        raise ConversionError(f"{named}: not the CSV or GeoJSON of `fc2conv scan --detections` "
-                              f"({first_line(e, named=True)})") from None
+        raise ScanError(f"{named}: not the CSV or GeoJSON of `fc2conv scan --detections` "
+                        f"({first_line(e, named=True)})") from None
     placement = scan.placement
     scale, shift = np.asarray(placement.base_scale), np.asarray(placement.base_translation)
     with np.errstate(over="ignore", invalid="ignore"):  # refused just below, in a line of fc2conv's own
         boxes = (np.asarray(corners, float).reshape(-1, 2, 2) - 0.5) * scale + shift  # pixel edges → physical
     if not np.isfinite(boxes).all():
-        raise ConversionError(f"{named}: a box lies beyond floating point once placed on the slide")
+        raise ScanError(f"{named}: a box lies beyond floating point once placed on the slide")
     return Detections(boxes, labels, classes, scores)
 
 

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConversionError
+from ..errors import InputError
 from ..scan.outputs import choose_classes
 from ..storage.atomic import refuse_existing
 from ..storage.paths import check_apart
@@ -55,14 +55,14 @@ def prepare(store: Path, *, slide: Path | None = None, classes: list[str] | None
     """Check everything `fc2conv.viewer.show` is given and everything it will read (see the module docstring);
     `ConversionError` naming the flag, file or field at fault."""
     if classes is not None and (not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes)):
-        raise ConversionError(f"--classes takes labels or indices as text; got {classes!r:.80}")
+        raise InputError(f"--classes takes labels or indices as text; got {classes!r:.80}")
     _check_numbers(region, "--region", 4, minimum=0)
     _check_numbers(size, "--size", 2, minimum=1, maximum=MAX_CANVAS)
     scan = open_scan(Path(store))
     chosen = None if classes is None else choose_classes(list(classes), scan.labels)
     if chosen is not None and len(chosen) > MAX_LAYERS:
-        raise ConversionError(f"--classes: {len(chosen)} classes would make {len(chosen)} heatmap layers; choose at "
-                              f"most {MAX_LAYERS}")
+        raise InputError(f"--classes: {len(chosen)} classes would make {len(chosen)} heatmap layers; choose at "
+                         f"most {MAX_LAYERS}")
     if region is not None:
         _check_region(tuple(region), scan)
     levels = slide_levels(scan, None if slide is None else Path(slide))
@@ -85,11 +85,11 @@ def _check_screenshot(screenshot: Path, inputs: dict[str, Path], *, force: bool)
     unless `force`, in a folder that can be written."""
     check_apart({"--screenshot": screenshot}, inputs)
     if screenshot.is_dir():
-        raise ConversionError(f"--screenshot {screenshot} is a directory; give a file name to write")
+        raise InputError(f"--screenshot {screenshot} is a directory; give a file name to write")
     refuse_existing(screenshot, force=force)
     if not screenshot.parent.is_dir() or not os.access(screenshot.parent, os.W_OK | os.X_OK):
-        raise ConversionError(f"cannot write --screenshot {screenshot}: directory {screenshot.parent} does not "
-                              "exist or is not writable")
+        raise InputError(f"cannot write --screenshot {screenshot}: directory {screenshot.parent} does not "
+                         "exist or is not writable")
 
 
 def _check_numbers(values: tuple[int, ...] | None, flag: str, count: int, *, minimum: int,
@@ -101,7 +101,7 @@ def _check_numbers(values: tuple[int, ...] | None, flag: str, count: int, *, min
         for v in values)
     if not good:
         bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
-        raise ConversionError(f"{flag} takes {count} comma-separated whole numbers {bounds}; got {values!r:.80}")
+        raise InputError(f"{flag} takes {count} comma-separated whole numbers {bounds}; got {values!r:.80}")
 
 
 def _check_region(region: tuple[int, ...], scan: Scan) -> None:
@@ -109,5 +109,5 @@ def _check_region(region: tuple[int, ...], scan: Scan) -> None:
     top, left, bottom, right = region
     height, width = scan.placement.base_size
     if not (top < bottom <= height and left < right <= width):
-        raise ConversionError(f"--region {','.join(map(str, region))} is not a box of the slide's level-0 pixels "
-                              f"(TOP < BOTTOM ≤ {height}, LEFT < RIGHT ≤ {width})")
+        raise InputError(f"--region {','.join(map(str, region))} is not a box of the slide's level-0 pixels "
+                         f"(TOP < BOTTOM ≤ {height}, LEFT < RIGHT ≤ {width})")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import BackendError, ScanError, translated
 from ..storage.atomic import atomic_output
 from .request import Request, prepare
 
@@ -43,16 +43,13 @@ def show(store: Path, *, slide: Path | None = None, classes: list[str] | None = 
                       region=region, size=size, force=force)
     napari = _napari()
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        raise ConversionError("fc2conv view needs a display, and there is none (DISPLAY is not set); on a machine "
-                              "without one, run it under xvfb-run (Debian's xvfb) with --screenshot")
+        raise BackendError("fc2conv view needs a display, and there is none (DISPLAY is not set); on a machine "
+                           "without one, run it under xvfb-run (Debian's xvfb) with --screenshot")
     if request.note and say is not None:
         say(request.note)
-    try:
+    # Qt, OpenGL and napari fail in types of their own; the inputs were checked
+    with translated(BackendError, f"napari could not draw {request.scan.path} (", end=")", named=True):
         picture = _draw(napari, request)
-    except ConversionError:
-        raise
-    except Exception as e:  # Qt, OpenGL and napari fail in types of their own; the inputs were checked
-        raise ConversionError(f"napari could not draw {request.scan.path} ({first_line(e, named=True)})") from None
     if picture is None:
         return None
     from PIL import Image
@@ -130,11 +127,9 @@ class _Channel:
         self.size = int(np.prod(self.shape))
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        try:
+        # a chunk that does not decode: zarr and its codecs raise types of their own
+        with translated(ScanError, f"{self.name}: cannot read class {self.k} (", end=")", named=True):
             return np.asarray(self.array[(self.k, *(key if isinstance(key, tuple) else (key,)))])
-        except Exception as e:  # a chunk that does not decode: zarr and its codecs raise types of their own
-            raise ConversionError(f"{self.name}: cannot read class {self.k} "
-                                  f"({first_line(e, named=True)})") from None
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         whole = self[:, :]
@@ -184,6 +179,6 @@ def _napari() -> Any:
     try:
         import napari
     except ImportError as e:
-        raise ConversionError(f"fc2conv view needs napari: pip install 'fc2conv[view]' (napari with PyQt5; {e})"
-                              ) from None
+        raise BackendError(f"fc2conv view needs napari: pip install 'fc2conv[view]' (napari with PyQt5; {e})"
+                           ) from None
     return napari

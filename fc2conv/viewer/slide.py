@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import ConversionError, InputError, first_line
 from ..runtime.images import MAX_PIXELS
 from ..scan.source import OPENERS, open_source
 from .store import Scan
@@ -67,7 +67,7 @@ def slide_levels(scan: Scan, slide: Path | None = None) -> list[LevelArray] | No
     else:
         path, what = Path(slide), "--slide"
         if not path.exists():
-            raise ConversionError(f"--slide {path}: no such file or directory")
+            raise InputError(f"--slide {path}: no such file or directory")
     reader = scan.reader if _same_file(path, scan.slide) else "auto"
     _check_readable(path, what, reader)
     try:
@@ -76,14 +76,14 @@ def slide_levels(scan: Scan, slide: Path | None = None) -> list[LevelArray] | No
         count = len(OPENERS[kind].levels(first.spec, MAX_PIXELS))
         sources = [first, *(open_source(path, channels=3, reader=kind, level=m) for m in range(1, count))]
     except ConversionError as e:
-        raise ConversionError(f"{what}: {e}") from None
+        raise InputError(f"{what}: {e}") from None
     except Exception as e:  # the readers' libraries (tifffile, zarr, OpenSlide, Pillow) raise types of their own
-        raise ConversionError(f"{what} {path}: cannot read it as a slide ({first_line(e, named=True)})") from None
+        raise InputError(f"{what} {path}: cannot read it as a slide ({first_line(e, named=True)})") from None
     expected = tuple(scan.placement.base_size)
     if tuple(first.size) != expected:
-        raise ConversionError(f"{what} {path} is {first.size[0]}×{first.size[1]} pixels at level 0, but the scan's "
-                              f"source ({scan.slide}) was {expected[0]}×{expected[1]}: give the slide that was "
-                              "scanned")
+        raise InputError(f"{what} {path} is {first.size[0]}×{first.size[1]} pixels at level 0, but the scan's "
+                         f"source ({scan.slide}) was {expected[0]}×{expected[1]}: give the slide that was "
+                         "scanned")
     return [LevelArray(source) for source in sources]
 
 
@@ -93,9 +93,9 @@ def _check_readable(path: Path, what: str, reader: str) -> None:
     folder = stat.S_ISDIR(mode) and reader in ("auto", "zarr")
     if not (folder or stat.S_ISREG(mode)):
         kind = "a folder" if stat.S_ISDIR(mode) else "neither a file nor a folder (a pipe, socket or device)"
-        raise ConversionError(f"{what} {path} is {kind}, not a slide the {reader} reader reads")
+        raise InputError(f"{what} {path} is {kind}, not a slide the {reader} reader reads")
     if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
-        raise ConversionError(f"{what} {path} cannot be read: permission denied")
+        raise InputError(f"{what} {path} cannot be read: permission denied")
 
 
 def _same_file(a: Path, b: Path) -> bool:

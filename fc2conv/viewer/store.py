@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, first_line
+from ..errors import ScanError, translated
 from ..runtime.metadata import check_labels, forged_character
 from ..scan import ngff
 from ..scan.outputs import class_colors
@@ -71,17 +71,17 @@ def open_scan(path: Path) -> Scan:
     path = Path(path)
     not_ours = f"{path} is not a scan written by fc2conv: give the OUT.zarr of `fc2conv scan`"
     if not path.is_dir():
-        raise ConversionError(not_ours)
+        raise ScanError(not_ours)
     check_contained(path, path, "an entry", regular=True)
     try:
         attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
     except Exception:  # not a zarr group: whatever zarr raises, the answer is the same
-        raise ConversionError(not_ours) from None
+        raise ScanError(not_ours) from None
     fields = attrs.get("fc2conv")
     if not isinstance(fields, dict):
-        raise ConversionError(not_ours)
+        raise ScanError(not_ours)
     if fields.get("complete") is not True:
-        raise ConversionError(f"{path} is an unfinished scan: finish it with `fc2conv scan … --out {path} --resume`")
+        raise ScanError(f"{path} is an unfinished scan: finish it with `fc2conv scan … --out {path} --resume`")
     labels = _get(path, fields, "labels")
     if not isinstance(labels, list) or not labels:
         raise _wrong(path, "fc2conv.labels", "a non-empty list of class names", labels)
@@ -109,11 +109,11 @@ def _mask(store: Path, fields: dict, shape: tuple[int, int]) -> Any:
     try:
         array = zarr.open_array(str(store / ngff.MASK_LABEL / "0"), mode="r")
     except Exception:  # missing or not an array: whatever zarr raises, the answer is the same
-        raise ConversionError(f"{store}: fc2conv.mask says the scan was masked, but labels/mask/0 is not an "
-                              "array") from None
+        raise ScanError(f"{store}: fc2conv.mask says the scan was masked, but labels/mask/0 is not an "
+                        "array") from None
     if array.dtype != np.uint8 or tuple(array.shape) != (1, *shape):
-        raise ConversionError(f"{store}: labels/mask/0 is {array.dtype} of shape {tuple(array.shape)}; a scan's "
-                              f"cells' mask is uint8 of shape {(1, *shape)}")
+        raise ScanError(f"{store}: labels/mask/0 is {array.dtype} of shape {tuple(array.shape)}; a scan's "
+                        f"cells' mask is uint8 of shape {(1, *shape)}")
     return array
 
 
@@ -131,8 +131,8 @@ def _placement(store: Path, fields: dict) -> Placement:
     far = [(n - 0.5) * s + t for n, s, t in zip(values["base_size"], values["base_scale"], values["base_translation"],
                                                  strict=True)]
     if not all(math.isfinite(v) for v in far):  # where --region and the slide's layer are placed
-        raise ConversionError(f"{store}: fc2conv.placement puts the slide's far corner at {_shown(far)}, beyond "
-                              "floating point")
+        raise ScanError(f"{store}: fc2conv.placement puts the slide's far corner at {_shown(far)}, beyond "
+                        "floating point")
     return Placement(values["level_scale"], values["level_translation"], values["base_scale"],
                      values["base_translation"], stride, window, values["base_size"], unit)
 
@@ -146,47 +146,46 @@ def _pyramid(store: Path, labels: list[str], placement: Placement) -> list[Any]:
     no_map = (f"{store} holds no OME-Zarr map (fc2conv wrote none before this version): add it with the same "
               "`fc2conv scan` command and --resume, which computes no tile again")
     if not folder.is_dir():
-        raise ConversionError(no_map)
-    try:
+        raise ScanError(no_map)
+    # zarr raises many types for metadata it cannot read
+    with translated(ScanError, f"{folder}: cannot open it as a zarr group (", end=")", named=True):
         attrs = zarr.open_group(str(folder), mode="r").attrs.asdict()
-    except Exception as e:  # zarr raises many types for metadata it cannot read
-        raise ConversionError(f"{folder}: cannot open it as a zarr group ({first_line(e, named=True)})") from None
     ours = attrs.get("fc2conv")
     if not isinstance(ours, dict) or ours.get("complete") is not True:
-        raise ConversionError(no_map)
+        raise ScanError(no_map)
     where = f"{folder}: fc2conv.levels"
     levels = ours.get("levels", _MISSING)
     if not isinstance(levels, list) or not 0 < len(levels) <= _MAX_LEVELS:
-        raise ConversionError(f"{where} must list the pyramid's levels as [rows, columns]; got {_shown(levels)}")
+        raise ScanError(f"{where} must list the pyramid's levels as [rows, columns]; got {_shown(levels)}")
     shapes = [_pair(folder, f"fc2conv.levels[{m}]", level, "whole") for m, level in enumerate(levels)]
     expected = ngff.level_shapes(shapes[0])
     if shapes != expected:
-        raise ConversionError(f"{where} lists {len(shapes)} levels {_shown(shapes)}, but a map of "
-                              f"{shapes[0][0]}×{shapes[0][1]} cells makes {len(expected)}: {_shown(expected)}")
+        raise ScanError(f"{where} lists {len(shapes)} levels {_shown(shapes)}, but a map of "
+                        f"{shapes[0][0]}×{shapes[0][1]} cells makes {len(expected)}: {_shown(expected)}")
     found = read_levels(str(folder))  # the scanner's own OME-Zarr reader, every field checked
     field = f"{folder}: ome.multiscales[0]"
     if found.axes != "CYX":
-        raise ConversionError(f"{field}.axes must be c, y, x; got {', '.join(found.axes.lower())}")
+        raise ScanError(f"{field}.axes must be c, y, x; got {', '.join(found.axes.lower())}")
     multiscales = attrs["multiscales"] if "multiscales" in attrs else attrs["ome"]["multiscales"]  # as read above
     for a, axis in enumerate(multiscales[0]["axes"][1:], start=1):
         unit = axis.get("unit") if isinstance(axis, dict) else None
         if unit != placement.unit:
-            raise ConversionError(f"{field}.axes[{a}].unit is {_shown(unit)}, but fc2conv.placement.unit says "
-                                  f"{_shown(placement.unit)}: the map and the slide would be placed apart")
+            raise ScanError(f"{field}.axes[{a}].unit is {_shown(unit)}, but fc2conv.placement.unit says "
+                            f"{_shown(placement.unit)}: the map and the slide would be placed apart")
     if len(found.arrays) != len(shapes):
-        raise ConversionError(f"{field}.datasets lists {len(found.arrays)} levels, but fc2conv.levels {len(shapes)}")
+        raise ScanError(f"{field}.datasets lists {len(found.arrays)} levels, but fc2conv.levels {len(shapes)}")
     for m, (array, shape, transform) in enumerate(zip(found.arrays, shapes, found.transforms, strict=True)):
         where = f"{field}.datasets[{m}]"
         if np.dtype(array.dtype) != np.uint8 or tuple(array.shape) != (len(labels), *shape):
-            raise ConversionError(f"{where} is a {array.dtype} array of shape {tuple(array.shape)}, not uint8 of "
-                                  f"{(len(labels), *shape)}: one channel per label of fc2conv.labels")
+            raise ScanError(f"{where} is a {array.dtype} array of shape {tuple(array.shape)}, not uint8 of "
+                            f"{(len(labels), *shape)}: one channel per label of fc2conv.labels")
         wanted = placement.map_transform(m)
         if not all(math.isfinite(v) for pair in wanted for v in pair):
-            raise ConversionError(f"{store}: fc2conv.placement with fc2conv.stride and fc2conv.window puts pyramid "
-                                  f"level {m} at {_shown(wanted)}, beyond floating point")
+            raise ScanError(f"{store}: fc2conv.placement with fc2conv.stride and fc2conv.window puts pyramid "
+                            f"level {m} at {_shown(wanted)}, beyond floating point")
         if transform is None or not _close(transform, wanted):
-            raise ConversionError(f"{where}.coordinateTransformations place level {m} at {_shown(transform)} (scale, "
-                                  f"translation of y, x), but fc2conv.placement puts it at {_shown(wanted)}")
+            raise ScanError(f"{where}.coordinateTransformations place level {m} at {_shown(transform)} (scale, "
+                            f"translation of y, x), but fc2conv.placement puts it at {_shown(wanted)}")
     return found.arrays
 
 
@@ -200,8 +199,8 @@ def _get(store: Path, fields: dict, key: str) -> Any:
     """The field `key` (dotted from `fc2conv`, e.g. "source.path") of `fields`, the object holding its last part."""
     value = fields.get(key.rpartition(".")[2], _MISSING)
     if value is _MISSING:
-        raise ConversionError(f"{store}: fc2conv.{key} is missing; fc2conv view needs it (a store of `fc2conv scan` "
-                              "has it)")
+        raise ScanError(f"{store}: fc2conv.{key} is missing; fc2conv view needs it (a store of `fc2conv scan` "
+                        "has it)")
     return value
 
 
@@ -235,8 +234,8 @@ def _absolute(store: Path, field: str, value: Any) -> Path:
     return Path(value)
 
 
-def _wrong(store: Path, field: str, wanted: str, value: Any) -> ConversionError:
-    return ConversionError(f"{store}: {field} must be {wanted}; got {_shown(value)}")
+def _wrong(store: Path, field: str, wanted: str, value: Any) -> ScanError:
+    return ScanError(f"{store}: {field} must be {wanted}; got {_shown(value)}")
 
 
 def _shown(value: Any, limit: int = 80) -> str:

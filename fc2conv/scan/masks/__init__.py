@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ...errors import ConversionError
+from ...errors import ScanError
 from ..placement import Placement
 from ..readers import Source
 
@@ -69,8 +69,8 @@ def open_mask(mask: str | os.PathLike, *, source: Source, placement: Placement, 
         return auto_mask(str(mask), source, grid)
     path = Path(mask)
     if not path.exists():
-        raise ConversionError(f"--mask {mask}: no such file or directory (a mask is {', '.join(AUTO)}, a GeoJSON "
-                              "of polygons, a binary image or a zarr label image)")
+        raise ScanError(f"--mask {mask}: no such file or directory (a mask is {', '.join(AUTO)}, a GeoJSON "
+                        "of polygons, a binary image or a zarr label image)")
     if path.suffix.lower() in _GEOJSON:
         from .regions import regions_mask
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import ConversionError
+from ...errors import ScanError
 from ..readers import Source
 from ..thumbnail import read_thumbnail
 from . import CellGrid
@@ -46,7 +46,7 @@ def auto_mask(kind: str, source: Source, grid: CellGrid) -> RasterMask:
     polarity = ("dark" if source.samples >= 3 else "bright") if kind == "auto" else kind.removeprefix("auto-")
     found, threshold = foreground(thumbnail, polarity)
     if not found.any():
-        raise ConversionError(
+        raise ScanError(
             f"--mask {kind} found no foreground in {source.spec.path} (level {level}, a {thumbnail.shape[0]}×"
             f"{thumbnail.shape[1]} thumbnail, {polarity} foreground): the slide looks empty. Scan it without --mask, "
             f"or give the polarity ({'auto-bright' if polarity == 'dark' else 'auto-dark'}) or a mask file")

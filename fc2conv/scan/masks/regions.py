@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import ConversionError
+from ...errors import ScanError
 from ...storage.paths import file_sha256
 from ..placement import Placement
 from ..readers import Source
@@ -73,10 +73,10 @@ def regions_mask(path: Path, *, source: Source, placement: Placement, grid: Cell
     if not overlapping:
         xs = [v for p in polygons for r in p for v in (r[:, 0].min(), r[:, 0].max())]
         ys = [v for p in polygons for r in p for v in (r[:, 1].min(), r[:, 1].max())]
-        raise ConversionError(f"--mask {path}: none of its {len(polygons)} polygons overlaps the slide (level 0 is "
-                              f"{base_w:,} pixels wide and {base_h:,} high; the polygons span x {min(xs):,.0f}…"
-                              f"{max(xs):,.0f}, y {min(ys):,.0f}…{max(ys):,.0f}); GeoJSON masks are in level-0 "
-                              "pixels, as QuPath exports them")
+        raise ScanError(f"--mask {path}: none of its {len(polygons)} polygons overlaps the slide (level 0 is "
+                        f"{base_w:,} pixels wide and {base_h:,} high; the polygons span x {min(xs):,.0f}…"
+                        f"{max(xs):,.0f}, y {min(ys):,.0f}…{max(ys):,.0f}); GeoJSON masks are in level-0 "
+                        "pixels, as QuPath exports them")
     placed = []
     for rings in overlapping:
         placed.append([_to_cells(ring, placement, grid) for ring in rings])
@@ -89,14 +89,14 @@ def read_polygons(path: Path) -> list[list[Ring]]:
     """Every polygon of the GeoJSON at `path` as its rings (n × 2 arrays of x, y), checked (module docstring)."""
     size = path.stat().st_size
     if size > MAX_BYTES:
-        raise ConversionError(f"--mask {path} is {size / 2**20:,.0f} MiB, more than the {MAX_BYTES // 2**20} MiB a "
-                              "GeoJSON mask may be")
+        raise ScanError(f"--mask {path} is {size / 2**20:,.0f} MiB, more than the {MAX_BYTES // 2**20} MiB a "
+                        "GeoJSON mask may be")
     try:
         found = json.loads(path.read_bytes(), parse_constant=_refuse_constant)
     except RecursionError:
-        raise ConversionError(f"--mask {path}: its JSON is nested too deep to be GeoJSON") from None
+        raise ScanError(f"--mask {path}: its JSON is nested too deep to be GeoJSON") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise ConversionError(f"--mask {path} is not JSON: {str(e)[:200]}") from None
+        raise ScanError(f"--mask {path} is not JSON: {str(e)[:200]}") from None
     features = _features(found, path)
     polygons: list[list[Ring]] = []
     vertices = 0
@@ -104,10 +104,10 @@ def read_polygons(path: Path) -> list[list[Ring]]:
         for rings in _polygons(geometry, path, index):
             vertices += sum(len(r) for r in rings)
             if vertices > MAX_VERTICES:
-                raise ConversionError(f"--mask {path} has more than {MAX_VERTICES:,} vertices; simplify its polygons")
+                raise ScanError(f"--mask {path} has more than {MAX_VERTICES:,} vertices; simplify its polygons")
             polygons.append(rings)
     if not polygons:
-        raise ConversionError(f"--mask {path} holds no polygon: a GeoJSON mask needs Polygon or MultiPolygon regions")
+        raise ScanError(f"--mask {path} holds no polygon: a GeoJSON mask needs Polygon or MultiPolygon regions")
     return polygons
 
 
@@ -123,13 +123,13 @@ def _features(found: Any, path: Path) -> list[tuple[int, Any]]:
     elif isinstance(found, dict) and found.get("type") == "FeatureCollection":
         items = found.get("features")
         if not isinstance(items, list):
-            raise ConversionError(f"--mask {path}: its FeatureCollection's `features` is not a list")
+            raise ScanError(f"--mask {path}: its FeatureCollection's `features` is not a list")
     else:
         items = [found]
     out = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise ConversionError(f"--mask {path}: feature {index} is not a JSON object")
+            raise ScanError(f"--mask {path}: feature {index} is not a JSON object")
         out.append((index, item.get("geometry") if item.get("type") == "Feature" else item))
     return out
 
@@ -137,30 +137,30 @@ def _features(found: Any, path: Path) -> list[tuple[int, Any]]:
 def _polygons(geometry: Any, path: Path, index: int) -> list[list[Ring]]:
     where = f"--mask {path}: feature {index}"
     if not isinstance(geometry, dict):
-        raise ConversionError(f"{where} has no geometry object")
+        raise ScanError(f"{where} has no geometry object")
     kind, coordinates = geometry.get("type"), geometry.get("coordinates")
     if kind == "Polygon":
         return [_rings(coordinates, where)]
     if kind == "MultiPolygon" and isinstance(coordinates, list):
         return [_rings(polygon, f"{where}, polygon {k}") for k, polygon in enumerate(coordinates)]
     shown = kind if isinstance(kind, str) and len(kind) < 40 else "not a geometry"
-    raise ConversionError(f"{where} is a {shown}; a mask's regions are Polygon or MultiPolygon geometries")
+    raise ScanError(f"{where} is a {shown}; a mask's regions are Polygon or MultiPolygon geometries")
 
 
 def _rings(coordinates: Any, where: str) -> list[Ring]:
     if not isinstance(coordinates, list) or not coordinates:
-        raise ConversionError(f"{where}: its coordinates are not a list of rings")
+        raise ScanError(f"{where}: its coordinates are not a list of rings")
     rings = []
     for k, ring in enumerate(coordinates):
         if not isinstance(ring, list) or not all(isinstance(p, list) and 2 <= len(p) <= 3 and
                                                  all(_finite(v) for v in p) for p in ring):
-            raise ConversionError(f"{where}, ring {k}: every point must be [x, y] of finite numbers")
+            raise ScanError(f"{where}, ring {k}: every point must be [x, y] of finite numbers")
         points = np.array([p[:2] for p in ring], dtype=np.float64)
         if np.abs(points).max() > MAX_COORDINATE:
-            raise ConversionError(f"{where}, ring {k} has a coordinate beyond ±{MAX_COORDINATE:.0e} pixels: not a "
-                                  "slide's")
+            raise ScanError(f"{where}, ring {k} has a coordinate beyond ±{MAX_COORDINATE:.0e} pixels: not a "
+                            "slide's")
         if len(np.unique(points, axis=0)) < 3:
-            raise ConversionError(f"{where}, ring {k} has fewer than three distinct points: it encloses nothing")
+            raise ScanError(f"{where}, ring {k} has fewer than three distinct points: it encloses nothing")
         rings.append(points)
     return rings
 
