@@ -56,8 +56,9 @@ def convert_onnx(
     written there atomically (temporary file in the same directory, then `os.replace`); an existing `dst`, or
     one that is `src` itself, is refused unless `force` (and always when it is `src`).
 
-    Raises ConversionError, naming the file or the ONNX node and the reason, for an unreadable or invalid
-    model, one onnxruntime cannot run, and for any pattern it cannot convert exactly; then no file is written.
+    Raises InputError naming the file for an unreadable or invalid model, ConversionError naming the file or the
+    ONNX node and the reason for one onnxruntime cannot run and for any pattern it cannot convert exactly; then no
+    file is written.
     """
     if mode not in ONNX_MODES:
         raise InputError(f"mode must be one of {ONNX_MODES}, not {mode!r}")

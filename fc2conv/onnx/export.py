@@ -72,9 +72,9 @@ def export_onnx(
     onnxruntime at batch 2 at the reference size and a larger one (and a smaller one in global mode, where the
     model runs there) and must equal the PyTorch model within `tolerance(dtype, across_runtimes=True)`, so a
     size the exporter baked into the graph is refused. The file appears atomically and an existing file is
-    refused unless `force`. `ConversionError` for a model not made by `fc2conv.convert`, bad arguments (named),
-    and export or check failures, and for a dense or cam model without a geometry (`fc2conv.geometry` says why) or
-    an `input_shape` of a size the model does not take; then no file is written.
+    refused unless `force`. `InputError` for a model not made by `fc2conv.convert` and bad arguments (named),
+    `ConversionError` for export or check failures, and for a dense or cam model without a geometry
+    (`fc2conv.geometry` says why) or an `input_shape` of a size the model does not take; then no file is written.
     """
     info = getattr(converted, "fc2conv", None)
     if info is None:

@@ -25,7 +25,7 @@ _NUMBERS = "biuf"  # bool, signed and unsigned integers, floats
 
 def open_npy(path: str | os.PathLike) -> np.ndarray:
     """The array of the `.npy` file `path`, memory-mapped read-only after its header was checked (see the module
-    docstring); `ConversionError` naming the file otherwise."""
+    docstring); `InputError` naming the file otherwise."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -55,7 +55,7 @@ def open_npy(path: str | os.PathLike) -> np.ndarray:
 
 
 def samples_within(array: np.ndarray, budget: int | None, *, source: str, flag: str = "--max-pixels") -> None:
-    """`ConversionError` naming `source` when reading `array` (one input) would take more than `budget` samples
+    """`InputError` naming `source` when reading `array` (one input) would take more than `budget` samples
     (None: no limit): the size a caller allows one input in memory."""
     if budget is not None and array.size > budget:
         raise InputError(f"{source}: an input of {array.size:,} samples ({'×'.join(map(str, array.shape))}) is "
@@ -63,7 +63,7 @@ def samples_within(array: np.ndarray, budget: int | None, *, source: str, flag: 
 
 
 def check_finite(x: np.ndarray, *, source: str) -> None:
-    """`ConversionError` naming `source` when a sample of `x` is NaN or infinite: the scores of every window that
+    """`InputError` naming `source` when a sample of `x` is NaN or infinite: the scores of every window that
     saw it would be NaN, or plausible-looking numbers on a backend that clamps them."""
     count = x.size - int(np.count_nonzero(np.isfinite(x)))
     if count:

@@ -58,7 +58,7 @@ _COMPUTE = {"Convolution", "GroupConvolution", "Deconvolution", "MatMul", "Fully
 
 
 def check_backend(backend: str, precision: str) -> None:
-    """`ConversionError` naming `--backend` or `--precision` for a backend or a precision the backend does not run."""
+    """`InputError` naming `--backend` or `--precision` for a backend or a precision the backend does not run."""
     if backend not in BACKENDS:
         raise InputError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if precision == AUTO:  # `fc2conv.runtime.auto` picks the backend and precision

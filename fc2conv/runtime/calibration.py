@@ -117,7 +117,7 @@ class CalibrationSet:
 
 def read_calibration(source: str | os.PathLike, model: DenseModel, *,
                      max_pixels: int | None = MAX_PIXELS) -> CalibrationSet:
-    """The calibration set `source` for `model` (see the module docstring), listed but not read. `ConversionError`
+    """The calibration set `source` for `model` (see the module docstring), listed but not read. `InputError`
     naming the path for a missing path, an empty set, or a `.npy` file whose header is not an array of inputs; the
     inputs themselves are checked as they are read."""
     path = Path(source)

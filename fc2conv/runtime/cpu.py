@@ -140,7 +140,7 @@ def int8_caution(metadata: dict, backend: str, source: str, cpu: Cpu | None = No
 
 
 def detect() -> Cpu:
-    """This CPU, or the class `FC2CONV_CPU_CLASS` pins (`ConversionError` naming the variable for an unknown one)."""
+    """This CPU, or the class `FC2CONV_CPU_CLASS` pins (`InputError` naming the variable for an unknown one)."""
     pinned = os.environ.get(PIN, "").strip()
     if pinned:
         if pinned not in CLASSES:

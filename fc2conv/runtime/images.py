@@ -48,7 +48,7 @@ def load_image(image: ImageLike, channels: int, *, max_pixels: int | None = MAX_
 
     A path is read with its orientation applied; a PIL image or an array is taken as it is. Arrays may be
     H×W or H×W×C (C in 1, 3, 4), of uint8, uint16, bool or floats already in [0, 1]. `max_pixels` (None: no
-    limit) bounds the pixels of a file read from disk. `ConversionError` names the file and the problem.
+    limit) bounds the pixels of a file read from disk. `InputError` names the file and the problem.
     """
     if isinstance(image, (str, os.PathLike)):
         image = _read_file(Path(image), max_pixels)

@@ -91,7 +91,7 @@ def decode(found: Mapping[str, str] | Iterable[tuple[str, str]], *, source: str,
 
 
 def parse(text: str, *, source: str, field: str) -> Any:
-    """The JSON value `text` of metadata `field`, its size and nesting bounded before it is parsed; `ConversionError`
+    """The JSON value `text` of metadata `field`, its size and nesting bounded before it is parsed; `InputError`
     naming the field for text that is too large, too deep, not JSON, or holds NaN or Infinity."""
     if len(text) > MAX_TEXT:
         raise InputError(f"{source}: metadata field {field} has {len(text):,} characters, more than {MAX_TEXT:,}")
@@ -123,7 +123,7 @@ def _nesting(text: str) -> int:
 
 
 def validate(values: Mapping[str, Any], *, source: str, classes: int | None = None) -> None:
-    """`ConversionError` naming `source` and the field for a value that breaks the table above; `classes`,
+    """`InputError` naming `source` and the field for a value that breaks the table above; `classes`,
     when known, is the number of scores per cell that `labels` must match."""
 
     def fail(key: str, why: str) -> InputError:
@@ -242,7 +242,7 @@ def forged_character(text: str) -> str | None:
 
 
 def check_labels(labels: Sequence[str], *, source: str) -> None:
-    """`ConversionError` naming `source` and the class for a label that is not a string, is longer than `MAX_LABEL`
+    """`InputError` naming `source` and the class for a label that is not a string, is longer than `MAX_LABEL`
     characters, or holds a character that forges output (`forged_character`): labels are printed in tables and
     written to CSV, GeoJSON and viewers, so they are refused where they are read rather than escaped in each."""
     for index, label in enumerate(labels):

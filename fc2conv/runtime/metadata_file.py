@@ -32,7 +32,7 @@ _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 def read_entries(path: str | os.PathLike) -> list[tuple[str, str]]:
     """Every (key, value) of the ONNX file's `metadata_props`, in file order, repeated keys included.
-    `ConversionError` naming the file when it is not a protobuf message, or its metadata is too large to trust."""
+    `InputError` naming the file when it is not a protobuf message, or its metadata is too large to trust."""
     path = Path(path)
     try:
         size = path.stat().st_size

@@ -304,7 +304,7 @@ class DenseModel:
 
         An image file of more than `max_pixels` pixels is refused before it is decoded (None: no limit), and an input
         of a size the model does not take (the metadata's `sizes`: a window-partition model runs only at multiples
-        of its window) with a `ConversionError` naming the sizes it takes.
+        of its window) with an `InputError` naming the sizes it takes.
         """
         x = self.preprocess(data, max_pixels=max_pixels)
         size = tuple(int(d) for d in x.shape[2:])

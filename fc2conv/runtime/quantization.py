@@ -34,7 +34,7 @@ calibrated range of an int8 output (a random-weight ResNet18 calibrated at 224²
 The output keeps dynamic batch and spatial axes and the source's `fc2conv.*` metadata, adds `precision: "int8"`,
 `calibration` (method, inputs found, picked and held out, sizes, the weights' range, the CPU class it was measured
 on, the budget), `drift` (`fc2conv.runtime.drift`, measured in onnxruntime) and `float_layers`, and is written
-atomically; the source file is never modified. Refused (`ConversionError`): a model already quantized, an empty or
+atomically; the source file is never modified. Refused (`InputError`): a model already quantized, an empty or
 unreadable calibration set, inputs the model cannot take (their file named: wrong channels, smaller than the window,
 NaN or infinite samples, a `.npy` header that does not match its file).
 """
@@ -105,7 +105,7 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: str 
              force: bool = False, max_pixels: int | None = MAX_PIXELS) -> Quantized:
     """Write `model` (a float32 file of `fc2conv.export_onnx` or `convert_onnx`) quantized to int8 at `out`,
     calibrated on `calibration`, its best class agreeing with float32's on at least `min_agreement` of the held-out
-    cells (see the module docstring and `fc2conv.runtime.float_layers`). `ConversionError` for bad arguments, a
+    cells (see the module docstring and `fc2conv.runtime.float_layers`). `InputError` for bad arguments, a
     quantized model, a bad calibration set; `BudgetError` when no int8 model meets the budget. Nothing is written
     then."""
     model, out = Path(model), Path(out)

@@ -2,12 +2,12 @@
 
 `workers=N` starts a local cluster of N processes with one task slot each, listening on the loopback interface
 only, and closes it afterwards; `scheduler="tcp://HOST:PORT"` joins a running cluster (reached within
-`CONNECT_TIMEOUT` seconds, or `ConversionError`). A task computes a batch of neighbouring tiles, batches shrinking
+`CONNECT_TIMEOUT` seconds, or `ScanError`). A task computes a batch of neighbouring tiles, batches shrinking
 as the scan goes from at most 16 tiles to one (`fc2conv.scan.tasks.batches`), and writes them into the store
 itself (`fc2conv.scan.tasks.run_batch`, the next tile read while one computes; this process runs all its tiles as
 one batch): the client receives only their small report (pixels, float samples outside [0, 1]). A task whose
 worker dies is run again by the scheduler on another worker (Dask's own guarantee), where the tiles already
-written are not computed again; a task that kills three workers fails the scan with a `ConversionError`. Each
+written are not computed again; a task that kills three workers fails the scan with a `ScanError`. Each
 model session on a cluster gets the cores of its worker's machine divided among the task slots there
 (`worker_threads`: on a local cluster of N workers, max(1, cores // N)), unless the scan names its `threads`. The
 local cluster logs nothing below CRITICAL: a failing task's error comes back to the caller, which reports it in a

@@ -233,7 +233,7 @@ def _map_length(dense, axis: int, length: int, stride: tuple, window: tuple, hal
 
 
 def _masked(mask, src, placement, plan, stride, window, max_pixels) -> tuple | None:
-    """(mask, selection) of a masked scan (`fc2conv.scan.masks`), or None without `mask`; `ConversionError` for a
+    """(mask, selection) of a masked scan (`fc2conv.scan.masks`), or None without `mask`; `ScanError` for a
     mask that covers no cell of the map."""
     if mask is None:
         return None

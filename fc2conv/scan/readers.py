@@ -11,7 +11,7 @@ The readers, one class per kind of input, each giving H×W×C regions of one lev
 
 Each class also lists the (size, pixel size in µm or None) of every level of its file (`levels`), without
 reading pixels. A read that fails names the file and the region: `BadInput` for data that cannot be decoded (a
-resumed scan would meet it again), a plain `ConversionError` for an operating-system error (which may pass).
+resumed scan would meet it again), a plain `InputError` for an operating-system error (which may pass).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError, InputError, first_line, translated
+from ..errors import BackendError, ConversionError, InputError, first_line, translated
 from ..runtime.images import load_image
 from .placement import Placement
 from .samples import BadInput
@@ -87,7 +87,7 @@ class Source:
 
 
 def downsample(path: str, base: tuple[int, int], size: tuple[int, int], level: int) -> tuple[float, float]:
-    """Level-0 pixels (`base`, y and x) per pixel of `level` (`size`); `ConversionError` for a level without
+    """Level-0 pixels (`base`, y and x) per pixel of `level` (`size`); `InputError` for a level without
     pixels, which a header or a zarr shape may declare."""
     for index, shape in ((0, base), (level, size)):
         if min(shape) < 1:
@@ -166,8 +166,8 @@ def _open_slide(path: str) -> Any:
     try:
         import openslide
     except ImportError as e:
-        raise InputError(f"{path}: reading whole-slide formats needs OpenSlide: pip install "
-                         f"'fc2conv[openslide]' ({first_line(e)})") from None
+        raise BackendError(f"{path}: reading whole-slide formats needs OpenSlide: pip install "
+                           f"'fc2conv[openslide]' ({first_line(e)})") from None
     # OpenSlide raises its own error types, and OSError, for files it cannot open
     with translated(InputError, f"{path}: OpenSlide cannot open it (", end=")", named=True):
         return openslide.OpenSlide(path)

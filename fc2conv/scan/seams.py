@@ -38,7 +38,7 @@ __all__ = ["halo", "measure"]
 def halo(metadata: dict[str, Any], model: str, approximate: bool, context: int | None = None
          ) -> tuple[tuple, Any, bool]:
     """(halo in cells per axis, receptive field, whether the map is approximate): the receptive field's halo when
-    the metadata has one, else, if `approximate`, a window plus `context` pixels, else `ConversionError` saying
+    the metadata has one, else, if `approximate`, a window plus `context` pixels, else `ScanError` saying
     why."""
     if metadata["mode"] in ONE_CELL or len(metadata["input_shape"]) != 3:
         raise ScanError(f"{model} is not a dense map of images (mode {metadata['mode']}, input "

@@ -44,7 +44,7 @@ def open_source(path: str | os.PathLike, *, channels: int, reader: str = "auto",
                 mpp: float | None = None, max_pixels: int | None = MAX_PIXELS) -> Source:
     """The chosen level of `path` (`level`, or the one whose pixel size is within 10% of `mpp` µm; default 0).
 
-    `ConversionError` names the file (and field) and the reason: a file no reader understands, a TIFF whose
+    `InputError` names the file (and field) and the reason: a file no reader understands, a TIFF whose
     header does not describe its data, OME-Zarr metadata that does not hold up, a level the file does not have, a
     pixel size it does not record, samples of a type with no defined range, a file chunk that takes more than
     `TILE_MEMORY_BUDGET` to decode, or (for Pillow's formats) more than `max_pixels` pixels.

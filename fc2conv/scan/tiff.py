@@ -86,7 +86,7 @@ def _open_tiff(path: str) -> Any:
 
 
 def _check_level(path: str, index: int, level: Any, tif: Any) -> None:
-    """`ConversionError` unless the pages of pyramid level `index` are in the file `tif` itself and hold the image
+    """`InputError` unless the pages of pyramid level `index` are in the file `tif` itself and hold the image
     its header declares."""
     pages = list(level.pages)
     missing = sum(page is None for page in pages)
@@ -106,7 +106,7 @@ def _check_level(path: str, index: int, level: Any, tif: Any) -> None:
 
 
 def _check_chunks(path: str, page: Any, end: int) -> None:
-    """`ConversionError` unless `page` lists the tiles (or strips) its declared size takes, all within the file's
+    """`InputError` unless `page` lists the tiles (or strips) its declared size takes, all within the file's
     `end` bytes (tiles with offset or byte count 0 are declared empty, and read as zeros)."""
     key = page.keyframe
     needed = math.prod(key.chunked)

@@ -151,7 +151,7 @@ def probe_start(length: int, *, stride: int, window: int, halo: Pair) -> int:
 def make_plan(image: Pair, *, stride: Pair, window: Pair, halo: tuple[Pair, Pair], tile: int, cells: Pair) -> TilePlan:
     """The plan for an `image`-sized input with `tile`-pixel tiles (rounded down to whole strides).
 
-    `ConversionError` for an image smaller than one window, a tile that cannot hold one window, or more than
+    `ScanError` for an image smaller than one window, a tile that cannot hold one window, or more than
     `MAX_TILES` tiles.
     """
     if image[0] < window[0] or image[1] < window[1]:
@@ -171,7 +171,7 @@ def make_plan(image: Pair, *, stride: Pair, window: Pair, halo: tuple[Pair, Pair
 
 def check_memory(plan: TilePlan, tile: int | str, *, samples: int, sample_bytes: int, channels: int, classes: int,
                  score_bytes: int, decode_bytes: int = 0, budget: int = TILE_MEMORY_BUDGET) -> None:
-    """`ConversionError` naming --tile if one tile's own buffers (see `TILE_MEMORY_BUDGET`) exceed `budget` bytes:
+    """`ScanError` naming --tile if one tile's own buffers (see `TILE_MEMORY_BUDGET`) exceed `budget` bytes:
     the samples as read (`samples` per pixel of `sample_bytes`), as float32 and normalised (`channels`, the
     model's), its float32 map of `classes` scores, its owned cells as stored (`score_bytes` each), and a block of
     the file being decoded (`decode_bytes`)."""

@@ -42,7 +42,7 @@ class ModelSpec:
 @functools.lru_cache(maxsize=2)
 def load(spec: ModelSpec) -> DenseModel:
     """The model `spec` names, opened once per process (idle threads sleep rather than spin: see
-    `fc2conv.runtime.backends`); `ConversionError` if its file changed since planning."""
+    `fc2conv.runtime.backends`); `ScanError` if its file changed since planning."""
     if not Path(spec.path).is_file() or file_sha256(spec.path) != spec.sha256:
         raise ScanError(f"{spec.path} is missing or changed since the scan started (SHA-256 differs); every "
                         "worker must see the same model file")

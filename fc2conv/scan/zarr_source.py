@@ -196,7 +196,7 @@ def _dataset(node: Any, path: str, dataset: Any, where: str) -> Any:
 
 
 def _check_inside(store: str, name: str, field: str) -> None:
-    """`ConversionError` naming `field` unless `name` is a relative path of names that, with every file and folder
+    """`InputError` naming `field` unless `name` is a relative path of names that, with every file and folder
     below it, resolves inside `store` after following symbolic links."""
     parts = name.split("/")
     if name.startswith(("/", "\\")) or any(part in ("", ".", "..") for part in parts):
@@ -206,7 +206,7 @@ def _check_inside(store: str, name: str, field: str) -> None:
 
 
 def check_contained(store: str | os.PathLike, start: str | os.PathLike, what: str, *, regular: bool = False) -> None:
-    """`ConversionError` naming `what` unless `start` and every entry below it resolve inside `store` after following
+    """`InputError` naming `what` unless `start` and every entry below it resolve inside `store` after following
     symbolic links (zarr would read through them; links to folders are checked, not descended into). With `regular`,
     every entry must also be a folder or a regular file: no pipe, socket or device, no dangling link."""
     root = os.path.realpath(store)

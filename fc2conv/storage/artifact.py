@@ -118,7 +118,7 @@ def _description(converted: nn.Module, recipe: Recipe) -> dict:
 def save(converted: nn.Module, path: str | os.PathLike, *, recipe: Recipe, force: bool = False) -> Path:
     """Write `converted` (from `fc2conv.convert`, made as `recipe` says) to `path`; returns the path.
 
-    The format follows the suffix (see the module docstring). Raises `ConversionError` for an unknown suffix,
+    The format follows the suffix (see the module docstring). Raises `InputError` for an unknown suffix,
     an existing file without `force`, a directory that cannot be written, or a failed export check.
     """
     path = Path(path)

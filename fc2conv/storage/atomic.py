@@ -17,7 +17,7 @@ __all__ = ["atomic_output", "refuse_existing", "staged_outputs"]
 
 
 def refuse_existing(path: str | os.PathLike, *, force: bool) -> None:
-    """`ConversionError` if `path` exists and `force` is off; writers call it before slow work, too."""
+    """`InputError` if `path` exists and `force` is off; writers call it before slow work, too."""
     if os.path.exists(path) and not force:
         raise InputError(f"{os.fspath(path)} already exists; pass --force (force=True) to overwrite it")
 
@@ -29,7 +29,7 @@ def atomic_output(path: str | os.PathLike, *, force: bool = False) -> Iterator[P
     The temporary file is fsynced, then `os.replace`d over `path`, so readers see the old file or the
     complete new one, never a partial one, even if the process is killed. If the body raises (including
     KeyboardInterrupt) the temporary file is removed and `path` is untouched. An existing `path` is refused
-    unless `force`. `ConversionError` for an existing file, a directory at `path`, a directory that cannot
+    unless `force`. `InputError` for an existing file, a directory at `path`, a directory that cannot
     be written, and an `OSError` while writing.
     """
     path = Path(path)

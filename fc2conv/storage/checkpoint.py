@@ -5,7 +5,7 @@
     save_state_dict(model.state_dict(), "out.safetensors")    # temp file + fsync + rename
     read_metadata("out.safetensors")                          # the string metadata saved with it
 
-Every failure raises `ConversionError` naming the file and saying what to do next.
+Every failure raises `InputError` naming the file and saying what to do next.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> S
     with the global it needs. With `trust_pickle` it is fully unpickled, which can run arbitrary code, and a
     pickled `nn.Module` gives its `state_dict()`. TorchScript archives are always refused.
 
-    Raises `ConversionError` for a missing, empty, truncated or corrupted file, a directory, or a file
+    Raises `InputError` for a missing, empty, truncated or corrupted file, a directory, or a file
     holding no state dict.
     """
     path = Path(path)
@@ -85,7 +85,7 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> S
 def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
     """Copy `state_dict` into `model`, which is changed only if every key and shape matches.
 
-    Raises `ConversionError` naming `source` with the missing keys, the unexpected keys and the shape
+    Raises `InputError` naming `source` with the missing keys, the unexpected keys and the shape
     mismatches, a line each (the first three of each, with counts: a refusal stays a few lines). A missing
     `num_batches_tracked` is allowed: BatchNorm fills it in, as `nn.Module.load_state_dict` does for old checkpoints.
     """

@@ -71,7 +71,7 @@ def _finite(text: str) -> float:
 
 def check_config(config: Any, *, source: str) -> dict[str, Any]:
     """`config` (config.json, or an artifact's copy of it) when every field fc2conv reads is sound; else a
-    `ConversionError` naming `source` and the field."""
+    `InputError` naming `source` and the field."""
     if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise InputError(f"{source} has no \"model_type\": it is not a transformers config")
 

@@ -23,7 +23,7 @@ _SAME, _INSIDE, _HOLDS = "same", "inside", "holds"
 
 
 def check_apart(outputs: dict[str, Path], inputs: dict[str, Path]) -> None:
-    """`ConversionError` naming both flags when two `outputs` ({flag: path}) are the same file or one lies inside the
+    """`InputError` naming both flags when two `outputs` ({flag: path}) are the same file or one lies inside the
     other, or when an output is one of the `inputs` ({what: path}, e.g. "image", "--model"), lies inside one or
     holds one. Called before anything is read, computed or written; `--force` changes none of it."""
     named = list(outputs.items())

@@ -54,7 +54,7 @@ def unpickling_refusal(label: str, error: pickle.UnpicklingError, *, hint: str =
 
 
 def safe_torch_load(source: str | os.PathLike | io.BytesIO, label: str, *, hint: str = "", **kwargs: Any) -> Any:
-    """`torch.load(source, weights_only=True)`; `ConversionError` naming `label` when it holds more than weights."""
+    """`torch.load(source, weights_only=True)`; `InputError` naming `label` when it holds more than weights."""
     try:
         return _TORCH_LOAD(source, map_location="cpu", weights_only=True, **kwargs)
     except pickle.UnpicklingError as e:
@@ -66,7 +66,7 @@ def load_program(path: str | os.PathLike, *, trust_pickle: bool = False,
                  extra_files: dict[str, str] | None = None) -> torch.export.ExportedProgram:
     """The `torch.export` program saved at `path`, loaded without running pickled code unless `trust_pickle`.
 
-    `extra_files` is filled like `torch.export.load`'s. Raises `ConversionError` for a missing or unreadable
+    `extra_files` is filled like `torch.export.load`'s. Raises `InputError` for a missing or unreadable
     file, and for an archive entry that is a pickle needing more than tensors (named, with the global it
     needs), unless `trust_pickle`.
     """
@@ -127,7 +127,7 @@ def _weights_only_everywhere() -> Iterator[list[tuple[bytes, pickle.UnpicklingEr
 
 
 def _export_load(source: Path | io.BytesIO, path: Path, extra_files: dict[str, str] | None):
-    """`torch.export.load` with its logged tracebacks silenced and every failure a `ConversionError`."""
+    """`torch.export.load` with its logged tracebacks silenced and every failure an `InputError`."""
     logger = logging.getLogger("torch.export")
     level = logger.level
     logger.setLevel(logging.CRITICAL)  # it logs a traceback before trying its legacy format

@@ -53,7 +53,7 @@ def prepare(store: Path, *, slide: Path | None = None, classes: list[str] | None
             region: tuple[int, ...] | None = None, size: tuple[int, int] = (800, 1200),
             force: bool = False) -> Request:
     """Check everything `fc2conv.viewer.show` is given and everything it will read (see the module docstring);
-    `ConversionError` naming the flag, file or field at fault."""
+    `InputError` naming the flag, file or field at fault."""
     if classes is not None and (not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes)):
         raise InputError(f"--classes takes labels or indices as text; got {classes!r:.80}")
     _check_numbers(region, "--region", 4, minimum=0)

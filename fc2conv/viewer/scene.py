@@ -37,8 +37,8 @@ def show(store: Path, *, slide: Path | None = None, classes: list[str] | None = 
     pixels to frame. Without `classes`, the classes that occur are shown (`fc2conv.viewer.choice`), and `say` is
     given the line saying which, once napari and a display are found. Everything is checked before napari is
     imported (`fc2conv.viewer.request.prepare`): a store, slide or detections file that does not hold up, a
-    screenshot that is an input, bad flags, no napari or no display raise `ConversionError` naming what is at fault,
-    and nothing is written."""
+    screenshot that is an input, bad flags, no napari or no display raise `InputError`, `ScanError` or
+    `BackendError` naming what is at fault, and nothing is written."""
     request = prepare(store, slide=slide, classes=classes, detections=detections, screenshot=screenshot,
                       region=region, size=size, force=force)
     napari = _napari()

@@ -58,7 +58,7 @@ class LevelArray:
 
 def slide_levels(scan: Scan, slide: Path | None = None) -> list[LevelArray] | None:
     """Every level of `slide` (default: the file the scan read, or None when it is no longer there), finest first;
-    `ConversionError` naming --slide or the store's field for a file that is not a readable slide of the scanned
+    `InputError` naming --slide or the store's field for a file that is not a readable slide of the scanned
     size."""
     if slide is None:
         path, what = scan.slide, f"{scan.path}: fc2conv.source.path"

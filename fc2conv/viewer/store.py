@@ -64,7 +64,7 @@ class Scan:
 
 
 def open_scan(path: Path) -> Scan:
-    """The scan at `path`, checked (see the module docstring); `ConversionError` naming the store and the field
+    """The scan at `path`, checked (see the module docstring); `ScanError` naming the store and the field
     otherwise."""
     import zarr
 

@@ -60,7 +60,7 @@ class Mask(Protocol):
 
 def open_mask(mask: str | os.PathLike, *, source: Source, placement: Placement, grid: CellGrid,
               max_pixels: int | None) -> Mask:
-    """The mask `mask` names (see the module docstring) over `source`, the scanned level. `ConversionError` names
+    """The mask `mask` names (see the module docstring) over `source`, the scanned level. `ScanError` names
     the file, field or flag at fault: a missing or unreadable file, a mask image of another aspect ratio than the
     slide, polygons that are not polygons or lie wholly outside it, a thumbnail with no foreground."""
     if str(mask) in AUTO:

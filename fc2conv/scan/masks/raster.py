@@ -84,7 +84,7 @@ def _coarsest_fine_enough(sizes: list[tuple[int, int]], image: tuple[int, int], 
 
 
 def _check_aspect(path: Path, mask: tuple[int, int], image: tuple[int, int]) -> None:
-    """`ConversionError` when the mask's aspect ratio is not the slide's (within one mask pixel and 1%)."""
+    """`ScanError` when the mask's aspect ratio is not the slide's (within one mask pixel and 1%)."""
     ratio = (mask[0] / image[0]) / (mask[1] / image[1])
     slack = _ASPECT_TOLERANCE + 1 / min(mask)
     if abs(ratio - 1) > slack:
