@@ -10,20 +10,11 @@ import typer
 from ..errors import ConversionError, InputError
 from ..shapes import times
 from .app import (
-    ARCH,
-    CHANNELS_LAST,
     CHECKPOINT,
-    DENSITY,
     EXIT_FAILED,
     FORCE,
-    INPUT_SHAPE,
     JSON,
-    MODE,
-    MODEL_ARG,
-    MODEL_DEF,
-    NUM_CLASSES,
     QUIET,
-    REDUCE,
     TRUST_PICKLE,
     Output,
     app,
@@ -31,7 +22,8 @@ from .app import (
     parse_floats,
     usage_errors,
 )
-from .originals import blame_for, named_by, original, recipe_of
+from .originals import blame_for, named_by, original
+from .recipe_flags import RecipeFlags, takes_recipe_flags
 
 __all__ = ["convert", "inspect", "verify"]
 
@@ -158,17 +150,9 @@ def _labels_file(value: str | None) -> Path | None:
 
 
 @app.command(epilog="Example: fc2conv inspect resnet18.pth --arch resnet18")
+@takes_recipe_flags
 def inspect(
-    checkpoint: Path = CHECKPOINT,
-    arch: str | None = ARCH,
-    model_def: str | None = MODEL_DEF,
-    model_arg: list[str] = MODEL_ARG,
-    num_classes: int | None = NUM_CLASSES,
-    input_shape: str | None = INPUT_SHAPE,
-    mode: str = MODE,
-    density: int = DENSITY,
-    reduce: str = REDUCE,
-    channels_last_linears: bool = CHANNELS_LAST,
+    flags: RecipeFlags,
     trust_pickle: bool = TRUST_PICKLE,
     quiet: bool = QUIET,
     as_json: bool = JSON,
@@ -178,16 +162,15 @@ def inspect(
 
     out = Output(quiet=quiet, as_json=as_json)
     with usage_errors(), out.steps(3) as step:
-        recipe = recipe_of(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode,
-                           channels_last_linears, density, reduce)
-        blame = blame_for(recipe, checkpoint, input_shape)
-        model = original(recipe, checkpoint, trust_pickle, step, blame)
+        recipe = flags.recipe()
+        blame = blame_for(recipe, flags.checkpoint, flags.input_shape)
+        model = original(recipe, flags.checkpoint, trust_pickle, step, blame)
         step("converting")
         with named_by(blame, model):
             converted = recipe.convert(model)
         geometry_text, geometry = _describe_geometry(converted)
         densities = allowed_densities(converted) if recipe.mode == "dense" and recipe.density == 1 else None
-    out.say(_describe_model(model, recipe, checkpoint))
+    out.say(_describe_model(model, recipe, flags.checkpoint))
     out.say(str(converted.fc2conv.plan))
     out.say(geometry_text)
     if densities is not None:
@@ -205,17 +188,9 @@ def inspect(
     "  fc2conv convert my-finetuned-resnet/ -o out/resnet.safetensors --onnx out/resnet.onnx   "
     "(a save_pretrained directory: labels and normalisation from its config)"
 ))
+@takes_recipe_flags
 def convert(
-    checkpoint: Path = CHECKPOINT,
-    arch: str | None = ARCH,
-    model_def: str | None = MODEL_DEF,
-    model_arg: list[str] = MODEL_ARG,
-    num_classes: int | None = NUM_CLASSES,
-    input_shape: str | None = INPUT_SHAPE,
-    mode: str = MODE,
-    density: int = DENSITY,
-    reduce: str = REDUCE,
-    channels_last_linears: bool = CHANNELS_LAST,
+    flags: RecipeFlags,
     output: list[Path] = typer.Option(
         [], "--output", "-o", metavar="OUT",
         help="OUT.pt2 (torch.export, dynamic N/H/W) or OUT.safetensors / OUT.pt (weights + recipe); repeatable."),
@@ -238,8 +213,7 @@ def convert(
     """
     out = Output(quiet=quiet, as_json=as_json)
     with usage_errors():
-        recipe = recipe_of(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode,
-                           channels_last_linears, density, reduce)
+        recipe = flags.recipe()
         targets = [*output, *([onnx] if onnx else [])]
         if not targets:
             raise InputError("give at least one output: -o OUT.pt2, -o OUT.safetensors or --onnx OUT.onnx")
@@ -251,13 +225,14 @@ def convert(
             if path.suffix not in (EXPORT_SUFFIX, *STATE_SUFFIXES):
                 raise InputError(f"-o {path}: unknown output format; name it {EXPORT_SUFFIX} (torch.export), "
                                  f"{', '.join(STATE_SUFFIXES)} (weights + recipe), or use --onnx")
-        flags = {("-o" if len(output) == 1 else f"-o #{k + 1}"): path for k, path in enumerate(output)}
-        check_outputs({**flags, **({"--onnx": onnx} if onnx else {})}, force, inputs=_inputs(checkpoint, model_def,
-                                                                                              labels))
+        named = {("-o" if len(output) == 1 else f"-o #{k + 1}"): path for k, path in enumerate(output)}
+        check_outputs({**named, **({"--onnx": onnx} if onnx else {})}, force,
+                      inputs=_inputs(flags.checkpoint, flags.model_def, labels))
         with out.steps(3 + (not no_verify) + len(targets)) as step:
-            blame = blame_for(recipe, checkpoint, input_shape)
-            model = original(recipe, checkpoint, trust_pickle, step, blame)
-            onnx_options = _onnx_metadata(checkpoint, recipe, labels, mean, std)  # the checkpoint read: it is sound
+            blame = blame_for(recipe, flags.checkpoint, flags.input_shape)
+            model = original(recipe, flags.checkpoint, trust_pickle, step, blame)
+            # The checkpoint was read, so it is sound.
+            onnx_options = _onnx_metadata(flags.checkpoint, recipe, labels, mean, std)
             step("converting")
             with named_by(blame, model):
                 converted = recipe.convert(model)
@@ -272,7 +247,7 @@ def convert(
                 written = _write(converted, recipe, output, onnx, onnx_options, force, step)
         geometry_text, geometry = _describe_geometry(converted)
     ok = report is None or report.ok
-    out.say(_describe_model(model, recipe, checkpoint))
+    out.say(_describe_model(model, recipe, flags.checkpoint))
     out.say(str(converted.fc2conv.plan))
     out.say(geometry_text)
     out.say(str(report) if report is not None else "verification skipped (--no-verify)")
