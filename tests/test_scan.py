@@ -265,8 +265,8 @@ from fc2conv.scan import stitch
 
 scan_tile, done = stitch.scan_tile, []
 
-def scan_then_pause(job, tile, read=None):
-    pixels = scan_tile(job, tile, read=read)
+def scan_then_pause(job, tile, read=None, write=None):
+    pixels = scan_tile(job, tile, read=read)  # written now, not behind: the 20th is written before the pause
     done.append(tile.index)
     if len(done) == 20:
         print(len(done), flush=True)

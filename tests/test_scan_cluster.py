@@ -44,13 +44,13 @@ import fc2conv.scan.stitch as stitch
 
 scan_tile, started = stitch.scan_tile, []
 
-def block_in_the_third(job, tile, read=None):
+def block_in_the_third(job, tile, read=None, write=None):
     started.append(tile.index)
     if len(started) == 3:
         pathlib.Path(marker + ".tmp").write_text("%d %d" % tile.index)
         os.replace(marker + ".tmp", marker)  # whole when it appears
         time.sleep(3600)
-    return scan_tile(job, tile, read=read)
+    return scan_tile(job, tile, read=read, write=write)
 
 stitch.scan_tile = block_in_the_third
 """

@@ -1,7 +1,8 @@
 """Tile tasks (`fc2conv.scan.tasks`): batches cover every tile once, the next tile is read while one computes and
-its errors come at its own turn, tiles already done are not computed again, and each session's threads follow the
-cores. The model, the store and the reads are stand-ins here: the scans of test_scan.py and test_scan_cluster.py
-run the real ones through the same code."""
+its errors come at its own turn, the tile before is written while one computes (in order, and before the batch
+ends), tiles already done are not computed again, and each session's threads follow the cores. The model, the store
+and the reads are stand-ins here: the scans of test_scan.py and test_scan_cluster.py run the real ones through the
+same code."""
 
 from __future__ import annotations
 
@@ -60,14 +61,22 @@ class FakeRun:
             raise BadInput(f"NaN in tile {tile.index}")
         return np.zeros(1), TileReport(pixels=tile.pixels)
 
-    def compute(self, job, tile, read=None):
+    def compute(self, job, tile, read=None, write=None):
         assert read is not None and read[1].pixels == tile.pixels
         self.jobs.append(job)
+        self.started(tile)
         following = self.tiles.index(tile) + 1
         if following < len(self.tiles):
             assert self.reading[self.tiles[following].index].wait(timeout=30), "the next tile was not read ahead"
-        self.record("written", tile)
+        assert write is not None, "run_batch writes behind"
+        write(self.write, tile)
         return read[1]
+
+    def started(self, tile):
+        pass
+
+    def write(self, tile):
+        self.record("written", tile)
 
     def record(self, what, tile):
         with self.lock:
@@ -98,6 +107,36 @@ def test_a_bad_tile_read_ahead_fails_at_its_own_turn(monkeypatch, bad):
     assert fake.written() == [tile.index for tile in TILES[:bad]]
     reads = [index for what, index in fake.events if what == "read"]
     assert reads == [tile.index for tile in TILES[:bad + 1]]  # nothing past the bad tile is read
+
+
+def test_a_tile_is_written_while_the_next_computes_in_order(monkeypatch):
+    """Tile k's write waits until tile k + 1 is computing (it would hang, and fail, if written before returning);
+    writes land in order, the batch ends with its last one written, and the first failed write stops the batch."""
+    fake = FakeRun(monkeypatch, TILES[:6])
+    computing = {tile.index: threading.Event() for tile in TILES[:6]}
+
+    def write(tile):
+        following = TILES.index(tile) + 1
+        if following < 6:
+            assert computing[TILES[following].index].wait(timeout=30), "not written behind the next tile"
+        fake.record("written", tile)
+
+    monkeypatch.setattr(fake, "started", lambda tile: computing[tile.index].set())
+    monkeypatch.setattr(fake, "write", write)
+    tasks.run_batch(JOB, TILES[:6])
+    assert fake.written() == [tile.index for tile in TILES[:6]]
+    assert fake.events[-1] == ("written", TILES[5].index)
+
+    def failing(tile):
+        if tile == TILES[2]:
+            raise OSError("disk full")
+        fake.record("written", tile)
+
+    fake.events.clear()
+    monkeypatch.setattr(fake, "write", failing)
+    with pytest.raises(OSError, match="disk full"):
+        tasks.run_batch(JOB, TILES[:6])
+    assert fake.written() == [TILES[0].index, TILES[1].index]
 
 
 def test_tiles_already_done_are_read_not_computed(monkeypatch):

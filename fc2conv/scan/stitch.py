@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from .tiles import Tile, TilePlan
 from .worker import ModelSpec, evaluate
 
 __all__ = ["ATTRS", "Job", "create", "discard", "done_mask", "mark_complete", "open_run", "partial_path",
-           "scan_tile"]
+           "scan_tile", "write_tile"]
 
 ATTRS = "fc2conv"
 _BEFORE_BACKENDS = {"backend": "onnxruntime", "precision": "fp32"}
@@ -124,19 +125,33 @@ def mark_complete(path: Path, attrs: dict[str, Any]) -> None:
     zarr.open_group(str(path), mode="r+").attrs[ATTRS] = {**attrs, "complete": True}
 
 
-def scan_tile(job: Job, tile: Tile, read: tuple[np.ndarray, TileReport] | None = None) -> TileReport:
+def scan_tile(job: Job, tile: Tile, read: tuple[np.ndarray, TileReport] | None = None,
+              write: Callable[..., None] | None = None) -> TileReport:
     """Compute `tile`'s owned cells, write them into their chunk, then set its done flag. Returns the report of
     the samples it read (pixels for throughput, float samples outside [0, 1]). Safe to run twice: the second run
-    writes the same values. `read`: the tile's samples read ahead (`fc2conv.scan.worker.read_tile`), if they were."""
-    scores, done, mask = _arrays(job.store, job.token)
+    writes the same values. `read`: the tile's samples read ahead (`fc2conv.scan.worker.read_tile`), if they were.
+    `write`: called as `write(write_tile, job, tile, cells)` to write them behind, while the next tile computes
+    (`fc2conv.scan.tasks.run_batch`); without it they are written before this returns."""
+    scores, _, mask = _arrays(job.store, job.token)
     top, left, bottom, right = tile.cells
     owned, report = evaluate(job.model, job.source, tile, read)
     owned = owned.astype(scores.dtype)  # a copy: the session's own buffer is not changed
     if mask is not None:  # a masked scan: cells whose window centre is outside the mask are missing
         owned[:, mask[0, top:bottom, left:right] == 0] = np.nan
-    scores[:, top:bottom, left:right] = owned
-    done[tile.index] = 1
+    (write or _now)(write_tile, job, tile, owned)
     return report
+
+
+def write_tile(job: Job, tile: Tile, cells: np.ndarray) -> None:
+    """Write `tile`'s owned `cells` into their chunk, then set its done flag."""
+    scores, done, _ = _arrays(job.store, job.token)
+    top, left, bottom, right = tile.cells
+    scores[:, top:bottom, left:right] = cells
+    done[tile.index] = 1
+
+
+def _now(function: Callable[..., None], *args: Any) -> None:
+    function(*args)
 
 
 @functools.lru_cache(maxsize=2)

@@ -10,13 +10,14 @@ every `MAX_BATCH` tiles. 16 tiles on one slot are tasks of 8, 4, 2, 1 and 1 tile
 7, 5, 4, 3, 2, 2, 1, 1, 1 and 1.
 
 Running a batch (`run_batch`): its tiles one after another (`fc2conv.scan.stitch.scan_tile`, called through the
-module, so a test can replace it), and, in one background thread, the next tile's samples read and checked
-(`fc2conv.scan.worker.read_tile`) and its done flag read while the current tile computes. What the background
-thread meets is kept with its tile: a `BadInput` in tile k is raised when tile k's turn comes, after every tile
-before it is written, as if nothing were read ahead. A batch holds at most two tiles' samples at once (the one
-computing and the next). A tile whose done flag is already set (a batch run again after its worker died) is not
-computed again; its samples are still read and checked, so a batch's report covers all its tiles whichever
-worker wrote them.
+module, so a test can replace it), with two background threads: one reads and checks the next tile's samples
+(`fc2conv.scan.worker.read_tile`) and its done flag while the current tile computes, the other writes the tile
+before's cells and then sets its done flag (for a small model the write is a tenth of a tile's time). What the
+reading thread meets is kept with its tile: a `BadInput` in tile k is raised when tile k's turn comes, and leaves
+the batch once every tile before it is written, as if nothing were read ahead. A batch holds at most two tiles'
+samples and one tile's cells waiting to be written, and ends once its last tile is written. A tile whose done flag
+is already set (a batch run again after its worker died) is not computed again; its samples are still read and
+checked, so a batch's report covers all its tiles whichever worker wrote them.
 
 Threads (`session_threads`): on a cluster, each model session gets the cores its worker's machine has, divided
 among the task slots of that machine's workers (at least one); the explicit `threads` of a scan wins.
@@ -76,16 +77,46 @@ def run_batch(job: Job, tiles: list[Tile], *, threads: dict[str, int] | None = N
     if job.model.threads is None and threads is not None:
         job = replace(job, model=replace(job.model, threads=threads.get(_worker_host(), 1)))
     total = TileReport()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fc2conv-read-ahead") as reader:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fc2conv-read-ahead") as reader, \
+            _WriteBehind() as writer:
         ahead = reader.submit(_prepare, job, tiles[0]) if tiles else None
         for k, tile in enumerate(tiles):
             done, read = ahead.result()  # this tile's own error (BadInput…), raised at its turn
             ahead = reader.submit(_prepare, job, tiles[k + 1]) if k + 1 < len(tiles) else None
-            report = read[1] if done else stitch.scan_tile(job, tile, read=read)
+            report = read[1] if done else stitch.scan_tile(job, tile, read=read, write=writer)
             total += report
             if advance is not None:
                 advance(report)
     return total
+
+
+class _WriteBehind:
+    """One background thread that writes each tile's cells while the next tile computes, in order: a write waits
+    for the one before it (so at most one tile's cells wait), and leaving the block waits for the last one. A failed
+    write is raised at the next write or on leaving, and no later tile is written after it."""
+
+    def __enter__(self) -> _WriteBehind:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fc2conv-write-behind")
+        self.pending = None
+        return self
+
+    def __call__(self, function: Callable[..., None], *args: Any) -> None:
+        self._wait()
+        self.pending = self.pool.submit(function, *args)
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def __exit__(self, kind, error, trace) -> None:
+        try:
+            self._wait()  # an error already on its way (a tile's BadInput) goes first; this write still lands
+        except Exception:
+            if kind is None:
+                raise
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def _prepare(job: Job, tile: Tile) -> tuple[bool, Any]:
