@@ -176,3 +176,77 @@ def test_sizes_are_written_as_their_rule():
     assert str(Sizes(256, ((0, 0), (241, 255)))) == "256·k − 15 … 256·k"
     assert str(Sizes(64, ((3, 3), (10, 12)))) == "64·k + 3 or 64·k + 10 … 64·k + 12"
     assert sizes_from_json([WINDOWS.to_json(), None]) == (WINDOWS, None) and sizes_from_json(None) is None
+
+
+# -- attention sized for one map, and attention before a head that is refused: the attention is the reason given
+
+
+class _SEThenAttention(torch.nn.Module):
+    """Squeeze-excitation, then self-attention over the map's positions, with a position bias sized for one map when
+    `bias` (CoAtNet's and GC ViT's blocks: it then runs only at its reference size), then a pool and a Linear."""
+
+    def __init__(self, bias: bool, c: int = 8):
+        super().__init__()
+        self.stem, self.gate, self.qkv = (torch.nn.Conv2d(3, c, 3, stride=4, padding=1), torch.nn.Conv2d(c, c, 1),
+                                          torch.nn.Conv2d(c, 3 * c, 1))
+        self.bias = torch.nn.Parameter(torch.randn(16, 16)) if bias else None  # 4×4 positions at 16×16
+        self.fc = torch.nn.Linear(c, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x * torch.sigmoid(self.gate(x.mean((2, 3), keepdim=True)))
+        q, k, v = self.qkv(x).flatten(2).chunk(3, dim=1)
+        scores = q.transpose(1, 2) @ k
+        attention = (scores if self.bias is None else scores + self.bias).softmax(-1)
+        return self.fc((x + (v @ attention.transpose(1, 2)).view_as(x)).mean((2, 3)))
+
+
+class _MixerThenStageHeads(torch.nn.Module):
+    """A state-space token mixer (the map's positions mixed into a few states by input-dependent weights, and read
+    back), then one classifier per stage, summed: EfficientViM's HSMSSD and head."""
+
+    def __init__(self, mixer: bool, c: int = 8):
+        super().__init__()
+        self.mixer = mixer
+        self.stem, self.states = torch.nn.Conv2d(3, c, 3, stride=2, padding=1), torch.nn.Conv2d(c, 4, 1)
+        self.down = torch.nn.Conv2d(c, c, 3, stride=2, padding=1)
+        self.heads = torch.nn.ModuleList([torch.nn.Linear(c, 5), torch.nn.Linear(c, 5)])
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        if self.mixer:
+            weights = self.states(x).flatten(2).softmax(-1)  # N×4×HW: each state's distribution over positions
+            x = x + ((x.flatten(2) @ weights.transpose(1, 2)) @ weights).view_as(x)
+        y = torch.relu(self.down(x))
+        return torch.stack([self.heads[0](x.mean((2, 3))), self.heads[1](y.mean((2, 3)))]).sum(0)
+
+
+def test_attention_sized_for_one_map_after_global_context_is_refused_for_the_attention(tmp_path):
+    torch.manual_seed(0)
+    dense = fc2conv.convert(_SEThenAttention(bias=True).eval(), (3, 16, 16))  # exact at its size, as a function
+    with pytest.raises(ConversionError) as refused:
+        fc2conv.geometry(dense)
+    why = str(refused.value)
+    assert why.startswith("'matmul' sees the whole input (attention: it multiplies two input-dependent tensors"), why
+    assert "converts heads on convolutional feature maps (mode='global' keeps the model's own function): along the " \
+           "height the converted model runs only at sizes 16 of 16…528, with no period" in why, why
+    with pytest.raises(ConversionError, match=r"^'matmul' sees the whole input"):
+        export_onnx(dense, tmp_path / "attention.onnx")
+    assert not (tmp_path / "attention.onnx").exists()
+    # Without the bias it runs at every size: converted, and its context names the attention, not the gate.
+    geo = fc2conv.geometry(fc2conv.convert(_SEThenAttention(bias=False).eval(), (3, 16, 16)))
+    assert geo.stride == (4, 4) and geo.exact is False and geo.context.startswith("'matmul' makes every cell"), geo
+
+
+def test_a_head_refused_after_a_token_mixer_is_refused_for_the_mixer_first():
+    torch.manual_seed(0)
+    with pytest.raises(ConversionError) as refused:
+        fc2conv.convert(_MixerThenStageHeads(mixer=True).eval(), (3, 16, 16))
+    why = str(refused.value)
+    assert why.startswith("'matmul' sees the whole input (attention: it multiplies two input-dependent tensors"), why
+    assert "fc2conv converts heads on convolutional feature maps. Besides, cannot convert 'stack'" in why, why
+    assert "separate branches" in why
+    with pytest.raises(ConversionError, match=r"^'matmul' sees the whole input"):
+        fc2conv.plan(_MixerThenStageHeads(mixer=True).eval(), (3, 16, 16))
+    with pytest.raises(ConversionError, match=r"^cannot convert 'stack' .*separate branches"):  # no mixer: the head
+        fc2conv.convert(_MixerThenStageHeads(mixer=False).eval(), (3, 16, 16))

@@ -1,6 +1,7 @@
 """The analysis pass: one walk over the traced graph in order gives every node a value and an action
 (`fc2conv.analysis.values`), and every Linear, pool and norm the mode touches a `Decision` (`fc2conv.analysis.plan`).
-Pools are decided in `pools.py`, the head's vectors carried in `head.py`.
+Pools are decided in `pools.py`, the head's vectors carried in `head.py`. A model refused for its head after
+attention that mixes all positions (`fc2conv.analysis.reach`) is refused for the attention first, naming its layer.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .ops import (
 )
 from .plan import Decision, Plan
 from .pools import PoolVisits, pooled_nodes
+from .reach import Everywhere, reach_of
 from .values import Action, Alias, Analysis, ChannelsLast, Vector
 
 __all__ = ["ANALYSED_MODES", "analyze"]
@@ -222,4 +224,26 @@ def analyze(gm: fx.GraphModule, input_shape: tuple[int, ...], mode: str = "dense
     """Values, actions and the plan for converting a traced, shape-propagated model (see `trace`)."""
     if mode not in ANALYSED_MODES:
         raise ValueError(f"mode must be one of {', '.join(ANALYSED_MODES)}, not {mode!r}")
-    return _Analyzer(gm, tuple(input_shape), mode, channels_last_linears).run()
+    try:
+        return _Analyzer(gm, tuple(input_shape), mode, channels_last_linears).run()
+    except ConversionError as e:
+        mixer = None if mode == "global" or "attention" in str(e).lower() else _attention(gm, input_shape)
+        if mixer is None:
+            raise
+        raise ConversionError(
+            f"'{mixer.node}' sees the whole input ({mixer.why}): a model whose attention mixes all positions has no "
+            f"map of local features for its head to slide over; fc2conv converts heads on convolutional feature "
+            f"maps. Besides, {e}") from e
+
+
+def _attention(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> Everywhere | None:
+    """The attention (or token mixing) the model's output comes after, if any (`fc2conv.analysis.reach`): a
+    more fundamental reason to refuse a dense map than anything about the head."""
+    if is_vector_input(input_shape):
+        return None
+    try:
+        values = reach_of(gm, len(input_shape) - 1)
+    except Exception:  # the reach pass is a second opinion here: the analysis's own refusal stands without it
+        return None
+    value = next((values[n] for n in gm.graph.nodes if n.op == "output"), None)
+    return value if isinstance(value, Everywhere) and value.attention else None

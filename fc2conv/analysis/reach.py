@@ -15,12 +15,17 @@ A value that depends on the whole input is `Everywhere`, naming the node that ma
 (squeeze-excitation), a norm over the map (GroupNorm, InstanceNorm), attention and token mixing (a product
 of two input-dependent tensors, a Linear or softmax across positions), circular padding. A value this pass
 cannot follow (an op it does not know, grids of different strides meeting) is `Unknown`, again with the node.
+
+Attention is the more fundamental of the two: a value after attention names the first layer that mixed positions,
+and a map scaled by global context (`Everywhere.held`: the positions it still holds) is followed on, so that
+attention after squeeze-excitation (CoAtNet, GC ViT) is named, not the squeeze-excitation pool. The rules for
+convolutions, pools and pads are `fc2conv.analysis.sliding`'s; the values, `fc2conv.analysis.reach_values`'.
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch.nn.functional as F
@@ -53,37 +58,11 @@ from .positions import (
     qualified,
     standard,
 )
+from .reach_values import ATTENTION, Everywhere, Reach, Unknown, Value
+from .sliding import SlidingOps
 
-__all__ = ["Everywhere", "Reach", "Unknown", "Value", "reach_of"]
+__all__ = ["ATTENTION", "Everywhere", "Reach", "Unknown", "Value", "reach_of"]
 
-
-@dataclass(frozen=True)
-class Reach:
-    """Element j along spatial axis a depends on input positions j·stride[a] + lo[a] … j·stride[a] + hi[a]."""
-
-    axes: tuple[int, ...]
-    stride: tuple[int, ...]
-    lo: tuple[int, ...]
-    hi: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Everywhere:
-    """Depends on the whole input (global context), because of `node`."""
-
-    node: str
-    why: str
-
-
-@dataclass(frozen=True)
-class Unknown:
-    """This pass cannot tell where the value comes from, because of `node`."""
-
-    node: str
-    why: str
-
-
-Value = Reach | Everywhere | Unknown | None  # None: does not depend on the input at all
 
 def reach_of(gm: fx.GraphModule, spatial: int) -> dict[fx.Node, Value]:
     """The value of every node of `gm` (traced through, shapes recorded in `node.meta["tensor_meta"]`) whose
@@ -91,18 +70,7 @@ def reach_of(gm: fx.GraphModule, spatial: int) -> dict[fx.Node, Value]:
     return _Pass(gm, spatial).run()
 
 
-def _per_axis(value: Any, axes: int, default: int | None = None) -> tuple[int, ...] | None:
-    """An int or a sequence of ints as one int per axis; None when it is computed at run time."""
-    if value is None:
-        return None if default is None else (default,) * axes
-    if isinstance(value, int):
-        return (value,) * axes
-    if isinstance(value, list | tuple) and len(value) == axes and all(isinstance(v, int) for v in value):
-        return tuple(value)
-    return None
-
-
-class _Pass:
+class _Pass(SlidingOps):
     def __init__(self, gm: fx.GraphModule, spatial: int):
         self.gm, self.spatial = gm, spatial
         self.modules = dict(gm.named_modules(remove_duplicate=False))  # a module shared under two names
@@ -122,8 +90,14 @@ class _Pass:
         stack = list(node.meta.get("nn_module_stack", {}).values())
         return f"{stack[-1][0]}: {node.name}" if stack and stack[-1][0] else node.name
 
-    def everywhere(self, node: fx.Node, why: str) -> Everywhere:
-        return Everywhere(self.name(node), why)
+    def everywhere(self, node: fx.Node, why: str, attention: bool = False, held: Reach | Unknown | None = None
+                   ) -> Everywhere:
+        return Everywhere(self.name(node), why, attention, held)
+
+    def positions(self, node: fx.Node) -> Value:
+        """Where `node`'s positions are: its value, or, for one that sees the whole input, those it still holds."""
+        value = self.values.get(node)
+        return value.held if isinstance(value, Everywhere) else value
 
     def unknown(self, node: fx.Node, why: str) -> Unknown:
         return Unknown(self.name(node), why)
@@ -141,22 +115,41 @@ class _Pass:
         if not values or shape_of(node) is None:  # constants; sizes, shapes and other Python values
             return None
         callee = self.modules[node.target] if node.op == "call_module" else node.target
+        everywhere = [v for v in values if isinstance(v, Everywhere)]
+        mixed = next((v for v in everywhere if v.attention), None)
+        if mixed is not None:  # the first layer that mixes positions is the one named
+            return mixed
         if self.mixes(node, callee, values):
-            return Everywhere(self.name(node), "attention: it multiplies two input-dependent tensors, so every "
-                                               "position sees every other")
-        settled = next((v for v in values if isinstance(v, Everywhere)), None) or next(
-            (v for v in values if isinstance(v, Unknown)), None)
-        if settled is not None:
-            return settled
-        return self.spatial_op(node, callee, values)
+            return self.everywhere(node, ATTENTION, attention=True)
+        if everywhere:
+            return self.beyond_context(node, callee, values, everywhere)
+        unknown = next((v for v in values if isinstance(v, Unknown)), None)
+        return unknown if unknown is not None else self.spatial_op(node, callee, values)
 
     def mixes(self, node: fx.Node, callee: Any, values: list[Value]) -> bool:
-        """Attention: a product of two tensors that both still hold positions (not two pooled summaries)."""
+        """Attention: a product of two tensors of which one still holds positions (not two pooled summaries),
+        global context upstream (squeeze-excitation) or not."""
         if isinstance(callee, MIXING_MODULES):
             return True
-        positional = [v for v in values if not isinstance(v, Everywhere)]
+        positional = [v for v in values if not isinstance(v, Everywhere) or v.held is not None]
         return is_op(callee, (), MIXING_FUNCTIONS, {"matmul", "bmm", "__matmul__"}) and len(values) >= 2 and bool(
             positional)
+
+    def beyond_context(self, node: fx.Node, callee: Any, values: list[Value], everywhere: list[Everywhere]
+                       ) -> Everywhere:
+        """An op on values that see the whole input through global context: followed through the positions its
+        maps still hold, so that attention after it is still found (CoAtNet and GC ViT put squeeze-excitation
+        before their attention)."""
+        first = everywhere[0]
+        held = [v.held if isinstance(v, Everywhere) else v for v in values]
+        held = [h for h in held if h is not None]  # pooled summaries, broadcast over the positions, hold none
+        if not held:
+            return first
+        unknown = next((h for h in held if isinstance(h, Unknown)), None)
+        after = unknown if unknown is not None else self.spatial_op(node, callee, held)
+        if isinstance(after, Everywhere):
+            return after if after.attention else replace(first, held=after.held)
+        return replace(first, held=after)
 
     def spatial_op(self, node: fx.Node, callee: Any, reaches: list[Reach]) -> Value:
         first = reaches[0]
@@ -171,21 +164,22 @@ class _Pass:
         if is_op(callee, PADS, {F.pad}):
             return self.pad(node, callee, first)
         if is_op(callee, MAP_NORMS, {F.group_norm, F.instance_norm}):
-            return self.everywhere(node, "a norm over the whole map (its statistics come from every position)")
+            return self.everywhere(node, "a norm over the whole map (its statistics come from every position)",
+                                   held=first)
         if isinstance(callee, nn.Linear) or callee is F.linear:
             if len(first.axes) and max(first.axes) == len(shape_of(node.args[0])) - 1:
-                return self.everywhere(node, "a Linear across positions (token mixing)")
+                return self.everywhere(node, "a Linear across positions (token mixing)", attention=True)
             return first
         if isinstance(callee, nn.LayerNorm) or callee is F.layer_norm:
             normalized = len(callee.normalized_shape if isinstance(callee, nn.LayerNorm) else arg(node, 1, "shape"))
             rank = len(shape_of(node))
             if any(axis >= rank - normalized for axis in first.axes):
-                return self.everywhere(node, "a LayerNorm over positions")
+                return self.everywhere(node, "a LayerNorm over positions", held=first)
             return first
         if is_op(callee, (nn.Softmax, nn.LogSoftmax), SOFTMAXES, SOFTMAXES):
             dim = callee.dim if isinstance(callee, nn.Module) else arg(node, 1, "dim")
             if dim is None or dim % len(shape_of(node)) in first.axes:
-                return self.everywhere(node, "a softmax across positions (attention)")
+                return self.everywhere(node, "a softmax across positions (attention)", attention=True)
             return first
         if is_op(callee, (), REDUCTIONS, REDUCTIONS):
             return self.reduction(node, first)
@@ -200,57 +194,6 @@ class _Pass:
         if callee is operator.getitem and hasattr(node.args[0].meta.get("tensor_meta"), "shape"):
             return self.sliced(node, merged)
         return self.relocated(node, merged)
-
-    def window(self, node: fx.Node, callee: Any, source: Reach) -> Value:
-        """A sliding window: convolution or pool."""
-        k = len(source.axes)
-        if isinstance(callee, nn.Module):
-            kernel = _per_axis(callee.kernel_size, k)
-            stride = _per_axis(callee.stride, k, default=None) or kernel
-            padding = callee.padding if isinstance(getattr(callee, "padding", 0), str) else _per_axis(
-                getattr(callee, "padding", 0), k)
-            dilation = _per_axis(getattr(callee, "dilation", 1), k)
-            if getattr(callee, "padding_mode", "zeros") == "circular":
-                return self.everywhere(node, "circular padding wraps the map around its edges")
-        elif callee in (F.conv1d, F.conv2d, F.conv3d):
-            weight = shape_of(node.args[1])
-            kernel = None if weight is None else tuple(weight[2:])
-            stride = _per_axis(arg(node, 3, "stride", 1), k)
-            padding = arg(node, 4, "padding", 0)
-            padding = padding if isinstance(padding, str) else _per_axis(padding, k)
-            dilation = _per_axis(arg(node, 5, "dilation", 1), k)
-        else:
-            kernel = _per_axis(arg(node, 1, "kernel_size"), k)
-            if kernel is None:  # read from the tensor at run time: the pool covers the whole map
-                return self.everywhere(node, "a pool whose kernel is the size of the whole map")
-            stride = _per_axis(arg(node, 2, "stride"), k) or kernel
-            padding = _per_axis(arg(node, 3, "padding", 0), k)
-            dilation = _per_axis(arg(node, 4, "dilation", 1), k) if "max" in callee.__name__ else (1,) * k
-        if kernel is None or stride is None or dilation is None or padding is None:
-            return self.unknown(node, "its kernel, stride, padding or dilation is computed at run time")
-        if padding == "valid":
-            padding = (0,) * k
-        elif padding == "same":
-            padding = tuple(d * (w - 1) // 2 for d, w in zip(dilation, kernel, strict=True))
-        lo = tuple(lo - p * s for lo, p, s in zip(source.lo, padding, source.stride, strict=True))
-        hi = tuple(hi + (d * (w - 1) - p) * s
-                   for hi, d, w, p, s in zip(source.hi, dilation, kernel, padding, source.stride, strict=True))
-        return Reach(source.axes, tuple(s * t for s, t in zip(source.stride, stride, strict=True)), lo, hi)
-
-    def pad(self, node: fx.Node, callee: Any, source: Reach) -> Value:
-        if isinstance(callee, nn.Module):
-            widths, mode = callee.padding, "circular" if "Circular" in type(callee).__name__ else "constant"
-        else:
-            widths, mode = arg(node, 1, "pad"), arg(node, 2, "mode", "constant")
-        if mode == "circular":
-            return self.everywhere(node, "circular padding wraps the map around its edges")
-        if not isinstance(widths, list | tuple) or not all(isinstance(w, int) for w in widths):
-            return self.unknown(node, "its padding is computed at run time (padding that depends on the size)")
-        rank = len(shape_of(node))
-        before = {rank - 1 - i // 2: w for i, w in enumerate(widths) if i % 2 == 0}  # F.pad: last dim first
-        shift = [before.get(axis, 0) * s for axis, s in zip(source.axes, source.stride, strict=True)]
-        return replace(source, lo=tuple(lo - d for lo, d in zip(source.lo, shift, strict=True)),
-                       hi=tuple(hi - d for hi, d in zip(source.hi, shift, strict=True)))
 
     def reduction(self, node: fx.Node, source: Reach) -> Value:
         at = 2 if node.target in NORMS else 1  # norms take the order first: x.norm(p, dim, keepdim)
@@ -289,7 +232,7 @@ class _Pass:
 
     def widest_input(self, node: fx.Node) -> fx.Node:
         """The input whose positions the output carries: of those that hold any, the one of highest rank."""
-        held = [n for n in node.all_input_nodes if isinstance(self.values.get(n), Reach) and shape_of(n) is not None]
+        held = [n for n in node.all_input_nodes if isinstance(self.positions(n), Reach) and shape_of(n) is not None]
         return max(held, key=lambda n: len(shape_of(n)))
 
     @staticmethod

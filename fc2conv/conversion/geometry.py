@@ -28,6 +28,8 @@ from .stride import measure
 
 __all__ = ["Geometry", "geometry"]
 
+_GLOBAL = " (mode='global' keeps the model's own function)"
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -137,7 +139,10 @@ def geometry(converted: nn.Module) -> Geometry:
         stride, sizes = measure(converted, channels, reference)
     except ConversionError as e:
         why = str(e)
-        if isinstance(value, Everywhere):  # attention with a fixed size, say: name it
+        if isinstance(value, Everywhere) and value.attention:  # attention sized for one map: the reason, first
+            why = (f"'{value.node}' sees the whole input ({value.why}), so a dense map cannot be made of it; fc2conv "
+                   f"converts heads on convolutional feature maps{_GLOBAL if 'mode=' not in why else ''}: {why}")
+        elif isinstance(value, Everywhere):  # global context: say it, after why the stride cannot be measured
             why += (f". '{value.node}' sees the whole input ({value.why}), so a dense map cannot be made of it"
                     + ("" if "mode='global'" in why else "; mode='global' keeps the model's own function"))
         converted._fc2conv_geometry = why
