@@ -436,3 +436,42 @@ def test_plan_lists_every_linear_and_prints_a_table():
     table = str(plan).splitlines()
     assert table[0].split() == ["layer", "op", "rule", "kernel", "channels", "reason"]
     assert "global conv" in table[2] and "6×6" in table[2]
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"mode": "sparse"}, r"^mode= must be one of dense, global, cam, pool"),
+    ({"density": 0}, r"^density= must be a positive integer"),
+    ({"density": True}, r"^density= must be a positive integer"),
+    ({"density": 2, "mode": "global"}, r"^density= must be a positive integer, with mode='dense'; got 2"),
+    ({"mode": "pool", "reduce": "median"}, r"^reduce= must be one of avg, max, avgmax"),
+])
+def test_conversion_options_are_checked_once_where_they_are_made(options, match):
+    """`ConversionOptions` refuses a value out of range by its keyword (an InputError, a ValueError), so `convert`,
+    `Recipe` and verification check the same way; no PyTorch is needed to make them."""
+    from fc2conv.conversion.options import ConversionOptions
+    from fc2conv.errors import InputError
+
+    with pytest.raises(InputError, match=match):
+        ConversionOptions(**options)
+    with pytest.raises(ValueError, match=match):
+        fc2conv.convert(_seeded(Head("torch.flatten")), INPUT, **options)
+    with pytest.raises(InputError, match=match):
+        fc2conv.Recipe(arch="resnet18", **options)
+
+
+def test_a_converted_model_keeps_its_options_whole():
+    """`converted.fc2conv.options` holds what `convert` was given (with the modules tracing kept whole), and
+    `convert_with` converts with them to the same network; `mode`, `density`, `reduce` and `trace_options` read
+    them."""
+    from fc2conv.conversion.rewrite import convert_with
+
+    model = _seeded(Head("torch.flatten"))
+    converted = fc2conv.convert(model, INPUT, mode="pool", reduce="max")
+    info = converted.fc2conv
+    assert (info.options.mode, info.options.reduce, info.mode, info.reduce, info.density) == (
+        "pool", "max", "pool", "max", 1)
+    assert info.trace_options is info.options.trace
+    again = convert_with(model, INPUT, info.options)
+    x = randn(2, *INPUT[:1], 29, 23)
+    assert_close(again(x), converted(x))
+    assert fc2conv.convert(model, INPUT).fc2conv.reduce is None  # a dense map is not reduced

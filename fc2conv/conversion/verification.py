@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from ..shapes import as_map, is_vector_input, map_size, times
 from ..tracing.scores import scores_of
 from ..tracing.trace import example_input, trace
 from .geometry import geometry
-from .rewrite import convert
+from .rewrite import convert_with
 
 __all__ = ["ACROSS_RUNTIMES", "TOLERANCE", "Check", "Report", "larger_size", "max_errors", "runs_on", "tolerance",
            "verify"]
@@ -185,9 +185,7 @@ def _pair(original: nn.Module, converted: nn.Module, x: torch.Tensor, out: torch
 
 def _ordinary(original: nn.Module, info: Any) -> nn.Module:
     """The dense conversion of `original` without density: the map a denser one interleaves."""
-    options = info.trace_options
-    return convert(original, info.input_shape, leaf_modules=options.leaf_modules,
-                   autowrap_functions=options.autowrap_functions, concrete_args=options.concrete_args)
+    return convert_with(original, info.input_shape, replace(info.options, density=1))
 
 
 def _stitched(ordinary: nn.Module, x: torch.Tensor, out: torch.Tensor, density: int

@@ -18,8 +18,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..conversion.options import ConversionOptions
 from ..errors import InputError
-from ..runtime.metadata import MODES, REDUCES
+from ..runtime.metadata import MODES
 from . import huggingface
 from .architectures import DEFAULT_INPUT_SHAPE, build, build_from_file, default_input_shape
 
@@ -60,15 +61,11 @@ class Recipe:
             raise InputError("hf_config= must be a transformers config.json object with a \"model_type\"")
         if self.hf_config is not None and self.num_classes is not None:
             raise InputError("num_classes=: a Hugging Face model's config.json gives its classes (id2label)")
-        if self.mode not in MODES:
-            raise InputError(f"mode= must be one of {', '.join(MODES)}, not {self.mode!r}")
+        # mode=, density= and reduce= checked once, by the options this recipe converts with
+        object.__setattr__(self, "_options", ConversionOptions(self.mode, self.density, self.reduce,
+                                                               self.channels_last_linears))
         if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
             raise InputError(f"num_classes= must be a positive integer, not {self.num_classes!r}")
-        if not isinstance(self.density, int) or self.density < 1 or (self.density > 1 and self.mode != "dense"):
-            raise InputError(f"density= must be a positive integer, with mode='dense'; got {self.density!r} "
-                             f"with mode={self.mode!r}")
-        if self.reduce not in REDUCES:
-            raise InputError(f"reduce= must be one of {', '.join(REDUCES)}, not {self.reduce!r}")
         if (self.model_args or self.model_kwargs) and self.model_def is None:
             raise InputError("model_args= and model_kwargs= pass arguments to a model_def= factory; arch= models "
                              "take num_classes= only")
@@ -96,10 +93,9 @@ class Recipe:
 
     def convert(self, model):
         """`fc2conv.convert(model, ...)` with this recipe's input shape, mode and options."""
-        from ..conversion.rewrite import convert
+        from ..conversion.rewrite import convert_with
 
-        return convert(model, self.input_shape, mode=self.mode, channels_last_linears=self.channels_last_linears,
-                       density=self.density, reduce=self.reduce)
+        return convert_with(model, self.input_shape, self._options)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

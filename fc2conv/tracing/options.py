@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # annotations only: the options are made where PyTorch is not imported (`Recipe`)
+    from torch import nn
 
 __all__ = ["TraceOptions"]
 
