@@ -358,3 +358,29 @@ def test_resume_refuses_a_store_whose_arrays_were_changed(small_onnx, tmp_path):
     with pytest.raises(ConversionError, match=r"cannot resume .*out\.zarr: its arrays \(.*, done \(1, 1\)\) are not "
                                               r"this scan's \(.*, done \(3, 3\)\)"):
         scan(source, model=small_onnx, out=out, tile=64, resume=True)
+
+
+@pytest.mark.parametrize(("settings", "match"), [
+    ({"dtype": "float64"}, "--dtype must be float32 or float16"),
+    ({"tile": 0}, "--tile must be a positive number"),
+    ({"tile": True}, "--tile must be a positive number"),
+    ({"context": 8}, "--context 8 widens the halo of an --approximate scan"),
+    ({"workers": 2, "scheduler": "tcp://127.0.0.1:8786"}, "give --workers .* or --scheduler"),
+    ({"threshold": 0}, "--threshold and --iou must be in"),
+    ({"backend": "tensorrt"}, "--backend must be one of"),
+])
+def test_scan_settings_are_checked_once_where_they_are_made(settings, match, tmp_path):
+    """`ScanOptions` refuses what needs no file, whoever makes it (the keywords of `scan`, the CLI's flags), and
+    `scan_with` takes it whole: an image and a model that do not exist are never looked at."""
+    from fc2conv.runtime import ScanOptions, scan_with
+
+    with pytest.raises(ConversionError, match=match):
+        ScanOptions(**settings)
+    with pytest.raises(ConversionError, match=match):
+        scan(tmp_path / "none.tif", model=tmp_path / "none.onnx", out=tmp_path / "out.zarr", **settings)
+    options = ScanOptions(tile=64, classes=["1", "2"], overview=str(tmp_path / "o.png"), mask=tmp_path / "m.png")
+    assert options.classes == ("1", "2") and options.overview == tmp_path / "o.png"
+    assert options.mask == str(tmp_path / "m.png") and options.here
+    with pytest.raises(ConversionError, match="no such model file"):
+        scan_with(tmp_path / "none.tif", tmp_path / "none.onnx", tmp_path / "out.zarr", options)
+    assert _listing(tmp_path) == []

@@ -231,17 +231,17 @@ def scan(
     # The libraries' logs and warnings stay back (pages of them on failure paths): the error says what matters.
     with usage_errors(), quiet_libraries() as caught:
         # Every output is checked by the scan itself, against the others and the inputs, before any work.
-        from ..runtime import scan as scan_image
         from ..runtime.images import MAX_PIXELS
+        from ..scan.driver import ScanOptions, scan_with
 
-        _say_what_runs(backend, precision, quiet or as_json)
-        result = scan_image(image, model=model, out=out, tile=tile, workers=workers, scheduler=scheduler,
-                            level=level, mpp=mpp, reader=reader, classes=classes and classes.split(","),
-                            overview=overview, detections=detections, threshold=threshold, iou=iou, resume=resume,
-                            force=force, dtype=dtype, approximate=approximate, threads=threads,
-                            progress=False if quiet or as_json else None, max_pixels=max_pixels or MAX_PIXELS,
-                            backend=backend, precision=precision, ome_tiff=ome_tiff, mask=mask,
-                            context=context)
+        options = ScanOptions(tile=tile, workers=workers, scheduler=scheduler, level=level, mpp=mpp, reader=reader,
+                              classes=classes and classes.split(","), overview=overview, detections=detections,
+                              threshold=threshold, iou=iou, resume=resume, force=force, dtype=dtype,
+                              approximate=approximate, threads=threads, progress=False if quiet or as_json else None,
+                              max_pixels=max_pixels or MAX_PIXELS, backend=backend, precision=precision,
+                              ome_tiff=ome_tiff, mask=mask, context=context)
+        _say_what_runs(options.backend, options.precision, quiet or as_json)
+        result = scan_with(image, model, out, options)
     for warning in caught:
         if issubclass(warning.category, SampleRangeWarning | PrecisionWarning) and not quiet:
             typer.echo(f"warning: {warning.message}", err=True)

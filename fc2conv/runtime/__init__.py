@@ -21,17 +21,18 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["METADATA_PREFIX", "DenseModel", "ImageLike", "Prediction", "Result", "colormap", "heatmap", "load_image",
-           "quantize", "scan"]
+__all__ = ["METADATA_PREFIX", "DenseModel", "ImageLike", "Prediction", "Result", "ScanOptions", "colormap", "heatmap",
+           "load_image", "quantize", "scan", "scan_with"]
 
 # Where each public name lives, relative to this package.
 _HOMES = {
     "DenseModel": ".model", "Prediction": ".model", "Result": ".model", "colormap": ".model", "heatmap": ".model",
     "ImageLike": ".images", "load_image": ".images", "quantize": ".quantization", "scan": "..scan",
+    "ScanOptions": "..scan", "scan_with": "..scan",
 }
 
 if TYPE_CHECKING:
-    from ..scan import scan
+    from ..scan import ScanOptions, scan, scan_with
     from .images import ImageLike, load_image
     from .metadata import PREFIX as METADATA_PREFIX
     from .model import DenseModel, Prediction, Result, colormap, heatmap

@@ -4,12 +4,13 @@
     result = scan("slide.tif", model="model.onnx", out="slide.zarr", tile=2048, workers=2,
                   overview="overview.png", detections="found.csv", ome_tiff="map.ome.tif")
 
-The flow, one module each: `arguments` checks the flags, and `paths` the outputs against each other and the inputs
-→ `source` (with `readers`, `tiff` and `zarr_source`) reads a level of the input lazily → `tiles` plans tiles on
-the stride grid with the receptive field's halo (`seams`: or an approximate scan's, whose seams it measures at the
-end) → `infer` evaluates a tile in the model's session (one per
-process), `samples` checking what it read → `stitch` writes the owned cells into a chunked zarr store and records
-each finished tile → `dispatch` runs the tiles here or on Dask → `finish` puts every output in place together:
+The flow, one module each: `options` checks the settings (`ScanOptions`, made once and passed whole), `arguments`
+the files, and `paths` the outputs against each other and the inputs → `source` (with `readers`, `tiff` and
+`zarr_source`) reads a level of the input lazily → `tiles` plans tiles on the stride grid with the receptive
+field's halo (`seams`: or an approximate scan's, whose seams it measures at the end) → `worker` evaluates a tile in
+the model's session (one per process), `samples` checking what it read → `stitch` writes the owned cells into a
+chunked zarr store and records each finished tile → `dispatch` runs the tiles here or on Dask (`tasks`: a batch of
+them in one process) → `finish` puts every output in place together:
 `ngff` adds the OME-Zarr metadata and the probability pyramid, placed on the slide by `placement`, `outputs` draws
 the overview and finds the detections (GeoJSON for QuPath), `qupath` writes the map as a pyramidal OME-TIFF on the
 slide's level-0 grid. `quiet` holds back the libraries' logs. Nothing here imports torch.
@@ -34,8 +35,8 @@ and leaves no store, float samples outside [0, 1] end in one `SampleRangeWarning
 
 from __future__ import annotations
 
-from .driver import ScanResult, scan
+from .driver import ScanOptions, ScanResult, scan, scan_with
 from .samples import BadInput, SampleRangeWarning
 from .tiles import TILE_MEMORY_BUDGET
 
-__all__ = ["TILE_MEMORY_BUDGET", "BadInput", "SampleRangeWarning", "ScanResult", "scan"]
+__all__ = ["TILE_MEMORY_BUDGET", "BadInput", "SampleRangeWarning", "ScanOptions", "ScanResult", "scan", "scan_with"]

@@ -1,5 +1,5 @@
-"""The arguments of `fc2conv.scan.scan` that need no file read, checked before any work: flags in range, and
-outputs that can be written without touching an input or each other."""
+"""The files of a scan, checked before any work (its flags were checked in `fc2conv.scan.options`): outputs that can
+be written without touching an input or each other, a model file, a store that is the scan's own."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from pathlib import Path
 from ..errors import InputError, ScanError
 from ..storage.atomic import refuse_existing
 from ..storage.paths import check_apart
-from . import dispatch, stitch
+from . import stitch
 from .masks import AUTO
+from .options import ScanOptions
 
-__all__ = ["DTYPES", "check_arguments"]
-
-DTYPES = ("float32", "float16")
+__all__ = ["check_arguments"]
 _FLAGS = {"overview": "--overview", "detections": "--detections", "geojson": "--detections' GeoJSON",
           "ome_tiff": "--ome-tiff"}
 
@@ -33,36 +32,18 @@ def _is_store(path: Path) -> bool:
         isinstance(found["attributes"].get(stitch.ATTRS), dict)
 
 
-def check_arguments(out: Path, model: Path, source: Path, *, tile, workers, scheduler, overview, detections,
-                     threshold, iou, dtype, resume, force, ome_tiff=None, mask=None, context=None,
-                     approximate=False) -> dict[str, Path]:
-    """Validate what needs no file read; returns the extra outputs by name (overview, detections, geojson,
-    ome_tiff).
+def check_arguments(out: Path, model: Path, source: Path, options: ScanOptions) -> dict[str, Path]:
+    """Check what the checked `options` leave to the files; returns the extra outputs by name (overview,
+    detections, geojson, ome_tiff).
 
     Every output (`out`'s unfinished store and the GeoJSON beside the detections included) is apart from every
     other and from the inputs (`fc2conv.storage.paths`), its folder can be written, and it does not exist yet unless
     `force` (or, for `out`, `resume`)."""
-    if dtype not in DTYPES:
-        raise InputError(f"--dtype must be float32 or float16; got {dtype!r}")
-    if not isinstance(tile, int) or tile < 1:
-        raise InputError(f"--tile must be a positive number of pixels; got {tile!r}")
-    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 0):
-        raise InputError(f"--context must be a whole number of pixels, 0 or more; got {context!r}")
-    if context is not None and not approximate:
-        raise InputError(f"--context {context} widens the halo of an --approximate scan; without --approximate "
-                         "each tile's halo is the model's receptive field: drop --context or pass --approximate")
-    if workers is not None and scheduler is not None:
-        raise InputError("give --workers (a local cluster) or --scheduler (a running one), not both")
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be at least 1; got {workers}")
-    if scheduler is not None:
-        dispatch.check_scheduler(scheduler)
-    if not 0 < threshold <= 1 or not 0 < iou <= 1:
-        raise InputError(f"--threshold and --iou must be in (0, 1]; got {threshold} and {iou}")
+    resume, force, mask, detections = options.resume, options.force, options.mask, options.detections
     if not model.is_file():
         raise InputError(f"{model}: no such model file")
-    targets = {"overview": overview, "detections": detections,
-               "geojson": detections and Path(detections).with_suffix(".geojson"), "ome_tiff": ome_tiff}
+    targets = {"overview": options.overview, "detections": detections,
+               "geojson": detections and detections.with_suffix(".geojson"), "ome_tiff": options.ome_tiff}
     targets = {name: Path(path) for name, path in targets.items() if path is not None}
     flags = {"--out": out, "--out's unfinished store": stitch.partial_path(out),
              **{_FLAGS[name]: path for name, path in targets.items()}}

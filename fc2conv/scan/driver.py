@@ -18,19 +18,20 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError, InputError, ScanError
-from ..runtime.backends import AUTO, check_backend
+from ..runtime.backends import AUTO
 from ..runtime.cpu import PrecisionWarning
 from ..runtime.images import MAX_PIXELS
 from . import dispatch, outputs, qupath, samples, seams, stitch, tiles
 from .arguments import check_arguments
 from .finish import finish
 from .masks import selection
+from .options import ScanOptions
 from .samples import BadInput, SampleRangeWarning, TileReport
 from .source import open_source
 from .thumbnail import picture
 from .worker import ModelSpec, file_sha256, load, map_length
 
-__all__ = ["ScanResult", "scan"]
+__all__ = ["ScanOptions", "ScanResult", "scan", "scan_with"]
 
 
 @dataclass(frozen=True)
@@ -89,28 +90,14 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
          progress: bool | None = None, max_pixels: int | None = MAX_PIXELS, backend: str = "onnxruntime",
          precision: str = "fp32", ome_tiff: str | os.PathLike | None = None,
          mask: str | os.PathLike | None = None, context: int | None = None) -> ScanResult:
-    """Scan `source` with the ONNX `model` into the zarr store `out` (see the module docstring).
+    """Scan `source` with the ONNX `model` into the zarr store `out` (see the module docstring); every other
+    keyword is a setting of `ScanOptions`, which says what each does (`scan_with` takes them as one object).
 
-    `tile`: input pixels per tile side, without the halo (rounded down to whole strides; at least one window; a
-    tile larger than the image is the image; refused when one tile's buffers exceed `TILE_MEMORY_BUDGET`).
-    `workers` / `scheduler`: a local Dask cluster of that many processes, or a running one; neither: this process.
-    `level` / `mpp`: the pyramid level, by index or by pixel size in µm. `reader`: auto, tiff, zarr, openslide
-    or image. `classes`: labels or indices for the overview and detections (default: all but "background").
-    `overview`: a PNG path; `detections`: a CSV path (a GeoJSON of QuPath detections in level-0 pixels is written
-    beside it), peaks with probability ≥ `threshold`, suppressed above `iou`; `ome_tiff`: a path for the chosen
-    classes' probabilities as a pyramidal OME-TIFF on the slide's level-0 grid (`fc2conv.scan.qupath`). Every scan
-    also writes the map as OME-Zarr into `out` (`fc2conv.scan.ngff`). `resume`: continue a partial (or finished)
-    store; `force`: replace existing outputs. `threads`: the backend's threads per process (default: its own in this
-    process; on a cluster, the cores of each worker's machine over its workers' task slots: `fc2conv.scan.dispatch`).
-    `max_pixels`: the budget for PNG/JPEG inputs, which are decoded whole. `backend` /
-    `precision`: onnxruntime (fp32) or OpenVINO (fp32, bf16, fp16), the same in every process
-    (`fc2conv.runtime.backends`); the store records them, and `exact: false` for anything but float32 (`resume` refuses
-    other settings). `mask`: "auto" (or "auto-dark", "auto-bright": the foreground of a thumbnail), a GeoJSON of
-    polygons in level-0 pixels, or a binary image or zarr label image scaled to the slide: only tiles with cells whose
-    window centre is inside are read and computed, the other cells are missing (NaN), and the cells' mask is stored
-    (`fc2conv.scan.masks`; `resume` refuses another mask). `context`: with `approximate`, pixels added to each side of
-    the halo of one window (rounded up to whole strides); an approximate scan measures its seams against one pass
-    over the tiles around a tile corner and records them as `approximate_seam` (`fc2conv.scan.seams`).
+    Every scan also writes the map as OME-Zarr into `out` (`fc2conv.scan.ngff`). The store records the backend and
+    precision, and `exact: false` for anything but float32; `resume` refuses other settings, and another mask. With
+    a mask, only tiles with cells whose window centre is inside are read and computed, the other cells are missing
+    (NaN), and the cells' mask is stored. An approximate scan measures its seams against one pass over the tiles
+    around a tile corner and records them as `approximate_seam` (`fc2conv.scan.seams`).
 
     `InputError` for bad arguments and inputs, before anything is written (`ScanError` for a store it cannot resume,
     `BackendError` for a backend that cannot run the model); `BadInput` (an `InputError`) when a tile meets NaN or
@@ -120,70 +107,77 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
     before the call (`fc2conv.scan.finish`). `SampleRangeWarning` after a scan that read float samples outside
     [0, 1].
     """
+    options = ScanOptions(tile=tile, workers=workers, scheduler=scheduler, level=level, mpp=mpp, reader=reader,
+                          classes=classes, overview=overview, detections=detections, threshold=threshold, iou=iou,
+                          resume=resume, force=force, dtype=dtype, approximate=approximate, threads=threads,
+                          progress=progress, max_pixels=max_pixels, backend=backend, precision=precision,
+                          ome_tiff=ome_tiff, mask=mask, context=context)
+    return scan_with(source, model, out, options)
+
+
+def scan_with(source: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
+              options: ScanOptions) -> ScanResult:
+    """`scan` with its settings as one checked `ScanOptions` (what the CLI passes)."""
     started = time.perf_counter()
-    check_backend(backend, precision)
-    _require("zarr", "tifffile", *(("distributed",) if workers is not None or scheduler is not None else ()))
+    _require("zarr", "tifffile", *(() if options.here else ("distributed",)))
     out, model = Path(out), Path(model)
-    targets = check_arguments(out, model, Path(source), tile=tile, workers=workers, scheduler=scheduler,
-                              overview=overview, detections=detections, threshold=threshold, iou=iou, dtype=dtype,
-                              resume=resume, force=force, ome_tiff=ome_tiff, mask=mask, context=context,
-                              approximate=approximate)
-    here = workers is None and scheduler is None
-    spec = ModelSpec(str(model.resolve()), file_sha256(model), threads if threads is not None or here else
-                     dispatch.worker_threads(workers),
-                     backend, precision)
+    targets = check_arguments(out, model, Path(source), options)
+    threads = options.threads if options.threads is not None or options.here else \
+        dispatch.worker_threads(options.workers)
+    spec = ModelSpec(str(model.resolve()), file_sha256(model), threads, options.backend, options.precision)
     dense = load(spec)
     if dense.caution:
         warnings.warn(dense.caution, PrecisionWarning, stacklevel=2)
-    halo, field, approximate = seams.halo(dense.metadata, str(model), approximate, context)
-    src = open_source(source, channels=dense.channels, reader=reader, level=level, mpp=mpp, max_pixels=max_pixels)
+    halo, field, approximate = seams.halo(dense.metadata, str(model), options.approximate, options.context)
+    src = open_source(source, channels=dense.channels, reader=options.reader, level=options.level, mpp=options.mpp,
+                      max_pixels=options.max_pixels)
     dense.preprocess(src.read(0, 0, 1, 1))  # the model takes these samples (channels, type), or InputError
     stride, window = tuple(dense.metadata["stride"]), tuple(dense.metadata["window"])
     placement = src.placement(stride, window)
     cells = tuple(_map_length(dense, axis, src.size[axis], stride, window, halo) for axis in range(2))
-    asked, tile = tile, min(tile, max(src.size))  # a tile larger than the image is the image
+    asked, tile = options.tile, min(options.tile, max(src.size))  # a tile larger than the image is the image
     plan = tiles.make_plan(src.size, stride=stride, window=window, halo=halo, tile=tile, cells=cells)
     labels = dense.metadata.get("labels") or [str(k) for k in range(dense.classes)]
     shown = f"{asked} (the image's longer side, {tile})" if asked > tile else f"{tile}"
     sizes = {"samples": src.samples, "sample_bytes": src.dtype.itemsize, "channels": dense.channels,
-             "classes": len(labels), "score_bytes": np.dtype(dtype).itemsize, "decode_bytes": src.chunk_bytes}
+             "classes": len(labels), "score_bytes": np.dtype(options.dtype).itemsize, "decode_bytes": src.chunk_bytes}
     tiles.check_memory(plan, shown, **sizes)
-    masked = _masked(mask, src, placement, plan, stride, window, max_pixels)
+    masked = _masked(options.mask, src, placement, plan, stride, window, options.max_pixels)
     chosen_tiles = masked[1].tiles if masked else plan.tiles()
-    if precision == AUTO:  # chosen on the first tile, in this process; every worker then runs the chosen path
+    if options.precision == AUTO:  # chosen on the first tile, in this process; every worker then runs the chosen path
         spec = _choose_path(dense, spec, src, chosen_tiles[0])
-    chosen = outputs.choose_classes(classes, labels)
-    if ome_tiff is not None and len(chosen) > qupath.MAX_CHANNELS:  # each channel is a plane of the slide's size
-        raise InputError(f"--ome-tiff {ome_tiff}: {len(chosen)} classes would make {len(chosen)} channels of the "
-                         f"slide's full size; choose at most {qupath.MAX_CHANNELS} with --classes")
+    chosen = outputs.choose_classes(options.classes, labels)
+    if options.ome_tiff is not None and len(chosen) > qupath.MAX_CHANNELS:  # each channel: a plane of the slide
+        raise InputError(f"--ome-tiff {options.ome_tiff}: {len(chosen)} classes would make {len(chosen)} channels of "
+                         f"the slide's full size; choose at most {qupath.MAX_CHANNELS} with --classes")
     run = {"model_sha256": spec.sha256, "source": src.spec.path, "reader": src.spec.reader, "level": src.spec.level,
-           "source_size_and_mtime": list(src.spec.stamp), "tile": tile, "dtype": dtype, "approximate": approximate,
-           "context": context or None, "backend": spec.backend, "precision": spec.precision,
-           "mask": masked[1].sha256 if masked else None}
+           "source_size_and_mtime": list(src.spec.stamp), "tile": tile, "dtype": options.dtype,
+           "approximate": approximate, "context": options.context or None, "backend": spec.backend,
+           "precision": spec.precision, "mask": masked[1].sha256 if masked else None}
     # How the scores are computed; `exact` (the float32 map, tiles equal to one pass) only in float32.
     numbers = {**dense.numerics, "exact": dense.numerics["precision"] == "fp32" and not approximate}
     attrs = {"version": 1, "classes": len(labels), "labels": labels, "mode": dense.metadata["mode"],
              "stride": list(stride), "window": list(window), "receptive_field": field,
              "halo_cells": [list(h) for h in halo], "approximate": approximate,
              "image_size": list(src.size), "map_size": list(cells), "tile": tile, "tile_cells": list(plan.tile_cells),
-             "source": src.describe(), "model": {"path": spec.path, "sha256": spec.sha256}, "dtype": dtype,
+             "source": src.describe(), "model": {"path": spec.path, "sha256": spec.sha256}, "dtype": options.dtype,
              "cell_size_um": src.pixel_size and [p * s for p, s in zip(src.pixel_size, stride, strict=True)],
              "placement": placement.to_attrs(), **numbers, "run": run,
              **({"mask": _mask_attrs(*masked, cells)} if masked else {})}
     created = None  # (store, token) of the store this call creates, which a `BadInput` removes
     try:
-        with dispatch.executor(workers=workers, scheduler=scheduler) as run_tiles:
-            store, token, attrs, new = _store(out, resume=resume, force=force, plan=plan, dtype=dtype, attrs=attrs,
-                                              masked=bool(masked))
+        with dispatch.executor(workers=options.workers, scheduler=options.scheduler) as run_tiles:
+            store, token, attrs, new = _store(out, resume=options.resume, force=options.force, plan=plan,
+                                              dtype=options.dtype, attrs=attrs, masked=bool(masked))
             created = (store, token) if new else None
             if new and masked:
                 selection.write(store, *masked)
             done = stitch.done_mask(store)
             todo = [t for t in chosen_tiles if not done[t.index]]
-            report = run_tiles(stitch.Job(spec, src.spec, str(store), token), todo, progress=progress) if todo \
+            report = run_tiles(stitch.Job(spec, src.spec, str(store), token), todo, progress=options.progress) if todo \
                 else TileReport()
     except BadInput as e:  # resuming would meet the same samples: the store this call created goes
-        if created is not None and scheduler is None:  # the tiles ran here or on the local cluster, now closed
+        if created is not None and options.scheduler is None:  # the tiles ran here or on the local cluster, now closed
             stitch.discard(*created)
         elif created is not None:  # tasks still running on that cluster may write to it
             raise BadInput(f"{e}; the unfinished store {created[0]} is left, since tasks still running on the "
@@ -196,7 +190,8 @@ def scan(source: str | os.PathLike, *, model: str | os.PathLike, out: str | os.P
              "outputs": {name: str(path.resolve()) for name, path in targets.items()}}
     if approximate and (todo or "approximate_seam" not in attrs):  # measured once the map is whole
         attrs["approximate_seam"] = seams.measure(plan, chosen_tiles, spec, src.spec, store, **sizes)
-    written = finish(store, out, targets, chosen, attrs, threshold=threshold, iou=iou, force=force,
+    written = finish(store, out, targets, chosen, attrs, threshold=options.threshold, iou=options.iou,
+                     force=options.force,
                      created=created[1] if created else None, thumbnail=functools.partial(picture, src))
     warning = samples.range_warning(report, src.spec.path)
     if warning:
