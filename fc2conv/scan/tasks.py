@@ -112,7 +112,7 @@ class _WriteBehind:
     def __exit__(self, kind, error, trace) -> None:
         try:
             self._wait()  # an error already on its way (a tile's BadInput) goes first; this write still lands
-        except Exception:
+        except Exception:  # any write failure: raised unless an error already leaves the batch, which goes first
             if kind is None:
                 raise
         finally:

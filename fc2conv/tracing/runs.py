@@ -96,7 +96,7 @@ class Runs:
                     return None
                 try:
                     values[k] = self._one(kind, target, module, args, kwargs)
-                except Exception:
+                except Exception:  # a user's model may raise anything at another size: that run ends there
                     if k == 0:
                         return None
                     self.alive[k] = False

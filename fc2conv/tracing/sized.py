@@ -235,7 +235,7 @@ class SizedTracing:
         """`read` of the proxy's value in every live run (None in the others), or None when one fails."""
         try:
             return [read(self._sample(proxy, k)) if self.runs.alive[k] else None for k in range(len(self.runs))]
-        except Exception:
+        except Exception:  # reading a value the model computes may raise anything: then it is not known
             return None
 
     def _fixed(self, values: list[Any] | None) -> tuple[Any] | None:

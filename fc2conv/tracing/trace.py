@@ -107,7 +107,7 @@ class _RecordShapes(fx.Interpreter):
     def run_node(self, node: fx.Node) -> Any:
         try:
             result = super().run_node(node)
-        except Exception as e:
+        except Exception as e:  # the user's code at this node: any error, kept with the node that raised it
             raise NodeFailure(node, e) from e
         found = False
 

@@ -112,7 +112,7 @@ def trace_graph(model: nn.Module, options: TraceOptions, input_shape: Sequence[i
     name = type(model).__name__
     try:
         return Traced(Tracer(options).trace(model, concrete_args=options.concrete_args), options)
-    except Exception as e:
+    except Exception as e:  # fx raises many types for code it cannot trace; the sized tracer tries next
         if options.concrete_args is not None:  # the caller fixed the arguments: their trace is the answer
             raise ConversionError(untraceable(name, e)) from e
     parameter = next(model.parameters(), None)
@@ -126,7 +126,7 @@ def trace_graph(model: nn.Module, options: TraceOptions, input_shape: Sequence[i
             options, note = keep_whole(model, options, e)
             notes.append(note)
             continue
-        except Exception as e:
+        except Exception as e:  # whatever the user's code raised under tracing, named with its line
             raise ConversionError(untraceable(name, e)) from e
         branches = [f"the branch at {line} goes the same way at every input size tried: traced as it goes"
                     for line in tracer.kept_branches]
