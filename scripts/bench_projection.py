@@ -27,12 +27,10 @@
 
 Scans at the larger sizes run once each (`--rounds` for more, the median); progress goes to stderr. Nothing is asserted.
 
-Duration: the default sizes stop at 12288², not 16384², to keep a run on the idle 2-core machine under about 20
-minutes. Estimated from a ResNet18 run at 2048² under load (about 0.9 MP/s whole-scan in float32 and 2.4 MP/s at the
-best path once the load is halved): the throughput rows about 9 minutes, the path rows 3, placement 2, the slides,
-export and int8 calibration 1–2, about 16 in all (20 if float32 runs at 0.7 MP/s); `--sizes 4096 8192 16384` adds
-about 5 minutes (9 at 0.7 MP/s). The slides are uncompressed (a 16384² one with its pyramid takes 1.1 GB of the
-temporary directory).
+Duration: the default sizes stop at 12288², not 16384², to keep a run on the idle 2-core machine short: about 11
+minutes measured on the AMD EPYC of docs/benchmarks.md (float32 about 1.7 MP/s, OpenVINO int8 about 5.5); `--sizes
+4096 8192 16384` would add about 4 minutes there (estimated from those rates). The slides are uncompressed (a 16384²
+one with its pyramid takes 1.1 GB of the temporary directory).
 """
 
 from __future__ import annotations

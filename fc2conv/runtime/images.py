@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import ConversionError, InputError
+from ..errors import Fc2convError, InputError
 
 __all__ = ["MAX_PIXELS", "ImageLike", "load_image", "to_channels"]
 
@@ -88,7 +88,7 @@ def _read_file(path: Path, max_pixels: int | None) -> np.ndarray:
         _check_budget(path, int(count.group(1)) if count else max_pixels + 1, max_pixels)
         raise InputError(f"{path}: {e}") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        if isinstance(e, ConversionError):
+        if isinstance(e, Fc2convError):
             raise
         raise InputError(f"{path}: cannot read it as an image ({e})") from None
     upright = _UPRIGHT.get(orientation)
@@ -144,4 +144,4 @@ def _unit_range(array: np.ndarray) -> np.ndarray:
         return values
     if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.floating):
         return array.astype(np.float32)
-    raise ConversionError(f"image arrays must be uint8, uint16, bool or float in [0, 1], not {array.dtype}")
+    raise InputError(f"image arrays must be uint8, uint16, bool or float in [0, 1], not {array.dtype}")

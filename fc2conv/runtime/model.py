@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import BackendError, ConversionError, InputError, translated
+from ..errors import BackendError, InputError, translated
 from ..shapes import (
     VECTOR_MAP,
     influence_box,
@@ -266,10 +266,10 @@ class DenseModel:
 
     def normalise(self, x: np.ndarray, *, source: str = "the input") -> np.ndarray:
         """The 1×C×(spatial) float32 input for the channels-first array `x` as a `.npy` file holds it: its shape
-        checked, its samples numbers and finite (`ConversionError` naming `source` otherwise), then normalised with
+        checked, its samples numbers and finite (`InputError` naming `source` otherwise), then normalised with
         the metadata's mean and std."""
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-            raise ConversionError(f"{source}: a {x.dtype} array is not numbers")
+            raise InputError(f"{source}: a {x.dtype} array is not numbers")
         x = np.asarray(x, dtype=np.float32)
         check_finite(x, source=source)
         if self.takes_vectors and x.ndim == 1:
@@ -277,7 +277,7 @@ class DenseModel:
         if x.ndim != len(self.reference) + 1 or x.shape[0] != self.channels:
             hint = (f"; N vectors as rows are the {self.channels}×N×1 map x.T[:, :, None]"
                     if self.takes_vectors and x.ndim == 2 and x.shape[1] == self.channels else "")
-            raise ConversionError(f"{source}: the model takes {self._expected()} inputs (channels first); got an "
+            raise InputError(f"{source}: the model takes {self._expected()} inputs (channels first); got an "
                                   f"array of shape {x.shape}{hint}")
         # One contiguous copy, then normalised in place: the same float32 operations as `(x - mean) / std`, without
         # the three other arrays of a tile's size that took a third of a scan's time outside the model.
