@@ -26,7 +26,7 @@ __all__ = ["METADATA_PREFIX", "DenseModel", "ImageLike", "Prediction", "Result",
 
 # Where each public name lives, relative to this package.
 _HOMES = {
-    "DenseModel": ".model", "Prediction": ".model", "Result": ".model", "colormap": ".model", "heatmap": ".model",
+    "DenseModel": ".model", "Prediction": ".result", "Result": ".result", "colormap": ".model", "heatmap": ".model",
     "ImageLike": ".images", "load_image": ".images", "quantize": ".quantization", "scan": "..scan",
     "ScanOptions": "..scan", "scan_with": "..scan",
 }
@@ -35,8 +35,9 @@ if TYPE_CHECKING:
     from ..scan import ScanOptions, scan, scan_with
     from .images import ImageLike, load_image
     from .metadata import PREFIX as METADATA_PREFIX
-    from .model import DenseModel, Prediction, Result, colormap, heatmap
+    from .model import DenseModel, colormap, heatmap
     from .quantization import quantize
+    from .result import Prediction, Result
 
 
 def __getattr__(name: str) -> Any:
