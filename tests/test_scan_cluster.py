@@ -35,6 +35,25 @@ def test_local_cluster_map_equals_one_pass(digits_onnx, tmp_path):
     assert_close(result.scores()[...], one_pass(digits_onnx, image))
 
 
+def test_the_clusters_fc2conv_starts_are_lean(monkeypatch):
+    """No statistical profiler in the workers, and malloc's adaptive thresholds left on (Dask's nanny would set
+    MALLOC_TRIM_THRESHOLD_, which turns them off); the nanny's other variables still reach the workers."""
+    import dask
+    from dask.distributed import Client
+
+    from fc2conv.scan import dispatch
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # Dask's nanny leaves it in this process's environ
+
+    def settings() -> tuple:
+        return (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS"),
+                dask.config.get("distributed.worker.profile.enabled"))
+
+    with dispatch.local_cluster(1) as local, Client(local, set_as_default=False) as client:
+        assert list(client.run(settings).values()) == [(None, "1", False)]
+    assert "MALLOC_TRIM_THRESHOLD_" in dask.config.get("distributed.nanny.pre-spawn-environ")  # Dask's own unchanged
+
+
 # Run on one worker (by `exec`, so nothing of this module is pickled): its third tile creates `marker`, naming the
 # tile, and blocks until the worker process is killed. Tasks (`fc2conv.scan.tasks.run_batch`) call
 # `fc2conv.scan.stitch.scan_tile` by name.

@@ -4,10 +4,12 @@ while the current one computes.
 Batches (`batches`): the tiles in plan order (so a batch's tiles are neighbours in the image), cut by guided
 self-scheduling: each batch takes 1 / (`SHARES` × slots) of the tiles still left, at least one and at most
 `MAX_BATCH`, where a slot is a task running at once (a worker thread). So batches shrink as the scan goes: the
-first are large, which spreads dask's own work per task (a few ms) over many tiles, and the last are single
-tiles, so no worker waits long for another's last batch; the progress bar, which moves per batch, moves at least
-every `MAX_BATCH` tiles. 16 tiles on one slot are tasks of 8, 4, 2, 1 and 1 tiles; 64 on two slots, of 16, 12, 9,
-7, 5, 4, 3, 2, 2, 1, 1, 1 and 1.
+first are large, which spreads each batch's fixed cost over many tiles, and the last are single tiles, so no
+worker waits long for another's last batch. That fixed cost is about a tile's read and a tile's write that
+overlap nothing (its first read and last write) plus dask's own work per task: 15–25 ms, a quarter of a digits
+tile. With one slot there is no other worker to wait for, so batches are `MAX_BATCH` tiles from first to last.
+The progress bar, which moves per batch, moves at least every `MAX_BATCH` tiles. 16 tiles on one slot are one
+task; 64 on two slots, tasks of 16, 12, 9, 7, 5, 4, 3, 2, 2, 1, 1, 1 and 1 tiles.
 
 Running a batch (`run_batch`): its tiles one after another (`fc2conv.scan.stitch.scan_tile`, called through the
 module, so a test can replace it), with two background threads: one reads and checks the next tile's samples
@@ -50,7 +52,8 @@ def batches(tiles: list[Tile], slots: int) -> list[list[Tile]]:
     every tile is in exactly one batch."""
     cut, start = [], 0
     while start < len(tiles):
-        size = max(1, min(MAX_BATCH, math.ceil((len(tiles) - start) / (SHARES * max(slots, 1)))))
+        share = len(tiles) - start if slots <= 1 else math.ceil((len(tiles) - start) / (SHARES * slots))
+        size = max(1, min(MAX_BATCH, share))
         cut.append(tiles[start:start + size])
         start += size
     return cut
