@@ -11,6 +11,10 @@ The names below load lazily, so `fc2conv.runtime` (numpy, onnxruntime and Pillow
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+from . import aliases
+
+aliases.install()  # `fc2conv.scan` and `fc2conv.viewer` are the torch-free wing's scanner and viewer
+
 __all__ = [
     "BackendError", "ConversionError", "Fc2convError", "Geometry", "InputError", "Recipe", "ScanError",
     "allowed_densities", "convert", "convert_onnx", "export_onnx", "geometry", "load", "plan", "save", "verify",
@@ -28,7 +32,7 @@ _HOMES = {
     "geometry": "conversion.geometry",
     "plan": "conversion.rewrite",
     "verify": "conversion.verification",
-    "convert_onnx": "onnx.convert",
+    "convert_onnx": "runtime.onnx.convert",
     "export_onnx": "onnx.export",
     "Recipe": "storage.recipe",
     "load": "storage.artifact",
@@ -41,8 +45,8 @@ if TYPE_CHECKING:
     from .conversion.rewrite import convert, plan
     from .conversion.verification import verify
     from .errors import BackendError, ConversionError, Fc2convError, InputError, ScanError
-    from .onnx.convert import convert_onnx
     from .onnx.export import export_onnx
+    from .runtime.onnx.convert import convert_onnx
     from .storage.artifact import load, save
     from .storage.recipe import Recipe
 

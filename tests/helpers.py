@@ -1,6 +1,6 @@
 """Shared test helpers: the one tolerance check (`assert_close`) and the exact equality of state dicts, seeded inputs,
 the torchvision zoo, checkpoints of every kind, the `fc2conv` command in this process or a fresh one and its clean
-refusals, child processes (same torch threads, pause points) and the hidden files of fc2conv.storage.atomic."""
+refusals, child processes (same torch threads, pause points) and the hidden files of fc2conv.runtime.files.atomic."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 import fc2conv
 from fc2conv.cli import EXIT_USAGE, app
 from fc2conv.errors import ConversionError
-from fc2conv.runtime.tolerance import max_errors, tolerance
 from fc2conv.storage.checkpoint import save_state_dict
+from fc2conv.tolerance import max_errors, tolerance
 
 # Every CNN classifier in torchvision.models: all classification models but the transformers.
 TRANSFORMERS = ("vit_", "swin_", "maxvit")
@@ -53,7 +53,7 @@ CHECKPOINT_KINDS = ["safetensors", "zip", "legacy"]
 def assert_close(actual: Any, expected: Any, *, across_runtimes: bool = False, limit: float | None = None,
                  what: str = "") -> None:
     """`actual` equals `expected` (torch tensors or numpy arrays of one shape) within a relative error: fc2conv's
-    measure, max |actual − expected| / max |expected| (`fc2conv.runtime.tolerance.max_errors`), at most `limit`, by
+    measure, max |actual − expected| / max |expected| (`fc2conv.tolerance.max_errors`), at most `limit`, by
     default fc2conv's tolerance for expected's dtype (and runtimes). `what` names the comparison in the failure."""
     if limit is not None and across_runtimes:
         raise ValueError("give either limit or across_runtimes")
@@ -236,14 +236,14 @@ def next_line(process: subprocess.Popen, timeout: float = 300) -> str:
     return process.stdout.readline().strip()
 
 
-# fc2conv.storage.atomic names its hidden siblings of a target ".{stem}.{pid}.{8 hex}.{tag}{suffix}"
+# fc2conv.runtime.files.atomic names its hidden siblings of a target ".{stem}.{pid}.{8 hex}.{tag}{suffix}"
 # (`_hidden_sibling`).
 _HIDDEN = re.compile(r"\.(?P<stem>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?P<tag>tmp|staged)(?P<suffix>\.[^.]+|)")
 
 
 def listing(folder: Path | Iterable[str], pid: int | None = None) -> list[str]:
-    """The names in `folder` (or the names given), sorted, each hidden file of `fc2conv.storage.atomic` written as its
-    target and tags: "out.pt2~staged~tmp" is `atomic_output`'s temporary file for `staged_outputs`' staging file
+    """The names in `folder` (or the names given), sorted, each hidden file of `fc2conv.runtime.files.atomic` written
+    as its target and tags: "out.pt2~staged~tmp" is `atomic_output`'s temporary file for `staged_outputs`' staging file
     of out.pt2. With `pid`, only hidden names made by that process are translated; others stay as they are."""
     names = [p.name for p in folder.iterdir()] if isinstance(folder, Path) else list(folder)
     return sorted(_hidden_target(name, pid) for name in names)

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fc2conv.errors import ConversionError
-from fc2conv.storage.atomic import staged_outputs
+from fc2conv.runtime.files.atomic import staged_outputs
 from fc2conv.storage.checkpoint import atomic_output, load_into, load_state_dict, read_metadata, save_state_dict
 from models.small_cnn import SmallCNN
 
@@ -244,7 +244,7 @@ def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
 def test_staged_outputs_renames_all_or_none(tmp_path, monkeypatch, interruption):
     """Interrupted between its renames (a failing rename, or SIGTERM unwinding like Ctrl-C), every target is
     as it was before, and nothing else is left in the directory."""
-    import fc2conv.storage.atomic as files
+    import fc2conv.runtime.files.atomic as files
 
     targets = [tmp_path / "a.pt2", tmp_path / "b.safetensors", tmp_path / "c.onnx"]
     for path in targets[:2]:

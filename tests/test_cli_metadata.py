@@ -77,7 +77,7 @@ def test_bad_carried_metadata_is_refused_naming_the_file_and_field(tmp_path, car
 
 
 def test_the_bundled_digits_checkpoint_carries_its_labels_and_unit_range():
-    from fc2conv.runtime.metadata import decode_hints
+    from fc2conv.metadata import decode_hints
     from fc2conv.storage.checkpoint import read_metadata
     from models.digits_data import LABELS as DIGIT_LABELS
 

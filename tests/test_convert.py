@@ -438,6 +438,15 @@ def test_plan_lists_every_linear_and_prints_a_table():
     assert "global conv" in table[2] and "6×6" in table[2]
 
 
+def test_plan_takes_every_mode_convert_takes():
+    """Mode "pool" plans the dense map it reduces afterwards; a mode `convert` refuses, `plan` refuses alike."""
+    model = build_torchvision("alexnet")
+    assert [(d.layer, d.rule) for d in fc2conv.plan(model, mode="pool")] == [
+        (d.layer, d.rule) for d in fc2conv.plan(model, mode="dense")]
+    with pytest.raises(ValueError, match=r"^mode= must be one of dense, global, cam, pool"):
+        fc2conv.plan(model, mode="sparse")
+
+
 @pytest.mark.parametrize(("options", "match"), [
     ({"mode": "sparse"}, r"^mode= must be one of dense, global, cam, pool"),
     ({"density": 0}, r"^density= must be a positive integer"),

@@ -16,9 +16,9 @@ from helpers import assert_clean_refusal, invoke, saved_weights
 import fc2conv
 from fc2conv.cli import EXIT_OK
 from fc2conv.errors import ConversionError
+from fc2conv.metadata import validate
 from fc2conv.onnx import export_onnx
 from fc2conv.runtime import DenseModel
-from fc2conv.runtime.metadata import validate
 from fc2conv.scan import seams
 from fc2conv.shapes import Sizes, sizes_from_json
 

@@ -11,36 +11,35 @@ from onnx_helpers import run_without_torch
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fc2conv"
 
-# What runs where PyTorch is not installed: the runtime, the scanner, the viewer, ONNX-to-ONNX conversion, atomic
-# files, and the commands that use only them.
-TORCH_FREE = ("fc2conv.runtime", "fc2conv.scan", "fc2conv.viewer", "fc2conv.onnx.convert", "fc2conv.onnx.rules",
-              "fc2conv.onnx.graph", "fc2conv.onnx.pools", "fc2conv.onnx.check", "fc2conv.storage.atomic",
-              "fc2conv.storage.paths", "fc2conv.errors", "fc2conv.shapes", "fc2conv.cli.app", "fc2conv.cli.deployed",
-              "fc2conv.cli.precision", "fc2conv.cli.view")
+# What runs where PyTorch is not installed: the wing, one folder (the runtime, the scanner and the viewer, ONNX-to-ONNX
+# conversion, quantization, atomic files); the bottom both sides share; and the commands that use only them.
+WING = "fc2conv.runtime"
+BOTTOM = ("fc2conv.errors", "fc2conv.shapes", "fc2conv.metadata", "fc2conv.tolerance", "fc2conv.aliases")
+TORCH_FREE = (WING, *BOTTOM, "fc2conv.cli.app", "fc2conv.cli.deployed", "fc2conv.cli.precision", "fc2conv.cli.view")
 TORCH_PACKAGES = ("torch", "torchvision", "timm", "transformers", "safetensors")
-# Each layer and the fc2conv modules it may import, lowest first. An arrow points down the list, with two named
-# exceptions: `fc2conv.runtime` hands on `scan` (lazily, for its one public API), and the torch-free side writes files
-# through `fc2conv.storage.atomic`, having kept its outputs apart from its inputs with `fc2conv.storage.paths`.
+# Each layer and the fc2conv modules it may import, lowest first: an arrow points down the list. The wing imports
+# only the bottom; inside it, files below the runtime's own modules, below the scanner, below the viewer, and the
+# ONNX rewriting beside the runtime's modules. The torch side imports the bottom, and the wing's pieces it writes or
+# checks with (atomic files, the ONNX checks in onnxruntime); the command line (not listed) imports anything.
+WING_CORE = tuple(f"{WING}.{name}" for name in ("backends", "cpu", "images", "model"))
 LAYERS = {
-    "fc2conv.errors": (), "fc2conv.shapes": (), "fc2conv.compat": (),
+    "fc2conv.errors": (), "fc2conv.shapes": (), "fc2conv.compat": (), "fc2conv.aliases": (),
+    "fc2conv.metadata": ("fc2conv.errors", "fc2conv.shapes"),
+    "fc2conv.tolerance": ("fc2conv.errors",),
+    WING: BOTTOM,
+    f"{WING}.files": BOTTOM,
+    f"{WING}.onnx": (*BOTTOM, f"{WING}.files"),
+    f"{WING}.scanning": (*BOTTOM, f"{WING}.files", *WING_CORE),
+    f"{WING}.viewer": (*BOTTOM, f"{WING}.files", f"{WING}.images", f"{WING}.scanning"),
     # The modules fc2conv puts into networks: tracing, the analysis and the conversion all know them.
     "fc2conv.layers": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat"),
-    "fc2conv.runtime": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.storage.paths",
-                        "fc2conv.scan"),
-    "fc2conv.scan": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.storage.paths",
-                     "fc2conv.runtime"),
-    "fc2conv.viewer": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.storage.atomic", "fc2conv.storage.paths",
-                       "fc2conv.runtime", "fc2conv.scan"),
-    "fc2conv.analysis": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat", "fc2conv.layers",
-                         "fc2conv.runtime.metadata"),  # the one vocabulary of modes
-    "fc2conv.tracing": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat", "fc2conv.layers",
-                        "fc2conv.analysis.ops"),
-    "fc2conv.conversion": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat", "fc2conv.layers", "fc2conv.tracing",
-                           "fc2conv.analysis", "fc2conv.runtime.tolerance", "fc2conv.runtime.metadata"),
-    "fc2conv.storage": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat", "fc2conv.layers", "fc2conv.tracing",
-                        "fc2conv.conversion", "fc2conv.runtime.metadata"),
-    "fc2conv.onnx": ("fc2conv.errors", "fc2conv.shapes", "fc2conv.compat", "fc2conv.layers", "fc2conv.tracing",
-                     "fc2conv.conversion", "fc2conv.storage", "fc2conv.runtime"),
+    "fc2conv.analysis": (*BOTTOM, "fc2conv.compat", "fc2conv.layers"),
+    "fc2conv.tracing": (*BOTTOM, "fc2conv.compat", "fc2conv.layers", "fc2conv.analysis.ops"),
+    "fc2conv.conversion": (*BOTTOM, "fc2conv.compat", "fc2conv.layers", "fc2conv.tracing", "fc2conv.analysis"),
+    "fc2conv.storage": (*BOTTOM, "fc2conv.compat", "fc2conv.layers", "fc2conv.tracing", "fc2conv.conversion",
+                        f"{WING}.files"),
+    "fc2conv.onnx": (*BOTTOM, "fc2conv.compat", "fc2conv.layers", "fc2conv.tracing", "fc2conv.conversion",
+                     "fc2conv.storage", f"{WING}.files", f"{WING}.onnx"),
 }
 
 
@@ -83,6 +82,25 @@ def test_the_torch_free_side_imports_neither_torch_nor_the_torch_side(module):
                         or (n in MODULES and n.startswith("fc2conv.") and not _within(n, TORCH_FREE)
                             and n != "fc2conv"))
     assert not torch_side, f"{module} imports {torch_side}"
+
+
+def test_the_wing_is_one_folder_and_nothing_else_is_torch_free():
+    """The wing is fc2conv/runtime/ and the bottom is its files; every other package has a module that needs torch."""
+    assert MODULES[WING] == PACKAGE / "runtime" / "__init__.py"
+    assert all(MODULES[m].parent == PACKAGE for m in BOTTOM)
+    torch_side = ("fc2conv.layers", "fc2conv.compat", "fc2conv.tracing", "fc2conv.analysis", "fc2conv.conversion",
+                  "fc2conv.storage", "fc2conv.onnx")
+    for package in torch_side:
+        assert any(_within(n, TORCH_PACKAGES) for m, path in MODULES.items() if _within(m, (package,))
+                   for n in _imports(m, path)), package
+
+
+def test_the_runtimes_own_modules_stand_below_the_scanner_and_the_viewer():
+    """Only the wing's face (`fc2conv.runtime`, which hands on `scan`) looks up into its scanner or viewer."""
+    above = (f"{WING}.scanning", f"{WING}.viewer")
+    wrong = [f"{m} → {n}" for m, path in MODULES.items() if _within(m, (WING,)) and not _within(m, above)
+             and m != WING for n in _imports(m, path) if _within(n, above)]
+    assert not wrong
 
 
 @pytest.mark.parametrize("layer", LAYERS)

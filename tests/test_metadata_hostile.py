@@ -16,8 +16,8 @@ from helpers import ROOT, assert_clean_refusal, invoke
 from PIL import Image
 
 from fc2conv import ConversionError, export_onnx
+from fc2conv.metadata import MAX_DEPTH, check_labels
 from fc2conv.runtime import DenseModel
-from fc2conv.runtime.metadata import MAX_DEPTH, check_labels
 from fc2conv.runtime.metadata_file import MAX_ENTRY, read_entries
 
 BACKENDS = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])

@@ -21,8 +21,8 @@ from torch import nn
 import fc2conv
 from fc2conv.cli import EXIT_OK, EXIT_USAGE
 from fc2conv.errors import ConversionError
+from fc2conv.metadata import validate
 from fc2conv.runtime import DenseModel, heatmap
-from fc2conv.runtime.metadata import validate
 from fc2conv.shapes import map_size
 
 # Layer sizes of each vector-input model: a 3-class classifier, a deeper one, and a one-output regression.

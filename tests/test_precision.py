@@ -19,11 +19,11 @@ from PIL import Image
 from scan_helpers import export
 
 from fc2conv import ConversionError
+from fc2conv.metadata import validate
 from fc2conv.runtime import DenseModel
 from fc2conv.runtime.backends import check_backend
 from fc2conv.runtime.calibration import MAX_INPUTS, read_calibration
 from fc2conv.runtime.cpu import detect
-from fc2conv.runtime.metadata import validate
 from fc2conv.runtime.quantization import WEIGHTS_7, WEIGHTS_8, BudgetError, quantize
 
 ROOT = Path(__file__).resolve().parents[1]

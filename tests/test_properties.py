@@ -27,7 +27,7 @@ from torch import nn
 
 import fc2conv
 from fc2conv import ConversionError, Geometry
-from fc2conv.runtime.tolerance import max_errors, tolerance
+from fc2conv.tolerance import max_errors, tolerance
 
 # Fixed seed (derandomize) and no example database, so CI runs the same examples every time. A deadline
 # would fail examples that are slow only because the shared CI box is busy; generating a model takes

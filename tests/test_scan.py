@@ -29,8 +29,8 @@ from scan_helpers import (
 
 from fc2conv.errors import ConversionError
 from fc2conv.runtime import DenseModel, scan
-from fc2conv.runtime.tolerance import max_errors
 from fc2conv.scan import dispatch, outputs, tiles
+from fc2conv.tolerance import max_errors
 from models.digits_data import DIGIT, LABELS, MARGIN, load_split
 
 zarr = pytest.importorskip("zarr")  # the scan extra: Python 3.11 or later

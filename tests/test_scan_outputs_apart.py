@@ -25,8 +25,8 @@ import fc2conv.scan.driver as scanner  # where scan() looks its helpers up
 from fc2conv.cli import EXIT_USAGE, app
 from fc2conv.errors import ConversionError
 from fc2conv.runtime import scan
+from fc2conv.runtime.files import paths
 from fc2conv.scan import stitch
-from fc2conv.storage import paths
 
 zarr = pytest.importorskip("zarr")  # the scan extra: Python 3.11 or later
 pytest.importorskip("tifffile")

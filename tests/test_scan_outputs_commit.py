@@ -3,7 +3,7 @@
 Failures at the end, once every tile is done (a writer's error, a full disk, a failing rename in the commit,
 Ctrl-C, SIGTERM), each injected at every step: every path is as it was before the command (a store replaced with
 --force comes back), no staging file or folder is left, and a resumed store keeps its tiles where it was. The commit
-itself (`fc2conv.storage.atomic.staged_outputs`) takes a prepared folder into the same all-or-none rename.
+itself (`fc2conv.runtime.files.atomic.staged_outputs`) takes a prepared folder into the same all-or-none rename.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from scan_helpers import ROOT, write_tiff
 from scan_output_helpers import IMAGE, TILE, as_flags, state
 from typer.testing import CliRunner
 
+import fc2conv.runtime.files.atomic as atomic
 import fc2conv.scan.driver as scanner  # where scan() looks its helpers up
-import fc2conv.storage.atomic as atomic
 from fc2conv.cli import EXIT_USAGE, app
 from fc2conv.errors import ConversionError
 from fc2conv.runtime import scan
+from fc2conv.runtime.files.atomic import staged_outputs
 from fc2conv.scan import finish, ngff, outputs, qupath, stitch
-from fc2conv.storage.atomic import staged_outputs
 
 zarr = pytest.importorskip("zarr")  # the scan extra: Python 3.11 or later
 pytest.importorskip("tifffile")
@@ -202,7 +202,7 @@ SIGTERM_AT_THE_END = """
 import os, signal, sys
 from pathlib import Path
 import fc2conv.scan.qupath as qupath
-import fc2conv.storage.atomic as atomic
+import fc2conv.runtime.files.atomic as atomic
 
 def terminated():
     print(sorted(os.listdir(".")), flush=True)

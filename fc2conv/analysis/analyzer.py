@@ -11,7 +11,7 @@ from typing import Any
 from torch import fx
 
 from ..errors import ConversionError, first_line
-from ..runtime.metadata import MODES
+from ..metadata import MODES
 from ..shapes import VECTOR_MAP, is_vector_input, times
 from .channels_last import ChannelsLastVisits
 from .head import HeadVisits
@@ -32,7 +32,7 @@ from .values import Action, Alias, Analysis, ChannelsLast, Vector
 
 __all__ = ["ANALYSED_MODES", "analyze"]
 
-# The modes of fc2conv.runtime.metadata.MODES the analysis plans: "pool" is "dense", reduced after the rewrite.
+# The modes of fc2conv.metadata.MODES the analysis plans: "pool" is "dense", reduced after the rewrite.
 ANALYSED_MODES: tuple[str, ...] = tuple(mode for mode in MODES if mode != "pool")
 
 

@@ -1,7 +1,7 @@
 """What the analysis pass shares with its visitor mixins (`pools.py`, `head.py`, `channels_last.py`): the state
 they read and write, declared once (`AnalyzerState`), and the shape of the rules they are written in (`Rule`).
 
-A rule is one way the pass treats a node, as `fc2conv.onnx.rules` treats an ONNX node: `match` says whether the
+A rule is one way the pass treats a node, as `fc2conv.runtime.onnx.rules` treats an ONNX node: `match` says whether the
 rule speaks for the node, `check` returns the reason it must refuse (or None), and `rewrite` records the node's
 value, action and decision. `apply_first` tries rules in order; the first that matches decides.
 """

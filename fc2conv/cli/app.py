@@ -17,8 +17,8 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from ..errors import Fc2convError, InputError
-from ..storage.atomic import refuse_existing
-from ..storage.paths import check_apart
+from ..runtime.files.atomic import refuse_existing
+from ..runtime.files.paths import check_apart
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Output", "app", "check_outputs", "parse_floats",
            "usage_errors"]
@@ -192,7 +192,7 @@ def usage_errors() -> Iterator[None]:
 def check_outputs(outputs: Mapping[str, Path], force: bool, inputs: Mapping[str, Path | None] = _NONE) -> None:
     """Refuse, before any slow work, outputs ({flag: path}) that would be overwritten (unless `force`), cannot be
     written, or are not apart from each other and from the command's `inputs` ({flag: path}; None for one not given):
-    the same file under any name, one inside another (`fc2conv.storage.paths`), even with `force`."""
+    the same file under any name, one inside another (`fc2conv.runtime.files.paths`), even with `force`."""
     check_apart(dict(outputs), {flag: path for flag, path in inputs.items() if path is not None})
     for flag, path in outputs.items():
         if path.is_dir():

@@ -65,7 +65,7 @@ def _onnx_metadata(checkpoint: Path, recipe, labels: str | None, mean: str | Non
     preprocessor_config.json (image_mean, image_std), else what a torchvision architecture's weights enum says
     offline (its categories, when the classes are as many, and its transforms' mean and std) (the normalisation as a
     pair: --mean or --std replaces both). `sources` says where each came from, for the output."""
-    from ..runtime.metadata import decode_hints
+    from ..metadata import decode_hints
     from ..storage import huggingface
     from ..storage.architectures import weights_hints
     from ..storage.checkpoint import read_metadata
@@ -268,8 +268,8 @@ def convert(
 
 def _write(converted, recipe, outputs, onnx, onnx_options, force, step) -> list[Path]:
     """Write every output or none: they are staged, and renamed into place only once all are written."""
+    from ..runtime.files.atomic import staged_outputs
     from ..storage.artifact import save
-    from ..storage.atomic import staged_outputs
 
     targets = [*outputs, *([onnx] if onnx is not None else [])]
     with staged_outputs(targets, force=force) as staged:

@@ -225,14 +225,14 @@ def scan(
     image placed on the slide (no torch needed)."""
     shown = Output(quiet=quiet, as_json=as_json)
     from ..runtime.cpu import PrecisionWarning
-    from ..scan import SampleRangeWarning
-    from ..scan.quiet import quiet_libraries
+    from ..runtime.scanning import SampleRangeWarning
+    from ..runtime.scanning.quiet import quiet_libraries
 
     # The libraries' logs and warnings stay back (pages of them on failure paths): the error says what matters.
     with usage_errors(), quiet_libraries() as caught:
         # Every output is checked by the scan itself, against the others and the inputs, before any work.
         from ..runtime.images import MAX_PIXELS
-        from ..scan.driver import ScanOptions, scan_with
+        from ..runtime.scanning.driver import ScanOptions, scan_with
 
         options = ScanOptions(tile=tile, workers=workers, scheduler=scheduler, level=level, mpp=mpp, reader=reader,
                               classes=classes and classes.split(","), overview=overview, detections=detections,

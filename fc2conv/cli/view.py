@@ -43,7 +43,9 @@ def view(
     with usage_errors():
         box = _numbers(region, "--region", 4) if region else None
         canvas = _numbers(size, "--size", 2)
-        from ..viewer import show  # checks the flags, the store, the slide, the detections and --screenshot first
+        from ..runtime.viewer import (
+            show,  # checks the flags, the store, the slide, the detections and --screenshot first
+        )
 
         chosen = None if classes is None else classes.split(",")
         written = show(store, slide=slide, classes=chosen, detections=detections, screenshot=screenshot, region=box,

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..analysis.reach import Everywhere, Reach, Unknown, Value, reach_of
 from ..errors import ConversionError, reported
-from ..runtime.metadata import ONE_CELL
+from ..metadata import ONE_CELL
 from ..shapes import Sizes, influence_box, map_size, size_refusal, window_box
 from ..tracing.trace import TraceOptions, trace
 from .stride import measure

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import InputError
-from ..runtime.metadata import MODES, REDUCES
+from ..metadata import MODES, REDUCES
 from ..tracing.options import TraceOptions
 
 __all__ = ["ConversionOptions"]

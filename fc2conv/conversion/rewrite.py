@@ -129,8 +129,9 @@ def plan(
     """
     options = ConversionOptions(mode=mode, channels_last_linears=channels_last_linears,
                                 trace=TraceOptions(tuple(leaf_modules), tuple(autowrap_functions), concrete_args))
-    gm = trace(model, _input_shape(input_shape), options.trace)
-    found = analyze(gm, _input_shape(input_shape), mode, channels_last_linears=channels_last_linears).plan
+    shape = _input_shape(input_shape)
+    gm = trace(model, shape, options.trace)
+    found = analyze(gm, shape, options.cells, channels_last_linears=options.channels_last_linears).plan
     found.notes.extend(traced_with(gm).notes)
     return found
 

@@ -1,6 +1,6 @@
 """Prove a conversion numerically: the one tolerance, the error measure, and the checks of every mode.
 
-Error measure and tolerances: `fc2conv.runtime.tolerance` (max |actual − expected| / max |expected|; 1e-5 in float32,
+Error measure and tolerances: `fc2conv.tolerance` (max |actual − expected| / max |expected|; 1e-5 in float32,
 1e-10 in float64).
 
 Checks, each on a batch of seeded random inputs:
@@ -24,9 +24,9 @@ from torch import fx, nn
 
 from ..errors import ConversionError, first_line, reported
 from ..layers import im2col
-from ..runtime.metadata import ONE_CELL
-from ..runtime.tolerance import ACROSS_RUNTIMES, TOLERANCE, max_errors, tolerance
+from ..metadata import ONE_CELL
 from ..shapes import as_map, is_vector_input, map_size, times
+from ..tolerance import ACROSS_RUNTIMES, TOLERANCE, max_errors, tolerance
 from ..tracing.scores import scores_of
 from ..tracing.trace import example_input, trace
 from .geometry import geometry

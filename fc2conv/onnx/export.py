@@ -2,7 +2,7 @@
 
 Converted layers are `LinearConv2d`, a plain `Conv2d` while an exporter runs, so every converted Linear
 is one ONNX `Conv` and no `Gemm` or `MatMul` is left in the head. The file's `metadata_props` carry JSON
-values under `fc2conv.*` keys (`fc2conv.runtime.metadata`): the geometry (stride, window and receptive field in input
+values under `fc2conv.*` keys (`fc2conv.metadata`): the geometry (stride, window and receptive field in input
 pixels, null in global mode), the sizes the model runs at when it runs only at some, the reference input shape, the
 mode, whether cells are exact windows, and the class labels and input normalisation when given. A dense or cam
 model whose geometry cannot be measured (`fc2conv.geometry` says why) is refused: its cells could not be placed.
@@ -29,12 +29,12 @@ from torch import nn
 from ..conversion.geometry import geometry
 from ..conversion.verification import runs_on
 from ..errors import ConversionError, InputError, first_line, reported, translated
-from ..runtime.metadata import ONE_CELL, axis_names, encode, validate
-from ..runtime.tolerance import max_errors, tolerance
+from ..metadata import ONE_CELL, axis_names, encode, validate
+from ..runtime.files.atomic import atomic_output, refuse_existing
+from ..runtime.onnx.check import probe, session
 from ..shapes import as_map, is_vector_input, map_size, times
 from ..storage.artifact import dynamic_dims
-from ..storage.atomic import atomic_output, refuse_existing
-from .check import probe, session
+from ..tolerance import max_errors, tolerance
 
 __all__ = ["DEFAULT_OPSET", "EXPORTERS", "INPUT_NAME", "OUTPUT_NAME", "export_onnx"]
 
@@ -115,7 +115,7 @@ def export_onnx(
 
 
 def _metadata(converted: nn.Module, *, classes: int, labels, mean, std) -> dict[str, str]:
-    """The `fc2conv.*` metadata, JSON-encoded; arguments are checked against the model (`fc2conv.runtime.metadata`)."""
+    """The `fc2conv.*` metadata, JSON-encoded; arguments are checked against the model (`fc2conv.metadata`)."""
     info = converted.fc2conv
     grid = None if info.mode in ONE_CELL else geometry(converted)
     values: dict[str, object] = {

@@ -8,12 +8,13 @@ OpenVINO as another backend.
     quantize("resnet18.onnx", "resnet18_int8.onnx", "images/")      # int8: `fc2conv.runtime.quantization`
     DenseModel("resnet18_int8.onnx", backend="openvino")            # `fc2conv.runtime.backends`
 
-The package's modules: `model` (DenseModel, Result, heatmaps), `images` (images read as their owner sees them),
-`metadata` (the `fc2conv.*` ONNX metadata, validated), `backends` (onnxruntime or OpenVINO sessions), `quantization`
-with `calibration` and `drift` (static int8 and how far it moves the scores), and `tolerance` (the one error
-measure, shared with the PyTorch side). None imports torch, and neither may anything they import
-(`tests/test_imports.py` imports them, the scanner and the ONNX-to-ONNX converter with torch blocked). The names
-below load lazily, so reading `fc2conv.runtime.metadata` from the PyTorch side loads neither Pillow nor a backend.
+This package is the torch-free wing: its own modules run a model (`model`, `result`, `images`, `arrays`, `backends`,
+`cpu`) and quantize one (`quantization` with `calibration`, `float_layers`, `qdq` and `drift`); `files` writes
+every output atomically and keeps outputs apart from inputs; `onnx` rewrites ONNX heads (`fc2conv.convert_onnx`);
+`scanning` is the scanner and `viewer` the viewer, imported as `fc2conv.scan` and `fc2conv.viewer`. Nothing in it
+imports torch, and neither may anything it imports: only the bottom both sides share (`fc2conv.errors`,
+`fc2conv.shapes`, `fc2conv.metadata`, `fc2conv.tolerance`); `tests/test_imports.py` imports all of it with torch
+blocked. The names below load lazily, so `import fc2conv.runtime` loads neither Pillow nor a backend.
 """
 
 from __future__ import annotations
@@ -21,28 +22,28 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["METADATA_PREFIX", "DenseModel", "ImageLike", "Prediction", "Result", "ScanOptions", "colormap", "heatmap",
-           "load_image", "quantize", "scan", "scan_with"]
+__all__ = ["METADATA_PREFIX", "DenseModel", "ImageLike", "Prediction", "Result", "ScanOptions", "ScanResult",
+           "colormap", "heatmap", "load_image", "quantize", "scan", "scan_with"]
 
 # Where each public name lives, relative to this package.
 _HOMES = {
     "DenseModel": ".model", "Prediction": ".result", "Result": ".result", "colormap": ".model", "heatmap": ".model",
-    "ImageLike": ".images", "load_image": ".images", "quantize": ".quantization", "scan": "..scan",
-    "ScanOptions": "..scan", "scan_with": "..scan",
+    "ImageLike": ".images", "load_image": ".images", "quantize": ".quantization", "scan": ".scanning",
+    "ScanOptions": ".scanning", "ScanResult": ".scanning", "scan_with": ".scanning",
 }
 
 if TYPE_CHECKING:
-    from ..scan import ScanOptions, scan, scan_with
+    from ..metadata import PREFIX as METADATA_PREFIX
     from .images import ImageLike, load_image
-    from .metadata import PREFIX as METADATA_PREFIX
     from .model import DenseModel, colormap, heatmap
     from .quantization import quantize
     from .result import Prediction, Result
+    from .scanning import ScanOptions, ScanResult, scan, scan_with
 
 
 def __getattr__(name: str) -> Any:
     if name == "METADATA_PREFIX":
-        return import_module(".metadata", __name__).PREFIX
+        return import_module("..metadata", __name__).PREFIX
     if name in _HOMES:
         return getattr(import_module(_HOMES[name], __name__), name)
     raise AttributeError(f"module 'fc2conv.runtime' has no attribute {name!r}")

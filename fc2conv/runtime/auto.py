@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ..storage.atomic import atomic_output
-from ..storage.paths import file_sha256
 from .cpu import detect
+from .files.atomic import atomic_output
+from .files.paths import file_sha256
 
 __all__ = ["BUDGET_SECONDS", "Choice", "Chooser", "cache_path"]
 

@@ -9,7 +9,7 @@ refused, and both backends see the same values.
 How: an ONNX file is a protobuf `ModelProto`; its top-level fields are walked on the wire, the graph (field 7, the
 weights: most of the file) is skipped by its length without being read, and each `metadata_props` entry (field 14, a
 `StringStringEntryProto` of key 1 and value 2) is read only after its declared length has been checked against
-`MAX_ENTRY`, the file's size and `MAX_TOTAL`. The JSON values are then checked by `fc2conv.runtime.metadata.decode`,
+`MAX_ENTRY`, the file's size and `MAX_TOTAL`. The JSON values are then checked by `fc2conv.metadata.decode`,
 which bounds their nesting before parsing. No torch, no onnx.
 """
 

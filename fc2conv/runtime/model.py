@@ -11,7 +11,7 @@ and Pillow only (or OpenVINO instead of onnxruntime: `backend="openvino"`, see `
 Preprocessing: the image is read as `fc2conv.runtime.images` says (float32 in [0, 1] by its real bit depth, EXIF
 orientation applied, the model's channel count, a pixel budget checked before decoding), then normalised as
 (x − mean) / std with the file's metadata when present. The metadata is validated when the model is opened
-(`fc2conv.runtime.metadata`), so a bad field is named there rather than failing later.
+(`fc2conv.metadata`), so a bad field is named there rather than failing later.
 
 Signals (C×L) and volumes (C×D×H×W) are given as `.npy` files or arrays, channels first, as the model takes
 them before normalisation.
@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import BackendError, InputError, translated
+from ..metadata import decode, validate
 from ..shapes import (
     VECTOR_MAP,
     is_vector_input,
@@ -41,13 +42,12 @@ from ..shapes import (
     sizes_from_json,
     times,
 )
-from ..storage.atomic import atomic_output
 from .arrays import check_finite, open_npy, samples_within
 from .backends import AUTO, check_backend, numerics, open_session, precision_label
 from .cpu import int8_caution
 from .drift import BUDGET
+from .files.atomic import atomic_output
 from .images import MAX_PIXELS, ImageLike, load_image
-from .metadata import decode, validate
 from .result import Prediction, Result  # `Result` was defined here: importing it from this module still works
 
 __all__ = ["DenseModel", "Prediction", "Result", "colormap", "heatmap"]

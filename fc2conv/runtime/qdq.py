@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError, ConversionError, InputError, translated
+from ..metadata import PREFIX
 from .calibration import CalibrationSet, Sample
-from .metadata import PREFIX
 
 __all__ = [
     "Reader",

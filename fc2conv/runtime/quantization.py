@@ -53,10 +53,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError, InputError
-from ..storage.atomic import atomic_output, refuse_existing
 from .calibration import PICKED, CalibrationSet, read_calibration
 from .cpu import detect
 from .drift import BUDGET, Drift, measure
+from .files.atomic import atomic_output, refuse_existing
 from .float_layers import CHOICES, Attempt, Search, chosen_layers, rank_by_sensitivity, search
 from .images import MAX_PIXELS
 from .model import DenseModel

@@ -33,9 +33,9 @@ from ..compat import size_oblivious_export
 from ..conversion.geometry import Geometry, geometry
 from ..conversion.verification import max_errors, tolerance
 from ..errors import ConversionError, InputError, first_line, reported, translated
-from ..runtime.metadata import ONE_CELL, axis_names
+from ..metadata import ONE_CELL, axis_names
+from ..runtime.files.atomic import refuse_existing
 from ..shapes import map_size
-from .atomic import refuse_existing
 from .checkpoint import TORCH_SUFFIXES, atomic_output, load_into, load_state_dict, read_metadata, save_state_dict
 from .recipe import Recipe
 from .unpickling import load_program

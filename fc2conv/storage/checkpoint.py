@@ -26,7 +26,7 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from ..errors import ConversionError, InputError, first_line, translated
-from .atomic import atomic_output
+from ..runtime.files.atomic import atomic_output
 from .unpickling import safe_torch_load
 
 __all__ = ["atomic_output", "load_into", "load_state_dict", "read_metadata", "save_state_dict"]

@@ -7,7 +7,7 @@
 
 The directory is someone else's, so each field is checked for its type, its range (finite, positive, bounded: a
 size beyond `MAX_SIDE` would allocate before anything else could object) and, for labels, plain text
-(`fc2conv.runtime.metadata.check_labels`), and a refusal names the file and the field ("DIR/config.json: field
+(`fc2conv.metadata.check_labels`), and a refusal names the file and the field ("DIR/config.json: field
 image_size must be …; got 1000000"). Fields fc2conv does not read are left to transformers, which validates its own.
 No torch: this is JSON.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, first_line
-from ..runtime.metadata import check_labels
+from ..metadata import check_labels
 
 __all__ = ["CONFIG", "MAX_CHANNELS", "MAX_CLASSES", "MAX_JSON_BYTES", "MAX_SIDE", "PREPROCESSOR", "check_config",
            "labels_of", "normalisation", "read_json", "reference_input"]

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..conversion.options import ConversionOptions
 from ..errors import InputError
-from ..runtime.metadata import MODES
+from ..metadata import MODES
 from . import huggingface
 from .architectures import DEFAULT_INPUT_SHAPE, build, build_from_file, default_input_shape
 
