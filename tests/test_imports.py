@@ -95,6 +95,13 @@ def test_the_wing_is_one_folder_and_nothing_else_is_torch_free():
                    for n in _imports(m, path)), package
 
 
+def test_every_folder_is_a_package():
+    """A folder without `__init__.py` imports as a namespace package here, but setuptools' package finder leaves it
+    out of the wheel and mkdocstrings cannot read it."""
+    folders = {path.parent for path in PACKAGE.rglob("*.py")}
+    assert not sorted(str(f) for f in folders if not (f / "__init__.py").is_file())
+
+
 def test_the_runtimes_own_modules_stand_below_the_scanner_and_the_viewer():
     """Only the wing's face (`fc2conv.runtime`, which hands on `scan`) looks up into its scanner or viewer."""
     above = (f"{WING}.scanning", f"{WING}.viewer")
