@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fc2conv"
 # conversion, quantization, atomic files); the bottom both sides share; and the commands that use only them.
 WING = "fc2conv.runtime"
 BOTTOM = ("fc2conv.errors", "fc2conv.shapes", "fc2conv.metadata", "fc2conv.tolerance", "fc2conv.aliases")
-TORCH_FREE = (WING, *BOTTOM, "fc2conv.cli.app", "fc2conv.cli.deployed", "fc2conv.cli.precision", "fc2conv.cli.view")
+TORCH_FREE = (WING, *BOTTOM, "fc2conv.cli.app", "fc2conv.cli.deployed", "fc2conv.cli.precision", "fc2conv.cli.view",
+              "fc2conv.cli.keywords")
 TORCH_PACKAGES = ("torch", "torchvision", "timm", "transformers", "safetensors")
 # Each layer and the fc2conv modules it may import, lowest first: an arrow points down the list. The wing imports
 # only the bottom; inside it, files below the runtime's own modules, below the scanner, below the viewer, and the

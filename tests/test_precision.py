@@ -91,12 +91,12 @@ def test_bf16_and_fp16_are_recorded_as_run_and_drift_within_bounds(digits_int8, 
 
 
 @pytest.mark.parametrize(("backend", "precision", "flags"), [
-    ("onnxruntime", "bf16", ["--precision bf16", "--backend onnxruntime"]),
-    ("onnxruntime", "int8", ["--precision int8", "fc2conv quantize"]),
-    ("openvino", "int4", ["--precision 'int4' (unknown)", "--backend openvino"]),
-    ("tensorrt", "fp32", ["--backend must be one of onnxruntime, openvino"]),
+    ("onnxruntime", "bf16", ["precision='bf16'", "backend='onnxruntime'"]),
+    ("onnxruntime", "int8", ["precision='int8'", "fc2conv quantize"]),
+    ("openvino", "int4", ["precision='int4' (unknown)", "backend='openvino'"]),
+    ("tensorrt", "fp32", ["backend= must be one of onnxruntime, openvino"]),
 ])
-def test_a_precision_the_backend_does_not_run_is_refused_naming_the_flags(backend, precision, flags):
+def test_a_precision_the_backend_does_not_run_is_refused_naming_the_keywords(backend, precision, flags):
     with pytest.raises(ConversionError) as refused:
         check_backend(backend, precision)
     assert all(flag in str(refused.value) for flag in flags)
@@ -228,7 +228,7 @@ def test_a_bad_calibration_set_is_refused_naming_the_file_and_nothing_is_written
 def test_a_quantized_model_and_bad_arguments_are_refused(digits_int8, tmp_path):
     with pytest.raises(ConversionError, match=r"already quantized \(it has DequantizeLinear, QuantizeLinear nodes"):
         quantize(digits_int8["int8"], tmp_path / "again.onnx", digits_int8["calibration"])
-    with pytest.raises(ConversionError, match="--method must be one of minmax, entropy, percentile"):
+    with pytest.raises(ConversionError, match="method= must be one of minmax, entropy, percentile"):
         quantize(digits_int8["fp32"], tmp_path / "x.onnx", digits_int8["calibration"], method="kl")
     with pytest.raises(ConversionError, match="is the input model"):
         quantize(digits_int8["fp32"], digits_int8["fp32"], digits_int8["calibration"], force=True)
@@ -292,9 +292,9 @@ def test_without_openvino_its_backend_names_the_extra_and_the_rest_works(digits_
     """, tmp_path)
     assert done.returncode == 2, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "--backend openvino needs OpenVINO, which is not installed: pip install 'fc2conv[openvino]'"
+    assert lines[0] == "backend='openvino' needs OpenVINO, which is not installed: pip install 'fc2conv[openvino]'"
     assert lines[1] == "{'backend': 'onnxruntime', 'precision': 'int8', 'exact': False}"
-    assert "pip install 'fc2conv[openvino]'" in done.stderr
+    assert "--backend openvino needs OpenVINO, which is not installed: pip install 'fc2conv[openvino]'" in done.stderr
 
 
 def test_last_keeps_the_scores_in_float_where_int8_loses_them_and_identities_are_folded(tmp_path):
@@ -308,7 +308,7 @@ def test_last_keeps_the_scores_in_float_where_int8_loses_them_and_identities_are
     calibration.mkdir()
     for index in range(8):
         np.save(calibration / f"r{index}.npy", np.random.default_rng(index).random((3, 64, 64), dtype=np.float32))
-    with pytest.raises(BudgetError, match="--float-layers none gives"):
+    with pytest.raises(BudgetError, match="float_layers='none' gives"):
         quantize(source, tmp_path / "none.onnx", calibration, float_layers="none", min_agreement=0.7)
     done = quantize(source, tmp_path / "int8.onnx", calibration, float_layers="last", min_agreement=0.7)
     assert done.float_layers == ["/fc/Conv"] and done.drift.argmax_agreement >= 0.7

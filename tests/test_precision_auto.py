@@ -80,7 +80,7 @@ def test_a_path_outside_the_budget_is_dropped_with_its_reason(digits, monkeypatc
 def test_backend_openvino_keeps_openvinos_paths_and_an_unknown_setting_is_refused(digits):
     record = DenseModel(digits, backend="openvino", precision="auto", threads=1).run(_canvas()).numerics
     assert record["backend"] == "openvino" and all(p.startswith("openvino") for p in record["timings_ms"])
-    with pytest.raises(ConversionError, match="--backend must be one of onnxruntime, openvino"):
+    with pytest.raises(ConversionError, match="backend= must be one of onnxruntime, openvino"):
         DenseModel(digits, backend="tensorrt", precision="auto")
 
 

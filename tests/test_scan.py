@@ -72,7 +72,7 @@ def test_tiles_own_every_cell_once_and_read_their_halo_on_the_stride_grid(size, 
 
 def test_tile_smaller_than_a_window_or_image_smaller_than_a_window_is_refused():
     options = {"stride": (4, 4), "window": (32, 32), "halo": ((0, 0), (0, 0)), "cells": (1, 1)}
-    with pytest.raises(ConversionError, match="--tile 31 is smaller than the model's 32×32 window"):
+    with pytest.raises(ConversionError, match="tile=31 is smaller than the model's 32×32 window"):
         tiles.make_plan((100, 100), tile=31, **options)
     with pytest.raises(ConversionError, match="smaller than the model's 32×32 window"):
         tiles.make_plan((31, 100), tile=64, **options)
@@ -135,7 +135,7 @@ def test_receptive_field_bounds_what_changes_a_cell(exported_models, name):
 def test_global_context_is_refused_unless_approximate(exported_models, tmp_path):
     model, image = exported_models("mobilenet_v3_small"), _image("mobilenet_v3_small", (200, 170))
     source, out = write_tiff(tmp_path / "in.tif", image), tmp_path / "out.zarr"
-    with pytest.raises(ConversionError, match=r"global context.*--approximate"):
+    with pytest.raises(ConversionError, match=r"global context.*approximate=True"):
         scan(source, model=model, out=out, tile=64)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
     result = scan(source, model=model, out=out, tile=64, approximate=True)
@@ -293,7 +293,7 @@ def test_resume_after_the_scan_is_killed(exported_models, tmp_path):
     assert reached == "20" and process.returncode == -signal.SIGKILL
     written, total = done_tiles(partial), 37 * 31  # 293×243 cells in tiles of 8×8
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.zarr.partial", "in.tif"] and written == 20
-    with pytest.raises(ConversionError, match="--resume"):
+    with pytest.raises(ConversionError, match="resume=True"):
         scan(source, model=model, out=out, tile=32, threads=1)
     with pytest.raises(ConversionError, match=r"other settings.*tile: 32 then, 64 now"):
         scan(source, model=model, out=out, tile=64, resume=True, threads=1)

@@ -44,7 +44,7 @@ def test_pyramidal_tiff_levels_by_index_and_pixel_size(small_onnx, tmp_path, sub
     assert attrs["cell_size_um"] == pytest.approx([2.0, 2.0], rel=0.02)
     with pytest.raises(ConversionError, match=r"no level within 10% of 0.7 µm.*level 1: 0.49"):
         open_source(source, channels=3, mpp=0.7)
-    with pytest.raises(ConversionError, match="has levels 0 … 2; got --level 3"):
+    with pytest.raises(ConversionError, match="has levels 0 … 2; got level=3"):
         open_source(source, channels=3, level=3)
 
 

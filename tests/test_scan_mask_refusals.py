@@ -80,18 +80,18 @@ def test_a_bad_mask_is_refused_naming_it_and_nothing_is_written(glass, small_onn
     mask, message = refusals(tmp_path)[case]
     with pytest.raises(ConversionError, match=message) as caught:
         scan(glass, model=small_onnx, out=tmp_path / "map.zarr", tile=128, mask=mask)
-    assert "--mask" in str(caught.value) or case == "empty image"
+    assert "mask=" in str(caught.value) or case == "empty image"
     assert not (tmp_path / "map.zarr").exists() and not (tmp_path / ".map.zarr.partial").exists()
 
 
 def test_auto_on_bare_glass_finds_no_foreground(glass, small_onnx, tmp_path):
-    with pytest.raises(ConversionError, match=r"--mask auto found no foreground .*looks empty"):
+    with pytest.raises(ConversionError, match=r"mask='auto' found no foreground .*looks empty"):
         scan(glass, model=small_onnx, out=tmp_path / "map.zarr", tile=128, mask="auto")
 
 
 def test_a_mask_is_an_input_no_output_may_be(glass, small_onnx, tmp_path):
     regions = geojson(tmp_path / "regions.geojson", polygon(SQUARE))
-    with pytest.raises(ConversionError, match="--mask"):
+    with pytest.raises(ConversionError, match="mask="):
         scan(glass, model=small_onnx, out=tmp_path / "map.zarr", tile=128, mask=regions,
              detections=tmp_path / "regions.csv")  # whose GeoJSON would overwrite the mask
 

@@ -230,7 +230,7 @@ def test_an_ome_tiff_of_too_many_classes_is_refused_before_anything_is_written(d
 
     monkeypatch.setattr(qupath, "MAX_CHANNELS", 2)
     source = write_tiff(tmp_path / "slide.tif", canvas()[0])
-    with pytest.raises(ConversionError, match=r"--ome-tiff .*map.ome.tif: 3 classes .* at most 2 with --classes"):
+    with pytest.raises(ConversionError, match=r"ome_tiff=.*map.ome.tif: 3 classes .* at most 2 with classes="):
         scan(source, model=digits_onnx, out=tmp_path / "map.zarr", classes=["1", "2", "3"],
              ome_tiff=tmp_path / "map.ome.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slide.tif"]

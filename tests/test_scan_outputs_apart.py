@@ -31,9 +31,14 @@ from fc2conv.scan import stitch
 zarr = pytest.importorskip("zarr")  # the scan extra: Python 3.11 or later
 pytest.importorskip("tifffile")
 
-# The outputs of a scan, as the messages name them, and a natural name for each.
-LABELS = {"out": "--out", "partial": "--out's unfinished store", "overview": "--overview",
-          "detections": "--detections", "geojson": "--detections' GeoJSON", "ome_tiff": "--ome-tiff"}
+# The outputs of a scan as `scan` names them (by keyword) and as the command does (by flag): `{}` is the path, else it
+# follows. Then the inputs, and a natural name for each output.
+LABELS = {"out": ("out=", "--out "),
+          "partial": ("{} (the unfinished store of out=)", "{} (the unfinished store of --out)"),
+          "overview": ("overview=", "--overview "), "detections": ("detections=", "--detections "),
+          "geojson": ("{} (the GeoJSON beside detections=)", "{} (the GeoJSON beside --detections)"),
+          "ome_tiff": ("ome_tiff=", "--ome-tiff ")}
+INPUTS = {"image": ("image ", "image "), "model": ("model=", "--model ")}
 SUFFIXES = {"out": ".zarr", "overview": ".png", "detections": ".csv", "geojson": ".geojson", "ome_tiff": ".ome.tif"}
 FILES = ["overview", "detections", "geojson", "ome_tiff"]
 
@@ -60,6 +65,20 @@ def _printed(slot: str, options: dict[str, str]) -> str:
     return str(derived[slot]() if slot in derived else Path(options[slot]))
 
 
+def _named(label: tuple[str, str], path: str) -> tuple[str, str]:
+    """`path` as `scan` and as the command name it."""
+    return tuple(text.replace("{}", path) if "{}" in text else text + path for text in label)
+
+
+def _output(slot: str, options: dict[str, str]) -> tuple[str, str]:
+    return _named(LABELS[slot], _printed(slot, options))
+
+
+def _joined(*parts: str | tuple[str, str]) -> tuple[str, str]:
+    """A message fragment as `scan` and as the command say it, from parts that are the same in both or not."""
+    return tuple("".join(part if isinstance(part, str) else part[k] for part in parts) for k in (0, 1))
+
+
 @pytest.fixture
 def no_input_read(monkeypatch):
     """Opening the model or the image fails the test: a refusal must come before either (so before any tile)."""
@@ -70,19 +89,20 @@ def no_input_read(monkeypatch):
     monkeypatch.setattr(scanner, "open_source", opened)
 
 
-def _assert_refused(source: str, model: str, options: dict, *fragments: str) -> None:
-    """Refused by `scan` and by the command alike, naming every fragment, with nothing changed below the folder."""
+def _assert_refused(source: str, model: str, options: dict, *fragments: tuple[str, str]) -> None:
+    """Refused by `scan` and by the command alike, naming every fragment (by keyword, by flag), with nothing changed
+    below the folder."""
     folder = Path.cwd()
     before = state(folder)
     with pytest.raises(ConversionError) as refused:
         scan(source, model=model, tile=TILE, **options)
-    for fragment in fragments:
+    for fragment, _ in fragments:
         assert fragment in str(refused.value), (fragment, str(refused.value))
     done = CliRunner().invoke(app, ["scan", source, "--model", model, "--tile", str(TILE), *as_flags(options)])
     assert done.exit_code == EXIT_USAGE, done.output
     assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) <= 5, done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
-    for fragment in fragments:
+    for _, fragment in fragments:
         assert fragment in done.stderr, (fragment, done.stderr)
     assert state(folder) == before
 
@@ -119,8 +139,7 @@ def test_two_outputs_that_are_one_file_are_refused(digits_onnx, tmp_path, monkey
         options["force"] = True
     if spelling == "another case":
         monkeypatch.setattr(paths, "_ignores_case", lambda folder: True)
-    _assert_refused("in.tif", str(digits_onnx), options, f"{LABELS[a]} {_printed(a, options)}",
-                    f"{LABELS[b]} {_printed(b, options)}")
+    _assert_refused("in.tif", str(digits_onnx), options, _output(a, options), _output(b, options))
 
 
 def test_names_in_another_case_are_two_files_where_the_file_system_tells_case(digits_onnx, tmp_path, monkeypatch):
@@ -161,8 +180,8 @@ def test_an_output_inside_the_store_is_refused(digits_onnx, tmp_path, monkeypatc
         (tmp_path / "alias").symlink_to(folder)
         where = "alias"
     options.update(_options(inner, f"{where}/{_name(inner, 'x')}"))
-    _assert_refused("in.tif", str(digits_onnx), options, f"{LABELS[inner]} {_printed(inner, options)} lies inside "
-                    f"{LABELS[outer]} {_printed(outer, options)}")
+    _assert_refused("in.tif", str(digits_onnx), options,
+                    _joined(_output(inner, options), " lies inside ", _output(outer, options)))
 
 
 @pytest.mark.parametrize("outer", FILES)
@@ -170,14 +189,14 @@ def test_the_store_inside_another_output_is_refused(digits_onnx, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     write_tiff(tmp_path / "in.tif", IMAGE)
     options = {**_options(outer, _name(outer, "o")), "out": f"{_name(outer, 'o')}/s.zarr"}
-    _assert_refused("in.tif", str(digits_onnx), options, f"--out {options['out']} lies inside {LABELS[outer]} "
-                    f"{_printed(outer, options)}")
+    _assert_refused("in.tif", str(digits_onnx), options,
+                    _joined(_output("out", options), " lies inside ", _output(outer, options)))
 
 
 # --- outputs against the inputs -------------------------------------------------------------------------------------
 
 INPUT_SPELLINGS = ["same name", "through ..", "through a link", "hard link"]
-AGAINST_INPUTS = [(slot, what, spelling) for slot in LABELS for what in ("image", "--model")
+AGAINST_INPUTS = [(slot, what, spelling) for slot in LABELS for what in INPUTS
                   for spelling in INPUT_SPELLINGS]
 
 
@@ -204,7 +223,8 @@ def test_an_output_that_is_an_input_is_refused(digits_onnx, tmp_path, monkeypatc
     if spelling == "hard link":
         os.link(tmp_path / given, tmp_path / output)
     options = {"out": "out.zarr", **_options(slot, output), "force": True}
-    _assert_refused(source, model, options, f"{LABELS[slot]} {_printed(slot, options)} is the input {what} {given}")
+    _assert_refused(source, model, options,
+                    _joined(_output(slot, options), " is the input ", _named(INPUTS[what], given)))
 
 
 # The unfinished store lies beside --out, the GeoJSON beside the CSV: where one is inside, so is the other.
@@ -214,23 +234,23 @@ def test_an_output_inside_a_zarr_input_is_refused(digits_onnx, tmp_path, monkeyp
     zarr.create_array("in.zarr", shape=IMAGE.shape, chunks=(64, 64), dtype="uint8")[...] = IMAGE
     options = {"out": "out.zarr", **_options(slot, f"in.zarr/{_name(slot, 'x')}")}
     _assert_refused("in.zarr", str(digits_onnx), options,
-                    f"{LABELS[slot]} {_printed(slot, options)} lies inside the input image in.zarr")
+                    _joined(_output(slot, options), " lies inside the input image in.zarr"))
 
 
-@pytest.mark.parametrize(("slot", "what"), [(slot, what) for slot in LABELS for what in ("image", "--model")])
+@pytest.mark.parametrize(("slot", "what"), [(slot, what) for slot in LABELS for what in INPUTS])
 def test_an_output_holding_an_input_is_refused(digits_onnx, tmp_path, monkeypatch, no_input_read, slot, what):
     """Replacing the folder (with --force) would destroy the input in it."""
     monkeypatch.chdir(tmp_path)
     holder = _name(slot, "holder")
     (tmp_path / holder).mkdir()
     source = f"{holder}/in.tif" if what == "image" else "in.tif"
-    model = f"{holder}/model.onnx" if what == "--model" else str(digits_onnx)
+    model = f"{holder}/model.onnx" if what == "model" else str(digits_onnx)
     write_tiff(tmp_path / source, IMAGE)
-    if what == "--model":
+    if what == "model":
         shutil.copy(digits_onnx, tmp_path / model)
     options = {"out": "out.zarr", **_options(slot, holder), "force": True}
-    _assert_refused(source, model, options, f"{LABELS[slot]} {_printed(slot, options)} holds the input {what} "
-                    f"{source if what == 'image' else model}")
+    _assert_refused(source, model, options, _joined(_output(slot, options), " holds the input ",
+                                                    _named(INPUTS[what], source if what == "image" else model)))
 
 
 def test_a_file_output_that_is_a_folder_is_refused_even_with_force(digits_onnx, tmp_path, monkeypatch, no_input_read):
@@ -238,4 +258,4 @@ def test_a_file_output_that_is_a_folder_is_refused_even_with_force(digits_onnx, 
     write_tiff(tmp_path / "in.tif", IMAGE)
     (tmp_path / "map.png").mkdir()
     _assert_refused("in.tif", str(digits_onnx), {"out": "out.zarr", "overview": "map.png", "force": True},
-                    "--overview map.png is a directory")
+                    ("overview=map.png is a directory", "--overview map.png is a directory"))

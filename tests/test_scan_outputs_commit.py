@@ -169,7 +169,7 @@ def test_a_failure_at_the_end_leaves_every_path_as_it_was(scenario_in, monkeypat
         _inject(patched, step, kind)
         error = _failing_scan(step, kind, scenario)
     if kind == "OSError":
-        kept = "keeps its tiles: run again with --resume" if scenario.startswith("resumed") else \
+        kept = "keeps its tiles: run again with resume=True" if scenario.startswith("resumed") else \
             "this scan's store was removed"
         named = {"marking the store complete": "finish out.zarr", "the OME-Zarr pyramid": "finish out.zarr",
                  "the overview": "write o.png", "the CSV": "write d.csv", "the GeoJSON": "write d.geojson",

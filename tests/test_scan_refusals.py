@@ -51,6 +51,11 @@ def _arguments(options: dict) -> list[str]:
     return flags
 
 
+def _as_flags(message: str) -> str:
+    """A message pattern naming `scan`'s keywords, as the command names them: `out=X` → `--out X`."""
+    return re.sub(r"\b(out|tile|overview|detections)=", r"--\1 ", message)
+
+
 # --- inputs, each made in the test's directory: (source, extra options) ---------------------------------------------
 
 def _ome(directory: Path, multiscales, name: str = "in.ome.zarr") -> Path:
@@ -188,8 +193,8 @@ def _file_not_a_store(d: Path):
 
 # (name, input and options, what the message says)
 HOSTILE = [
-    ("--force on a folder that is no store", _folder_not_a_store, r"--out notes exists and is not the store of a scan"),
-    ("--force on a file that is no store", _file_not_a_store, r"--out out.zarr exists and is not the store of a scan"),
+    ("--force on a folder that is no store", _folder_not_a_store, r"out=notes exists and is not the store of a scan"),
+    ("--force on a file that is no store", _file_not_a_store, r"out=out.zarr exists and is not the store of a scan"),
     ("OME path ..", _dataset_up, r"multiscales\[0\]\.datasets\[1\]\.path '\.\./elsewhere\.zarr' is not a path inside"),
     ("OME absolute path", _dataset_absolute, r"multiscales\[0\]\.datasets\[0\]\.path '/.*' is not a path inside"),
     ("OME dataset linked out", _dataset_linked_out, r"datasets\[1\]\.path '2' leads out of the store"),
@@ -232,20 +237,20 @@ HOSTILE = [
     ("OME-TIFF pages in another file", lambda d: (_pages_elsewhere(d), {}),
      r"in\.ome\.tif: its OME metadata takes pages of level 0 from another file, \S*/b\.tif"),
     ("9 terapixels in 2048-pixel tiles", lambda d: (_empty_zarr(d, (3_000_000, 3_000_000), (4096, 4096)), {}),
-     r"--tile 2048 cuts the 3,000,000×3,000,000 image into 2,146,225 tiles, more than the 1,048,576"),
+     r"tile=2048 cuts the 3,000,000×3,000,000 image into 2,146,225 tiles, more than the 1,048,576"),
     ("tile of 24 PiB", lambda d: (_empty_zarr(d, (20_000, 20_000, 3), (1024, 1024, 3)), {"tile": 100_000_000}),
-     r"--tile 100000000 \(the image's longer side, 20000\) needs about 12\.9 GiB .* budget of 4 GiB"),
+     r"tile=100000000 \(the image's longer side, 20000\) needs about 12\.9 GiB .* budget of 4 GiB"),
     ("NaN found mid-scan", lambda d: (_with_nan(d), {"tile": 64}),
      r"float\.zarr: 2 samples are NaN or infinite in rows \d+…159, columns \d+…139"),
     ("NaN found mid-scan on workers", lambda d: (_with_nan(d), {"tile": 64, "workers": 2}),
      r"float\.zarr: 2 samples are NaN or infinite in rows"),
     ("out inside the input", lambda d: (_zarr_input(d), {"out": "in.zarr/scores.zarr"}),
-     r"--out in\.zarr/scores\.zarr lies inside the input .*in\.zarr"),
+     r"out=in\.zarr/scores\.zarr lies inside the input .*in\.zarr"),
     ("overview inside the input", lambda d: (_zarr_input(d), {"overview": "in.zarr/o.png"}),
-     r"--overview in\.zarr/o\.png lies inside the input"),
+     r"overview=in\.zarr/o\.png lies inside the input"),
     ("detections inside the input through a link", _linked_input,
-     r"--detections alias/found\.csv lies inside the input"),
-    ("input inside the output", _input_inside_output, r"--out old\.zarr holds the input"),
+     r"detections=alias/found\.csv lies inside the input"),
+    ("input inside the output", _input_inside_output, r"out=old\.zarr holds the input"),
 ]
 # Run as processes of their own, where every line the command prints is seen (the Dask workers' too). The rest run
 # in this process, faster, where pytest takes the libraries' log records: the test asserts there are none at all.
@@ -278,7 +283,7 @@ def test_hostile_input_is_refused_in_a_line_and_writes_nothing(small_onnx, tmp_p
     assert code == EXIT_USAGE, stdout + stderr
     assert stderr.startswith("error: ") and len(stderr.splitlines()) <= 5, stderr
     assert "Traceback" not in stderr and "does not match page shape" not in stderr, stderr
-    assert re.search(message, stderr), stderr
+    assert re.search(_as_flags(message), stderr), stderr
     assert stdout == ""
     assert _listing(tmp_path) == before
 
@@ -333,7 +338,7 @@ def test_the_memory_budget_counts_samples_scores_and_decoding():
     need = 2084**2 * (3 + 2 * 4 * 3) + 522**2 * 10 * 4 + 512**2 * 10 * (4 + 4) + 2**20
     options = {"samples": 3, "sample_bytes": 1, "channels": 3, "classes": 10, "score_bytes": 4, "decode_bytes": 2**20}
     tiles.check_memory(plan, 2048, budget=need, **options)
-    with pytest.raises(ConversionError, match=r"--tile 2048 needs about 0\.1 GiB .* budget of"):
+    with pytest.raises(ConversionError, match=r"tile=2048 needs about 0\.1 GiB .* budget of"):
         tiles.check_memory(plan, 2048, budget=need - 1, **options)
     assert TILE_MEMORY_BUDGET == 4 * 2**30
 
@@ -361,13 +366,13 @@ def test_resume_refuses_a_store_whose_arrays_were_changed(small_onnx, tmp_path):
 
 
 @pytest.mark.parametrize(("settings", "match"), [
-    ({"dtype": "float64"}, "--dtype must be float32 or float16"),
-    ({"tile": 0}, "--tile must be a positive number"),
-    ({"tile": True}, "--tile must be a positive number"),
-    ({"context": 8}, "--context 8 widens the halo of an --approximate scan"),
-    ({"workers": 2, "scheduler": "tcp://127.0.0.1:8786"}, "give --workers .* or --scheduler"),
-    ({"threshold": 0}, "--threshold and --iou must be in"),
-    ({"backend": "tensorrt"}, "--backend must be one of"),
+    ({"dtype": "float64"}, "dtype= must be float32 or float16"),
+    ({"tile": 0}, "tile= must be a positive number"),
+    ({"tile": True}, "tile= must be a positive number"),
+    ({"context": 8}, "context=8 widens the halo of an approximate=True scan"),
+    ({"workers": 2, "scheduler": "tcp://127.0.0.1:8786"}, "give workers= .* or scheduler="),
+    ({"threshold": 0}, "threshold= and iou= must be in"),
+    ({"backend": "tensorrt"}, "backend= must be one of"),
 ])
 def test_scan_settings_are_checked_once_where_they_are_made(settings, match, tmp_path):
     """`ScanOptions` refuses what needs no file, whoever makes it (the keywords of `scan`, the CLI's flags), and

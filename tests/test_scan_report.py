@@ -88,7 +88,7 @@ def test_context_is_refused_where_it_means_nothing(mobilenet, small_onnx, tmp_pa
     exact = invoke("scan", slide, "--model", small_onnx, "--out", tmp_path / "b.zarr", "--approximate", "--context",
                    64)
     assert_clean_refusal(exact, "--context 64", "scans exactly")
-    with pytest.raises(ConversionError, match="--context must be a whole number"):
+    with pytest.raises(ConversionError, match="context= must be a whole number"):
         scan(slide, model=model, out=tmp_path / "c.zarr", approximate=True, context=-1)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert scan(slide, model=small_onnx, out=tmp_path / "d.zarr", tile=TILE).seam is None  # exact: nothing measured

@@ -90,7 +90,7 @@ REFUSALS = [
     ("slide-size", lambda st, sl, t: [str(st), "--slide", str(_smaller_slide(st, t))], True,
      "is 480×472 pixels at level 0, but the scan's source"),
     ("bad-region", lambda st, sl, t: [str(st), "--region", "1,2,3"], True, "--region takes 4 comma-separated"),
-    ("bad-class", lambda st, sl, t: [str(st), "--classes", "cat"], True, "--classes 'cat' is neither a label"),
+    ("bad-class", lambda st, sl, t: [str(st), "--classes", "cat"], True, "--classes: 'cat' is neither a label"),
     ("no-napari", lambda st, sl, t: [str(st), "--screenshot", str(t / "shot.png")], False,
      "pip install 'fc2conv[view]'"),
 ]

@@ -115,12 +115,12 @@ FLAGS = [
     ("region-three-numbers", _flags("--region", "1,2,3"), ("--region takes 4",)),
     ("region-words", _flags("--region", "a,b,c,d"), ("--region takes 4",)),
     ("region-negative", _flags("--region", "-1,0,10,10"), ("--region takes 4", "of at least 0")),
-    ("region-empty", _flags("--region", "10,10,10,20"), ("--region 10,10,10,20 is not a box",)),
+    ("region-empty", _flags("--region", "10,10,10,20"), ("--region is not a box", "got (10, 10, 10, 20)")),
     ("region-beyond", _flags("--region", f"0,0,{HEIGHT + 1},10"), ("is not a box", f"≤ {HEIGHT}")),
     ("size-zero", _flags("--size", "0,5"), ("--size takes 2",)),
     ("size-huge", _flags("--size", "100000,100000"), ("--size takes 2", "to 8192")),
-    ("classes-unknown", _flags("--classes", "cat"), ("--classes 'cat' is neither a label",)),
-    ("classes-empty", _flags("--classes", ""), ("--classes '' is neither a label",)),
+    ("classes-unknown", _flags("--classes", "cat"), ("--classes: 'cat' is neither a label",)),
+    ("classes-empty", _flags("--classes", ""), ("--classes: '' is neither a label",)),
 ]
 
 

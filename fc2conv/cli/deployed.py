@@ -22,6 +22,7 @@ from .app import (
     parse_floats,
     usage_errors,
 )
+from .keywords import RUN, SCAN, as_flags, flags_named
 
 __all__ = ["run", "scan"]
 
@@ -54,7 +55,7 @@ def run(
 ) -> None:
     """Run a converted ONNX model over an image: where each class scores best, and a heatmap (no torch needed)."""
     out = Output(quiet=quiet, as_json=as_json)
-    with usage_errors():
+    with usage_errors(), flags_named(RUN):
         if heatmap is not None:
             check_outputs({"--heatmap": heatmap}, force, inputs={"MODEL": model, "IMAGE": image})
         from ..runtime import DenseModel
@@ -65,7 +66,7 @@ def run(
         dense = DenseModel(model, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
                            backend=backend, precision=precision)
         if dense.caution and not quiet:
-            typer.echo(f"warning: {dense.caution}", err=True)
+            typer.echo(f"warning: {as_flags(dense.caution, RUN)}", err=True)
         read_as_image = image.suffix != ".npy"  # arrays go in as they are; image files are scaled to [0, 1]
         if read_as_image and not ({"mean", "std"} & set(dense.metadata) or quiet):
             typer.echo(f"warning: neither {model}'s metadata nor --mean/--std give an input normalisation, so inputs "
@@ -229,7 +230,7 @@ def scan(
     from ..runtime.scanning.quiet import quiet_libraries
 
     # The libraries' logs and warnings stay back (pages of them on failure paths): the error says what matters.
-    with usage_errors(), quiet_libraries() as caught:
+    with usage_errors(), quiet_libraries() as caught, flags_named(SCAN):
         # Every output is checked by the scan itself, against the others and the inputs, before any work.
         from ..runtime.images import MAX_PIXELS
         from ..runtime.scanning.driver import ScanOptions, scan_with
@@ -244,7 +245,7 @@ def scan(
         result = scan_with(image, model, out, options)
     for warning in caught:
         if issubclass(warning.category, SampleRangeWarning | PrecisionWarning) and not quiet:
-            typer.echo(f"warning: {warning.message}", err=True)
+            typer.echo(f"warning: {as_flags(str(warning.message), SCAN)}", err=True)
     meta = result.metadata
     classes_count, rows, cols = meta["classes"], *result.map_size
     source = meta["source"]

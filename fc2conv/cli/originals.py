@@ -5,43 +5,19 @@ it, and, for a Hugging Face directory, what its refusals name instead of flags n
 from __future__ import annotations
 
 import json
-import re
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import ConversionError, InputError
+from .keywords import RECIPE, flags_named
 
-__all__ = ["as_flags", "blame_for", "flags_named", "named_by", "original", "parse_model_args", "recipe_of"]
-
-
-# A `Recipe`'s refusals name keywords (the Python API); the CLI names the flags that set them.
-_PHRASES = (("model_args= and model_kwargs= pass", "--model-arg passes"),
-            ("model_args= and model_kwargs= values", "--model-arg values"))
-_FLAGS = {"arch": "--arch", "model_def": "--model-def", "num_classes": "--num-classes", "input_shape": "--input-shape",
-          "mode": "--mode", "density": "--density", "reduce": "--reduce"}
-_KEYWORD = re.compile(rf"\b({'|'.join(_FLAGS)})=(?:'([^']*)')?")
-
-
-def as_flags(message: str) -> str:
-    """`message` with the `Recipe` keywords it names as the CLI's flags: `density=` → `--density`,
-    `mode='dense'` → `--mode dense`."""
-    for keywords, flags in _PHRASES:
-        message = message.replace(keywords, flags)
-    return _KEYWORD.sub(lambda m: _FLAGS[m[1]] + ("" if m[2] is None else f" {m[2]}"), message)
-
-
-@contextmanager
-def flags_named():
-    """A `Recipe`'s refusal, named by the flags instead of the keywords."""
-    try:
-        yield
-    except InputError as e:
-        raise type(e)(as_flags(str(e))) from None
+__all__ = ["blame_for", "named_by", "original", "parse_model_args", "recipe_of"]
 
 
 def recipe_of(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode, channels_last_linears, density,
             reduce):
-    with flags_named():
+    # A `Recipe`'s refusals name its keywords (the Python API); the command names the flags that set them.
+    with flags_named(RECIPE):
         return _recipe_of(checkpoint, arch, model_def, model_arg, num_classes, input_shape, mode,
                           channels_last_linears, density, reduce)
 

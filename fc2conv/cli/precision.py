@@ -9,6 +9,7 @@ import typer
 
 from ..shapes import times
 from .app import EXIT_FAILED, FORCE, JSON, QUIET, Output, app, check_outputs, usage_errors
+from .keywords import QUANTIZE, flags_named
 
 __all__ = ["quantize"]
 
@@ -58,8 +59,9 @@ def quantize(
                 + ("exactly (VNNI or AMX)" if cpu.exact_int8_sums else "in 16 bits in onnxruntime, which 8 bits "
                    "could saturate"))
         try:
-            done = quantize_model(model, output, calibration, method=method, float_layers=float_layers,
-                                  min_agreement=min_agreement, force=force, max_pixels=max_pixels or MAX_PIXELS)
+            with flags_named(QUANTIZE):
+                done = quantize_model(model, output, calibration, method=method, float_layers=float_layers,
+                                      min_agreement=min_agreement, force=force, max_pixels=max_pixels or MAX_PIXELS)
         except BudgetError as e:  # a result that fails its check, as a failed verification: exit 1
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(EXIT_FAILED) from None

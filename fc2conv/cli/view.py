@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from .app import FORCE, QUIET, Output, app, usage_errors
+from .keywords import VIEW, flags_named
 
 __all__ = ["view"]
 
@@ -44,12 +45,13 @@ def view(
         box = _numbers(region, "--region", 4) if region else None
         canvas = _numbers(size, "--size", 2)
         from ..runtime.viewer import (
-            show,  # checks the flags, the store, the slide, the detections and --screenshot first
+            show,  # checks the keywords, the store, the slide, the detections and the screenshot's path first
         )
 
         chosen = None if classes is None else classes.split(",")
-        written = show(store, slide=slide, classes=chosen, detections=detections, screenshot=screenshot, region=box,
-                       size=canvas, force=force, say=None if quiet else _note)
+        with flags_named(VIEW):
+            written = show(store, slide=slide, classes=chosen, detections=detections, screenshot=screenshot,
+                           region=box, size=canvas, force=force, say=None if quiet else _note)
     if written is not None:
         out.say(f"wrote {written}")
 

@@ -54,12 +54,12 @@ def open_npy(path: str | os.PathLike) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def samples_within(array: np.ndarray, budget: int | None, *, source: str, flag: str = "--max-pixels") -> None:
+def samples_within(array: np.ndarray, budget: int | None, *, source: str, keyword: str = "max_pixels=") -> None:
     """`InputError` naming `source` when reading `array` (one input) would take more than `budget` samples
     (None: no limit): the size a caller allows one input in memory."""
     if budget is not None and array.size > budget:
         raise InputError(f"{source}: an input of {array.size:,} samples ({'×'.join(map(str, array.shape))}) is "
-                         f"more than one pass may hold ({budget:,}: {flag} times the model's channels)")
+                         f"more than one pass may hold ({budget:,}: {keyword} times the model's channels)")
 
 
 def check_finite(x: np.ndarray, *, source: str) -> None:

@@ -58,21 +58,21 @@ _COMPUTE = {"Convolution", "GroupConvolution", "Deconvolution", "MatMul", "Fully
 
 
 def check_backend(backend: str, precision: str) -> None:
-    """`InputError` naming `--backend` or `--precision` for a backend or a precision the backend does not run."""
+    """`InputError` naming `backend=` or `precision=` for a backend or a precision the backend does not run."""
     if backend not in BACKENDS:
-        raise InputError(f"--backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        raise InputError(f"backend= must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if precision == AUTO:  # `fc2conv.runtime.auto` picks the backend and precision
         return
     if precision == "int8":
-        raise InputError("--precision int8 is not a setting of a backend: int8 is a file, written by fc2conv "
-                         "quantize, that runs on either backend with --precision fp32 (or bf16 for its float "
+        raise InputError("precision='int8' is not a setting of a backend: int8 is a file, written by fc2conv "
+                         "quantize, that runs on either backend with precision='fp32' (or 'bf16' for its float "
                          "layers on openvino)")
     if precision not in BACKEND_PRECISIONS[backend]:
         known = {p for values in BACKEND_PRECISIONS.values() for p in values}
-        what = f"--precision {precision}" if precision in known else f"--precision {precision!r} (unknown)"
+        what = f"precision={precision!r}" + ("" if precision in known else " (unknown)")
         raise InputError(
-            f"{what} is not available with --backend {backend}, which runs {', '.join(BACKEND_PRECISIONS[backend])}; "
-            "bf16 and fp16 run with --backend openvino, and int8 comes from a quantized file (fc2conv quantize)")
+            f"{what} is not available with backend={backend!r}, which runs {', '.join(BACKEND_PRECISIONS[backend])}; "
+            "bf16 and fp16 run with backend='openvino', and int8 comes from a quantized file (fc2conv quantize)")
 
 
 def precision_label(model_precision: str, executed: str) -> str:
@@ -155,7 +155,7 @@ class OpenVINOSession(Session):
         try:
             import openvino as ov
         except ImportError:
-            raise BackendError(f"--backend openvino needs OpenVINO, which is not installed: {OPENVINO_EXTRA}") \
+            raise BackendError(f"backend='openvino' needs OpenVINO, which is not installed: {OPENVINO_EXTRA}") \
                 from None
         core = ov.Core()
         # OpenVINO raises RuntimeError with pages of context
@@ -208,6 +208,6 @@ def open_session(path: str | os.PathLike, *, backend: str = "onnxruntime", preci
     if backend == "onnxruntime":
         return OnnxRuntimeSession(Path(path), threads=threads, providers=providers, session_options=session_options)
     if providers or session_options is not None:
-        raise InputError("providers and session_options are onnxruntime's; --backend openvino takes threads "
+        raise InputError("providers and session_options are onnxruntime's; backend='openvino' takes threads "
                          "and a precision")
     return OpenVINOSession(Path(path), precision=precision, threads=threads)

@@ -136,7 +136,7 @@ def int8_caution(metadata: dict, backend: str, source: str, cpu: Cpu | None = No
         return None
     return (f"{source} has 8-bit int8 weights, quantized for CPUs with VNNI or AMX; this CPU ({cpu.kind}) sums int8 "
             "products in 16 bits in onnxruntime, where they can saturate, so its recorded drift does not hold here: "
-            "run it with --backend openvino, or quantize it again on this CPU (7-bit weights)")
+            "run it with backend='openvino', or quantize it again on this CPU (7-bit weights)")
 
 
 def detect() -> Cpu:

@@ -77,10 +77,10 @@ def chosen_layers(graph, choice: str) -> list[str]:
     first, last = compute[:1], compute[-1:]
     nodes = {"none": [], "first": first, "last": last, "first+last": sorted(set(first + last), key=compute.index)}
     if choice not in nodes:
-        raise InputError(f"--float-layers must be one of {', '.join(CHOICES)}; got {choice!r}")
+        raise InputError(f"float_layers= must be one of {', '.join(CHOICES)}; got {choice!r}")
     if any(not name for name in nodes[choice]):
         raise InputError("the model's first or last convolution has no node name, so it cannot be kept in "
-                         "float; use --float-layers none")
+                         "float; use float_layers='none'")
     return nodes[choice]
 
 

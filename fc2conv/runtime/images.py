@@ -98,9 +98,9 @@ def _read_file(path: Path, max_pixels: int | None) -> np.ndarray:
 def _check_budget(path: Path, pixels: int, max_pixels: int | None) -> None:
     if max_pixels is not None and pixels > max_pixels:
         raise InputError(
-            f"{path} has {pixels:,} pixels, more than one pass may hold ({max_pixels:,}, --max-pixels): the dense "
+            f"{path} has {pixels:,} pixels, more than one pass may hold ({max_pixels:,}, max_pixels=): the dense "
             "map of the whole image would not fit in memory. Scan it tile by tile with `fc2conv scan`, which "
-            "holds one tile at a time and stitches the same map, or raise --max-pixels if you have the memory"
+            "holds one tile at a time and stitches the same map, or raise max_pixels= if you have the memory"
         )
 
 

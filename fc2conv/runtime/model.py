@@ -94,7 +94,7 @@ class DenseModel:
         given = {key: [float(v) for v in value] for key, value in (("mean", mean), ("std", std)) if value is not None}
         if given:
             self.metadata = {**self.metadata, **given}
-            validate(self.metadata, source="--mean/--std", classes=classes)
+            validate(self.metadata, source="mean= and std=", classes=classes)
         shape = self.metadata["input_shape"]
         self.channels, self.reference = shape[0], list(map_size(shape))
         # The sizes the model runs at, when only some (a window-partition model): others are refused by name.

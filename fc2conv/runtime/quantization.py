@@ -110,11 +110,11 @@ def quantize(model: str | os.PathLike, out: str | os.PathLike, calibration: str 
     then."""
     model, out = Path(model), Path(out)
     if method not in METHODS:
-        raise InputError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+        raise InputError(f"method= must be one of {', '.join(METHODS)}; got {method!r}")
     if float_layers not in CHOICES:
-        raise InputError(f"--float-layers must be one of {', '.join(CHOICES)}; got {float_layers!r}")
+        raise InputError(f"float_layers= must be one of {', '.join(CHOICES)}; got {float_layers!r}")
     if not isinstance(min_agreement, int | float) or not 0 < min_agreement <= 1:
-        raise InputError(f"--min-agreement must be a share of cells in (0, 1]; got {min_agreement!r}")
+        raise InputError(f"min_agreement= must be a share of cells in (0, 1]; got {min_agreement!r}")
     if (out.exists() and model.exists() and os.path.samefile(out, model)) or out.resolve() == model.resolve():
         raise InputError(f"{out} is the input model; fc2conv never modifies its input: name another output")
     refuse_existing(out, force=force)
@@ -178,13 +178,13 @@ def _over_budget(searched: Search, min_agreement: float, float_layers: str) -> B
     best = searched.best
     kept = f"{len(best.nodes)} layer(s) in float" if best.nodes else "every layer in int8"
     if float_layers != "auto":
-        return BudgetError(f"--float-layers {float_layers} gives {best.drift.argmax_agreement:.2%} argmax agreement "
-                           f"on the held-out cells, below the budget of {min_agreement:.2%} (--min-agreement); "
-                           "nothing written: try --float-layers auto, or a lower --min-agreement")
+        return BudgetError(f"float_layers={float_layers!r} gives {best.drift.argmax_agreement:.2%} argmax agreement "
+                           f"on the held-out cells, below the budget of {min_agreement:.2%} (min_agreement=); "
+                           "nothing written: try float_layers='auto', or a lower min_agreement=")
     return BudgetError(f"no int8 model meets the budget of {min_agreement:.2%} argmax agreement on the held-out cells "
-                       f"(--min-agreement): the best of {len(searched.tried)} tried agrees on "
+                       f"(min_agreement=): the best of {len(searched.tried)} tried agrees on "
                        f"{best.drift.argmax_agreement:.2%} with {kept}; nothing written. This model does not keep "
-                       "its classes in int8: run it in float32, or in bf16 with --backend openvino")
+                       "its classes in int8: run it in float32, or in bf16 with backend='openvino'")
 
 
 def _drift(path: Path, source: DenseModel, inputs: CalibrationSet) -> Drift:

@@ -37,7 +37,7 @@ class Recipe:
     classes included). The arguments must be JSON values: they are saved with the artifact.
 
     Its refusals (`InputError`) name the keywords (``density=``); the CLI names its flags instead
-    (`fc2conv.cli.originals.flags_named`).
+    (`fc2conv.cli.keywords.flags_named`).
     """
 
     arch: str | None = None

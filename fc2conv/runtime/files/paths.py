@@ -17,38 +17,47 @@ from pathlib import Path
 
 from ...errors import InputError
 
-__all__ = ["check_apart", "file_sha256"]
+__all__ = ["check_apart", "file_sha256", "named"]
 
 _SAME, _INSIDE, _HOLDS = "same", "inside", "holds"
 
 
 def check_apart(outputs: dict[str, Path], inputs: dict[str, Path]) -> None:
-    """`InputError` naming both flags when two `outputs` ({flag: path}) are the same file or one lies inside the
-    other, or when an output is one of the `inputs` ({what: path}, e.g. "image", "--model"), lies inside one or
-    holds one. Called before anything is read, computed or written; `--force` changes none of it."""
-    named = list(outputs.items())
-    for n, (flag, path) in enumerate(named):
-        for other_flag, other in named[n + 1:]:
+    """`InputError` naming both when two `outputs` ({name: path}) are the same file or one lies inside the
+    other, or when an output is one of the `inputs` ({name: path}, e.g. "image", "model="), lies inside one or
+    holds one. Called before anything is read, computed or written; `force` changes none of it. A name is a flag
+    ("--heatmap": `--heatmap PATH`), a keyword ("out=": `out=PATH`) or a phrase holding the path ("{} (the GeoJSON
+    beside detections=)")."""
+    pairs = list(outputs.items())
+    for n, (flag, path) in enumerate(pairs):
+        for other_flag, other in pairs[n + 1:]:
             relation = _relation(path, other)
             if relation == _SAME:
-                raise InputError(f"{flag} {path} and {other_flag} {other} are the same file; each output needs a "
-                                 "path of its own")
+                raise InputError(f"{named(flag, path)} and {named(other_flag, other)} are the same file; each "
+                                 "output needs a path of its own")
             if relation is not None:
                 inner, outer = ((flag, path), (other_flag, other)) if relation == _INSIDE else \
                     ((other_flag, other), (flag, path))
-                raise InputError(f"{inner[0]} {inner[1]} lies inside {outer[0]} {outer[1]}, which the scan "
-                                 "replaces as a whole: name an output outside it")
+                raise InputError(f"{named(*inner)} lies inside {named(*outer)}, which the scan replaces as a "
+                                 "whole: name an output outside it")
         for what, given in inputs.items():
             relation = _relation(path, given)
             if relation == _SAME:
-                raise InputError(f"{flag} {path} is the input {what} {given}; writing it would destroy that "
-                                 "input: name another output")
+                raise InputError(f"{named(flag, path)} is the input {named(what, given)}; writing it would "
+                                 "destroy that input: name another output")
             if relation == _INSIDE:
-                raise InputError(f"{flag} {path} lies inside the input {what} {given}; fc2conv never writes "
-                                 "into its inputs: name an output outside it")
+                raise InputError(f"{named(flag, path)} lies inside the input {named(what, given)}; fc2conv "
+                                 "never writes into its inputs: name an output outside it")
             if relation == _HOLDS:
-                raise InputError(f"{flag} {path} holds the input {what} {given}; replacing it would destroy "
-                                 "that input: name another output")
+                raise InputError(f"{named(flag, path)} holds the input {named(what, given)}; replacing it would "
+                                 "destroy that input: name another output")
+
+
+def named(name: str, path: Path) -> str:
+    """`path` as `name` gives it: after a flag or a word, after a keyword's `=`, or where a phrase's `{}` is."""
+    if "{}" in name:
+        return name.replace("{}", str(path))
+    return f"{name}{path}" if name.endswith("=") else f"{name} {path}"
 
 
 def _relation(a: Path, b: Path) -> str | None:

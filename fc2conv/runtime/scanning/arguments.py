@@ -9,14 +9,15 @@ from pathlib import Path
 
 from ...errors import InputError, ScanError
 from ..files.atomic import refuse_existing
-from ..files.paths import check_apart
+from ..files.paths import check_apart, named
 from . import stitch
 from .masks import AUTO
 from .options import ScanOptions
 
 __all__ = ["check_arguments"]
-_FLAGS = {"overview": "--overview", "detections": "--detections", "geojson": "--detections' GeoJSON",
-          "ome_tiff": "--ome-tiff"}
+# The outputs as the refusals name them: by their keywords (`fc2conv.runtime.files.paths.check_apart`).
+_NAMES = {"overview": "overview=", "detections": "detections=", "geojson": "{} (the GeoJSON beside detections=)",
+          "ome_tiff": "ome_tiff="}
 
 
 def _is_store(path: Path) -> bool:
@@ -45,27 +46,27 @@ def check_arguments(out: Path, model: Path, source: Path, options: ScanOptions) 
     targets = {"overview": options.overview, "detections": detections,
                "geojson": detections and detections.with_suffix(".geojson"), "ome_tiff": options.ome_tiff}
     targets = {name: Path(path) for name, path in targets.items() if path is not None}
-    flags = {"--out": out, "--out's unfinished store": stitch.partial_path(out),
-             **{_FLAGS[name]: path for name, path in targets.items()}}
-    inputs = {"image": source, "--model": model}
+    outputs = {"out=": out, "{} (the unfinished store of out=)": stitch.partial_path(out),
+               **{_NAMES[name]: path for name, path in targets.items()}}
+    inputs = {"image": source, "model=": model}
     if mask is not None and str(mask) not in AUTO:  # a mask file is an input no output may touch
-        inputs["--mask"] = Path(mask)
-    check_apart(flags, inputs)
-    for path in flags.values():
+        inputs["mask="] = Path(mask)
+    check_apart(outputs, inputs)
+    for path in outputs.values():
         if not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
             raise InputError(f"cannot write {path}: directory {path.parent} does not exist or is not writable")
     if not resume:
         refuse_existing(out, force=force)
-    if out.exists() and not _is_store(out):  # even --force replaces only a scan's own store: a folder may hold anything
-        raise ScanError(f"--out {out} exists and is not the store of a scan; fc2conv replaces only its own "
-                         "stores, even with --force: name another output")
+    if out.exists() and not _is_store(out):  # even force=True replaces only a scan's own store
+        raise ScanError(f"out={out} exists and is not the store of a scan; fc2conv replaces only its own "
+                         "stores, even with force=True: name another output")
     partial = stitch.partial_path(out)
     if partial.exists() and not (resume or force):
-        raise ScanError(f"an unfinished scan of {out} is at {partial}: pass --resume to continue it or --force "
-                         "to start again")
+        raise ScanError(f"an unfinished scan of {out} is at {partial}: pass resume=True to continue it or "
+                         "force=True to start again")
     for name, path in targets.items():
-        if path.is_dir():  # even --force replaces only files here: a folder may hold anything
-            raise InputError(f"{_FLAGS[name]} {path} is a directory; give a file name to write")
+        if path.is_dir():  # even force=True replaces only files here: a folder may hold anything
+            raise InputError(f"{named(_NAMES[name], path)} is a directory; give a file name to write")
         refuse_existing(path, force=force)
     return targets
 

@@ -37,7 +37,7 @@ _ADDRESS = re.compile(r"^(tcp|tls)://(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d+/?$") 
 
 def check_scheduler(address: str) -> None:
     if not _ADDRESS.match(address):
-        raise InputError(f"--scheduler must be tcp://HOST:PORT (or tls://); got {address!r}")
+        raise InputError(f"scheduler= must be tcp://HOST:PORT (or tls://); got {address!r}")
 
 
 def worker_threads(workers: int | None) -> int | None:
@@ -83,8 +83,8 @@ def _submit_all(client, job: Job, tiles: list[Tile], advance: Callable[..., None
             advance(future.result(), tiles=futures[future])
     except KilledWorker as e:
         raise ScanError(f"a task killed one worker after another ({first_line(e, limit=120)}): a tile may "
-                        "need more memory than a worker has; try a smaller --tile (with --force to start "
-                        "again)") from None
+                        "need more memory than a worker has; try a smaller tile= (with force=True to "
+                        "start again)") from None
     finally:
         client.cancel(list(futures))
 

@@ -148,8 +148,8 @@ def scan_with(source: str | os.PathLike, model: str | os.PathLike, out: str | os
         spec = _choose_path(dense, spec, src, chosen_tiles[0])
     chosen = outputs.choose_classes(options.classes, labels)
     if options.ome_tiff is not None and len(chosen) > qupath.MAX_CHANNELS:  # each channel: a plane of the slide
-        raise InputError(f"--ome-tiff {options.ome_tiff}: {len(chosen)} classes would make {len(chosen)} channels of "
-                         f"the slide's full size; choose at most {qupath.MAX_CHANNELS} with --classes")
+        raise InputError(f"ome_tiff={options.ome_tiff}: {len(chosen)} classes would make {len(chosen)} channels of "
+                         f"the slide's full size; choose at most {qupath.MAX_CHANNELS} with classes=")
     run = {"model_sha256": spec.sha256, "source": src.spec.path, "reader": src.spec.reader, "level": src.spec.level,
            "source_size_and_mtime": list(src.spec.stamp), "tile": tile, "dtype": options.dtype,
            "approximate": approximate, "context": options.context or None, "backend": spec.backend,
@@ -184,7 +184,7 @@ def scan_with(source: str | os.PathLike, model: str | os.PathLike, out: str | os
                            "cluster may write to it: remove it") from None
         raise
     if not stitch.done_mask(store).all():
-        raise ScanError(f"some tiles of {store} were not written; run again with --resume")
+        raise ScanError(f"some tiles of {store} were not written; run again with resume=True")
     # A store begun by an older fc2conv records no placement: this scan's source is the same level of the same file.
     attrs = {**attrs, "placement": attrs.get("placement") or placement.to_attrs(),
              "outputs": {name: str(path.resolve()) for name, path in targets.items()}}
@@ -237,7 +237,7 @@ def _masked(mask, src, placement, plan, stride, window, max_pixels) -> tuple | N
     opened = open_mask(mask, source=src, placement=placement, grid=CellGrid(stride, window), max_pixels=max_pixels)
     chosen = selection.select(plan, opened)
     if not chosen.tiles:
-        raise ScanError(f"--mask {mask} covers no cell of the {plan.cells[0]}×{plan.cells[1]} map (no window "
+        raise ScanError(f"mask={mask} covers no cell of the {plan.cells[0]}×{plan.cells[1]} map (no window "
                         "centre lies inside it): there is nothing to scan")
     return opened, chosen
 

@@ -51,7 +51,7 @@ def finish(store: Path, out: Path, targets: dict[str, Path], chosen: list[int], 
             raise
         said = str(e) if isinstance(e, ConversionError) else f"could not finish {out}: {first_line(e)}"
         kept = ("this scan's store was removed" if created is not None else
-                f"{store} keeps its tiles: run again with --resume")
+                f"{store} keeps its tiles: run again with resume=True")
         raise ScanError(f"{said}; no output was changed, and {kept}") from e
 
 

@@ -41,7 +41,7 @@ class ScanOptions:
     (`fc2conv.scan.masks`). `approximate` / `context`: scan a model whose cells see the whole input, with `context`
     pixels added to each side of the halo of one window (rounded up to whole strides; `fc2conv.scan.seams`).
 
-    `InputError` naming the flag for a value out of range or settings that do not go together.
+    `InputError` naming the keyword for a value out of range or settings that do not go together.
     """
 
     tile: int = 2048
@@ -78,24 +78,24 @@ class ScanOptions:
             object.__setattr__(self, "classes", tuple(self.classes))
         check_backend(self.backend, self.precision)
         if self.dtype not in DTYPES:
-            raise InputError(f"--dtype must be float32 or float16; got {self.dtype!r}")
+            raise InputError(f"dtype= must be float32 or float16; got {self.dtype!r}")
         if not isinstance(self.tile, int) or isinstance(self.tile, bool) or self.tile < 1:
-            raise InputError(f"--tile must be a positive number of pixels; got {self.tile!r}")
+            raise InputError(f"tile= must be a positive number of pixels; got {self.tile!r}")
         if self.context is not None and (isinstance(self.context, bool) or not isinstance(self.context, int)
                                          or self.context < 0):
-            raise InputError(f"--context must be a whole number of pixels, 0 or more; got {self.context!r}")
+            raise InputError(f"context= must be a whole number of pixels, 0 or more; got {self.context!r}")
         if self.context is not None and not self.approximate:
-            raise InputError(f"--context {self.context} widens the halo of an --approximate scan; without "
-                             "--approximate each tile's halo is the model's receptive field: drop --context or pass "
-                             "--approximate")
+            raise InputError(f"context={self.context} widens the halo of an approximate=True scan; without "
+                             "approximate=True each tile's halo is the model's receptive field: drop context= or "
+                             "pass approximate=True")
         if self.workers is not None and self.scheduler is not None:
-            raise InputError("give --workers (a local cluster) or --scheduler (a running one), not both")
+            raise InputError("give workers= (a local cluster) or scheduler= (a running one), not both")
         if self.workers is not None and self.workers < 1:
-            raise InputError(f"--workers must be at least 1; got {self.workers}")
+            raise InputError(f"workers= must be at least 1; got {self.workers}")
         if self.scheduler is not None:
             dispatch.check_scheduler(self.scheduler)
         if not 0 < self.threshold <= 1 or not 0 < self.iou <= 1:
-            raise InputError(f"--threshold and --iou must be in (0, 1]; got {self.threshold} and {self.iou}")
+            raise InputError(f"threshold= and iou= must be in (0, 1]; got {self.threshold} and {self.iou}")
 
     @property
     def here(self) -> bool:

@@ -63,7 +63,7 @@ def choose_classes(classes: list[str] | None, labels: list[str]) -> list[int]:
         elif name.isdigit() and int(name) < len(labels):
             chosen.append(int(name))
         else:
-            raise InputError(f"--classes {name!r} is neither a label nor an index of the model's {len(labels)} "
+            raise InputError(f"classes=: {name!r} is neither a label nor an index of the model's {len(labels)} "
                              f"classes ({', '.join(labels[:12])}{' …' if len(labels) > 12 else ''})")
     return sorted(set(chosen))
 

@@ -203,7 +203,7 @@ class ImageSource(Source):
             raise InputError(f"{spec.path}: no reader understands it: not a TIFF, zarr or whole-slide file, "
                              f"and Pillow cannot open it ({first_line(e)})") from None
         if max_pixels is not None and width * height > max_pixels:
-            raise InputError(f"{spec.path} has {width * height:,} pixels, more than --max-pixels "
+            raise InputError(f"{spec.path} has {width * height:,} pixels, more than max_pixels= "
                              f"({max_pixels:,}): {Path(spec.path).suffix or 'this format'} files are decoded "
                              "whole; convert it to a tiled TIFF (e.g. `vips tiffsave IN OUT.tif --tile "
                              "--pyramid --bigtiff`) and scan that")

@@ -55,12 +55,12 @@ def halo(metadata: dict[str, Any], model: str, approximate: bool, context: int |
            "halo is known" if field is None else None)
     if why is None:
         if context:
-            raise ScanError(f"--context {context}: {model} scans exactly (its receptive field gives each tile's "
-                            "halo), so there are no seams to narrow; drop --context")
+            raise ScanError(f"context={context}: {model} scans exactly (its receptive field gives each tile's "
+                            "halo), so there are no seams to narrow; drop context=")
         return tiles.halo_cells(field, metadata["stride"]), field, False
     if not approximate:
-        raise ScanError(f"{model} cannot be scanned in tiles exactly: {why}. Pass --approximate "
-                        "(approximate=True) to scan with a halo of one window; the output is marked approximate")
+        raise ScanError(f"{model} cannot be scanned in tiles exactly: {why}. Pass approximate=True "
+                        "to scan with a halo of one window; the output is marked approximate")
     margins = [[w + (context or 0)] * 2 for w in metadata["window"]]
     return tiles.halo_cells(margins, metadata["stride"]), field, True
 

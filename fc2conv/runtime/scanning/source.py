@@ -100,18 +100,18 @@ def _choose_level(path: Path, levels: list[tuple[tuple[int, int], tuple[float, f
                   level: int | None, mpp: float | None) -> int:
     """`levels` lists (size, pixel size in µm or None) from the finest level down."""
     if level is not None and mpp is not None:
-        raise InputError("give --level or --mpp, not both")
+        raise InputError("give level= or mpp=, not both")
     if level is not None:
         if not 0 <= level < len(levels):
-            raise InputError(f"{path} has levels 0 … {len(levels) - 1}; got --level {level}")
+            raise InputError(f"{path} has levels 0 … {len(levels) - 1}; got level={level}")
         return level
     if mpp is None:
         return 0
     if mpp <= 0:
-        raise InputError(f"--mpp must be a positive pixel size in micrometres; got {mpp}")
+        raise InputError(f"mpp= must be a positive pixel size in micrometres; got {mpp}")
     sizes = [(i, math.sqrt(p[0] * p[1])) for i, (_, p) in enumerate(levels) if p is not None]
     if not sizes:
-        raise InputError(f"{path} records no pixel size, so --mpp cannot choose a level; use --level")
+        raise InputError(f"{path} records no pixel size, so mpp= cannot choose a level; use level=")
     best, found = min(sizes, key=lambda item: abs(math.log(item[1] / mpp)))
     if abs(found / mpp - 1) > _MPP_TOLERANCE:
         listed = ", ".join(f"level {i}: {p:.4g} µm" for i, p in sizes)

@@ -88,7 +88,7 @@ def open_run(path: Path, run: dict[str, Any], plan: TilePlan, classes: int) -> t
     arrays checked too: a store is a folder anyone can edit)."""
     import zarr
 
-    not_ours = f"{path} is not a scan written by fc2conv; remove it or choose another --out"
+    not_ours = f"{path} is not a scan written by fc2conv; remove it or choose another out="
     try:
         group = zarr.open_group(str(path), mode="r")
         attrs = group.attrs.asdict()[ATTRS]
@@ -103,12 +103,12 @@ def open_run(path: Path, run: dict[str, Any], plan: TilePlan, classes: int) -> t
     if changed:
         listed = "; ".join(f"{key}: {found.get(key)!r} then, {run[key]!r} now" for key in changed)
         raise ScanError(f"cannot resume {path}: it was started with other settings ({listed}); rerun with "
-                        "the same ones, or without --resume and with --force to start again")
+                        "the same ones, or without resume=True and with force=True to start again")
     expected = ((classes, *plan.cells), (classes, *plan.chunk_cells), plan.grid)
     if shapes != expected:
         raise ScanError(f"cannot resume {path}: its arrays (scores {shapes[0]} in chunks {shapes[1]}, done "
                         f"{shapes[2]}) are not this scan's ({expected[0]} in chunks {expected[1]}, done "
-                        f"{expected[2]}); rerun without --resume and with --force to start again")
+                        f"{expected[2]}); rerun without resume=True and with force=True to start again")
     return attrs["token"], attrs
 
 

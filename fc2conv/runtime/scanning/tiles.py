@@ -158,20 +158,20 @@ def make_plan(image: Pair, *, stride: Pair, window: Pair, halo: tuple[Pair, Pair
         raise ScanError(f"the image is {image[0]}×{image[1]}, smaller than the model's {window[0]}×{window[1]} "
                         "window")
     if tile < max(window):
-        raise ScanError(f"--tile {tile} is smaller than the model's {window[0]}×{window[1]} window: a tile "
+        raise ScanError(f"tile={tile} is smaller than the model's {window[0]}×{window[1]} window: a tile "
                         "must hold at least one window")
     plan = TilePlan(image, stride, window, halo, cells, tuple(tile // s for s in stride))
     count = plan.grid[0] * plan.grid[1]
     if count > MAX_TILES:
-        raise ScanError(f"--tile {tile} cuts the {image[0]:,}×{image[1]:,} image into {count:,} tiles, more than "
-                        f"the {MAX_TILES:,} fc2conv plans (fc2conv.scan.tiles.MAX_TILES); give a larger --tile "
-                        "or scan a coarser --level")
+        raise ScanError(f"tile={tile} cuts the {image[0]:,}×{image[1]:,} image into {count:,} tiles, more than "
+                        f"the {MAX_TILES:,} fc2conv plans (fc2conv.scan.tiles.MAX_TILES); give a larger tile= "
+                        "or scan a coarser level=")
     return plan
 
 
 def check_memory(plan: TilePlan, tile: int | str, *, samples: int, sample_bytes: int, channels: int, classes: int,
                  score_bytes: int, decode_bytes: int = 0, budget: int = TILE_MEMORY_BUDGET) -> None:
-    """`ScanError` naming --tile if one tile's own buffers (see `TILE_MEMORY_BUDGET`) exceed `budget` bytes:
+    """`ScanError` naming `tile` if one tile's own buffers (see `TILE_MEMORY_BUDGET`) exceed `budget` bytes:
     the samples as read (`samples` per pixel of `sample_bytes`), as float32 and normalised (`channels`, the
     model's), its float32 map of `classes` scores, its owned cells as stored (`score_bytes` each), and a block of
     the file being decoded (`decode_bytes`)."""
@@ -179,9 +179,9 @@ def check_memory(plan: TilePlan, tile: int | str, *, samples: int, sample_bytes:
     need = tile_bytes((rows, cols), plan.stride, plan.chunk_cells, samples=samples, sample_bytes=sample_bytes,
                       channels=channels, classes=classes, score_bytes=score_bytes, decode_bytes=decode_bytes)
     if need > budget:
-        raise ScanError(f"--tile {tile} needs about {need / 2**30:.1f} GiB for one tile ({rows:,}×{cols:,} "
+        raise ScanError(f"tile={tile} needs about {need / 2**30:.1f} GiB for one tile ({rows:,}×{cols:,} "
                         f"pixels read with the halo, {classes} scores per cell), more than the budget of "
-                        f"{budget / 2**30:g} GiB (fc2conv.scan.TILE_MEMORY_BUDGET); give a smaller --tile "
+                        f"{budget / 2**30:g} GiB (fc2conv.scan.TILE_MEMORY_BUDGET); give a smaller tile= "
                         "(2048 is the default)")
 
 

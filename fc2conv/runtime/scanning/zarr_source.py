@@ -47,7 +47,7 @@ class ZarrSource(Source):
         self.spec = spec
         found = read_levels(spec.path)
         if not 0 <= spec.level < len(found.arrays):
-            raise InputError(f"{spec.path} has levels 0 … {len(found.arrays) - 1}; got --level {spec.level}")
+            raise InputError(f"{spec.path} has levels 0 … {len(found.arrays) - 1}; got level={spec.level}")
         array = found.arrays[spec.level]
         self._view = AxesView(array, found.axes, found.names[spec.level])
         self.size, self.samples, self.dtype = self._view.size, self._view.samples, np.dtype(array.dtype)

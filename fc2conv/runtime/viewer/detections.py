@@ -21,6 +21,7 @@ import numpy as np
 
 from ...errors import ConversionError, ScanError, first_line
 from ...metadata import check_labels
+from ..files.paths import named as path_named
 from .store import Scan
 
 __all__ = ["Detections", "read_detections", "scan_detections"]
@@ -40,7 +41,7 @@ class Detections:
 
 
 def scan_detections(scan: Scan, detections: Path | None = None) -> Detections | None:
-    """`detections` (--detections), or else the GeoJSON the store records, when it is still there (None if not)."""
+    """`detections` (`detections=`), or else the GeoJSON the store records, when it is still there (None if not)."""
     if detections is not None:
         return read_detections(Path(detections), scan)
     if scan.geojson is None or not scan.geojson.exists():
@@ -48,11 +49,11 @@ def scan_detections(scan: Scan, detections: Path | None = None) -> Detections | 
     return read_detections(scan.geojson, scan, what=f"{scan.path}: fc2conv.outputs.geojson")
 
 
-def read_detections(path: Path, scan: Scan, *, what: str = "--detections") -> Detections:
+def read_detections(path: Path, scan: Scan, *, what: str = "detections=") -> Detections:
     """The detections of a scan's GeoJSON (level-0 pixels) or CSV (pixels of the scanned level), checked (see the
     module docstring); `what` names where the path came from in a refusal."""
     path = Path(path)
-    named = f"{what} {path}"
+    named = path_named(what, path)
     try:
         mode = path.stat().st_mode
     except OSError as e:

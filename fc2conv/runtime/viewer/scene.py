@@ -44,7 +44,7 @@ def show(store: Path, *, slide: Path | None = None, classes: list[str] | None = 
     napari = _napari()
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise BackendError("fc2conv view needs a display, and there is none (DISPLAY is not set); on a machine "
-                           "without one, run it under xvfb-run (Debian's xvfb) with --screenshot")
+                           "without one, run it under xvfb-run (Debian's xvfb) with screenshot=")
     if request.note and say is not None:
         say(request.note)
     # Qt, OpenGL and napari fail in types of their own; the inputs were checked

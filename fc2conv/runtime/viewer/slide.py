@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConversionError, InputError, first_line
+from ..files.paths import named
 from ..images import MAX_PIXELS
 from ..scanning.source import OPENERS, open_source
 from .store import Scan
@@ -58,16 +59,16 @@ class LevelArray:
 
 def slide_levels(scan: Scan, slide: Path | None = None) -> list[LevelArray] | None:
     """Every level of `slide` (default: the file the scan read, or None when it is no longer there), finest first;
-    `InputError` naming --slide or the store's field for a file that is not a readable slide of the scanned
+    `InputError` naming `slide=` or the store's field for a file that is not a readable slide of the scanned
     size."""
     if slide is None:
         path, what = scan.slide, f"{scan.path}: fc2conv.source.path"
         if not path.exists():
             return None
     else:
-        path, what = Path(slide), "--slide"
+        path, what = Path(slide), "slide="
         if not path.exists():
-            raise InputError(f"--slide {path}: no such file or directory")
+            raise InputError(f"slide={path}: no such file or directory")
     reader = scan.reader if _same_file(path, scan.slide) else "auto"
     _check_readable(path, what, reader)
     try:
@@ -78,10 +79,10 @@ def slide_levels(scan: Scan, slide: Path | None = None) -> list[LevelArray] | No
     except ConversionError as e:
         raise InputError(f"{what}: {e}") from None
     except Exception as e:  # the readers' libraries (tifffile, zarr, OpenSlide, Pillow) raise types of their own
-        raise InputError(f"{what} {path}: cannot read it as a slide ({first_line(e, named=True)})") from None
+        raise InputError(f"{named(what, path)}: cannot read it as a slide ({first_line(e, named=True)})") from None
     expected = tuple(scan.placement.base_size)
     if tuple(first.size) != expected:
-        raise InputError(f"{what} {path} is {first.size[0]}×{first.size[1]} pixels at level 0, but the scan's "
+        raise InputError(f"{named(what, path)} is {first.size[0]}×{first.size[1]} pixels at level 0, but the scan's "
                          f"source ({scan.slide}) was {expected[0]}×{expected[1]}: give the slide that was "
                          "scanned")
     return [LevelArray(source) for source in sources]
@@ -93,9 +94,9 @@ def _check_readable(path: Path, what: str, reader: str) -> None:
     folder = stat.S_ISDIR(mode) and reader in ("auto", "zarr")
     if not (folder or stat.S_ISREG(mode)):
         kind = "a folder" if stat.S_ISDIR(mode) else "neither a file nor a folder (a pipe, socket or device)"
-        raise InputError(f"{what} {path} is {kind}, not a slide the {reader} reader reads")
+        raise InputError(f"{named(what, path)} is {kind}, not a slide the {reader} reader reads")
     if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
-        raise InputError(f"{what} {path} cannot be read: permission denied")
+        raise InputError(f"{named(what, path)} cannot be read: permission denied")
 
 
 def _same_file(a: Path, b: Path) -> bool:

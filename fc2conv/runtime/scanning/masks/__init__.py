@@ -69,7 +69,7 @@ def open_mask(mask: str | os.PathLike, *, source: Source, placement: Placement, 
         return auto_mask(str(mask), source, grid)
     path = Path(mask)
     if not path.exists():
-        raise ScanError(f"--mask {mask}: no such file or directory (a mask is {', '.join(AUTO)}, a GeoJSON "
+        raise ScanError(f"mask={mask}: no such file or directory (a mask is {', '.join(AUTO)}, a GeoJSON "
                         "of polygons, a binary image or a zarr label image)")
     if path.suffix.lower() in _GEOJSON:
         from .regions import regions_mask

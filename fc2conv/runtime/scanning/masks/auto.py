@@ -47,8 +47,8 @@ def auto_mask(kind: str, source: Source, grid: CellGrid) -> RasterMask:
     found, threshold = foreground(thumbnail, polarity)
     if not found.any():
         raise ScanError(
-            f"--mask {kind} found no foreground in {source.spec.path} (level {level}, a {thumbnail.shape[0]}×"
-            f"{thumbnail.shape[1]} thumbnail, {polarity} foreground): the slide looks empty. Scan it without --mask, "
+            f"mask={kind!r} found no foreground in {source.spec.path} (level {level}, a {thumbnail.shape[0]}×"
+            f"{thumbnail.shape[1]} thumbnail, {polarity} foreground): the slide looks empty. Scan it without mask=, "
             f"or give the polarity ({'auto-bright' if polarity == 'dark' else 'auto-dark'}) or a mask file")
     scale = tuple(m / block / n for m, n in zip(size, source.size, strict=True))
     description = {"kind": kind, "polarity": polarity, "level": level, "block": block,

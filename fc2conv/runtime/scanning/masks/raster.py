@@ -63,10 +63,10 @@ def file_mask(path: Path, *, source: Source, grid: CellGrid, max_pixels: int | N
         level = _coarsest_fine_enough([size for size, _ in levels], source.size, grid)
         image = OPENERS[kind](dataclasses.replace(spec, level=level))
     except ConversionError as e:
-        raise ScanError(f"--mask {path}: {e}") from None
+        raise ScanError(f"mask={path}: {e}") from None
     if not (np.issubdtype(image.dtype, np.integer) or image.dtype == np.bool_ or
             np.issubdtype(image.dtype, np.floating)):
-        raise ScanError(f"--mask {path}: samples of type {image.dtype}; a mask holds numbers (nonzero: inside)")
+        raise ScanError(f"mask={path}: samples of type {image.dtype}; a mask holds numbers (nonzero: inside)")
     _check_aspect(path, image.size, source.size)
     scale = tuple(m / n for m, n in zip(image.size, source.size, strict=True))
     description = {"kind": "image" if kind != "zarr" else "zarr", "path": str(path.resolve()),
@@ -88,6 +88,6 @@ def _check_aspect(path: Path, mask: tuple[int, int], image: tuple[int, int]) -> 
     ratio = (mask[0] / image[0]) / (mask[1] / image[1])
     slack = _ASPECT_TOLERANCE + 1 / min(mask)
     if abs(ratio - 1) > slack:
-        raise ScanError(f"--mask {path} is {mask[0]:,}×{mask[1]:,} pixels, but the scanned image is "
+        raise ScanError(f"mask={path} is {mask[0]:,}×{mask[1]:,} pixels, but the scanned image is "
                         f"{image[0]:,}×{image[1]:,}: a mask image is scaled to the slide, so it needs the "
                         "slide's aspect ratio (this one was made for another image, or cropped)")

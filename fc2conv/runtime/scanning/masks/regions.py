@@ -73,7 +73,7 @@ def regions_mask(path: Path, *, source: Source, placement: Placement, grid: Cell
     if not overlapping:
         xs = [v for p in polygons for r in p for v in (r[:, 0].min(), r[:, 0].max())]
         ys = [v for p in polygons for r in p for v in (r[:, 1].min(), r[:, 1].max())]
-        raise ScanError(f"--mask {path}: none of its {len(polygons)} polygons overlaps the slide (level 0 is "
+        raise ScanError(f"mask={path}: none of its {len(polygons)} polygons overlaps the slide (level 0 is "
                         f"{base_w:,} pixels wide and {base_h:,} high; the polygons span x {min(xs):,.0f}…"
                         f"{max(xs):,.0f}, y {min(ys):,.0f}…{max(ys):,.0f}); GeoJSON masks are in level-0 "
                         "pixels, as QuPath exports them")
@@ -89,14 +89,14 @@ def read_polygons(path: Path) -> list[list[Ring]]:
     """Every polygon of the GeoJSON at `path` as its rings (n × 2 arrays of x, y), checked (module docstring)."""
     size = path.stat().st_size
     if size > MAX_BYTES:
-        raise ScanError(f"--mask {path} is {size / 2**20:,.0f} MiB, more than the {MAX_BYTES // 2**20} MiB a "
+        raise ScanError(f"mask={path} is {size / 2**20:,.0f} MiB, more than the {MAX_BYTES // 2**20} MiB a "
                         "GeoJSON mask may be")
     try:
         found = json.loads(path.read_bytes(), parse_constant=_refuse_constant)
     except RecursionError:
-        raise ScanError(f"--mask {path}: its JSON is nested too deep to be GeoJSON") from None
+        raise ScanError(f"mask={path}: its JSON is nested too deep to be GeoJSON") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise ScanError(f"--mask {path} is not JSON: {str(e)[:200]}") from None
+        raise ScanError(f"mask={path} is not JSON: {str(e)[:200]}") from None
     features = _features(found, path)
     polygons: list[list[Ring]] = []
     vertices = 0
@@ -104,10 +104,10 @@ def read_polygons(path: Path) -> list[list[Ring]]:
         for rings in _polygons(geometry, path, index):
             vertices += sum(len(r) for r in rings)
             if vertices > MAX_VERTICES:
-                raise ScanError(f"--mask {path} has more than {MAX_VERTICES:,} vertices; simplify its polygons")
+                raise ScanError(f"mask={path} has more than {MAX_VERTICES:,} vertices; simplify its polygons")
             polygons.append(rings)
     if not polygons:
-        raise ScanError(f"--mask {path} holds no polygon: a GeoJSON mask needs Polygon or MultiPolygon regions")
+        raise ScanError(f"mask={path} holds no polygon: a GeoJSON mask needs Polygon or MultiPolygon regions")
     return polygons
 
 
@@ -123,19 +123,19 @@ def _features(found: Any, path: Path) -> list[tuple[int, Any]]:
     elif isinstance(found, dict) and found.get("type") == "FeatureCollection":
         items = found.get("features")
         if not isinstance(items, list):
-            raise ScanError(f"--mask {path}: its FeatureCollection's `features` is not a list")
+            raise ScanError(f"mask={path}: its FeatureCollection's `features` is not a list")
     else:
         items = [found]
     out = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise ScanError(f"--mask {path}: feature {index} is not a JSON object")
+            raise ScanError(f"mask={path}: feature {index} is not a JSON object")
         out.append((index, item.get("geometry") if item.get("type") == "Feature" else item))
     return out
 
 
 def _polygons(geometry: Any, path: Path, index: int) -> list[list[Ring]]:
-    where = f"--mask {path}: feature {index}"
+    where = f"mask={path}: feature {index}"
     if not isinstance(geometry, dict):
         raise ScanError(f"{where} has no geometry object")
     kind, coordinates = geometry.get("type"), geometry.get("coordinates")
