@@ -28,7 +28,7 @@ class Flags:
         names = "|".join(sorted(self.flags, key=len, reverse=True))
         # Not inside a longer name (`retile=`), a path (`/tmp/tile=3`) or `==`. Then: `=True` (a switch), a quoted
         # value (a repr: `'dense'`), nothing, or the start of a bare value (a number or a path) to keep after a space.
-        pattern = rf"(?<![\w/\\.=-])({names})=(?!=)(?:(True)\b|'([^']*)'|\"([^\"]*)\"|(?=[\w/.~\\-]))?"
+        pattern = rf"(?<![\w/\\.=-])({names})=(?!=)(?:(True)\b|'([^']*)'|\"([^\"]*)\"|((?=[\w/.~\\-])))?"
         object.__setattr__(self, "_pattern", re.compile(pattern))
 
     def __call__(self, message: str) -> str:
@@ -46,8 +46,7 @@ class Flags:
         value = m[3] if m[3] is not None else m[4]
         if value is not None:
             return f"{flag} {value}"
-        bare = m.end() < len(m.string) and re.match(r"[\w/.~\\-]", m.string[m.end()])
-        return f"{flag} " if bare else flag
+        return f"{flag} " if m[5] is not None else flag  # a bare value follows: keep it apart from the flag
 
 
 def _dashed(*keywords: str, **renamed: str) -> dict[str, str]:
